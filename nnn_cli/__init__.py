@@ -1,0 +1,39 @@
+"""nnn: Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024) for contrastive retrieval.
+
+Library first: every CLI command is a thin layer over these functions.
+
+>>> from nnn_cli import open_embeddings, compute_bias, search
+>>> g = open_embeddings("gallery.h5").read("cosine")          # doctest: +SKIP
+>>> r = open_embeddings("reference.h5").read("cosine")        # doctest: +SKIP
+>>> b = compute_bias(g, r, alpha=0.75, k=16)                  # doctest: +SKIP
+>>> scores, idx = search(queries, g, b, top_k=10)             # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .bias import bias_from_topk, compute_bias, prefix_means, reference_topk  # noqa: E402
+from .errors import DependencyError, InputError, MismatchError, NNNError, ParameterError  # noqa: E402
+from .evaluate import MethodResult, evaluate, evaluate_index, evaluate_ranking  # noqa: E402
+from .io import (  # noqa: E402
+    EmbeddingSource,
+    Truth,
+    open_embeddings,
+    read_bias,
+    read_params,
+    read_truth,
+    write_bias,
+    write_results,
+)
+from .metrics import hubness, recall_at, recall_from_topk  # noqa: E402
+from .search import DebiasedIndex, augment_gallery, augment_queries, search  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "bias_from_topk", "compute_bias", "prefix_means", "reference_topk",
+    "NNNError", "InputError", "ParameterError", "MismatchError", "DependencyError",
+    "MethodResult", "evaluate", "evaluate_index", "evaluate_ranking",
+    "EmbeddingSource", "Truth", "open_embeddings", "read_bias", "read_params", "read_truth",
+    "write_bias", "write_results",
+    "hubness", "recall_at", "recall_from_topk",
+    "DebiasedIndex", "augment_gallery", "augment_queries", "search",
+]

@@ -1,0 +1,66 @@
+"""The NNN math: per-candidate bias from the k nearest reference queries.
+
+``b(r) = alpha * mean of the k highest scores s(q, r), q in the reference set``
+(paper, Eq. 1).  Debiased retrieval ranks by ``s(q, r) - b(r)`` (Eq. 2).
+
+One exact top-``kmax`` pass of the gallery against the reference gives the
+bias for every k <= kmax at once (prefix means), which is what ``nnn tune``
+uses; ``compute_bias`` is the single-(alpha, k) case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import MismatchError, ParameterError
+from .topk import DEFAULT_QUERY_BLOCK, ProgressFn, topk_inner_product
+
+
+def check_k(k: int, n_reference: int) -> int:
+    """Validate k against the reference size (1 <= k <= M)."""
+    if int(k) != k or k < 1:
+        raise ParameterError(f"k must be an integer >= 1, got {k}")
+    if k > n_reference:
+        raise ParameterError(f"k={k} is larger than the reference set ({n_reference} rows); use k <= {n_reference}")
+    return int(k)
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ParameterError(f"alpha must be a finite number >= 0, got {alpha}")
+    return alpha
+
+
+def reference_topk(gallery: np.ndarray, reference: np.ndarray, kmax: int,
+                   block_rows: int = DEFAULT_QUERY_BLOCK,
+                   progress: ProgressFn | None = None) -> np.ndarray:
+    """(N, kmax) float32: for each gallery row, its kmax highest reference scores, descending."""
+    if gallery.shape[1] != reference.shape[1]:
+        raise MismatchError(f"dimension mismatch: gallery d={gallery.shape[1]}, reference d={reference.shape[1]}")
+    kmax = check_k(kmax, len(reference))
+    scores, _ = topk_inner_product(gallery, reference, kmax, block_rows, progress)
+    return scores
+
+
+def prefix_means(topk_scores: np.ndarray) -> np.ndarray:
+    """(N, kmax) float32: column j-1 holds the mean of the top-j scores, for every j at once."""
+    csum = np.cumsum(topk_scores, axis=1, dtype=np.float64)
+    return (csum / np.arange(1, topk_scores.shape[1] + 1)).astype(np.float32)
+
+
+def bias_from_topk(topk_scores: np.ndarray, alpha: float, k: int) -> np.ndarray:
+    """(N,) float32 bias ``alpha * mean(topk_scores[:, :k])``."""
+    k = check_k(k, topk_scores.shape[1])
+    alpha = check_alpha(alpha)
+    means = topk_scores[:, :k].astype(np.float64).mean(axis=1)
+    return (alpha * means).astype(np.float32)
+
+
+def compute_bias(gallery: np.ndarray, reference: np.ndarray, alpha: float, k: int,
+                 block_rows: int = DEFAULT_QUERY_BLOCK,
+                 progress: ProgressFn | None = None) -> np.ndarray:
+    """(N,) float32 NNN bias of every gallery row against the reference queries (exact)."""
+    check_alpha(alpha)
+    check_k(k, len(reference))
+    return bias_from_topk(reference_topk(gallery, reference, k, block_rows, progress), alpha, k)

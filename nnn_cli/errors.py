@@ -1,0 +1,27 @@
+"""Exceptions raised by the library.
+
+The library never prints or exits: it raises these, and the CLI turns a
+:class:`NNNError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class NNNError(Exception):
+    """Base class: a problem the user can fix (bad input, bad option)."""
+
+
+class InputError(NNNError, ValueError):
+    """An input file is missing, unreadable, or holds data of the wrong shape or values."""
+
+
+class ParameterError(NNNError, ValueError):
+    """An option value is out of range or inconsistent with the inputs (e.g. k > reference size)."""
+
+
+class MismatchError(NNNError, ValueError):
+    """Two files do not belong together (dimensions, lengths, fingerprints, metric)."""
+
+
+class DependencyError(NNNError, ImportError):
+    """An optional dependency is missing; the message says what to install."""
