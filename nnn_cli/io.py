@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,49 @@ def _open_h5(path: Path, what: str = "file"):
         raise InputError(f"{path}: not a readable HDF5 file ({_short(exc)})") from None
 
 
+def open_h5_safe(path: Path, what: str = "file"):
+    """Open an HDF5 file for reading, refusing links to data outside it (see :func:`check_h5_self_contained`)."""
+    f = _open_h5(path, what)
+    try:
+        check_h5_self_contained(f, path)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_h5_self_contained(f, path: str | os.PathLike) -> None:
+    """Refuse an HDF5 file whose datasets read from other files.
+
+    External links, virtual datasets with sources in another file and
+    datasets with external raw storage would let an untrusted file make us
+    read any path on this machine; they are refused with :class:`InputError`.
+    """
+    h5py = _h5py()
+    problems: list[str] = []
+
+    def visit(name: str) -> None:
+        link = f.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"{name!r} is an external link to {link.filename}:{link.path}")
+            return
+        if isinstance(link, h5py.SoftLink):
+            return
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                outside = sorted({m.file_name for m in obj.virtual_sources() if m.file_name != "."})
+                if outside:
+                    problems.append(f"{name!r} is a virtual dataset reading {', '.join(outside)}")
+            if obj.external:
+                problems.append(f"{name!r} stores its data in external file {obj.external[0][0]}")
+
+    f.visit_links(visit)
+    if problems:
+        raise InputError(f"{path}: {problems[0]}; refusing to follow data outside the file "
+                         "(copy the data into the file, e.g. with h5copy or h5py)")
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:160]
@@ -93,6 +137,7 @@ class EmbeddingSource:
     label: str = "embeddings"
     _ids: np.ndarray | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
+    _array: np.ndarray | None = field(default=None, repr=False)  # kind "mem" (read from stdin)
 
     @property
     def n(self) -> int:
@@ -104,14 +149,18 @@ class EmbeddingSource:
 
     @property
     def name(self) -> str:
+        if self.kind == "mem":
+            return "<stdin>"
         return f"{self.path}:{self.dataset}" if self.kind == "h5" else str(self.path)
 
     # -- raw access -------------------------------------------------------
     @contextlib.contextmanager
     def _raw(self):
         if self.kind == "h5":
-            with _open_h5(self.path) as f:
+            with open_h5_safe(self.path) as f:
                 yield f[self.dataset]
+        elif self.kind == "mem":
+            yield self._array
         else:
             yield np.load(self.path, mmap_mode="r", allow_pickle=False)
 
@@ -125,8 +174,7 @@ class EmbeddingSource:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised."""
         check_metric(metric)
-        hasher = hashlib.blake2b(digest_size=16)
-        hasher.update(f"{self.shape}|{self.dtype.str}".encode())
+        hasher = _fingerprint_hasher(self.shape, self.dtype)
         block_rows = max(1, int(block_rows))
         try:
             with self._raw() as raw:
@@ -155,6 +203,23 @@ class EmbeddingSource:
                 pass
         return self._fingerprint  # type: ignore[return-value]
 
+    def fingerprint_rows(self, start: int, stop: int, block_rows: int = DEFAULT_BLOCK_ROWS) -> str:
+        """Content hash of rows ``[start, stop)`` as if they were a file of their own.
+
+        ``fingerprint_rows(0, n) == fingerprint()``; a bias file grown by
+        ``--append-to`` records one fingerprint per part, checked this way.
+        """
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        hasher = _fingerprint_hasher((stop - start, self.dim), self.dtype)
+        try:
+            with self._raw() as raw:
+                for lo in range(start, stop, max(1, int(block_rows))):
+                    hi = min(stop, lo + max(1, int(block_rows)))
+                    hasher.update(np.ascontiguousarray(raw[lo:hi]).tobytes())
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({_short(exc)}); the file may be truncated") from None
+        return hasher.hexdigest()
+
     def _prepare(self, chunk: np.ndarray, start: int, metric: str) -> np.ndarray:
         block = chunk.astype(np.float32, copy=False)
         finite = np.isfinite(block).all(axis=1)
@@ -170,18 +235,60 @@ class EmbeddingSource:
         return np.ascontiguousarray(block, dtype=np.float32)
 
 
+def _fingerprint_hasher(shape: tuple[int, ...], dtype: np.dtype):
+    """The content hash of an embedding array starts from its shape and dtype."""
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(f"{tuple(int(x) for x in shape)}|{np.dtype(dtype).str}".encode())
+    return hasher
+
+
+STDIN = "-"
+
+
+def _read_stdin_array(label: str) -> np.ndarray:
+    """One array from standard input: ``.npy`` bytes (pickles refused) or an HDF5 file's ``embeddings``."""
+    import io as _io
+
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise InputError(f"<stdin>: no data on standard input (the {label}); pipe a .npy file, e.g. `cat q.npy | nnn ...`")
+    if data.startswith(b"\x89HDF\r\n\x1a\n"):
+        h5py = _h5py()
+        with h5py.File(_io.BytesIO(data), "r") as f:
+            check_h5_self_contained(f, "<stdin>")
+            if "embeddings" not in f:
+                raise InputError("<stdin>: HDF5 data on standard input has no dataset 'embeddings'")
+            return f["embeddings"][()]
+    try:
+        arr = np.load(_io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        msg = _short(exc)
+        if "allow_pickle" in msg or "object" in msg.lower():
+            raise InputError("<stdin>: holds Python objects (pickles are refused); save a numeric array") from None
+        raise InputError(f"<stdin>: not .npy data ({msg}); pipe a file written by numpy.save") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"<stdin>: not .npy data ({_short(exc)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError("<stdin>: expected one .npy array, got an .npz archive")
+    return arr
+
+
 def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
-    """Open an embedding file (``.npy``, ``.h5`` or ``FILE.h5:DATASET``) and check its header.
+    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
 
     Raises :class:`InputError` naming the file for: missing file, unreadable
     format, missing dataset, not 2-D, empty, non-float dtype.
     """
     path, dataset = split_spec(spec)
-    if not path.exists():
+    if str(spec) == STDIN:
+        arr = _read_stdin_array(label)
+        src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
+        ids = None
+    elif not path.exists():
         raise InputError(f"{path}: no such file (the {label})")
-    if path.is_dir():
+    elif path.is_dir():
         raise InputError(f"{path}: is a directory, expected an embedding file (the {label})")
-    if path.suffix.lower() == ".npy":
+    elif path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:
@@ -196,7 +303,7 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
         ids = None
     elif is_h5_path(path):
-        with _open_h5(path) as f:
+        with open_h5_safe(path) as f:
             if dataset not in f:
                 have = ", ".join(sorted(k for k in f.keys())) or "nothing"
                 raise InputError(f"{path}: no dataset {dataset!r} (the file has: {have}); name one with {path}:DATASET")
@@ -255,7 +362,7 @@ def read_bias(spec: str | os.PathLike) -> BiasFile:
         attrs: dict = {}
         ids = None
     elif is_h5_path(path):
-        with _open_h5(path, "bias file") as f:
+        with open_h5_safe(path, "bias file") as f:
             if dataset not in f:
                 raise InputError(f"{path}: no dataset {dataset!r}; is this a bias file made by `nnn bias`?")
             try:
@@ -471,7 +578,7 @@ def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{path}: not a readable .npy ground-truth file ({_short(exc)})") from None
     elif is_h5_path(path):
-        with _open_h5(path, "ground-truth file") as f:
+        with open_h5_safe(path, "ground-truth file") as f:
             if dataset not in f:
                 raise InputError(f"{path}: no dataset {dataset!r}")
             arr = f[dataset][()]

@@ -67,3 +67,70 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int,
                        progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``database`` by inner product for each query row."""
     return search_index(flat_ip_index(database), queries, k, block_rows, progress)
+
+
+# ---------------------------------------------------------------------------
+# Scores-only exact top-k (the bias step): numpy GEMM tiles + np.partition
+# ---------------------------------------------------------------------------
+QUERY_TILE = 1024
+"""Query rows per GEMM tile.  Fixed, so that every score is computed by the same
+BLAS call shape whether the inputs are in memory or streamed: results are then
+bit-identical across the in-memory and out-of-core paths."""
+
+DATABASE_TILE = 16384
+"""Database rows per GEMM tile (a 1024 x 16384 float32 score tile is 64 MB)."""
+
+
+def _select_top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest values of each row, unordered (partitions ``scores`` in place)."""
+    if scores.shape[1] <= k:
+        return scores
+    scores.partition(scores.shape[1] - k, axis=1)
+    return scores[:, scores.shape[1] - k:]
+
+
+def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.ndarray:
+    """Merge two per-row sets of top scores into the ``k`` largest per row (unordered)."""
+    if best is None:
+        return np.array(new, dtype=np.float32, copy=True)
+    return np.array(_select_top(np.concatenate([best, new], axis=1), k), copy=True)
+
+
+def top_scores_tile(queries: np.ndarray, database: np.ndarray, k: int,
+                    best: np.ndarray | None = None) -> np.ndarray:
+    """Fold ``database``'s scores into the running top-``k`` of one query tile (unordered).
+
+    ``database`` is walked in :data:`DATABASE_TILE` rows; callers that stream
+    the database pass blocks aligned to multiples of that size.
+    """
+    for start in range(0, len(database), DATABASE_TILE):
+        scores = queries @ database[start:start + DATABASE_TILE].T
+        best = merge_top_scores(best, _select_top(scores, k), k)
+    return best
+
+
+def sort_descending(best: np.ndarray) -> np.ndarray:
+    """Each row sorted from highest to lowest score (float32, C-contiguous)."""
+    return np.ascontiguousarray(np.sort(best, axis=1)[:, ::-1], dtype=np.float32)
+
+
+def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
+                progress: ProgressFn | None = None) -> np.ndarray:
+    """(Q, k) float32: the ``k`` highest inner products of each query with ``database``, descending.
+
+    Exact.  A plain GEMM per (query tile, database tile) followed by an
+    O(n) ``np.partition`` selection runs close to the machine's GEMM rate;
+    measured here about 4-6x faster than ``IndexFlatIP.search`` at k=128,
+    whose per-query heaps dominate for large k.  Only scores are kept, so
+    there are no ties to break: equal scores are equal values.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    k = int(min(k, len(database)))
+    out = np.empty((len(queries), k), dtype=np.float32)
+    for start in range(0, len(queries), QUERY_TILE):
+        stop = min(len(queries), start + QUERY_TILE)
+        out[start:stop] = sort_descending(top_scores_tile(queries[start:stop], database, k))
+        if progress:
+            progress(stop, len(queries))
+    return out
