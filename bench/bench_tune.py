@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.75)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--noise", type=float, default=0.5, help="query noise of make_hub_data (higher: harder)")
+    ap.add_argument("--hub-strength", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_tune.json")
     args = ap.parse_args()
@@ -86,7 +88,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     data = make_hub_data(n_gallery=sizes["gallery"], n_queries=sizes["queries"], n_reference=sizes["reference"],
-                         dim=args.dim, n_hubs=max(1, sizes["gallery"] // 100), seed=args.seed)
+                         dim=args.dim, n_hubs=max(1, sizes["gallery"] // 100), noise=args.noise,
+                         hub_strength=args.hub_strength, seed=args.seed)
     truth = Truth.from_array(data.truth, len(data.queries), len(data.gallery))
     make_s = time.perf_counter() - t0
 
@@ -102,7 +105,7 @@ def main() -> None:
     cell = result.cell(args.alpha, args.k)
     agree = all(abs(cell[key] - nnn.recall[key]) < 0.05 for key in ("R@1", "R@5", "R@10"))
     report = {
-        "sizes": {**sizes, "dim": args.dim}, "n_cells": len(result.grid),
+        "sizes": {**sizes, "dim": args.dim}, "noise": args.noise, "hub_strength": args.hub_strength, "n_cells": len(result.grid),
         "make_data_s": round(make_s, 2),
         "one_eval_s": round(eval_s, 2), "grid_s": round(grid_s, 2), "ratio": round(grid_s / eval_s, 2),
         "one_eval_peak_mib": round(eval_mem.mib, 1), "grid_peak_mib": round(grid_mem.mib, 1),

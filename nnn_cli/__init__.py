@@ -26,6 +26,18 @@ from .io import (  # noqa: E402
 )
 from .metrics import hubness, recall_at, recall_from_topk  # noqa: E402
 from .search import DebiasedIndex, augment_gallery, augment_queries, search  # noqa: E402
+from .attribute import attribute_bias, compare_attribute_bias, precision_at, read_labels  # noqa: E402
+from .baselines import (  # noqa: E402
+    BaselineParams,
+    rank_dn,
+    rank_dualdis,
+    rank_dualis,
+    rank_method,
+    rank_qbnorm,
+    tune_baseline,
+)
+from .compare import bootstrap_recall, compare_methods  # noqa: E402
+from .tune import TuneResult, top1_per_cell, truth_ranks, tune_grid, tune_unsupervised  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -36,4 +48,8 @@ __all__ = [
     "write_bias", "write_results",
     "hubness", "recall_at", "recall_from_topk",
     "DebiasedIndex", "augment_gallery", "augment_queries", "search",
+    "attribute_bias", "compare_attribute_bias", "precision_at", "read_labels",
+    "BaselineParams", "rank_dn", "rank_dualdis", "rank_dualis", "rank_method", "rank_qbnorm", "tune_baseline",
+    "bootstrap_recall", "compare_methods",
+    "TuneResult", "top1_per_cell", "truth_ranks", "tune_grid", "tune_unsupervised",
 ]

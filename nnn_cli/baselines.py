@@ -350,3 +350,22 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
     params = {k: v for k, v in best_point.items() if not k.startswith("R@")}
     return {"method": method, "best": params, **{k: v for k, v in best_point.items() if k.startswith("R@")},
             "grid": points}
+
+
+def parse_grid(text: str) -> dict[str, list[float]]:
+    """``"db_beta1=0,1,5;db_beta2=25,50"`` -> ``{"db_beta1": [0, 1, 5], "db_beta2": [25, 50]}``."""
+    known = {name for grid in DEFAULT_GRIDS.values() for name in grid}
+    out: dict[str, list[float]] = {}
+    for part in str(text).split(";"):
+        if not part.strip():
+            continue
+        name, sep, values = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise ParameterError(f"bad --method-grid entry {part.strip()!r}: use NAME=V1,V2 with NAME one of "
+                                 f"{', '.join(sorted(known))}")
+        try:
+            out[name] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ParameterError(f"bad --method-grid values for {name}: {values!r}") from None
+    return out

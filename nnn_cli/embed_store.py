@@ -149,7 +149,7 @@ class PartialStore:
             if "embeddings" not in self.f:
                 d = int(vectors.shape[1])
                 self.f.create_dataset("embeddings", shape=(0, d), maxshape=(None, d), dtype=self.dtype,
-                                      chunks=(max(1, min(1024, (1 << 20) // (4 * d))), d))
+                                      chunks=(max(1, min(256, (1 << 20) // (4 * d))), d))
             emb = self.f["embeddings"]
             if vectors.shape[1] != emb.shape[1]:
                 raise InputError(f"the model returned {vectors.shape[1]}-dimensional vectors, "

@@ -78,6 +78,12 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (0: leave torch's default)."""
+    if threads and threads > 0:
+        import_torch().set_num_threads(int(threads))
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without a GPU is an error."""
     if device not in DEVICES:

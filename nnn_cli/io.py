@@ -276,6 +276,9 @@ def _read_stdin_array(label: str) -> np.ndarray:
 def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
     """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
 
+    A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
+    see :mod:`nnn_cli.shards`), streamed like one file.
+
     Raises :class:`InputError` naming the file for: missing file, unreadable
     format, missing dataset, not 2-D, empty, non-float dtype.
     """
@@ -287,7 +290,10 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
     elif not path.exists():
         raise InputError(f"{path}: no such file (the {label})")
     elif path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an embedding file (the {label})")
+        from .shards import open_shard_folder  # a folder of .npy shards: 0.npy, 1.npy, ...
+
+        src = open_shard_folder(path, label)
+        ids = src.ids()
     elif path.suffix.lower() == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -422,7 +428,10 @@ def _set_attrs(obj, attrs: dict) -> None:
     for key, value in attrs.items():
         if value is None:
             continue
-        if isinstance(value, (dict, list, tuple)):
+        if isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+            value = np.asarray(value)  # shapes and other number lists stay numeric
+        elif isinstance(value, (dict, list, tuple)):
             value = json.dumps(value)
         obj.attrs[key] = value
 

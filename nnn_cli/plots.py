@@ -71,14 +71,16 @@ def plot_recall_bars(results: Mapping[str, Mapping], path: str | Path, key: str 
     plt = pyplot()
     names = list(results)
     values = np.array([float(results[n][key]) for n in names])
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.6))
+    fig, ax = plt.subplots(figsize=(1.5 * len(names) + 2, 3.8))
     bars = ax.bar(names, values, color="#1f77b4")
+    ax.tick_params(axis="x", labelsize=8)
     cis = [results[n].get(f"{key}_ci") for n in names]
     if all(ci is not None for ci in cis):
         err = np.array([[v - ci[0], ci[1] - v] for v, ci in zip(values, cis)]).T
         ax.errorbar(names, values, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4)
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
+        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v / 2), ha="center", va="center",
+                    fontsize=9, color="white", fontweight="bold")
     ax.set_ylabel(f"{key} (%)")
     ax.set_title(f"{key} by method")
     ax.grid(alpha=0.3, axis="y")

@@ -185,3 +185,27 @@ def check_bias_matches(attrs: dict, n_bias: int, bias_label: str, gallery: Embed
 def same_number(a, b) -> bool:
     """Two recorded parameters (alpha, k) are the same value."""
     return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+
+
+def bias_source_attrs(attrs: dict, bias: "np.ndarray", label: str) -> dict:
+    """What an output that used a bias file records about it: path, parameters, content hash, its inputs."""
+    import numpy as np
+
+    digest = hashlib.blake2b(np.ascontiguousarray(bias, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
+    out = {"bias_path": label, "bias_fingerprint": digest}
+    for key in ("alpha", "k", "metric", "gallery_fingerprint", "reference_fingerprint", "n_reference"):
+        if key in attrs:
+            out[f"bias_{key}"] = attrs[key]
+    return out
+
+
+def run_provenance(sources: dict[str, EmbeddingSource], bias_attrs: dict | None = None) -> dict:
+    """A JSON-able record of the inputs of a run (for ``--json`` outputs): tool version and each input's
+    path, shape and fingerprint (already known after the inputs were read)."""
+    out: dict = {"nnn_version": __version__, "time": now_utc()}
+    for role, src in sources.items():
+        if src is not None:
+            out[role] = {"path": src.name, "shape": list(src.shape), "fingerprint": src.fingerprint()}
+    if bias_attrs:
+        out["bias"] = bias_attrs
+    return out

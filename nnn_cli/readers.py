@@ -6,8 +6,9 @@ Supported inputs (chosen by :func:`open_input`):
 - JSON lines (``.jsonl``/``.ndjson``) or a table (``.csv``/``.tsv``), one item a row; the
   item is in ``text_column`` (default ``text``), the id in ``id_column`` (default: ``id``
   when the file has it, else the 1-based row number);
-- a folder of images, walked recursively in sorted order; ids are the paths relative to the
-  folder (``/``-separated).  Symbolic links that point outside the folder are skipped, and
+- a folder of images, walked recursively (a folder's files sorted by name, then its subfolders
+  sorted by name: streaming, deterministic); ids are the paths relative to the folder
+  (``/``-separated).  Symbolic links that point outside the folder are skipped, and
   linked folders are not followed.
 
 With ``modality='image'`` a table or text file may also list image paths (relative paths are

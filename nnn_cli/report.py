@@ -22,7 +22,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
-.ci{color:#777;font-size:.85em}.meta{color:#555;font-size:.9em}figure{margin:1em 0}
+.ci{color:#777;font-size:.85em;white-space:nowrap}td{white-space:nowrap}.meta{color:#555;font-size:.9em}figure{margin:1em 0}
 figcaption{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
 """
 

@@ -46,8 +46,15 @@ def sort_ties(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def search_index(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
-                 progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of ``index`` for every query row, in query blocks; returns (scores, indices)."""
+                 progress: ProgressFn | None = None, exact_ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``index`` for every query row, in query blocks; returns (scores, indices).
+
+    With ``exact_ties`` the k-th place goes to the lowest index among equal
+    scores: faiss's heap keeps an arbitrary member of a tie group at the
+    boundary, so we fetch one extra result and, for the rare rows whose tie
+    group reaches the end of what was fetched, fetch more until it closes.
+    Without it (values only, e.g. for biases) we fetch exactly k.
+    """
     nq = len(queries)
     k = int(min(k, index.ntotal))
     scores = np.empty((nq, k), dtype=np.float32)
@@ -55,18 +62,36 @@ def search_index(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_Q
     for start in range(0, nq, block_rows):
         stop = min(nq, start + block_rows)
         block = np.ascontiguousarray(queries[start:stop], dtype=np.float32)
-        d, i = index.search(block, k)
-        scores[start:stop], indices[start:stop] = sort_ties(d, i)
+        if exact_ties:
+            d, i = _search_closing_ties(index, block, k)
+        else:
+            d, i = sort_ties(*index.search(block, k))
+        scores[start:stop], indices[start:stop] = d, i
         if progress:
             progress(stop, nq)
     return scores, indices
 
 
+def _search_closing_ties(index, block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    fetch = min(k + 1, index.ntotal)
+    d, i = sort_ties(*index.search(block, fetch))
+    d_out, i_out = d[:, :k].copy(), i[:, :k].copy()
+    open_rows = np.flatnonzero(d[:, k - 1] == d[:, -1]) if fetch > k else np.empty(0, dtype=np.int64)
+    while len(open_rows):
+        fetch = min(2 * fetch, index.ntotal)
+        d2, i2 = sort_ties(*index.search(np.ascontiguousarray(block[open_rows]), fetch))
+        d_out[open_rows], i_out[open_rows] = d2[:, :k], i2[:, :k]
+        if fetch == index.ntotal:
+            break
+        open_rows = open_rows[d2[:, k - 1] == d2[:, -1]]
+    return d_out, i_out
+
+
 def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int,
                        block_rows: int = DEFAULT_QUERY_BLOCK,
-                       progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       progress: ProgressFn | None = None, exact_ties: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``database`` by inner product for each query row."""
-    return search_index(flat_ip_index(database), queries, k, block_rows, progress)
+    return search_index(flat_ip_index(database), queries, k, block_rows, progress, exact_ties)
 
 
 # ---------------------------------------------------------------------------

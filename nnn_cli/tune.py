@@ -39,7 +39,7 @@ SCORE_BLOCK_ELEMENTS = 1 << 23
 """Upper bound on the elements of one query x gallery score block (32 MiB of float32)."""
 UNSUPERVISED_CRITERION = "entropy"
 UNSUPERVISED_HOLDOUT = 0.2
-UNSUPERVISED_TOLERANCE = 0.01
+UNSUPERVISED_TOLERANCE = 0.001
 
 
 # ---------------------------------------------------------------------------
@@ -102,6 +102,22 @@ class TuneResult:
 # ---------------------------------------------------------------------------
 # Grid checks and cell biases
 # ---------------------------------------------------------------------------
+def parse_list(text: str, kind: str) -> list:
+    """Parse a comma list of alphas (``kind="alpha"``) or ks (``kind="k"``) from the command line."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise ParameterError(f"the {kind} list {text!r} is empty; give comma-separated values")
+    out = []
+    for item in items:
+        try:
+            value = float(item) if kind == "alpha" else int(item)
+        except ValueError:
+            expected = "a number" if kind == "alpha" else "an integer"
+            raise ParameterError(f"bad {kind} value {item!r} in {text!r}: expected {expected}") from None
+        out.append(value)
+    return out
+
+
 def check_grid(alphas, ks, n_reference: int) -> tuple[list[float], list[int], list[int]]:
     """Sorted unique alphas, the usable ks (<= n_reference) and the skipped ks; raise on bad values."""
     alphas = [check_alpha(a) for a in alphas]
@@ -292,10 +308,13 @@ def retrieval_spread(top1: np.ndarray, n_gallery: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------
 # Picking the winner
 # ---------------------------------------------------------------------------
-def pick_best(values: np.ndarray, alphas: list[float], ks: list[int]) -> int:
-    """Index (alpha-major) of the largest value; ties go to the smaller alpha, then the smaller k."""
+def pick_best(values: np.ndarray) -> int:
+    """Index of the largest of the alpha-major cell values; ties go to the smaller alpha, then the smaller k.
+
+    Cells are ordered by alpha, then k (both ascending), so the first maximum is the right one.
+    """
     values = np.asarray(values, dtype=np.float64)
-    return int(np.flatnonzero(values == values.max())[0])  # alpha-major order makes the first one right
+    return int(np.flatnonzero(values == values.max())[0])
 
 
 def _grid_entries(alphas, ks, columns: dict[str, np.ndarray]) -> list[dict]:
@@ -350,7 +369,7 @@ def tune_grid(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, t
     recall = recall_from_ranks(ranks, truth.has_truth())
     baseline = {name: float(values[0]) for name, values in recall.items()}
     cells = {name: values[1:] for name, values in recall.items()}
-    best = pick_best(cells[objective], alphas, ks_used)
+    best = pick_best(cells[objective])
     return TuneResult(
         alpha=alphas[best // len(ks_used)], k=ks_used[best % len(ks_used)], objective=objective,
         score=float(cells[objective][best]), baseline=baseline[objective],
@@ -405,7 +424,7 @@ def tune_unsupervised(gallery: np.ndarray, reference: np.ndarray, alphas=PAPER_A
     columns["agreement"] = agreement[1:]
     entropy = columns["entropy"]
     near_best = entropy >= entropy.max() - tolerance
-    best = pick_best(np.where(near_best, columns["agreement"], -np.inf), alphas, ks_used)
+    best = pick_best(np.where(near_best, columns["agreement"], -np.inf))
     baseline_metrics = {**spread[0], "agreement": 1.0}
     if queries is not None and truth is not None:
         ranks = truth_ranks(queries, gallery, truth, biases, block_rows, progress)

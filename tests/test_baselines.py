@@ -201,3 +201,24 @@ def test_cli_eval_methods_bad_input(hub_files):
                                      "--json", "--quiet"])
     assert res.exit_code == 0, res.output
     assert set(json.loads(res.stdout)) >= {"baseline", "dn"}
+
+
+def test_cli_tune_method(hub_files, tmp_path):
+    out_path = tmp_path / "p.json"
+    res = CliRunner().invoke(app, [
+        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
+        "-r", str(hub_files["reference"]), "-o", str(out_path), "--method", "dbnorm",
+        "--method-grid", "db_beta1=0,1;db_beta2=10,40", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out_path.read_text())
+    assert doc["method"] == "dbnorm" and len(doc["grid"]) == 4
+    assert doc["R@1"] == max(p["R@1"] for p in doc["grid"])
+    bad = CliRunner().invoke(app, [
+        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
+        "-r", str(hub_files["reference"]), "-o", str(tmp_path / "q.json"), "--method", "bogus"])
+    assert bad.exit_code == 2 and not (tmp_path / "q.json").exists()
+    bad = CliRunner().invoke(app, [
+        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
+        "-r", str(hub_files["reference"]), "-o", str(tmp_path / "q.json"), "--method", "qbnorm",
+        "--method-grid", "nope=1"])
+    assert bad.exit_code == 2 and "method-grid" in bad.output
