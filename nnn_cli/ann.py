@@ -61,7 +61,10 @@ class IndexChoice:
             return f"ivf (nlist={self.nlist}, nprobe={self.nprobe})"
         if self.kind == "hnsw":
             return f"hnsw (M={HNSW_M}, efSearch={self.ef_search})"
-        return f"faiss factory {self.factory!r}" + (f" (nprobe={self.nprobe})" if self.nprobe else "")
+        depth = f" (nprobe={self.nprobe})" if self.nprobe else f" (efSearch={self.ef_search})" if self.ef_search else ""
+        if self.kind == "loaded":
+            return f"loaded from {self.factory}" + depth
+        return f"faiss factory {self.factory!r}" + depth
 
     def to_dict(self) -> dict:
         out = {"index": self.kind, "index_description": self.describe(), "index_reason": self.reason}
@@ -459,6 +462,13 @@ def _apply_depth(index, choice: IndexChoice) -> None:
     set_search_depth(index, nprobe=choice.nprobe, ef_search=choice.ef_search)
 
 
+def _record_depth(index, choice: IndexChoice) -> None:
+    """Copy the depth the index ended up with (given, tuned or loaded) into ``choice``."""
+    depth = _current_depth(index)
+    choice.nprobe = depth.get("nprobe", choice.nprobe)
+    choice.ef_search = depth.get("ef_search", choice.ef_search)
+
+
 def _current_depth(index) -> dict:
     ivf, hnsw = _as_ivf(index), _as_hnsw(index)
     if ivf is not None:
@@ -512,7 +522,7 @@ def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, 
     info["index_sample_recall"] = round(score_recall(approx_sample, exact), 4)
     approx_mean = np.where(np.isfinite(approx_sample), approx_sample, exact).astype(np.float64).mean(axis=1)
     info["index_sample_mean_abs_topk_mean_error"] = float(np.abs(approx_mean - exact.astype(np.float64).mean(axis=1)).mean())
-    info.update({f"index_{key}": value for key, value in _current_depth(index).items()})
+    _record_depth(index, choice)
     topk, n_short = approximate_reference_topk(index, gallery, lambda rows: topk_scores_vs(rows, reference, k, metric),
                                                k, progress=progress)
     info["index_rows_recomputed_exactly"] = n_short
@@ -562,6 +572,6 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
                                      f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(measure(), 4)
-    info.update({f"index_{key}": value for key, value in _current_depth(index).items()})
+    _record_depth(index, choice)
     scores, ids = debiased_search(index, queries, gallery, bias, kk, overfetch, progress=progress)
     return scores, ids, ApproximateRun(choice, info)

@@ -178,6 +178,36 @@ def _setup(threads: int) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Scale options (indexes, memory budget, device): nnn_cli.scale / nnn_cli.ann
+# ---------------------------------------------------------------------------
+IndexOpt = Annotated[str, typer.Option(
+    "--index", envvar="NNN_INDEX",
+    help="flat (exact), ivf, hnsw, auto (exact unless an index is predicted >= 4x cheaper; says which), "
+         "or a faiss index-factory string such as 'IVF4096,SQ8'.")]
+NlistOpt = Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default about 4 x sqrt(rows)).")]
+NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")]
+EfSearchOpt = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")]
+RecallOpt = Annotated[Optional[float], typer.Option(
+    "--recall", help="Tune nprobe/efSearch to reach this top-k recall on a sample of 1000 rows against exact (e.g. 0.95).")]
+SaveIndexOpt = Annotated[Optional[Path], typer.Option(
+    "--save-index", help="Write the built index (faiss format) and PATH.json for reuse with --load-index.")]
+LoadIndexOpt = Annotated[Optional[Path], typer.Option(
+    "--load-index", help="Reuse an index saved with --save-index (only load index files you trust); "
+                         "its size, dimension and input fingerprint must match.")]
+MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
+    "--memory-budget", envvar="NNN_MEMORY_BUDGET",
+    help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found).")]
+
+
+def _check_device(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise ParameterError(f"--device must be cpu or cuda, got {device!r}")
+    return device
+
+
+# ---------------------------------------------------------------------------
 # nnn bias
 # ---------------------------------------------------------------------------
 @app.command(
@@ -187,7 +217,9 @@ def _setup(threads: int) -> None:
         "  nnn bias gallery.h5 --reference ref.h5 --alpha 0.75 --k 16 -o bias.h5\n\n"
         "  nnn bias gallery.npy --reference ref.npy --params params.json -o bias.npy --metric ip\n\n"
         "  nnn bias new_items.h5 --reference ref.h5 --append-to bias.h5\n\n"
-        "  nnn bias gallery.h5 --update bias.h5 --reference-add todays_queries.h5"
+        "  nnn bias gallery.h5 --update bias.h5 --reference-add todays_queries.h5\n\n"
+        "  nnn bias gallery.h5 --reference ref_shards/ --index auto --recall 0.95 --save-index ref.faiss -o bias.h5\n\n"
+        "  nnn bias gallery.h5 --reference big_ref.h5 --memory-budget 1GB -o bias.h5"
     ),
 )
 @handle_errors
@@ -215,17 +247,30 @@ def bias_cmd(
     store_topk: Annotated[bool, typer.Option(
         "--store-topk/--no-store-topk", help="Store each item's top-k reference scores (dataset 'topk', N x k "
                                              "float32) so `--update` can add reference queries later.")] = True,
+    index: IndexOpt = "flat",
+    nlist: NlistOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    recall: RecallOpt = None,
+    save_index: SaveIndexOpt = None,
+    load_index: LoadIndexOpt = None,
+    memory_budget: MemoryBudgetOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
-    Exact (faiss flat inner product over blocks of the gallery); the bias is
-    what `nnn search` and `nnn eval` subtract from that item's scores.
+    Exact by default (GEMM blocks + top-k selection); `--index` uses an
+    approximate faiss index (`auto` says which it chose), `--memory-budget`
+    streams inputs larger than memory.  The bias is what `nnn search` and
+    `nnn eval` subtract from that item's scores.
     Incremental, still exact: `--append-to BIAS.h5` adds new gallery items,
     `--update BIAS.h5 --reference-add NEW.h5` adds new reference queries.
     """
-    from .bias import bias_from_topk, check_alpha, check_k, reference_topk
+    from .bias import check_alpha, check_k
+    from .budget import parse_memory_budget
     from .io import check_output_path, check_same_dim, open_embeddings, write_bias
     from .provenance import base_attrs, bias_provenance
+    from .scale import plan_bias, run_bias_plan
 
     if append_to is not None or update is not None or reference_add is not None:
         _bias_incremental(gallery, reference, output, alpha, k, params, metric.value, block_size, threads,
@@ -240,23 +285,36 @@ def bias_cmd(
     check_same_dim(g_src, r_src)
     check_k(k, r_src.n)
     check_output_path(output, [gallery, reference])
+    if save_index is not None:
+        check_output_path(save_index, [gallery, reference, output])
+    plan = plan_bias(g_src, r_src, k, index, nlist, nprobe, ef_search, recall,
+                     parse_memory_budget(memory_budget), _check_device(device), load_index, save_index, store_topk)
     _setup(threads)
+    for note in plan.notes:
+        info(note, quiet)
+    if plan.mode != "exact" or index != "flat":
+        info(plan.describe(), quiet)
 
     t0 = time.perf_counter()
-    g = g_src.read(metric.value)
-    r = r_src.read(metric.value)
     with progress_bar("bias", quiet) as progress:
-        topk = reference_topk(g, r, k, block_rows=block_size, progress=progress)
-    b = bias_from_topk(topk, alpha, k)
+        b, topk, run_info = run_bias_plan(plan, g_src, r_src, alpha, k, metric.value, progress)
     elapsed = time.perf_counter() - t0
     attrs = base_attrs("bias", alpha=alpha, k=k, metric=metric.value, seconds=round(elapsed, 3))
     attrs.update(bias_provenance(g_src, r_src))
-    write_bias(output, b, attrs, ids=g_src.ids(), extra={"topk": topk} if store_topk else None)
+    attrs.update(plan.attrs())
+    attrs.update({key: value for key, value in run_info.items() if not isinstance(value, dict)})
+    write_bias(output, b, attrs, ids=g_src.ids(), extra={"topk": topk} if topk is not None else None)
     summary = {
         "output": str(output), "n_gallery": g_src.n, "n_reference": r_src.n, "dim": g_src.dim,
         "alpha": alpha, "k": k, "metric": metric.value, "seconds": round(elapsed, 3),
         "bias_mean": float(b.mean()), "bias_min": float(b.min()), "bias_max": float(b.max()),
+        **plan.attrs(), **run_info,
     }
+    if "index_sample_recall" in run_info:
+        info(f"index top-{k} recall on {run_info['index_sample_rows']} sampled gallery rows: "
+             f"{run_info['index_sample_recall']:.3f}", quiet)
+    if "index_warning" in run_info:
+        info(f"warning: {run_info['index_warning']}", quiet)
     if json_out:
         print_json(summary)
     info(f"wrote {output}: {g_src.n} biases (alpha={alpha}, k={k}, metric={metric.value}, "
@@ -322,7 +380,9 @@ def _bias_incremental(gallery: str, reference: Optional[str], output: Optional[P
     epilog=(
         "Examples:\n\n"
         "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --top-k 10 -o results.h5\n\n"
-        "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --top-k 5 -o - | head"
+        "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --top-k 5 -o - | head\n\n"
+        "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --index hnsw --recall 0.95 "
+        "--save-index gallery.faiss -o results.h5"
     ),
 )
 @handle_errors
@@ -338,6 +398,17 @@ def search_cmd(
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
+    index: IndexOpt = "flat",
+    nlist: NlistOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    recall: RecallOpt = None,
+    overfetch: Annotated[int, typer.Option(
+        "--overfetch", min=1, help="With an approximate index: fetch top-k x this many candidates and re-rank "
+                                   "them by exact debiased score.")] = 2,
+    save_index: SaveIndexOpt = None,
+    load_index: LoadIndexOpt = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -347,7 +418,7 @@ def search_cmd(
     """
     from .io import check_output_path, check_same_dim, open_embeddings, read_bias, write_results
     from .provenance import base_attrs, bias_source_attrs, check_bias_matches, source_attrs
-    from .search import DebiasedIndex
+    from .scale import plan_search, run_search_plan
 
     to_stdout = output == "-"
     fmt = out_format or (OutFormat.jsonl if to_stdout else OutFormat.h5)
@@ -362,15 +433,28 @@ def search_cmd(
         b = bf.bias
     if not to_stdout:
         check_output_path(output, [queries, gallery, bias])
+    if save_index is not None:
+        check_output_path(save_index, [queries, gallery, bias, None if to_stdout else output])
+    splan = plan_search(q_src.n, g_src.n, g_src.dim, top_k, index, nlist, nprobe, ef_search, recall, overfetch,
+                        _check_device(device), load_index, save_index)
     _setup(threads)
+    for note in splan.notes:
+        info(note, quiet)
+    if splan.indexed:
+        info(splan.describe(), quiet)
 
     q = q_src.read(metric.value)
     g = g_src.read(metric.value)
     if bias is not None:
         check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric.value, force)
-    index = DebiasedIndex(g, b)
     with progress_bar("search", quiet) as progress:
-        scores, idx = index.search(q, top_k, block_rows=block_size, progress=progress)
+        scores, idx, search_info = run_search_plan(splan, q, g, b, top_k, g_src.fingerprint(), metric.value,
+                                                   block_size, progress)
+    if "index_sample_recall" in search_info:
+        info(f"index top-{idx.shape[1]} recall (debiased, vs exact) on {search_info['index_sample_rows']} sampled "
+             f"queries: {search_info['index_sample_recall']:.3f}", quiet)
+    if "index_warning" in search_info:
+        info(f"warning: {search_info['index_warning']}", quiet)
     g_ids = g_src.ids()
     ids = g_ids[idx] if g_ids is not None else None
     if fmt == OutFormat.jsonl:
@@ -382,6 +466,7 @@ def search_cmd(
     attrs.update(source_attrs("gallery", g_src))
     if b is not None:
         attrs.update(bias_source_attrs(bf.attrs, b, str(bias)))
+    attrs.update({key: value for key, value in search_info.items() if key != "index_tuned"})
     write_results(output, idx, scores, ids, attrs)
     info(f"wrote {output}: top-{idx.shape[1]} of {g_src.n} for {q_src.n} queries"
          f" ({'debiased' if b is not None else 'plain'} scores)", quiet)
@@ -426,7 +511,9 @@ def _write_jsonl(output: str, scores, idx, ids, query_ids) -> None:
     epilog=(
         "Examples:\n\n"
         "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --bias bias.h5\n\n"
-        "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --reference ref.h5 --alpha 0.75 --k 16 --json"
+        "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --reference ref.h5 --alpha 0.75 --k 16 --json\n\n"
+        "  nnn eval -Q q.h5 -g g.h5 -t truth.npy -r ref.h5 --params params.json "
+        "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html"
     ),
 )
 @handle_errors
@@ -1009,8 +1096,10 @@ def tune_cmd(
     over-correction (too large alpha turns the lowest-bias items into new
     hubs), so it peaks in between.  Among the cells within --tolerance of the
     best entropy, the one keeping most held-out queries' plain rank-1 item wins
-    (least intervention).  On planted-hub synthetic data it lands within 0.7
-    R@1 points of the supervised best on average (at most 1.7).
+    (least intervention).  Measured: over 10 planted-hub synthetic settings the
+    pick's R@1 is 0.7 points below the grid's best on average (at most 1.7);
+    on sample_data (real MiniLM embeddings) it gives test R@1 87.9 against
+    88.0 for the supervised pick and 86.2 without NNN.
     """
     from .bias import check_alpha
     from .io import check_output_path, check_same_dim, open_embeddings, read_truth, write_json
@@ -1172,9 +1261,9 @@ def root(
 
 def main() -> None:
     """Console entry point (``nnn``)."""
-    from .signals import handle_sigterm
+    from .signals import install_handlers
 
-    handle_sigterm()
+    install_handlers()
     try:
         app()
     except BrokenPipeError:

@@ -166,7 +166,7 @@ def embed_input(
         store.finish(output, attrs)
         return summary
     except NNNError:
-        if store.records_done == 0:
+        if not store.is_open or store.records_done == 0:
             store.discard()  # bad input or model before anything was committed: leave no file behind
         else:
             store.close()

@@ -126,6 +126,10 @@ class PartialStore:
 
     # -- state -----------------------------------------------------------
     @property
+    def is_open(self) -> bool:
+        return bool(self.f.id.valid)
+
+    @property
     def records_done(self) -> int:
         return int(self.f.attrs["records_done"])
 

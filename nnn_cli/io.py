@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError, MismatchError, ParameterError
+from .signals import raise_if_interrupted
 
 H5_SUFFIXES = (".h5", ".hdf5", ".he5")
 METRICS = ("cosine", "ip")
@@ -259,6 +260,8 @@ def _read_stdin_array(label: str) -> np.ndarray:
             if "embeddings" not in f:
                 raise InputError("<stdin>: HDF5 data on standard input has no dataset 'embeddings'")
             return f["embeddings"][()]
+    if not data.startswith(b"\x93NUMPY"):
+        raise InputError("<stdin>: not .npy data (no NumPy header); pipe a file written by numpy.save")
     try:
         arr = np.load(_io.BytesIO(data), allow_pickle=False)
     except ValueError as exc:
@@ -483,6 +486,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        raise_if_interrupted()  # a Ctrl-C/SIGTERM swallowed while writing must not publish the file
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)

@@ -1,18 +1,25 @@
-"""Termination signals: SIGTERM is handled like Ctrl-C, so a killed job cleans up its temporary output.
+"""Ctrl-C and SIGTERM: a killed job removes its temporary output and never publishes a file.
 
 Python turns SIGINT into :class:`KeyboardInterrupt`; by default SIGTERM kills
-the process on the spot and a half-written temporary file stays behind.  With
-:func:`handle_sigterm` installed, SIGTERM raises :class:`Terminated` (a
-``KeyboardInterrupt``) at the next Python instruction, so ``atomic_output``
-removes its temporary file and the previous output stays untouched; the CLI
-then exits with 143 (128 + SIGTERM).  A second SIGTERM kills at once.
-``kill -9`` cannot be caught: it may leave a ``.NAME.*.tmp`` file beside the
-output (never the output itself half-written), safe to delete.
+the process on the spot, leaving its temporary file behind.  With
+:func:`install_handlers` (done by the ``nnn`` entry point) both signals raise
+at the next Python instruction (SIGTERM as :class:`Terminated`, a
+``KeyboardInterrupt``), so ``atomic_output`` removes its temporary file and the
+previous output stays untouched; the CLI exits 130 (SIGINT) or 143 (SIGTERM).
+
+Python may raise such an exception inside a ``__del__`` or weakref callback,
+where it is swallowed (h5py runs many).  So the handler also records the
+signal, and :func:`raise_if_interrupted` (called by ``atomic_output`` just
+before it renames) refuses to publish once a signal was received.  A second
+SIGTERM kills at once.  ``kill -9`` cannot be caught: it may leave a
+``.NAME.*.tmp`` file beside the output (never a half-written output), safe to
+delete once no ``nnn`` job is running.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 
 
@@ -23,16 +30,44 @@ class Terminated(KeyboardInterrupt):
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
-
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated()
+_received: int | None = None
 
 
-def handle_sigterm() -> None:
-    """Make SIGTERM raise :class:`Terminated` (only possible from the main thread)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def _on_signal(signum, frame) -> None:
+    global _received
+    _received = signum
+    if signum == signal.SIGTERM:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _raise_for(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise again if SIGINT/SIGTERM arrived, even if its first exception was swallowed somewhere."""
+    if _received is not None:
+        _raise_for(_received)
+
+
+def _quiet_unraisable(unraisable) -> None:
+    """Drop the 'Exception ignored in ...' report of an interrupt swallowed by a finaliser."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def install_handlers() -> None:
+    """SIGTERM and SIGINT raise (and are remembered); a SIGINT ignored by the parent stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_signal)
+    sys.unraisablehook = _quiet_unraisable
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:

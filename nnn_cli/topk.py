@@ -25,9 +25,17 @@ def faiss_module():
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` OpenMP threads in faiss (None or 0 leaves the default: all cores)."""
+    """Use ``threads`` OpenMP threads in faiss (None or 0 leaves the default: all cores).
+
+    numpy's BLAS (the exact bias GEMM) is limited too when threadpoolctl is installed.
+    """
     if threads:
         faiss_module().omp_set_num_threads(int(threads))
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(int(threads), user_api="blas")
 
 
 def flat_ip_index(database: np.ndarray):

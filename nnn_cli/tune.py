@@ -193,9 +193,13 @@ def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: Truth, biases: 
         if p1 > p0:
             scores = np.ascontiguousarray(queries[start:stop], dtype=np.float32) @ gallery_t
             local = pair_query[p0:p1] - start
-            if not (len(local) == len(scores) and np.array_equal(local, np.arange(len(scores)))):
-                scores = scores[local]
-            pair_rank[:, p0:p1] = _pair_ranks(scores, pair_item[p0:p1], biases, lo, hi)
+            if len(local) == len(scores) and np.array_equal(local, np.arange(len(scores))):
+                pair_rank[:, p0:p1] = _pair_ranks(scores, pair_item[p0:p1], biases, lo, hi)
+            else:  # several (or no) correct items per query: one score row per pair, in bounded chunks
+                for c0 in range(p0, p1, rows_per_block):
+                    c1 = min(p1, c0 + rows_per_block)
+                    pair_rank[:, c0:c1] = _pair_ranks(scores[local[c0 - p0:c1 - p0]], pair_item[c0:c1],
+                                                      biases, lo, hi)
         if progress:
             progress(stop, nq)
     first = np.full((n_cells, truth.n_queries), RANK_CAP, dtype=np.uint8)
@@ -328,7 +332,7 @@ def _grid_entries(alphas, ks, columns: dict[str, np.ndarray]) -> list[dict]:
 
 
 def _plain(value):
-    return round(float(value), 6) if isinstance(value, (float, np.floating)) else int(value)
+    return float(value) if isinstance(value, (float, np.floating)) else int(value)
 
 
 def _skip_note(skipped, n_reference):

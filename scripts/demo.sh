@@ -20,3 +20,10 @@ nnn search $D/queries.h5 --gallery $D/gallery.h5 --bias "$OUT/bias.h5" --top-k 3
 
 echo "== 4. nnn eval: baseline vs NNN on the test split"
 nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --bias "$OUT/bias.h5"
+
+echo "== 5. The paper's comparison on the same split: NNN beside DN, QBNorm and DBNorm (DualIS, DualDIS),"
+echo "     with bootstrap 95% intervals, hubness pictures and an HTML report"
+nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --reference $D/reference.h5 \
+         --params "$OUT/params.json" --methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis \
+         --gallery-bank $D/tune_gallery.h5 --bootstrap 1000 --plots "$OUT/plots" --report "$OUT/report.html"
+echo "pictures in $OUT/plots/, report in $OUT/report.html"
