@@ -37,6 +37,9 @@ from .baselines import (  # noqa: E402
     tune_baseline,
 )
 from .compare import bootstrap_recall, compare_methods  # noqa: E402
+from .embed import EmbedSummary, embed_input  # noqa: E402  (torch is imported only when a model loads)
+from .encoders import Encoder, load_encoder  # noqa: E402
+from .readers import InputSource, Record, open_input  # noqa: E402
 from .tune import TuneResult, top1_per_cell, truth_ranks, tune_grid, tune_unsupervised  # noqa: E402
 
 __all__ = [
@@ -51,5 +54,6 @@ __all__ = [
     "attribute_bias", "compare_attribute_bias", "precision_at", "read_labels",
     "BaselineParams", "rank_dn", "rank_dualdis", "rank_dualis", "rank_method", "rank_qbnorm", "tune_baseline",
     "bootstrap_recall", "compare_methods",
+    "EmbedSummary", "embed_input", "Encoder", "load_encoder", "InputSource", "Record", "open_input",
     "TuneResult", "top1_per_cell", "truth_ranks", "tune_grid", "tune_unsupervised",
 ]

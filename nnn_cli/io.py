@@ -470,6 +470,30 @@ def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarr
 # ---------------------------------------------------------------------------
 # Atomic outputs
 # ---------------------------------------------------------------------------
+def _hold_signals():
+    """Hold SIGINT/SIGTERM back (POSIX, main thread); returns the mask to restore, or None."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _release_signals(held) -> None:
+    """Deliver what :func:`_hold_signals` held back."""
+    if held is not None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
@@ -481,15 +505,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{path}: output folder {parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
+    held = _hold_signals()  # a signal between mkstemp and `tmp = ...` would leave the temporary file behind
     try:
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+            tmp = Path(tmp_name)
+        except PermissionError:
+            raise InputError(f"{path}: cannot create files in {parent} (permission denied)") from None
+        finally:
+            _release_signals(held)  # a signal held back is raised here, inside the cleanup's reach
         yield tmp
         raise_if_interrupted()  # a Ctrl-C/SIGTERM swallowed while writing must not publish the file
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
         with contextlib.suppress(OSError):
             dfd = os.open(parent, os.O_RDONLY)
@@ -498,8 +529,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             finally:
                 os.close(dfd)
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
 
 
