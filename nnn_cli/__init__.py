@@ -41,6 +41,9 @@ from .embed import EmbedSummary, embed_input  # noqa: E402  (torch is imported o
 from .encoders import Encoder, load_encoder  # noqa: E402
 from .readers import InputSource, Record, open_input  # noqa: E402
 from .tune import TuneResult, top1_per_cell, truth_ranks, tune_grid, tune_unsupervised  # noqa: E402
+from .incremental import StoredBias, add_reference, append_items, load_stored_bias, merge_topk  # noqa: E402
+from .info import describe_file  # noqa: E402
+from .provenance import check_bias_matches, check_matches_parts, combined_fingerprint  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -56,4 +59,6 @@ __all__ = [
     "bootstrap_recall", "compare_methods",
     "EmbedSummary", "embed_input", "Encoder", "load_encoder", "InputSource", "Record", "open_input",
     "TuneResult", "top1_per_cell", "truth_ranks", "tune_grid", "tune_unsupervised",
+    "StoredBias", "add_reference", "append_items", "load_stored_bias", "merge_topk", "describe_file",
+    "check_bias_matches", "check_matches_parts", "combined_fingerprint",
 ]

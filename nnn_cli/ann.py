@@ -33,6 +33,8 @@ KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 50
 AUTO_MIN_GAIN = 4.0
 """``auto`` picks an approximate index only when its predicted cost is this many times lower than exact."""
+OVERFETCH_QUANTIZED = 4
+"""Default candidates per result (k x this) re-ranked exactly when the gallery index stores quantized codes."""
 TUNE_SAMPLE = 1000
 """Query rows used to measure recall against exact top-k when tuning (``--recall``)."""
 
@@ -145,9 +147,6 @@ def choose_index(kind: str, n_queries: int, n_database: int, dim: int, k: int,
 # ---------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------
-Vectors = "np.ndarray | EmbeddingSource"
-
-
 def _n_rows(data) -> int:
     return data.n if isinstance(data, EmbeddingSource) else len(data)
 
@@ -370,7 +369,7 @@ def load_index(path: str | Path, dim: int, ntotal: int, what: str, meta: dict | 
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(f"{side}: not valid JSON; delete it or rebuild the index") from None
         for key, value in meta.items():
-            if key in saved and saved[key] != value:
+            if key in ("side", "metric", "fingerprint", "bias") and key in saved and saved[key] != value:
                 raise MismatchError(f"{path}: index was built with {key}={saved[key]!r}, but this run has "
                                     f"{key}={value!r}; rebuild it with --save-index")
     return index
@@ -383,15 +382,32 @@ def index_meta(data_fingerprint: str, metric: str, choice: IndexChoice, side: st
 # ---------------------------------------------------------------------------
 # NNN steps with an index
 # ---------------------------------------------------------------------------
+def stores_exact_vectors(index) -> bool:
+    """True when the index scores with the stored float32 vectors (Flat, IVF-Flat, HNSW-Flat)."""
+    faiss = faiss_module()
+    base = faiss.downcast_index(index)
+    if isinstance(base, faiss.IndexHNSW):
+        base = faiss.downcast_index(base.storage)
+    return isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat))
+
+
 def approximate_reference_topk(index, gallery: np.ndarray, reference_exact, k: int,
                                block_rows: int = DEFAULT_QUERY_BLOCK,
-                               progress: ProgressFn | None = None) -> tuple[np.ndarray, int]:
+                               progress: ProgressFn | None = None,
+                               rescore=None) -> tuple[np.ndarray, int]:
     """((N, k) top-k reference scores from ``index``, rows recomputed exactly).
 
     Rows for which the index returned fewer than k results (too few probed
     lists) are recomputed exactly with ``reference_exact(rows) -> (rows, k)``.
+    With ``rescore(rows, candidate_ids) -> (rows, k)`` (quantized indexes),
+    2k candidates are fetched and re-scored exactly.
     """
-    scores, ids = index_topk(index, gallery, k, block_rows, progress)
+    if rescore is None:
+        scores, ids = index_topk(index, gallery, k, block_rows, progress)
+    else:
+        ids = index_topk(index, gallery, min(2 * k, index.ntotal), block_rows, progress)[1]
+        scores = rescore(gallery, ids)
+        ids = np.where(np.isfinite(scores), 0, -1)
     short = np.flatnonzero((ids < 0).any(axis=1))
     if len(short):
         scores[short] = reference_exact(gallery[short])
@@ -501,15 +517,29 @@ def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, 
         index = build_index(reference, choice, metric)
     info["index_build_seconds"] = round(time.perf_counter() - t0, 3)
     _apply_depth(index, choice)
-    if save_path is not None:
-        save_index(index, save_path, meta or {})
-        info["index_saved_to"] = str(save_path)
     n_sample = min(len(gallery), TUNE_SAMPLE if choice.recall_target else 200)
     sample, _ = sample_rows(gallery, n_sample)
     exact = topk_scores_vs(sample, reference, k, metric)
+    rescore = None
+    if not stores_exact_vectors(index):
+        # quantized codes give approximate scores: re-score candidates with the float32 reference
+        ref_rows = reference.read(metric) if isinstance(reference, EmbeddingSource) else reference
+        info["index_rescored_exactly"] = True
+
+        def rescore(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+            out = np.empty((len(rows), k), dtype=np.float32)
+            for start in range(0, len(rows), 1024):
+                out[start:start + 1024] = rerank_debiased(rows[start:start + 1024], ref_rows, None,
+                                                          ids[start:start + 1024], k)[0]
+            return out
+
+    def search_sample() -> np.ndarray:
+        if rescore is None:
+            return index_topk(index, sample, k)[0]
+        return rescore(sample, index_topk(index, sample, min(2 * k, index.ntotal))[1])
 
     def measure() -> float:
-        return score_recall(index_topk(index, sample, k)[0], exact)
+        return score_recall(search_sample(), exact)
 
     if choice.recall_target is not None and depth_knob(index) is not None:
         tuned = tune_depth(index, measure, k, choice.recall_target)
@@ -517,20 +547,23 @@ def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, 
         if not tuned["reached"]:
             info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
                                      f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
-    approx_sample = index_topk(index, sample, k)[0]
+    if save_path is not None:  # after tuning: faiss stores nprobe / efSearch in the file
+        save_index(index, save_path, meta or {})
+        info["index_saved_to"] = str(save_path)
+    approx_sample = search_sample()
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(score_recall(approx_sample, exact), 4)
     approx_mean = np.where(np.isfinite(approx_sample), approx_sample, exact).astype(np.float64).mean(axis=1)
     info["index_sample_mean_abs_topk_mean_error"] = float(np.abs(approx_mean - exact.astype(np.float64).mean(axis=1)).mean())
     _record_depth(index, choice)
     topk, n_short = approximate_reference_topk(index, gallery, lambda rows: topk_scores_vs(rows, reference, k, metric),
-                                               k, progress=progress)
+                                               k, progress=progress, rescore=rescore)
     info["index_rows_recomputed_exactly"] = n_short
     return topk, ApproximateRun(choice, info)
 
 
 def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, k: int,
-                   choice: IndexChoice, overfetch: int = 2, load_path: str | Path | None = None,
+                   choice: IndexChoice, overfetch: int | None = None, load_path: str | Path | None = None,
                    save_path: str | Path | None = None, meta: dict | None = None,
                    progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, ApproximateRun]:
     """(scores, ids, run): debiased top-k through an index over ``[r, b]``, re-ranked exactly.
@@ -542,7 +575,7 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
 
     from .search import augment_gallery
 
-    info: dict = {"index_overfetch": int(overfetch)}
+    info: dict = {}
     vectors = augment_gallery(gallery, bias) if bias is not None else gallery
     t0 = time.perf_counter()
     if load_path is not None:
@@ -553,9 +586,11 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
     del vectors
     info["index_build_seconds"] = round(time.perf_counter() - t0, 3)
     _apply_depth(index, choice)
-    if save_path is not None:
-        save_index(index, save_path, meta or {})
-        info["index_saved_to"] = str(save_path)
+    if overfetch is None:
+        # measured (bench_scale.py): with float32 storage, fetching more from the same probed lists / graph
+        # walk does not raise recall; quantized codes need spare candidates for the exact re-rank
+        overfetch = 1 if stores_exact_vectors(index) else OVERFETCH_QUANTIZED
+    info["index_overfetch"] = int(overfetch)
     kk = int(min(k, len(gallery)))
     n_sample = min(len(queries), TUNE_SAMPLE if choice.recall_target else 200)
     sample, _ = sample_rows(queries, n_sample)
@@ -570,6 +605,9 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
         if not tuned["reached"]:
             info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
                                      f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
+    if save_path is not None:  # after tuning: faiss stores nprobe / efSearch in the file
+        save_index(index, save_path, meta or {})
+        info["index_saved_to"] = str(save_path)
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(measure(), 4)
     _record_depth(index, choice)

@@ -58,8 +58,8 @@ class BlockPlan:
     per_gallery_row_bytes: int
 
 
-INTERPRETER_BYTES = 160 * 1024**2
-"""Python, numpy, faiss and h5py loaded: measured resident size before any data (about 150 MB)."""
+INTERPRETER_BYTES = 96 * 1024**2
+"""Python, numpy, faiss, h5py, typer and rich loaded: measured resident size before any data (about 65 MB)."""
 
 
 def plan_blocks(budget: int, dim: int, k: int, n_gallery: int) -> BlockPlan:

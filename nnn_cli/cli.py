@@ -273,6 +273,9 @@ def bias_cmd(
     from .scale import plan_bias, run_bias_plan
 
     if append_to is not None or update is not None or reference_add is not None:
+        if index != "flat" or load_index or save_index or memory_budget:
+            raise ParameterError("--append-to/--update compute exactly, in memory: drop --index, --load-index, "
+                                 "--save-index and --memory-budget")
         _bias_incremental(gallery, reference, output, alpha, k, params, metric.value, block_size, threads,
                           quiet, json_out, append_to, update, reference_add)
         return
@@ -403,9 +406,9 @@ def search_cmd(
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     recall: RecallOpt = None,
-    overfetch: Annotated[int, typer.Option(
+    overfetch: Annotated[Optional[int], typer.Option(
         "--overfetch", min=1, help="With an approximate index: fetch top-k x this many candidates and re-rank "
-                                   "them by exact debiased score.")] = 2,
+                                   "them by exact debiased score (default 1; 4 for quantized indexes).")] = None,
     save_index: SaveIndexOpt = None,
     load_index: LoadIndexOpt = None,
     device: DeviceOpt = "cpu",

@@ -298,6 +298,9 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         src = open_shard_folder(path, label)
         ids = src.ids()
     elif path.suffix.lower() == ".npy":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise InputError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except ValueError as exc:

@@ -130,7 +130,7 @@ class SearchPlan:
     """How `nnn search` will run: exact flat index or an approximate one over ``[r, b]`` with re-ranking."""
 
     choice: IndexChoice
-    overfetch: int = 2
+    overfetch: int | None = None
     load_index: Path | None = None
     save_index: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -142,7 +142,8 @@ class SearchPlan:
     def describe(self) -> str:
         if not self.indexed:
             return f"index: flat (exact); {self.choice.reason}"
-        text = (f"index: {self.choice.describe()}; {self.choice.reason}; candidates x{self.overfetch} "
+        fetch = f"x{self.overfetch}" if self.overfetch else "(x1, or x4 for quantized indexes)"
+        text = (f"index: {self.choice.describe()}; {self.choice.reason}; candidates {fetch} "
                 "re-ranked by exact debiased score")
         if self.choice.recall_target:
             text += f"; tuning for top-k recall >= {self.choice.recall_target}"
@@ -151,10 +152,10 @@ class SearchPlan:
 
 def plan_search(n_queries: int, n_gallery: int, dim: int, top_k: int, index: str = "flat",
                 nlist: int | None = None, nprobe: int | None = None, ef_search: int | None = None,
-                recall: float | None = None, overfetch: int = 2, device: str = "cpu",
+                recall: float | None = None, overfetch: int | None = None, device: str = "cpu",
                 load_index: str | Path | None = None, save_index: str | Path | None = None) -> SearchPlan:
     """Validate the index options of `nnn search` and decide (nothing is read yet)."""
-    if overfetch < 1:
+    if overfetch is not None and overfetch < 1:
         raise ParameterError(f"--overfetch must be >= 1, got {overfetch}")
     choice = choose_index(index, n_queries, n_gallery, dim + 1, min(top_k, n_gallery), nlist, nprobe, ef_search, recall)
     if load_index is not None:

@@ -1,0 +1,463 @@
+"""Benchmark: nnn at scale against the authors' nnn-retrieval, on the same synthetic inputs in one run.
+
+Clustered unit vectors, d=512.  Every timed job runs in its own subprocess
+(``--worker``), so a crash (nnn-retrieval's FaissCPURetriever on
+faiss-cpu >= 1.13) is recorded as "crashed" and peak memory is per job.
+
+Sections:
+  gemm      this machine's sustained fp32 GEMM rate (numpy BLAS), the yardstick
+  topk      exact top-k engines for the bias step: faiss IndexFlatIP.search, faiss.knn, GEMM+np.partition
+  bias      bias step, N gallery x M reference, k=16 and 128: ours vs NNNRanker(NNNRetriever) (torch)
+            and NNNRanker(FaissCPURetriever); also both as whole processes (`nnn bias` CLI vs a script)
+  search    debiased search of Q queries: ours (faiss flat over [r, b]) vs NNNRanker.search
+  ann       reference-side indexes (IVF, HNSW tuned to --recall): build/search time, top-k recall, bias error
+  ann_scale N x N bias with `--index auto --recall 0.95` (cold, build included) vs exact extrapolated
+            from a measured 2,000-row slice
+  gallery   gallery-side index over [r, b] vs plain vectors + re-ranking: recall of debiased top-k and
+            time against plain faiss search on the same kind of index
+  budget    a large HDF5 reference under --memory-budget: peak RSS
+
+    .venv/bin/python bench/bench_scale.py --quick   # CI-size check (about a minute)
+    .venv/bin/python bench/bench_scale.py           # medium (the issue's N=5k, M=25k/118k)
+    .venv/bin/python bench/bench_scale.py --full    # adds M=590k, 200k x 200k ANN, 3 GB budget run
+
+Prints one table of ratios (ours / theirs; below 1 means ours is faster or smaller) and
+writes everything to bench/results/bench_scale_<mode>.json.  On a shared machine the absolute
+times are pessimistic; the ratios come from the same run on the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+DIM = 512
+
+SIZES = {
+    "quick": dict(n=1000, ms=[5000, 20000], ks=[16, 128], q=2000, ann_m=20000, scale_n=20000,
+                  gallery_n=20000, budget_rows=150_000, budget="300MB", budget_g=512, hnsw=True),
+    "medium": dict(n=5000, ms=[25000, 118000], ks=[16, 128], q=25000, ann_m=118000, scale_n=60000,
+                   gallery_n=118000, budget_rows=400_000, budget="512MB", budget_g=1024, hnsw=True),
+    "full": dict(n=5000, ms=[25000, 118000, 590000], ks=[16, 128], q=25000, ann_m=118000, scale_n=200000,
+                 gallery_n=118000, budget_rows=1_500_000, budget="1GB", budget_g=1024, hnsw=True),
+}
+
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+def clustered(n: int, seed: int, n_clusters: int = 200, block: int = 100_000, centres_seed: int = 7) -> np.ndarray:
+    """(n, 512) float32 unit rows around shared cluster centres (the same centres for every set)."""
+    centres = np.random.default_rng(centres_seed).standard_normal((n_clusters, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), dtype=np.float32)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        x = centres[rng.integers(0, n_clusters, e - s)] + 1.2 * rng.standard_normal((e - s, DIM)).astype(np.float32)
+        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def maxrss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the forking parent's peak)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------
+# worker jobs (each in its own process)
+# ---------------------------------------------------------------------------
+def job_ours_bias(a: dict) -> dict:
+    from nnn_cli.bias import bias_from_topk, reference_topk
+
+    base = maxrss_mb()
+    g, r = np.load(a["g"]), np.load(a["r"])
+    t = time.perf_counter()
+    b = bias_from_topk(reference_topk(g, r, a["k"]), 1.0, a["k"])
+    sec = time.perf_counter() - t
+    np.save(a["out"], b)
+    return {"seconds": sec, "base_rss_mb": base}
+
+
+def job_theirs_bias(a: dict) -> dict:
+    import torch
+    from nnn import NNNRanker, NNNRetriever
+    from nnn.faiss_cpu_retriever import FaissCPURetriever
+
+    base = maxrss_mb()
+    g, r = np.load(a["g"]), np.load(a["r"])
+    retriever = NNNRetriever(DIM) if a["backend"] == "torch" else FaissCPURetriever(DIM)
+    t = time.perf_counter()
+    ranker = NNNRanker(retriever, g, r, alternate_ks=a["k"], batch_size=128, alternate_weight=1.0)
+    sec = time.perf_counter() - t
+    np.save(a["out"], np.asarray(ranker.alignment_means).reshape(-1).astype(np.float32))
+    del torch
+    return {"seconds": sec, "base_rss_mb": base}
+
+
+def job_ours_search(a: dict) -> dict:
+    from nnn_cli.search import DebiasedIndex
+
+    g, q, b = np.load(a["g"]), np.load(a["q"]), np.load(a["b"])
+    t = time.perf_counter()
+    _, idx = DebiasedIndex(g, b).search(q, a["k"])
+    sec = time.perf_counter() - t
+    np.save(a["out"], idx)
+    return {"seconds": sec}
+
+
+def job_theirs_search(a: dict) -> dict:
+    from nnn import NNNRanker, NNNRetriever
+
+    g, q, r = np.load(a["g"]), np.load(a["q"]), np.load(a["r"])
+    ranker = NNNRanker(NNNRetriever(DIM), g, r, alternate_ks=a["kb"], batch_size=128, alternate_weight=1.0)
+    t = time.perf_counter()
+    _, idx = ranker.search(q, a["k"])
+    sec = time.perf_counter() - t
+    np.save(a["out"], idx)
+    return {"seconds": sec}
+
+
+def job_cli(a: dict) -> dict:
+    """Run the `nnn` CLI in this process (a whole process: imports, reading, computing, writing)."""
+    from nnn_cli.cli import app
+
+    t = time.perf_counter()
+    code = app(a["argv"], standalone_mode=False)
+    if code:
+        raise SystemExit(f"nnn exited with {code}")
+    return {"seconds": time.perf_counter() - t}
+
+
+JOBS = {"ours_bias": job_ours_bias, "theirs_bias": job_theirs_bias, "ours_search": job_ours_search,
+        "theirs_search": job_theirs_search, "cli": job_cli}
+
+
+def worker(spec: str) -> None:
+    args = json.loads(spec)
+    out = JOBS[args["job"]](args)
+    out["peak_rss_mb"] = maxrss_mb()
+    sys.stdout.write("@@RESULT " + json.dumps(out) + "\n")
+
+
+def run_job(job: str, timeout: float = 900, threads: int = 0, **kw) -> dict:
+    """Run one job in a fresh interpreter; wall time from outside (a whole process)."""
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([PY, __file__, "--worker", json.dumps({"job": job, **kw})], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "wall_seconds": timeout}
+    wall = time.perf_counter() - t
+    for line in proc.stdout.splitlines():
+        if line.startswith("@@RESULT "):
+            return {"status": "ok", "wall_seconds": wall, **json.loads(line[9:])}
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
+    status = "crashed" if proc.returncode < 0 or "Segmentation" in proc.stderr or "Abort" in proc.stderr else "failed"
+    return {"status": status, "returncode": proc.returncode, "error": tail, "wall_seconds": wall}
+
+
+# ---------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------
+def gemm_rate(seconds: float = 3.0) -> float:
+    """Sustained fp32 GEMM GFLOP/s of numpy's BLAS, at the bias step's tile shape."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, DIM)).astype(np.float32)
+    b = rng.standard_normal((16384, DIM)).astype(np.float32)
+    a @ b.T
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b.T
+        n += 1
+    return 2 * 1024 * 16384 * DIM * n / (time.perf_counter() - t) / 1e9
+
+
+def topk_engines(g: np.ndarray, r: np.ndarray, k: int) -> dict:
+    import faiss
+
+    from nnn_cli.topk import topk_scores
+
+    flops = 2.0 * len(g) * len(r) * DIM
+    out = {}
+    t = time.perf_counter()
+    index = faiss.IndexFlatIP(DIM)
+    index.add(r)
+    d_flat, _ = index.search(g, k)
+    out["faiss_IndexFlatIP"] = time.perf_counter() - t
+    t = time.perf_counter()
+    d_knn, _ = faiss.knn(g, r, k, metric=faiss.METRIC_INNER_PRODUCT)
+    out["faiss_knn"] = time.perf_counter() - t
+    t = time.perf_counter()
+    d_ours = topk_scores(g, r, k)
+    out["gemm_partition"] = time.perf_counter() - t
+    assert np.abs(d_ours - d_flat).max() < 1e-4 and np.abs(d_ours - d_knn).max() < 1e-4
+    return {name: {"seconds": round(s, 3), "gflops": round(flops / s / 1e9, 1)} for name, s in out.items()}
+
+
+def ann_reference(g: np.ndarray, r: np.ndarray, k: int, exact_topk: np.ndarray, exact_seconds: float,
+                  kinds: list[str]) -> dict:
+    from nnn_cli.ann import choose_index, indexed_reference_topk, score_recall
+
+    out = {}
+    for kind in kinds:
+        choice = choose_index(kind, len(g), len(r), DIM, k, recall=0.95)
+        t = time.perf_counter()
+        topk, run = indexed_reference_topk(g, r, k, "ip", choice)
+        sec = time.perf_counter() - t
+        err = np.abs(topk.astype(np.float64).mean(1) - exact_topk.astype(np.float64).mean(1))
+        out[kind] = {"seconds": round(sec, 2), "build_seconds": run.info["index_build_seconds"],
+                     "speedup_vs_exact": round(exact_seconds / sec, 2),
+                     "recall_all_rows": round(score_recall(topk, exact_topk), 4),
+                     "tuned": run.info.get("index_tuned"), "bias_abs_error_mean": float(err.mean()),
+                     "bias_abs_error_max": float(err.max()), "index": choice.describe()}
+    return out
+
+
+def ann_scale(n: int, k: int = 16) -> dict:
+    """N x N bias with auto + recall 0.95, cold; exact extrapolated from a 2,000-row slice."""
+    from nnn_cli.ann import choose_index, indexed_reference_topk, sample_rows, score_recall
+    from nnn_cli.topk import topk_scores
+
+    g, r = clustered(n, 11), clustered(n, 12)
+    sample, pos = sample_rows(g, 2000)
+    t = time.perf_counter()
+    exact_sample = topk_scores(sample, r, k)
+    slice_sec = time.perf_counter() - t
+    exact_est = slice_sec * n / len(sample)
+    choice = choose_index("auto", n, n, DIM, k, recall=0.95)
+    t = time.perf_counter()
+    topk, run = indexed_reference_topk(g, r, k, "ip", choice) if not choice.exact else (topk_scores(g, r, k), None)
+    sec = time.perf_counter() - t
+    return {"n_gallery": n, "n_reference": n, "k": k, "auto_chose": choice.describe(), "reason": choice.reason,
+            "seconds_cold": round(sec, 2), "exact_seconds_extrapolated": round(exact_est, 1),
+            "exact_slice_rows": len(sample), "exact_slice_seconds": round(slice_sec, 2),
+            "speedup": round(exact_est / sec, 1), "recall_2000_sample": round(score_recall(topk[pos], exact_sample), 4),
+            "index_info": run.info if run else None}
+
+
+def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
+    """Debiased top-k through IVF/HNSW over [r, b] vs plain-vector index + re-rank; times vs plain faiss."""
+    from nnn_cli.ann import (IndexChoice, build_index, debiased_search, default_nlist, rerank_debiased,
+                             set_search_depth, topk_recall)
+    from nnn_cli.bias import compute_bias
+    from nnn_cli.search import augment_gallery, search
+
+    g, q = clustered(n, 21), clustered(n_queries, 22)
+    bias = compute_bias(g, clustered(5000, 23), 0.75, 16)
+    _, exact_deb = search(q, g, bias, k)
+    _, exact_plain = search(q, g, None, k)
+    out = {"n_gallery": n, "n_queries": n_queries, "k": k}
+    for kind, depth in (("ivf", {"nprobe": 16}), ("hnsw", {"ef_search": 64})):
+        choice = IndexChoice(kind, nlist=default_nlist(n) if kind == "ivf" else None)
+        plain_index = build_index(g, choice)
+        aug_index = build_index(augment_gallery(g, bias), choice)
+        set_search_depth(plain_index, **depth)
+        set_search_depth(aug_index, **depth)
+        t = time.perf_counter()
+        _, plain_ids = plain_index.search(q, k)
+        t_plain = time.perf_counter() - t
+        row = {"depth": depth, "plain_faiss_seconds": round(t_plain, 3),
+               "plain_recall_vs_exact_plain": round(topk_recall(plain_ids, exact_plain), 4)}
+        for f in (1, 2):
+            t = time.perf_counter()
+            _, ids = debiased_search(aug_index, q, g, bias, k, overfetch=f)
+            sec = time.perf_counter() - t
+            row[f"augmented_overfetch{f}"] = {"seconds": round(sec, 3), "time_vs_plain": round(sec / t_plain, 2),
+                                              "recall": round(topk_recall(ids, exact_deb), 4)}
+        for f in (2, 4):
+            t = time.perf_counter()
+            _, cand = plain_index.search(q, k * f)
+            _, ids = rerank_debiased(q, g, bias, cand, k)
+            sec = time.perf_counter() - t
+            row[f"plain_index_rerank{f}"] = {"seconds": round(sec, 3), "time_vs_plain": round(sec / t_plain, 2),
+                                             "recall": round(topk_recall(ids, exact_deb), 4)}
+        out[kind] = row
+    return out
+
+
+def budget_run(tmp: Path, rows: int, budget: str, n_gallery: int) -> dict:
+    import h5py
+
+    path = tmp / "big_reference.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("embeddings", shape=(rows, DIM), dtype=np.float32, chunks=(4096, DIM))
+        for s in range(0, rows, 100_000):
+            e = min(rows, s + 100_000)
+            dset[s:e] = clustered(e - s, 1000 + s // 100_000)
+    size_gb = path.stat().st_size / 1e9
+    np.save(tmp / "budget_g.npy", clustered(n_gallery, 31))
+    res = run_job("cli", argv=["bias", str(tmp / "budget_g.npy"), "--reference", str(path), "--alpha", "1", "--k", "16",
+                               "-o", str(tmp / "budget_bias.h5"), "--memory-budget", budget, "-q", "--metric", "ip"])
+    path.unlink()
+    return {"reference_file_gb": round(size_gb, 2), "n_gallery": n_gallery, "budget": budget, **res}
+
+
+# ---------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="CI-size check")
+    ap.add_argument("--full", action="store_true", help="the issue's full sizes (M up to 590k, 200k x 200k ANN, 3 GB)")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    mode = "quick" if args.quick else "full" if args.full else "medium"
+    size = SIZES[mode]
+    skip = set(filter(None, args.skip.split(",")))
+    tmp = Path(tempfile.mkdtemp(prefix="nnn_bench_scale_"))
+    res: dict = {"mode": mode, "sizes": size, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                 "load_avg_start": os.getloadavg()}, "dim": DIM}
+    ratios: list[tuple[str, str, str, str]] = []
+    t_start = time.perf_counter()
+    try:
+        res["gemm_gflops"] = round(gemm_rate(), 1)
+        print(f"sustained fp32 GEMM: {res['gemm_gflops']} GFLOP/s", flush=True)
+        n = size["n"]
+        g = clustered(n, 1)
+        np.save(tmp / "g.npy", g)
+        res["bias"] = []
+        for m in size["ms"]:
+            r = clustered(m, 2)
+            np.save(tmp / "r.npy", r)
+            if m == size["ms"][-1] and "topk" not in skip:
+                res["topk_engines"] = {k: topk_engines(g, r, k) for k in size["ks"]}
+                print("top-k engines:", json.dumps(res["topk_engines"]), flush=True)
+            input_mb = (g.nbytes + r.nbytes) / 2**20
+            for k in size["ks"]:
+                ours = run_job("ours_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, out=str(tmp / "b_ours.npy"))
+                theirs = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, backend="torch",
+                                 out=str(tmp / "b_theirs.npy"))
+                row = {"n": n, "m": m, "k": k, "input_mb": round(input_mb, 1), "ours": ours, "theirs_torch": theirs}
+                if ours["status"] == "ok" and theirs["status"] == "ok":
+                    row["max_abs_bias_diff"] = float(np.abs(np.load(tmp / "b_ours.npy") - np.load(tmp / "b_theirs.npy")).max())
+                    row["ours_gemm_fraction"] = round(2.0 * n * m * DIM / ours["seconds"] / 1e9 / res["gemm_gflops"], 3)
+                    ratios.append((f"bias step N={n} M={m} k={k}", "time",
+                                   f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s", f"{ours['seconds'] / theirs['seconds']:.2f}"))
+                    ratios.append((f"bias step N={n} M={m} k={k}", "peak RSS",
+                                   f"{ours['peak_rss_mb']:.0f}MB / {theirs['peak_rss_mb']:.0f}MB (inputs {input_mb:.0f}MB)",
+                                   f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}"))
+                if m == size["ms"][0] and k == size["ks"][0]:
+                    row["theirs_faiss_cpu"] = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k,
+                                                      backend="faiss", out=str(tmp / "b_f.npy"))
+                    ratios.append(("bias step, FaissCPURetriever", "status", row["theirs_faiss_cpu"]["status"], "-"))
+                res["bias"].append(row)
+                print(json.dumps(row), flush=True)
+            if m == size["ms"][min(1, len(size["ms"]) - 1)]:
+                k = size["ks"][-1]
+                whole_ours = run_job("cli", argv=["bias", str(tmp / "g.npy"), "--reference", str(tmp / "r.npy"),
+                                                  "--alpha", "1", "--k", str(k), "-o", str(tmp / "cli_bias.h5"),
+                                                  "--metric", "ip", "-q"])
+                whole_theirs = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, backend="torch",
+                                       out=str(tmp / "b_theirs2.npy"))
+                res["whole_process"] = {"n": n, "m": m, "k": k, "ours_cli": whole_ours, "theirs_torch": whole_theirs}
+                if whole_ours["status"] == "ok" and whole_theirs["status"] == "ok":
+                    ratios.append((f"whole process `nnn bias` N={n} M={m} k={k}", "wall",
+                                   f"{whole_ours['wall_seconds']:.2f}s / {whole_theirs['wall_seconds']:.2f}s",
+                                   f"{whole_ours['wall_seconds'] / whole_theirs['wall_seconds']:.2f}"))
+                    ratios.append((f"whole process `nnn bias` N={n} M={m} k={k}", "peak RSS / inputs",
+                                   f"{whole_ours['peak_rss_mb']:.0f}MB / {input_mb:.0f}MB",
+                                   f"{whole_ours['peak_rss_mb'] / input_mb:.2f}"))
+                print("whole process:", json.dumps(res["whole_process"]), flush=True)
+            if m == size["ann_m"] and "ann" not in skip:
+                exact_row = next(x for x in res["bias"] if x["m"] == m and x["k"] == size["ks"][-1])
+                from nnn_cli.topk import topk_scores
+
+                res["ann"] = {}
+                for k in size["ks"]:
+                    t = time.perf_counter()
+                    exact_topk = topk_scores(g, r, k)
+                    exact_sec = time.perf_counter() - t
+                    kinds = ["ivf", "hnsw"] if size["hnsw"] else ["ivf"]
+                    res["ann"][str(k)] = {"exact_seconds": round(exact_sec, 2),
+                                          **ann_reference(g, r, k, exact_topk, exact_sec, kinds)}
+                    for kind in kinds:
+                        a = res["ann"][str(k)][kind]
+                        ratios.append((f"bias, {kind} --recall 0.95, M={m} k={k}", "time vs exact (recall, |bias err|)",
+                                       f"{a['seconds']:.1f}s / {exact_sec:.1f}s (R={a['recall_all_rows']:.3f}, "
+                                       f"{a['bias_abs_error_mean']:.1e})", f"{a['seconds'] / exact_sec:.2f}"))
+                del exact_row
+                print("ann:", json.dumps(res["ann"]), flush=True)
+        del r
+        if "search" not in skip:
+            m0 = size["ms"][0]
+            r = clustered(m0, 2)
+            np.save(tmp / "r0.npy", r)
+            from nnn_cli.bias import compute_bias
+
+            np.save(tmp / "b0.npy", compute_bias(g, r, 1.0, 16))
+            q = clustered(size["q"], 3)
+            np.save(tmp / "q.npy", q)
+            ours = run_job("ours_search", g=str(tmp / "g.npy"), q=str(tmp / "q.npy"), b=str(tmp / "b0.npy"), k=10,
+                           out=str(tmp / "s_ours.npy"))
+            theirs = run_job("theirs_search", g=str(tmp / "g.npy"), q=str(tmp / "q.npy"), r=str(tmp / "r0.npy"), kb=16,
+                             k=10, out=str(tmp / "s_theirs.npy"))
+            res["search"] = {"n": n, "q": size["q"], "ours": ours, "theirs_torch": theirs}
+            if ours["status"] == "ok" and theirs["status"] == "ok":
+                agree = float((np.load(tmp / "s_ours.npy")[:, 0] == np.load(tmp / "s_theirs.npy")[:, 0]).mean())
+                res["search"]["top1_agreement"] = agree
+                ratios.append((f"search step Q={size['q']} N={n} top-10", "time",
+                               f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s", f"{ours['seconds'] / theirs['seconds']:.2f}"))
+            print("search:", json.dumps(res["search"]), flush=True)
+        if "gallery" not in skip:
+            res["gallery_index"] = gallery_side(size["gallery_n"], 5000 if mode != "quick" else 1000)
+            for kind in ("ivf", "hnsw"):
+                row = res["gallery_index"][kind]
+                best = row["augmented_overfetch1"]
+                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs plain faiss (recall)",
+                               f"{best['seconds']:.2f}s / {row['plain_faiss_seconds']:.2f}s (R={best['recall']:.3f}; "
+                               f"plain {row['plain_recall_vs_exact_plain']:.3f})", f"{best['time_vs_plain']:.2f}"))
+            print("gallery index:", json.dumps(res["gallery_index"]), flush=True)
+        if "ann_scale" not in skip:
+            res["ann_scale"] = ann_scale(size["scale_n"])
+            a = res["ann_scale"]
+            ratios.append((f"auto --recall 0.95, {a['n_gallery']} x {a['n_reference']} k=16 (cold)", "time vs exact (recall)",
+                           f"{a['seconds_cold']:.0f}s / {a['exact_seconds_extrapolated']:.0f}s extrap. (R={a['recall_2000_sample']:.3f})",
+                           f"{1 / a['speedup']:.3f}"))
+            print("ann scale:", json.dumps(res["ann_scale"]), flush=True)
+        if "budget" not in skip:
+            res["budget"] = budget_run(tmp, size["budget_rows"], size["budget"], size["budget_g"])
+            b = res["budget"]
+            ratios.append((f"{b['reference_file_gb']} GB reference, --memory-budget {b['budget']}", "peak RSS",
+                           f"{b.get('peak_rss_mb', float('nan')):.0f}MB ({b['status']}, {b['wall_seconds']:.0f}s)", "-"))
+            print("budget:", json.dumps(res["budget"]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    res["machine"]["load_avg_end"] = os.getloadavg()
+    res["ratios"] = [dict(zip(("what", "measure", "ours / theirs", "ratio"), row)) for row in ratios]
+    width = max(len(r[0]) for r in ratios) if ratios else 10
+    print(f"\n{'what':<{width}}  {'measure':<36} {'ours / theirs':<58} ratio")
+    for what, measure, detail, ratio in ratios:
+        print(f"{what:<{width}}  {measure:<36} {detail:<58} {ratio}")
+    print(f"(GEMM {res['gemm_gflops']} GFLOP/s; total {res['total_seconds']}s; load {res['machine']['load_avg_end']})")
+    out = ROOT / "bench" / "results" / f"bench_scale_{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
