@@ -44,6 +44,20 @@ from .tune import TuneResult, top1_per_cell, truth_ranks, tune_grid, tune_unsupe
 from .incremental import StoredBias, add_reference, append_items, load_stored_bias, merge_topk  # noqa: E402
 from .info import describe_file  # noqa: E402
 from .provenance import check_bias_matches, check_matches_parts, combined_fingerprint  # noqa: E402
+from .topk import topk_scores  # noqa: E402
+from .budget import parse_memory_budget, plan_blocks  # noqa: E402
+from .shards import ShardedSource, open_shard_folder  # noqa: E402
+from .streaming import streamed_bias, streamed_reference_topk  # noqa: E402
+from .ann import (  # noqa: E402
+    IndexChoice,
+    build_index,
+    choose_index,
+    indexed_reference_topk,
+    indexed_search,
+    load_index,
+    save_index,
+)
+from .scale import plan_bias, plan_search, run_bias_plan, run_search_plan  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -61,4 +75,8 @@ __all__ = [
     "TuneResult", "top1_per_cell", "truth_ranks", "tune_grid", "tune_unsupervised",
     "StoredBias", "add_reference", "append_items", "load_stored_bias", "merge_topk", "describe_file",
     "check_bias_matches", "check_matches_parts", "combined_fingerprint",
+    "topk_scores", "parse_memory_budget", "plan_blocks", "ShardedSource", "open_shard_folder",
+    "streamed_bias", "streamed_reference_topk", "IndexChoice", "build_index", "choose_index",
+    "indexed_reference_topk", "indexed_search", "load_index", "save_index",
+    "plan_bias", "plan_search", "run_bias_plan", "run_search_plan",
 ]

@@ -79,8 +79,13 @@ class IndexChoice:
 
 
 def default_nlist(n: int) -> int:
-    """About 4 sqrt(n) lists, with at least 39 training points per list (faiss's minimum)."""
-    return int(max(1, min(n // 39, round(4 * math.sqrt(n)))))
+    """About sqrt(n) lists, with at least 39 training points per list (faiss's minimum).
+
+    Fewer, larger lists than the usual 4 sqrt(n): for a cold NNN run (N about M)
+    k-means training and assignment dominate; measured at M=118k, d=512,
+    4 sqrt(M) lists took 40 s to build against 5 s for the exact bias.
+    """
+    return int(max(1, min(n // 39, round(math.sqrt(n)))))
 
 
 def check_recall_target(recall: float | None) -> float | None:

@@ -184,7 +184,7 @@ IndexOpt = Annotated[str, typer.Option(
     "--index", envvar="NNN_INDEX",
     help="flat (exact), ivf, hnsw, auto (exact unless an index is predicted >= 4x cheaper; says which), "
          "or a faiss index-factory string such as 'IVF4096,SQ8'.")]
-NlistOpt = Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default about 4 x sqrt(rows)).")]
+NlistOpt = Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default about sqrt(rows)).")]
 NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")]
 EfSearchOpt = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")]
 RecallOpt = Annotated[Optional[float], typer.Option(

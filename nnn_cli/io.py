@@ -163,7 +163,10 @@ class EmbeddingSource:
         elif self.kind == "mem":
             yield self._array
         else:
-            yield np.load(self.path, mmap_mode="r", allow_pickle=False)
+            from .shards import NpyRows  # block reads, not a memory map: RSS stays at one block
+
+            with NpyRows(self.path) as rows:
+                yield rows
 
     def ids(self) -> np.ndarray | None:
         """Row ids (object array of str) or None when the file has none."""

@@ -84,8 +84,11 @@ def plan_bias(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, inde
     if plan.load_index is not None and plan.save_index is not None:
         raise ParameterError("give --load-index or --save-index, not both")
     if choice.exact and plan.save_index is not None:
-        raise ParameterError("--save-index needs an approximate index (--index ivf|hnsw|FACTORY, or auto choosing one); "
-                             "the exact path has nothing worth saving")
+        if index != "auto":
+            raise ParameterError("--save-index needs an approximate index (--index ivf|hnsw|FACTORY, or auto "
+                                 "choosing one); the exact path has nothing worth saving")
+        plan.notes.append(f"--save-index {plan.save_index}: nothing saved, auto chose the exact path")
+        plan.save_index = None
     if plan.mode == "indexed" and used == "cuda":
         plan.notes.append("approximate indexes run on the CPU (faiss-cpu); the GPU is used for the exact path only")
         plan.device = "cpu"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.ann import (choose_index, estimate_costs, indexed_reference_topk, indexed_search, load_index,
+from nnn_cli.ann import (choose_index, estimate_costs, indexed_reference_topk, load_index,
                          score_recall, topk_recall)
 from nnn_cli import open_embeddings
 from nnn_cli.bias import compute_bias, reference_topk
@@ -199,3 +199,14 @@ def test_device_cuda_falls_back_to_cpu(tmp_path, files, monkeypatch):
     res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
               "-o", tmp_path / "c.h5", "--device", "tpu")
     assert res.exit_code == 2 and "--device" in res.stderr
+
+
+def test_auto_with_save_index_choosing_exact_saves_nothing(tmp_path, files):
+    idx = tmp_path / "ref.faiss"
+    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
+              "-o", tmp_path / "a.h5", "--index", "auto", "--save-index", idx)
+    assert res.exit_code == 0, res.output
+    assert "nothing saved" in res.stderr and not idx.exists()
+    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
+              "-o", tmp_path / "b.h5", "--index", "flat", "--save-index", idx)
+    assert res.exit_code == 2 and "--save-index" in res.stderr

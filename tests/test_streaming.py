@@ -153,3 +153,31 @@ def test_cli_bad_budget_exit_2(tmp_path, hub_files, value):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--memory-budget" in lines[0]
     assert not out.exists()
+
+
+def test_npy_block_reads_match_array(tmp_path):
+    from nnn_cli.shards import NpyRows
+
+    arr = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float16)
+    np.save(tmp_path / "c.npy", arr)
+    np.save(tmp_path / "f.npy", np.asfortranarray(arr))
+    for name in ("c.npy", "f.npy"):
+        with NpyRows(tmp_path / name) as rows:
+            assert len(rows) == 50
+            np.testing.assert_array_equal(rows[3:41], arr[3:41])
+            np.testing.assert_array_equal(rows[45:99], arr[45:])
+        np.testing.assert_array_equal(open_embeddings(tmp_path / name).read("ip"), arr.astype(np.float32))
+
+
+def test_cli_shard_folder_input_with_ids(tmp_path, hub_data):
+    folder = write_shards(tmp_path / "gallery_emb", hub_data.gallery, [100, 100, 100])
+    (folder / "ids.txt").write_text("\n".join(f"item{i}" for i in range(300)) + "\n")
+    np.save(tmp_path / "ref.npy", hub_data.reference)
+    out_dir, out_file = tmp_path / "dir.h5", tmp_path / "file.h5"
+    np.save(tmp_path / "gallery.npy", hub_data.gallery)
+    for src, out in ((folder, out_dir), (tmp_path / "gallery.npy", out_file)):
+        res = run("bias", src, "--reference", tmp_path / "ref.npy", "--alpha", "0.5", "--k", "4", "-o", out, "-q")
+        assert res.exit_code == 0, res.output
+    with h5py.File(out_dir) as a, h5py.File(out_file) as b:
+        assert np.array_equal(a["bias"][()], b["bias"][()])
+        assert [x.decode() for x in a["ids"][:3]] == ["item0", "item1", "item2"]
