@@ -1,7 +1,10 @@
 """Debiased search with any inner-product index: ``r' = [r, b]``, ``q' = [q, -1]``.
 
-``q' . r' = q . r - b(r)``, so an ordinary faiss inner-product index over the
+``q' . r' = q . r - b(r)``, so an ordinary inner-product index over the
 augmented gallery returns NNN-debiased rankings at the cost of plain search.
+The exact index here is BLAS GEMM tiles + O(n) top-k selection
+(:class:`~nnn_cli.topk.GemmIndex`); approximate faiss indexes over the same
+augmented vectors live in :mod:`nnn_cli.ann`.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import MismatchError
-from .topk import DEFAULT_QUERY_BLOCK, ProgressFn, flat_ip_index, search_index
+from .topk import DEFAULT_QUERY_BLOCK, GemmIndex, ProgressFn, search_index
 
 
 def augment_gallery(gallery: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -27,7 +30,7 @@ def augment_queries(queries: np.ndarray) -> np.ndarray:
 
 
 class DebiasedIndex:
-    """A flat inner-product index over ``[r, b]``; ``search`` takes plain query vectors.
+    """An exact inner-product index over ``[r, b]``; ``search`` takes plain query vectors.
 
     With ``bias=None`` it is the plain (baseline) index over ``r``.
     """
@@ -36,7 +39,7 @@ class DebiasedIndex:
         self.debiased = bias is not None
         self.ntotal = len(gallery)
         self.dim = gallery.shape[1]
-        self.index = flat_ip_index(augment_gallery(gallery, bias) if self.debiased else gallery)
+        self.index = GemmIndex(augment_gallery(gallery, bias) if self.debiased else gallery)
 
     def search(self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
                progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +57,7 @@ class _AugmentingIndex:
     def __init__(self, index):
         self.index = index
         self.ntotal = index.ntotal
+        self.exact_ties = getattr(index, "exact_ties", False)
 
     def search(self, block: np.ndarray, k: int):
         return self.index.search(augment_queries(block), k)

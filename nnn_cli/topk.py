@@ -8,6 +8,7 @@ come out in the same order on every run and thread count.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -70,7 +71,9 @@ def search_index(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_Q
     for start in range(0, nq, block_rows):
         stop = min(nq, start + block_rows)
         block = np.ascontiguousarray(queries[start:stop], dtype=np.float32)
-        if exact_ties:
+        if exact_ties and getattr(index, "exact_ties", False):
+            d, i = index.search(block, k)
+        elif exact_ties:
             d, i = _search_closing_ties(index, block, k)
         else:
             d, i = sort_ties(*index.search(block, k))
@@ -93,6 +96,105 @@ def _search_closing_ties(index, block: np.ndarray, k: int) -> tuple[np.ndarray, 
             break
         open_rows = open_rows[d2[:, k - 1] == d2[:, -1]]
     return d_out, i_out
+
+
+SCORE_TILE_ELEMENTS = 8 * 1024 * 1024
+"""Scores held at once by :class:`GemmIndex` (32 MB of float32)."""
+
+
+def _rows_per_tile(n_database: int) -> int:
+    return max(1, SCORE_TILE_ELEMENTS // max(1, n_database))
+
+
+def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices) of the ``k`` largest entries of each row of ``scores``, best first,
+    equal values ordered by the lower column index (which also decides who gets the k-th place).
+
+    O(n) per row: ``np.argpartition`` picks k candidates, then only those are
+    sorted.  Rows where the k-th value is shared with an entry left outside
+    (rare: exact duplicates) are redone over every entry at or above it.
+    """
+    b, n = scores.shape
+    k = min(k, n)
+    if k == n:
+        cand = np.broadcast_to(np.arange(n), (b, n)).copy()
+    else:
+        cand = np.argpartition(scores, n - k, axis=1)[:, n - k:]
+    vals = np.take_along_axis(scores, cand, 1)
+    order = np.lexsort((cand, -vals), axis=1)
+    vals, cand = np.take_along_axis(vals, order, 1), np.take_along_axis(cand, order, 1)
+    if k < n:
+        tied = np.flatnonzero(np.count_nonzero(scores >= vals[:, -1:], axis=1) > k)
+        if len(tied):
+            vals[tied], cand[tied] = _top_k_with_ties(scores[tied], vals[tied, -1], k)
+    return vals, cand.astype(np.int64, copy=False)
+
+
+def _top_k_with_ties(scores: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(scores >= kth[:, None])  # row-major: columns ascending within a row
+    vals = scores[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    counts = np.bincount(rows, minlength=len(scores))
+    picked = order[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).ravel()]
+    return vals[picked].reshape(-1, k), cols[picked].reshape(-1, k)
+
+
+def _parallel_top_k(scores: np.ndarray, k: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_exact` over row slices in threads (numpy releases the GIL while selecting)."""
+    if workers <= 1 or len(scores) < 2 * workers:
+        return top_k_exact(scores, k)
+    bounds = np.linspace(0, len(scores), workers + 1).astype(int)
+    parts = list(_executor(workers).map(lambda ab: top_k_exact(scores[ab[0]:ab[1]], k), zip(bounds[:-1], bounds[1:])))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+_EXECUTORS: dict = {}
+
+
+def _executor(workers: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers not in _EXECUTORS:
+        _EXECUTORS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="nnn-topk")
+    return _EXECUTORS[workers]
+
+
+def selection_threads() -> int:
+    """Threads for the top-k selection: faiss's OpenMP setting (``--threads``), else the CPU count."""
+    try:
+        return max(1, int(faiss_module().omp_get_max_threads()))
+    except Exception:  # noqa: BLE001 - faiss missing or without OpenMP: fall back to the CPU count
+        return max(1, os.cpu_count() or 1)
+
+
+class GemmIndex:
+    """Exact inner-product search by BLAS GEMM tiles + O(n) selection; ties go to the lower index.
+
+    Same interface as a faiss index (``ntotal``, ``search(x, k) -> (D, I)``);
+    about 3x faster than ``IndexFlatIP`` for top-10 over 5k items here,
+    because faiss's per-query result heaps cost more than the GEMM itself.
+    The query tile depends only on the database size, never on the caller's
+    block size, so every score comes from the same BLAS call shape.
+    """
+
+    exact_ties = True
+
+    def __init__(self, database: np.ndarray):
+        self.database = np.ascontiguousarray(database, dtype=np.float32)
+        self.ntotal = len(self.database)
+        self.d = self.database.shape[1]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(int(k), self.ntotal)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        indices = np.empty((len(queries), k), dtype=np.int64)
+        tile = _rows_per_tile(self.ntotal)
+        workers = selection_threads()
+        for start in range(0, len(queries), tile):
+            stop = min(len(queries), start + tile)
+            scores[start:stop], indices[start:stop] = _parallel_top_k(queries[start:stop] @ self.database.T, k, workers)
+        return scores, indices
 
 
 def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int,
