@@ -72,6 +72,10 @@ def load_stored_bias(spec: str | os.PathLike) -> StoredBias:
     missing = [key for key in ("alpha", "k", "metric") if key not in bf.attrs]
     if missing:
         raise InputError(f"{path}: records no {', '.join(missing)}; only bias files made by `nnn bias` can be updated")
+    kind = bf.attrs.get("index", "flat")
+    if kind != "flat":
+        raise InputError(f"{path}: was computed with an approximate index ({bf.attrs.get('index_description', kind)}); "
+                         "updates merge exact scores into its top-k and would not be exact: recompute it with --index flat")
     topk = None
     with open_h5_safe(path, "bias file") as f:
         if "topk" in f:

@@ -22,6 +22,13 @@ from .streaming import streamed_bias
 from .topk import ProgressFn
 
 
+STREAM_REFERENCE_ABOVE = 128 * 2**20
+"""Without --memory-budget, an exact bias streams a reference larger than this (as float32)."""
+
+DEFAULT_STREAM_BUDGET = 1 << 30
+"""The block plan used for that streaming (about 1 GB of working memory at most)."""
+
+
 @dataclass
 class BiasPlan:
     """How the bias will be computed: index choice, memory plan, device, and the lines to tell the user."""
@@ -102,6 +109,11 @@ def plan_bias(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, inde
                               f"--memory-budget {format_bytes(memory_budget)}")
     elif memory_budget is not None:
         plan.notes.append("--memory-budget bounds the exact path; an index over the reference is held in memory")
+    elif plan.mode == "exact" and reference.n * reference.dim * 4 > STREAM_REFERENCE_ABOVE:
+        # Streaming a large reference from the file costs no time (same GEMM tiles, bit-identical
+        # results) and keeps it out of memory: measured at N=5k, M=118k, d=512: 6.8 s and 173 MB
+        # streamed against 7.0 s and 447 MB loaded.
+        plan.blocks = plan_blocks(DEFAULT_STREAM_BUDGET, reference.dim, k, gallery.n)
     return plan
 
 

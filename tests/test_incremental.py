@@ -298,3 +298,24 @@ def test_load_stored_bias_reads_what_bias_wrote(split_files):
     assert stored.topk.shape == (300, 8) and stored.k == 8 and stored.alpha == 0.75 and stored.metric == "cosine"
     assert np.all(np.diff(stored.topk, axis=1) <= 0)  # descending
     np.testing.assert_allclose(stored.bias, 0.75 * stored.topk.astype(np.float64).mean(axis=1), atol=1e-6)
+
+
+def test_update_refuses_an_approximate_bias_file(tmp_path):
+    """A bias made with an approximate index holds approximate top-k: merging exact scores into it is refused."""
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((60, 8)).astype(np.float32)
+    r = rng.standard_normal((400, 8)).astype(np.float32)
+    new = rng.standard_normal((50, 8)).astype(np.float32)
+    for name, arr in (("g", g), ("r", r), ("new", new)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    runner = CliRunner()
+    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "-r", str(tmp_path / "r.npy"), "-a", "0.5", "-k", "4",
+                              "--index", "hnsw", "-o", str(tmp_path / "b.h5"), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "--update", str(tmp_path / "b.h5"),
+                              "--reference-add", str(tmp_path / "new.npy")])
+    assert res.exit_code == 2 and "approximate index" in res.stderr
