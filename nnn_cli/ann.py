@@ -499,6 +499,23 @@ def _current_depth(index) -> dict:
     return {}
 
 
+def _tune_then_save(index, measure, k: int, choice: IndexChoice, save_path: str | Path | None,
+                    meta: dict | None, info: dict) -> None:
+    """Tune the search depth to ``choice.recall_target`` (if asked), then save the index (if asked).
+
+    Saving comes after tuning, so the file carries the tuned nprobe / efSearch.
+    """
+    if choice.recall_target is not None and depth_knob(index) is not None:
+        tuned = tune_depth(index, measure, k, choice.recall_target)
+        info["index_tuned"] = tuned
+        if not tuned["reached"]:
+            info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
+                                     f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
+    if save_path is not None:
+        save_index(index, save_path, meta or {})
+        info["index_saved_to"] = str(save_path)
+
+
 def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, choice: IndexChoice,
                            load_path: str | Path | None = None, save_path: str | Path | None = None,
                            meta: dict | None = None, progress: ProgressFn | None = None,
@@ -546,15 +563,7 @@ def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, 
     def measure() -> float:
         return score_recall(search_sample(), exact)
 
-    if choice.recall_target is not None and depth_knob(index) is not None:
-        tuned = tune_depth(index, measure, k, choice.recall_target)
-        info["index_tuned"] = tuned
-        if not tuned["reached"]:
-            info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
-                                     f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
-    if save_path is not None:  # after tuning: faiss stores nprobe / efSearch in the file
-        save_index(index, save_path, meta or {})
-        info["index_saved_to"] = str(save_path)
+    _tune_then_save(index, measure, k, choice, save_path, meta, info)
     approx_sample = search_sample()
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(score_recall(approx_sample, exact), 4)
@@ -604,15 +613,7 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
     def measure() -> float:
         return topk_recall(debiased_search(index, sample, gallery, bias, kk, overfetch)[1], exact_ids)
 
-    if choice.recall_target is not None and depth_knob(index) is not None:
-        tuned = tune_depth(index, measure, kk, choice.recall_target)
-        info["index_tuned"] = tuned
-        if not tuned["reached"]:
-            info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
-                                     f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
-    if save_path is not None:  # after tuning: faiss stores nprobe / efSearch in the file
-        save_index(index, save_path, meta or {})
-        info["index_saved_to"] = str(save_path)
+    _tune_then_save(index, measure, kk, choice, save_path, meta, info)
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(measure(), 4)
     _record_depth(index, choice)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ParameterError
-from .io import Truth
+from .io import Truth, load_npy
 from .search import DebiasedIndex
 from .topk import DEFAULT_QUERY_BLOCK
 
@@ -38,10 +38,7 @@ def read_labels(spec: str | os.PathLike, n_gallery: int, gallery_ids: np.ndarray
         raise InputError(f"{path}: no such file (the gallery labels)")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a readable .npy labels file ({exc})") from None
+        arr = load_npy(path, "labels")
         if arr.ndim != 1 or len(arr) != n_gallery:
             raise InputError(f"{path}: labels must be a 1-D array of {n_gallery} entries (one per gallery row), got shape {arr.shape}")
         if arr.dtype.kind not in "iub" or not np.isin(arr, (LABEL_A, LABEL_B, LABEL_NONE)).all():

@@ -279,6 +279,14 @@ def _read_stdin_array(label: str) -> np.ndarray:
     return arr
 
 
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """A small whole ``.npy`` array (bias, truth, labels), pickles refused; ``what`` names it in errors."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy {what} file ({_short(exc)})") from None
+
+
 def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
     """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
 
@@ -370,10 +378,7 @@ def read_bias(spec: str | os.PathLike) -> BiasFile:
     if not path.exists():
         raise InputError(f"{path}: no such file (the bias)")
     if path.suffix.lower() == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a readable .npy bias file ({_short(exc)})") from None
+        arr = load_npy(path, "bias")
         attrs: dict = {}
         ids = None
     elif is_h5_path(path):
@@ -624,10 +629,7 @@ def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
         raise InputError(f"{path}: no such file (the ground truth)")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a readable .npy ground-truth file ({_short(exc)})") from None
+        arr = load_npy(path, "ground-truth")
     elif is_h5_path(path):
         with open_h5_safe(path, "ground-truth file") as f:
             if dataset not in f:
