@@ -28,8 +28,13 @@ demo: setup
 test: setup system-deps
 	$(BIN)/python -m pytest -p no:cacheprovider
 
+# Quick sizes; see each script's --help for the full ones (e.g. bench/bench_scale.py --full).
 bench: setup
-	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_scale.py --quick
+	$(BIN)/python bench/bench_tune.py --scale 0.2
+	$(BIN)/python bench/bench_baselines.py --scale 0.2
+	$(BIN)/python bench/bench_incremental.py
+	$(BIN)/python bench/bench_embed.py --n 256
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
