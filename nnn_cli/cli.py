@@ -544,6 +544,9 @@ def eval_cmd(
     db_beta2: Annotated[float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank softmax.")] = 50.0,
     gallery_bank: Annotated[Optional[str], typer.Option(
         "--gallery-bank", help="DN/DBNorm gallery-side reference bank (N', d); default: the gallery itself.")] = None,
+    method_params: Annotated[Optional[list[Path]], typer.Option(
+        "--method-params", help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
+        "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples of the queries for 95% intervals (0: none).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap.")] = 0,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder to write PNG pictures into (hubness, recall); needs matplotlib.")] = None,
@@ -559,14 +562,14 @@ def eval_cmd(
     `--bootstrap N` adds 95% intervals ("R@1_ci"...); `--plots`/`--report`
     draw the hubness histogram and write an HTML page.
     """
-    from .baselines import BANK_METHODS, BaselineParams, parse_methods
+    from .baselines import BANK_METHODS, BaselineParams, parse_methods, read_method_params
     from .bias import check_alpha, check_k
     from .compare import compare_methods
     from .io import check_same_dim, open_embeddings, read_bias, read_truth
     from .provenance import bias_source_attrs, check_bias_matches, run_provenance
 
     method_list = tuple(dict.fromkeys(("baseline",) + parse_methods(methods)))
-    method_params = BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2).check()
+    tuned_params = read_method_params(method_params, BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2))
     want_nnn = "nnn" in method_list
     need_bank = any(m in BANK_METHODS for m in method_list)
     if bias is None and reference is None:
@@ -614,7 +617,7 @@ def eval_cmd(
     ref = r_src.read(metric.value) if r_src is not None else None
     with progress_bar("eval", quiet) as progress:
         runs = compare_methods(
-            q, g, tr, method_list, reference=ref, bias=b, nnn_alpha=alpha, nnn_k=k, params=method_params,
+            q, g, tr, method_list, reference=ref, bias=b, nnn_alpha=alpha, nnn_k=k, params=tuned_params,
             gallery_bank=gb_src.read(metric.value) if gb_src is not None else None,
             bootstrap=bootstrap, seed=seed, block_rows=block_size, progress=progress)
     n_with = int(tr.has_truth().sum())
@@ -685,7 +688,7 @@ def render_methods_table(result: dict) -> None:
         table.add_column(key, justify="right")
     table.add_column("hub max", justify="right")
     table.add_column("seconds", justify="right")
-    table.add_column("parameters")
+    table.add_column("params", overflow="fold")
     for m in METHODS:
         if m not in result:
             continue
@@ -693,10 +696,12 @@ def render_methods_table(result: dict) -> None:
         cells = []
         for key in ("R@1", "R@5", "R@10"):
             ci = r.get(f"{key}_ci")
-            cells.append(f"{r[key]:.2f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
+            cells.append(f"{r[key]:.2f}" + (f"\n{ci[0]:.1f}-{ci[1]:.1f}" if ci else ""))
         p = r.get("params") or (result.get("params") if m == "nnn" else {}) or {}
         table.add_row(METHOD_LABELS[m], *cells, str(r["hubness"]["max"]), f"{r['seconds']:.3f}",
-                      ", ".join(f"{a}={v}" for a, v in p.items()))
+                      "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()))
+    if any(f"R@1_ci" in result.get(m, {}) for m in METHODS):
+        table.caption = "under each recall: its 95% bootstrap interval"
     out_console.print(table)
 
 

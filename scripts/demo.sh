@@ -22,8 +22,14 @@ echo "== 4. nnn eval: baseline vs NNN on the test split"
 nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --bias "$OUT/bias.h5"
 
 echo "== 5. The paper's comparison on the same split: NNN beside DN, QBNorm and DBNorm (DualIS, DualDIS),"
-echo "     with bootstrap 95% intervals, hubness pictures and an HTML report"
+echo "     each tuned on the held-out split like NNN, with bootstrap 95% intervals, pictures and an HTML report"
+for m in dn qbnorm dbnorm; do
+  nnn tune --method $m --queries $D/tune_queries.h5 --gallery $D/tune_gallery.h5 --truth $D/tune_truth.npy \
+           --reference $D/reference.h5 -o "$OUT/params_$m.json" --json > /dev/null
+done
 nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --reference $D/reference.h5 \
          --params "$OUT/params.json" --methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis \
-         --gallery-bank $D/tune_gallery.h5 --bootstrap 1000 --plots "$OUT/plots" --report "$OUT/report.html"
+         --method-params "$OUT/params_dn.json" --method-params "$OUT/params_qbnorm.json" \
+         --method-params "$OUT/params_dbnorm.json" \
+         --bootstrap 1000 --plots "$OUT/plots" --report "$OUT/report.html"
 echo "pictures in $OUT/plots/, report in $OUT/report.html"

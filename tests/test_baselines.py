@@ -222,3 +222,26 @@ def test_cli_tune_method(hub_files, tmp_path):
         "-r", str(hub_files["reference"]), "-o", str(tmp_path / "q.json"), "--method", "qbnorm",
         "--method-grid", "nope=1"])
     assert bad.exit_code == 2 and "method-grid" in bad.output
+
+
+def test_eval_reads_tuned_method_params(tmp_path, hub_files):
+    """`nnn tune --method` output feeds `nnn eval --method-params`; bad files exit 2."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    runner = CliRunner()
+    common = ["--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),
+              "--truth", str(hub_files["truth"]), "--reference", str(hub_files["reference"])]
+    res = runner.invoke(app, ["tune", "--method", "qbnorm", *common, "-o", str(tmp_path / "qb.json"),
+                              "--method-grid", "qb_beta=5,40", "--json"])
+    assert res.exit_code == 0, res.output
+    best = json.loads((tmp_path / "qb.json").read_text())["best"]["qb_beta"]
+    res = runner.invoke(app, ["eval", *common, "--methods", "qbnorm", "--method-params", str(tmp_path / "qb.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["qbnorm"]["params"]["qb_beta"] == best
+    (tmp_path / "bad.json").write_text(json.dumps({"best": {"nonsense": 1}}))
+    res = runner.invoke(app, ["eval", *common, "--methods", "qbnorm", "--method-params", str(tmp_path / "bad.json")])
+    assert res.exit_code == 2 and "nnn tune --method" in res.stderr
