@@ -78,6 +78,10 @@ BlockOpt = Annotated[
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Bias weight alpha (paper grid: 0.25..1.5).")]
 KOpt = Annotated[Optional[int], typer.Option("--k", "-k", help="Number of nearest reference queries averaged.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.json from `nnn tune` (gives alpha and k).")]
+GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")]
+BiasFileOpt = Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")]
+BiasReferenceOpt = Annotated[Optional[str], typer.Option(
+    "--reference", "-r", help="Reference queries, to compute the bias here (with --alpha/--k or --params).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Use a bias file even if it records another gallery (content fingerprint) or metric.")]
 
@@ -391,7 +395,7 @@ def _bias_incremental(gallery: str, reference: Optional[str], output: Optional[P
 @handle_errors
 def search_cmd(
     queries: Annotated[str, typer.Argument(help="Query embeddings (.h5, FILE.h5:DATASET or .npy), shape (Q, d).")],
-    gallery: Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")],
+    gallery: GalleryOpt,
     output: Annotated[str, typer.Option("--output", "-o", help="Results file (.h5/.npz), or - for JSON lines on stdout.")],
     bias: Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-n", min=1, help="Results per query.")] = 10,
@@ -522,10 +526,10 @@ def _write_jsonl(output: str, scores, idx, ids, query_ids) -> None:
 @handle_errors
 def eval_cmd(
     queries: Annotated[str, typer.Option("--queries", "-Q", help="Query embeddings (Q, d).")],
-    gallery: Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")],
+    gallery: GalleryOpt,
     truth: Annotated[str, typer.Option("--truth", "-t", help="Ground truth: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids.")],
-    bias: Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference queries, to compute the bias here.")] = None,
+    bias: BiasFileOpt = None,
+    reference: BiasReferenceOpt = None,
     alpha: AlphaOpt = None,
     k: KOpt = None,
     params: ParamsOpt = None,
@@ -747,10 +751,10 @@ def render_eval_table(result: dict) -> None:
 @handle_errors
 def attribute_bias_cmd(
     queries: Annotated[str, typer.Option("--queries", "-Q", help="Attribute-neutral query embeddings (Q, d).")],
-    gallery: Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")],
+    gallery: GalleryOpt,
     labels: Annotated[Path, typer.Option("--labels", "-l", help=".npy of 1 (a) / 0 (b) / -1 (neither) per gallery row, or .csv/.tsv with header id,label.")],
-    bias: Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference queries, to compute the bias here.")] = None,
+    bias: BiasFileOpt = None,
+    reference: BiasReferenceOpt = None,
     alpha: AlphaOpt = None,
     k: KOpt = None,
     params: ParamsOpt = None,
@@ -1067,7 +1071,7 @@ class Objective(str, Enum):
 )
 @handle_errors
 def tune_cmd(
-    gallery: Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")],
+    gallery: GalleryOpt,
     reference: Annotated[str, typer.Option("--reference", "-r", help="Reference query embeddings (M, d): the biases come from these.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="params.json to write (alpha, k, score, the whole grid).")],
     queries: Annotated[Optional[str], typer.Option("--queries", "-Q", help="Held-out query embeddings (Q, d) with known answers.")] = None,
