@@ -62,23 +62,29 @@ INTERPRETER_BYTES = 96 * 1024**2
 """Python, numpy, faiss, h5py, typer and rich loaded: measured resident size before any data (about 65 MB)."""
 
 
-def plan_blocks(budget: int, dim: int, k: int, n_gallery: int) -> BlockPlan:
+def plan_blocks(budget: int, dim: int, k: int, n_gallery: int, workers: int | None = None) -> BlockPlan:
     """Choose block sizes so the streamed bias stays within ``budget`` bytes of resident memory.
 
-    Fixed: the interpreter, a QUERY_TILE x DATABASE_TILE score tile, one
-    reference block (raw read, float32 copy, normalised copy) and merge buffers.
-    Per gallery row: the float32 row (x2 while reading) and the running top-k (x3 while merging).
+    Fixed: the interpreter, and per worker thread (see
+    :class:`~nnn_cli.topk.RunningTopScores`) a QUERY_TILE x DATABASE_TILE score
+    tile, one reference tile (raw read, float32 copy, normalised copy) and
+    merge buffers.  Per gallery row: the float32 row (x2 while reading) and the
+    running top-k (x3 while merging, plus one per extra worker).  The
+    reference is read ``workers`` tiles at a time so every worker has one.
     """
+    from .topk import selection_threads
+
+    workers = max(1, int(workers or selection_threads()))
     tile = QUERY_TILE * DATABASE_TILE * 4
     ref_block = DATABASE_TILE * dim * 4 * 3
     merge = QUERY_TILE * 2 * k * 4 * 2
-    fixed = INTERPRETER_BYTES + tile + ref_block + merge
-    per_row = dim * 4 * 2 + k * 4 * 3
+    fixed = INTERPRETER_BYTES + workers * (tile + ref_block + merge)
+    per_row = dim * 4 * 2 + k * 4 * (2 + workers)
     room = budget - fixed
     if room < per_row * QUERY_TILE:
         raise ParameterError(f"--memory-budget {format_bytes(budget)} is too small for d={dim}, k={k}: "
                              f"need at least {format_bytes(fixed + per_row * QUERY_TILE)}")
     rows = (room // per_row) // QUERY_TILE * QUERY_TILE
     rows = int(min(rows, -(-n_gallery // QUERY_TILE) * QUERY_TILE))
-    return BlockPlan(gallery_rows=max(QUERY_TILE, rows), reference_rows=DATABASE_TILE,
+    return BlockPlan(gallery_rows=max(QUERY_TILE, rows), reference_rows=DATABASE_TILE * workers,
                      fixed_bytes=fixed, per_gallery_row_bytes=per_row)

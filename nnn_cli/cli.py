@@ -294,9 +294,9 @@ def bias_cmd(
     check_output_path(output, [gallery, reference])
     if save_index is not None:
         check_output_path(save_index, [gallery, reference, output])
+    _setup(threads)  # before planning: the block plan gives each worker thread its own tile
     plan = plan_bias(g_src, r_src, k, index, nlist, nprobe, ef_search, recall,
                      parse_memory_budget(memory_budget), _check_device(device), load_index, save_index, store_topk)
-    _setup(threads)
     for note in plan.notes:
         info(note, quiet)
     if plan.mode != "exact" or index != "flat":

@@ -185,8 +185,11 @@ class EmbeddingSource:
                 for start in range(0, self.n, block_rows):
                     stop = min(self.n, start + block_rows)
                     chunk = np.ascontiguousarray(raw[start:stop])
-                    hasher.update(chunk.tobytes())
-                    yield start, self._prepare(chunk, start, metric)
+                    hasher.update(chunk.reshape(-1).view(np.uint8))  # the bytes, without a copy
+                    block = self._prepare(chunk, start, metric)
+                    del chunk  # not held while the caller works on the block (when _prepare copied it)
+                    yield start, block
+                    del block
         except InputError:
             raise
         except (OSError, ValueError, KeyError) as exc:
@@ -225,17 +228,28 @@ class EmbeddingSource:
         return hasher.hexdigest()
 
     def _prepare(self, chunk: np.ndarray, start: int, metric: str) -> np.ndarray:
+        """Check a block (no NaN/Inf, no zero rows) and normalise it for cosine.
+
+        One pass computes the squared norms; only when one of them is not a
+        positive finite number are the rows looked at in detail (a NaN/Inf
+        entry, a zero row, or float32 overflow/underflow of the square).
+        """
         block = chunk.astype(np.float32, copy=False)
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            row = start + int(np.argmin(finite))
-            raise InputError(f"{self.name}: row {row} contains NaN or Inf; clean or drop it before running nnn")
-        norms = np.linalg.norm(block, axis=1)
-        if (norms == 0).any():
-            row = start + int(np.argmax(norms == 0))
-            raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
+        squares = np.einsum("ij,ij->i", block, block)
+        if np.isfinite(squares).all() and (squares > 0).all():
+            norms = np.sqrt(squares)
+        else:
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + int(np.argmin(finite))
+                raise InputError(f"{self.name}: row {row} contains NaN or Inf; clean or drop it before running nnn")
+            nonzero = (block != 0).any(axis=1)
+            if not nonzero.all():
+                row = start + int(np.argmin(nonzero))
+                raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
+            norms = np.linalg.norm(block.astype(np.float64), axis=1).astype(np.float32)
         if metric == "cosine":
-            block = block / norms[:, None].astype(np.float32)
+            block = block / norms[:, None]
         return np.ascontiguousarray(block, dtype=np.float32)
 
 

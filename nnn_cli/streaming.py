@@ -16,7 +16,7 @@ from .bias import check_alpha, check_k
 from .budget import BlockPlan
 from .errors import MismatchError
 from .io import EmbeddingSource
-from .topk import DATABASE_TILE, QUERY_TILE, ProgressFn, sort_descending, top_scores_tile
+from .topk import DATABASE_TILE, QUERY_TILE, ProgressFn, RunningTopScores
 
 
 def iter_streamed_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, metric: str,
@@ -32,15 +32,13 @@ def iter_streamed_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: 
     passes_total = chunks * reference.n
     done = 0
     for g_start, g_chunk in gallery.iter_blocks(metric, plan.gallery_rows):
-        tiles = range(0, len(g_chunk), QUERY_TILE)
-        best: list[np.ndarray | None] = [None] * len(tiles)
+        running = RunningTopScores(g_chunk, k)
         for _, r_block in reference.iter_blocks(metric, plan.reference_rows):
-            for i, t in enumerate(tiles):
-                best[i] = top_scores_tile(g_chunk[t:t + QUERY_TILE], r_block, k, best[i])
+            running.add(r_block)
             done += len(r_block)
             if progress:
                 progress(done, passes_total)
-        yield g_start, np.vstack([sort_descending(b) for b in best])
+        yield g_start, running.result()
 
 
 def streamed_reference_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, metric: str,
@@ -76,12 +74,7 @@ def topk_scores_vs(queries: np.ndarray, reference, k: int, metric: str = "cosine
         from .topk import topk_scores
 
         return topk_scores(queries, reference, k)
-    k = min(k, reference.n)
-    tiles = range(0, len(queries), QUERY_TILE)
-    best: list[np.ndarray | None] = [None] * len(tiles)
-    for _, r_block in reference.iter_blocks(metric, DATABASE_TILE):
-        for i, t in enumerate(tiles):
-            best[i] = top_scores_tile(queries[t:t + QUERY_TILE], r_block, k, best[i])
-    if not len(queries):
-        return np.empty((0, k), dtype=np.float32)
-    return np.vstack([sort_descending(b) for b in best])
+    running = RunningTopScores(queries, min(k, reference.n))
+    for _, r_block in reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers)):
+        running.add(r_block)
+    return running.result()

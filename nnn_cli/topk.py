@@ -212,8 +212,9 @@ QUERY_TILE = 1024
 BLAS call shape whether the inputs are in memory or streamed: results are then
 bit-identical across the in-memory and out-of-core paths."""
 
-DATABASE_TILE = 16384
-"""Database rows per GEMM tile (a 1024 x 16384 float32 score tile is 64 MB)."""
+DATABASE_TILE = 8192
+"""Database rows per GEMM tile (a 1024 x 8192 float32 score tile is 32 MB, one per worker thread;
+measured as fast per FLOP as 16384-row tiles)."""
 
 
 def _select_top(scores: np.ndarray, k: int) -> np.ndarray:
@@ -231,22 +232,88 @@ def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.nda
     return np.array(_select_top(np.concatenate([best, new], axis=1), k), copy=True)
 
 
-def top_scores_tile(queries: np.ndarray, database: np.ndarray, k: int,
-                    best: np.ndarray | None = None) -> np.ndarray:
-    """Fold ``database``'s scores into the running top-``k`` of one query tile (unordered).
-
-    ``database`` is walked in :data:`DATABASE_TILE` rows; callers that stream
-    the database pass blocks aligned to multiples of that size.
-    """
-    for start in range(0, len(database), DATABASE_TILE):
-        scores = queries @ database[start:start + DATABASE_TILE].T
-        best = merge_top_scores(best, _select_top(scores, k), k)
-    return best
-
-
 def sort_descending(best: np.ndarray) -> np.ndarray:
     """Each row sorted from highest to lowest score (float32, C-contiguous)."""
     return np.ascontiguousarray(np.sort(best, axis=1)[:, ::-1], dtype=np.float32)
+
+
+class RunningTopScores:
+    """The running top-``k`` scores of fixed query rows against database blocks fed in order.
+
+    Every (query tile, database tile) pair is one GEMM of the fixed shape
+    :data:`QUERY_TILE` x :data:`DATABASE_TILE` followed by an O(n) partition,
+    so results are bit-identical however the database is split into blocks
+    (in memory, streamed, sharded).  With ``workers > 1`` the database tiles
+    are dealt round-robin to that many threads, each running single-threaded
+    BLAS and its own selection and keeping its own running top-k, merged at
+    the end: the selection then uses every core too (measured: 0.5 s saved
+    on a 5 s bias step at N=5k, M=118k, k=128 on 2 cores).  Only values are
+    kept, so the split cannot change the result.
+    """
+
+    def __init__(self, queries: np.ndarray, k: int, workers: int | None = None):
+        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
+        self.k = int(k)
+        self.workers = max(1, int(workers or selection_threads()))
+        self.tiles = [self.queries[t:t + QUERY_TILE] for t in range(0, len(self.queries), QUERY_TILE)]
+        self._best: list[list[np.ndarray | None]] = [[None] * len(self.tiles) for _ in range(self.workers)]
+        self._next_worker = 0
+
+    def _fold(self, worker: int, database_tiles: list[np.ndarray]) -> None:
+        best = self._best[worker]
+        for tile in database_tiles:
+            for i, q in enumerate(self.tiles):
+                scores = q @ tile.T
+                best[i] = merge_top_scores(best[i], _select_top(scores, self.k), self.k)
+
+    def add(self, database: np.ndarray) -> None:
+        """Fold one database block (rows in a multiple of DATABASE_TILE, except the last block)."""
+        database = np.ascontiguousarray(database, dtype=np.float32)
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.workers)]
+        for start in range(0, len(database), DATABASE_TILE):
+            parts[self._next_worker].append(database[start:start + DATABASE_TILE])
+            self._next_worker = (self._next_worker + 1) % self.workers
+        busy = [w for w in range(self.workers) if parts[w]]
+        limiter = single_threaded_blas() if len(busy) > 1 else None
+        if len(busy) > 1 and limiter is None:  # cannot limit BLAS: one thread folds everything
+            for w in busy:
+                self._fold(w, parts[w])
+            return
+        try:
+            if len(busy) == 1:
+                self._fold(busy[0], parts[busy[0]])
+            else:
+                list(_executor(len(busy)).map(lambda w: self._fold(w, parts[w]), busy))
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
+
+    def result(self) -> np.ndarray:
+        """(Q, k') float32 sorted descending (k' = k, or fewer if fewer database rows were folded)."""
+        if not len(self.queries):
+            return np.empty((0, self.k), dtype=np.float32)
+        out = []
+        for i in range(len(self.tiles)):
+            merged = None
+            for w in range(self.workers):
+                if self._best[w][i] is not None:
+                    merged = merge_top_scores(merged, self._best[w][i], self.k) if merged is not None \
+                        else self._best[w][i]
+            out.append(sort_descending(merged))
+        return np.vstack(out)
+
+
+def single_threaded_blas():
+    """Limit numpy's BLAS to one thread while our own threads split the work (threadpoolctl).
+
+    Returns the limiter (call ``restore_original_limits()``), or None when
+    threadpoolctl is not installed: callers then stay on one thread.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(1, user_api="blas")
 
 
 def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
@@ -263,9 +330,12 @@ def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
     database = np.ascontiguousarray(database, dtype=np.float32)
     k = int(min(k, len(database)))
     out = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), QUERY_TILE):
-        stop = min(len(queries), start + QUERY_TILE)
-        out[start:stop] = sort_descending(top_scores_tile(queries[start:stop], database, k))
+    step = QUERY_TILE * 8
+    for start in range(0, len(queries), step):
+        stop = min(len(queries), start + step)
+        running = RunningTopScores(queries[start:stop], k)
+        running.add(database)
+        out[start:stop] = running.result()
         if progress:
             progress(stop, len(queries))
     return out

@@ -139,3 +139,32 @@ def test_search_property_with_ties(n, q, seed, data):
     full = qs @ g.T - b
     expect = np.lexsort((np.broadcast_to(np.arange(n), full.shape), -full), axis=1)[:, :top_k]
     np.testing.assert_array_equal(idx, expect)
+
+
+# --- block validation: the fast path (squared norms) and its fallbacks -------
+def _npy_source(tmp_path, rows):
+    from nnn_cli import open_embeddings
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.asarray(rows, dtype=np.float32))
+    return open_embeddings(path)
+
+
+def test_rows_whose_square_overflows_or_underflows_float32_are_valid(tmp_path):
+    """1e20 squared is inf and 1e-30 squared is 0 in float32: neither is a bad row."""
+    src = _npy_source(tmp_path, [[1e20, -1e20, 0], [1e-30, 0, 2e-30], [3, 4, 0]])
+    got = src.read("cosine")
+    expected = np.array([[1, -1, 0], [1, 0, 2], [3, 4, 0]], dtype=np.float64)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_array_equal(src.read("ip")[0], np.float32([1e20, -1e20, 0]))
+
+
+@pytest.mark.parametrize("bad,needle", [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (0.0, "zero vector")])
+def test_bad_row_reported_with_its_number(tmp_path, bad, needle):
+    from nnn_cli.errors import InputError
+
+    rows = np.ones((5, 3), dtype=np.float32)
+    rows[3] = [bad, bad, bad] if bad == 0.0 else [1, bad, 1]
+    with pytest.raises(InputError, match=f"row 3 .*{needle}|row 3 is a {needle}"):
+        _npy_source(tmp_path, rows).read("cosine")

@@ -92,12 +92,14 @@ def test_shard_folder_bad_layouts(tmp_path):
 def test_streamed_topk_identical_to_in_memory(tmp_path, big):
     g, r = big
     k = 9
-    in_memory = reference_topk(g / np.linalg.norm(g, axis=1, keepdims=True),
-                               r / np.linalg.norm(r, axis=1, keepdims=True), k)
     with h5py.File(tmp_path / "g.h5", "w") as f:
         f["embeddings"] = g
     ref_folder = write_shards(tmp_path / "ref", r, [5000, 17, 20000, len(r) - 25017])
     g_src, r_src = open_embeddings(tmp_path / "g.h5"), open_embeddings(ref_folder)
+    # the same arrays fully loaded (and normalised the library's way), one in-memory top-k
+    in_memory = reference_topk(g_src.read("cosine"), r_src.read("cosine"), k)
+    np.testing.assert_allclose(in_memory, reference_topk(g / np.linalg.norm(g, axis=1, keepdims=True),
+                                                         r / np.linalg.norm(r, axis=1, keepdims=True), k), atol=1e-6)
     streamed = streamed_reference_topk(g_src, r_src, k, "cosine", small_plan(k))
     assert np.array_equal(streamed, in_memory)
     bias, topk = streamed_bias(g_src, r_src, 0.5, k, "cosine", small_plan(k), keep_topk=True)

@@ -1,0 +1,182 @@
+"""List-major IVF probing, GEMM k-means / IVF build, and the multi-threaded exact top-k accumulator."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import faiss
+from nnn_cli import topk as topk_mod
+from nnn_cli.ann import (IndexChoice, approximate_reference_topk, build_index, choose_index, load_index,
+                         save_index)
+from nnn_cli.budget import plan_blocks
+from nnn_cli.kmeans import _grouped_sum, assign, spherical_kmeans
+from nnn_cli.listscan import flat_ivf, list_major_topk, probe_lists
+from nnn_cli.synthetic import make_hub_data
+from nnn_cli.topk import RunningTopScores, topk_scores
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = make_hub_data(n_gallery=500, n_queries=10, n_reference=4000, dim=24, n_clusters=6, seed=3)
+    return unit(d.gallery), unit(d.reference)
+
+
+@pytest.fixture(scope="module")
+def ivf(data):
+    _, ref = data
+    return build_index(ref, choose_index("ivf", 500, len(ref), ref.shape[1], 8, nlist=20), "ip")
+
+
+def faiss_topk(index, queries, k, nprobe):
+    index.nprobe = nprobe
+    d, i = index.search(queries, k)
+    return np.where(i < 0, -np.inf, d)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 20])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 8, 64])
+def test_list_major_equals_faiss_ivf_search(data, ivf, nprobe, threads, k):
+    gallery, _ = data
+    ours = list_major_topk(ivf, gallery, k, nprobe, threads=threads)
+    theirs = faiss_topk(ivf, gallery, k, nprobe)
+    assert ours.shape == (len(gallery), k)
+    assert np.array_equal(np.isinf(ours), np.isinf(theirs))
+    finite = np.isfinite(ours)
+    np.testing.assert_allclose(ours[finite], theirs[finite], atol=2e-6)
+    assert (np.diff(np.where(finite, ours, -10), axis=1) <= 0).all()  # descending
+
+
+def test_list_major_is_deterministic_across_threads(data, ivf):
+    gallery, _ = data
+    runs = [list_major_topk(ivf, gallery, 16, 4, threads=t) for t in (1, 2, 4, 1)]
+    for other in runs[1:]:
+        assert np.array_equal(runs[0], other)
+
+
+def test_probing_every_list_is_exact(data, ivf):
+    gallery, ref = data
+    np.testing.assert_allclose(list_major_topk(ivf, gallery, 16, ivf.nlist), topk_scores(gallery, ref, 16), atol=2e-6)
+
+
+def test_probe_lists_match_faiss_quantizer(data, ivf):
+    gallery, _ = data
+    ours = probe_lists(ivf, gallery, 5)
+    theirs = ivf.quantizer.search(gallery, 5)[1]
+    assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).mean() > 0.999  # ties aside
+
+
+def test_too_few_probed_vectors_are_padded_then_recomputed_exactly(data):
+    gallery, ref = data
+    small = ref[:300]
+    index = build_index(small, IndexChoice("ivf", nlist=30), "ip")
+    sizes = [index.invlists.list_size(i) for i in range(index.nlist)]
+    k = max(sizes) + 1  # more than any single list holds
+    padded = list_major_topk(index, gallery, k, 1)
+    assert np.isinf(padded[:, -1]).all() and np.isfinite(padded[:, 0]).all()
+    index.nprobe = 1
+    scores, n_short = approximate_reference_topk(index, gallery, lambda rows: topk_scores(rows, small, k), k)
+    assert n_short == len(gallery)
+    np.testing.assert_allclose(scores, topk_scores(gallery, small, k), atol=2e-6)
+
+
+def test_factory_ivf_flat_uses_list_major_and_other_kinds_do_not(data):
+    _, ref = data
+    flat = build_index(ref, IndexChoice("factory", factory="IVF16,Flat"), "ip")
+    assert flat_ivf(flat) is not None
+    for factory in ("IVF16,SQ8", "HNSW8", "PCA16,IVF8,Flat"):
+        assert flat_ivf(build_index(ref, IndexChoice("factory", factory=factory), "ip")) is None
+    with pytest.raises(ValueError):
+        list_major_topk(faiss.IndexFlatIP(ref.shape[1]), ref[:2], 1)
+
+
+def test_gemm_built_ivf_is_a_plain_faiss_ivf_flat(tmp_path, data, ivf):
+    gallery, ref = data
+    assert isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
+    assert ivf.ntotal == len(ref) and ivf.is_trained
+    # every vector sits in the list of its best centroid
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    labels = assign(ref, centroids)[0]
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    assert np.array_equal(sizes, np.bincount(labels, minlength=ivf.nlist))
+    path = save_index(ivf, tmp_path / "ref.faiss", {"side": "reference"})
+    again = load_index(path, ref.shape[1], len(ref), "reference")
+    assert np.array_equal(list_major_topk(again, gallery, 8, 3), list_major_topk(ivf, gallery, 8, 3))
+
+
+def test_spherical_kmeans_finds_separated_clusters_deterministically():
+    rng = np.random.default_rng(0)
+    centres = unit(rng.standard_normal((5, 16)))
+    truth = rng.integers(0, 5, 2000)
+    points = unit(centres[truth] + 0.05 * rng.standard_normal((2000, 16)).astype(np.float32))
+    c1, c2 = spherical_kmeans(points, 5), spherical_kmeans(points, 5)
+    assert np.array_equal(c1, c2)
+    np.testing.assert_allclose(np.linalg.norm(c1, axis=1), 1, atol=1e-5)
+    labels = assign(points, c1)[0]
+    # each found cluster is one true cluster
+    for c in range(5):
+        members = truth[labels == c]
+        assert len(members) and np.bincount(members).max() == len(members)
+
+
+def test_spherical_kmeans_reseeds_empty_clusters():
+    points = unit(np.repeat(np.eye(3, 8, dtype=np.float32), 20, axis=0))  # 3 distinct points, 6 clusters
+    centroids = spherical_kmeans(points, 6)
+    assert np.isfinite(centroids).all() and centroids.shape == (6, 8)
+    with pytest.raises(ValueError):
+        spherical_kmeans(points, 61)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 12), st.integers(0, 2**32 - 1))
+def test_grouped_sum_equals_add_at(n, clusters, seed):
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((n, 5)).astype(np.float32)
+    labels = rng.integers(0, clusters, n)
+    ours, expected = np.zeros((clusters, 5)), np.zeros((clusters, 5))
+    _grouped_sum(points, labels, ours)
+    np.add.at(expected, labels, points.astype(np.float64))
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 400), st.integers(1, 20), st.integers(1, 4),
+       st.lists(st.integers(1, 5), min_size=1, max_size=6), st.booleans())
+def test_running_top_scores_any_split_and_workers(nq, nd, k, workers, tiles_per_block, integer, ):
+    """Bit-identical to one worker on one block, equal to a brute-force sort; integer data has many ties."""
+    rng = np.random.default_rng(nq * 1000 + nd)
+    if integer:
+        q = rng.integers(-2, 3, (nq, 6)).astype(np.float32)
+        db = rng.integers(-2, 3, (nd, 6)).astype(np.float32)
+    else:
+        q, db = rng.standard_normal((nq, 6)).astype(np.float32), rng.standard_normal((nd, 6)).astype(np.float32)
+    k = min(k, nd)
+    old = topk_mod.DATABASE_TILE, topk_mod.QUERY_TILE
+    topk_mod.DATABASE_TILE, topk_mod.QUERY_TILE = 16, 8
+    try:
+        single = RunningTopScores(q, k, workers=1)
+        single.add(db)
+        expected = single.result()
+        running = RunningTopScores(q, k, workers=workers)
+        start, i = 0, 0
+        while start < nd:
+            rows = 16 * tiles_per_block[i % len(tiles_per_block)]
+            running.add(db[start:start + rows])
+            start, i = start + rows, i + 1
+        got = running.result()
+    finally:
+        topk_mod.DATABASE_TILE, topk_mod.QUERY_TILE = old
+    assert np.array_equal(got, expected)
+    brute = np.sort(q @ db.T, axis=1)[:, ::-1][:, :k]
+    np.testing.assert_allclose(got, brute, atol=1e-5)
+
+
+def test_block_plan_gives_every_worker_a_tile():
+    one, two = plan_blocks(1 << 30, 512, 16, 100_000, workers=1), plan_blocks(1 << 30, 512, 16, 100_000, workers=2)
+    assert one.reference_rows == topk_mod.DATABASE_TILE and two.reference_rows == 2 * topk_mod.DATABASE_TILE
+    assert two.fixed_bytes > one.fixed_bytes and two.per_gallery_row_bytes > one.per_gallery_row_bytes
