@@ -174,11 +174,7 @@ def sample_rows(data, n_sample: int, metric: str = "cosine", block_rows: int = 6
     pos = np.unique(np.linspace(0, n - 1, num=min(n, n_sample)).astype(np.int64))
     if not isinstance(data, EmbeddingSource):
         return np.ascontiguousarray(data[pos], dtype=np.float32), pos
-    out = np.empty((len(pos), data.dim), dtype=np.float32)
-    for start, block in data.iter_blocks(metric, block_rows):
-        sel = (pos >= start) & (pos < start + len(block))
-        out[sel] = block[pos[sel] - start]
-    return out, pos
+    return data.take_rows(pos, metric, block_rows), pos
 
 
 def new_index(choice: IndexChoice, dim: int):
@@ -331,18 +327,20 @@ def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray) -> float:
 
 
 def depth_values(index, k: int) -> list[int]:
-    """Candidate nprobe / efSearch settings, shallow to deep (doubling)."""
+    """Candidate nprobe (steps of sqrt 2) / efSearch (doubling) settings, shallow to deep."""
     knob = depth_knob(index)
     if knob == "nprobe":
+        # steps of sqrt(2) (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, ...): each probed list costs a full
+        # share of the scan, so overshooting the target by a doubling is expensive at scale
         limit = int(_as_ivf(index).nlist)
-        return sorted({min(limit, 2 ** i) for i in range(0, 31) if 2 ** (i - 1) < limit})
+        return sorted({min(limit, int(round(2 ** (i / 2)))) for i in range(0, 62) if 2 ** ((i - 1) / 2) < limit})
     if knob == "ef_search":
         return [v for v in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if v >= k] or [4096]
     return []
 
 
 def tune_depth(index, measure, k: int, target: float) -> dict:
-    """Smallest nprobe / efSearch (doubling) whose measured recall reaches ``target``.
+    """Smallest nprobe / efSearch of :func:`depth_values` whose measured recall reaches ``target``.
 
     ``measure()`` returns the recall of the index as currently set.  Returns
     ``{"knob", "value", "recall", "reached"}``; if even the deepest setting
@@ -581,7 +579,12 @@ def indexed_reference_topk(gallery: np.ndarray, reference, k: int, metric: str, 
     _apply_depth(index, choice)
     n_sample = min(len(gallery), TUNE_SAMPLE if choice.recall_target else 200)
     sample, _ = sample_rows(gallery, n_sample)
-    exact = topk_scores_vs(sample, reference, k, metric)
+    if flat_ivf(index) is not None:
+        # the index holds every reference row as stored float32: probing all lists is exact, with no
+        # further pass over the reference file
+        exact = list_major_topk(index, sample, k, nprobe=flat_ivf(index).nlist)
+    else:
+        exact = topk_scores_vs(sample, reference, k, metric)
     rescore = None
     if not stores_exact_vectors(index):
         # quantized codes give approximate scores: re-score candidates with the float32 reference

@@ -178,14 +178,16 @@ class EmbeddingSource:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised."""
         check_metric(metric)
-        hasher = _fingerprint_hasher(self.shape, self.dtype)
+        # the content hash comes free with the first full pass; later passes skip it
+        hasher = _fingerprint_hasher(self.shape, self.dtype) if self._fingerprint is None else None
         block_rows = max(1, int(block_rows))
         try:
             with self._raw() as raw:
                 for start in range(0, self.n, block_rows):
                     stop = min(self.n, start + block_rows)
                     chunk = np.ascontiguousarray(raw[start:stop])
-                    hasher.update(chunk.reshape(-1).view(np.uint8))  # the bytes, without a copy
+                    if hasher is not None:
+                        hasher.update(chunk.reshape(-1).view(np.uint8))  # the bytes, without a copy
                     block = self._prepare(chunk, start, metric)
                     del chunk  # not held while the caller works on the block (when _prepare copied it)
                     yield start, block
@@ -194,7 +196,34 @@ class EmbeddingSource:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name}: cannot read data ({_short(exc)}); the file may be truncated") from None
-        self._fingerprint = hasher.hexdigest()
+        if hasher is not None:
+            self._fingerprint = hasher.hexdigest()
+
+    def take_rows(self, positions: np.ndarray, metric: str = "cosine",
+                  block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
+        """Rows at sorted ``positions`` as float32 (len, d), checked and normalised (only those rows).
+
+        One sequential pass over the raw data that keeps just the wanted rows:
+        much cheaper than :meth:`iter_blocks` when they are a small sample
+        (an index's training set), since nothing else is converted, hashed or
+        normalised.
+        """
+        check_metric(metric)
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        try:
+            with self._raw() as raw:
+                for start in range(0, self.n, max(1, int(block_rows))):
+                    stop = min(self.n, start + max(1, int(block_rows)))
+                    lo, hi = np.searchsorted(positions, [start, stop])
+                    if hi > lo:
+                        picked = np.asarray(raw[start:stop])[positions[lo:hi] - start]
+                        out[lo:hi] = self._prepare(picked, start, metric, positions[lo:hi] - start)
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({_short(exc)}); the file may be truncated") from None
+        return out
 
     def read(self, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
         """The whole matrix as float32 (N, d), checked and normalised."""
@@ -204,11 +233,14 @@ class EmbeddingSource:
         return out
 
     def fingerprint(self) -> str:
-        """Content hash of the stored array (shape, dtype, bytes); reads the file once if needed."""
+        """Content hash of the stored array (shape, dtype, bytes); reads the file once if needed.
+
+        A pass that only hashes (no conversion or checks); a full
+        :meth:`iter_blocks` pass records it for free.
+        """
         if self._fingerprint is None:
-            for _ in self.iter_blocks("ip"):
-                pass
-        return self._fingerprint  # type: ignore[return-value]
+            self._fingerprint = self.fingerprint_rows(0, self.n)
+        return self._fingerprint
 
     def fingerprint_rows(self, start: int, stop: int, block_rows: int = DEFAULT_BLOCK_ROWS) -> str:
         """Content hash of rows ``[start, stop)`` as if they were a file of their own.
@@ -222,13 +254,16 @@ class EmbeddingSource:
             with self._raw() as raw:
                 for lo in range(start, stop, max(1, int(block_rows))):
                     hi = min(stop, lo + max(1, int(block_rows)))
-                    hasher.update(np.ascontiguousarray(raw[lo:hi]).tobytes())
+                    hasher.update(np.ascontiguousarray(raw[lo:hi]).reshape(-1).view(np.uint8))
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name}: cannot read data ({_short(exc)}); the file may be truncated") from None
         return hasher.hexdigest()
 
-    def _prepare(self, chunk: np.ndarray, start: int, metric: str) -> np.ndarray:
+    def _prepare(self, chunk: np.ndarray, start: int, metric: str, offsets: np.ndarray | None = None) -> np.ndarray:
         """Check a block (no NaN/Inf, no zero rows) and normalise it for cosine.
+
+        Row ``i`` of ``chunk`` is file row ``start + i``, or ``start + offsets[i]``
+        when the chunk holds picked rows (used in error messages).
 
         One pass computes the squared norms; only when one of them is not a
         positive finite number are the rows looked at in detail (a NaN/Inf
@@ -241,16 +276,20 @@ class EmbeddingSource:
         else:
             finite = np.isfinite(block).all(axis=1)
             if not finite.all():
-                row = start + int(np.argmin(finite))
+                row = start + _offset(offsets, int(np.argmin(finite)))
                 raise InputError(f"{self.name}: row {row} contains NaN or Inf; clean or drop it before running nnn")
             nonzero = (block != 0).any(axis=1)
             if not nonzero.all():
-                row = start + int(np.argmin(nonzero))
+                row = start + _offset(offsets, int(np.argmin(nonzero)))
                 raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
             norms = np.linalg.norm(block.astype(np.float64), axis=1).astype(np.float32)
         if metric == "cosine":
             block = block / norms[:, None]
         return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _offset(offsets: np.ndarray | None, i: int) -> int:
+    return i if offsets is None else int(offsets[i])
 
 
 def _fingerprint_hasher(shape: tuple[int, ...], dtype: np.dtype):

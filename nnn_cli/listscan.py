@@ -72,9 +72,10 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     lower list number); faiss's own quantizer search is several times slower
     for many queries.  Other quantizers (e.g. HNSW) are searched by faiss.
     """
-    from .topk import top_k_exact
+    from .topk import _parallel_top_k
 
     nprobe = int(max(1, min(nprobe, ivf.nlist)))
+    workers = selection_threads()
     centroids = _flat_centroids(ivf)
     out = np.empty((len(queries), nprobe), dtype=np.int64)
     block_rows = PROBE_BLOCK if centroids is None else max(1, SCORE_TILE_ELEMENTS // len(centroids))
@@ -83,7 +84,7 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
         if centroids is None:
             out[start:start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
         else:
-            out[start:start + len(block)] = top_k_exact(block @ centroids.T, nprobe)[1]
+            out[start:start + len(block)] = _parallel_top_k(block @ centroids.T, nprobe, workers)[1]
     return out
 
 

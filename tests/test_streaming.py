@@ -183,3 +183,37 @@ def test_cli_shard_folder_input_with_ids(tmp_path, hub_data):
     with h5py.File(out_dir) as a, h5py.File(out_file) as b:
         assert np.array_equal(a["bias"][()], b["bias"][()])
         assert [x.decode() for x in a["ids"][:3]] == ["item0", "item1", "item2"]
+
+
+# --- sampled rows and hash-only fingerprints ---------------------------------
+@pytest.mark.parametrize("layout", ["h5", "npy16", "shards"])
+def test_take_rows_equals_full_read_and_fingerprints_agree(tmp_path, layout):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1000, 6)).astype(np.float32)
+    if layout == "h5":
+        path = tmp_path / "x.h5"
+        with h5py.File(path, "w") as f:
+            f["embeddings"] = x
+    elif layout == "npy16":
+        path = tmp_path / "x.npy"
+        np.save(path, x.astype(np.float16))
+    else:
+        path = write_shards(tmp_path / "x", x, [300, 1, 699])
+    pos = np.array([0, 5, 299, 300, 301, 998, 999])
+    for metric in ("cosine", "ip"):
+        src = open_embeddings(path)
+        np.testing.assert_array_equal(src.take_rows(pos, metric, block_rows=128), src.read(metric)[pos])
+    hash_only = open_embeddings(path).fingerprint()          # one pass that only hashes
+    src = open_embeddings(path)
+    src.read("cosine")                                        # recorded during a full read
+    assert src.fingerprint() == hash_only
+    src.read("ip")                                            # later passes skip hashing, keep the value
+    assert src.fingerprint() == hash_only == open_embeddings(path).fingerprint_rows(0, 1000)
+
+
+def test_take_rows_reports_the_bad_rows_own_number(tmp_path):
+    x = np.ones((500, 4), dtype=np.float32)
+    x[321] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(InputError, match="row 321 contains NaN"):
+        open_embeddings(tmp_path / "x.npy").take_rows(np.array([3, 321, 400]), block_rows=100)
