@@ -284,6 +284,16 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     return res
 
 
+def best_of(repeats: int, fn):
+    """(fastest seconds, last result) of ``repeats`` calls: timings on a shared machine are noisy upwards."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
 def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
     """Debiased top-k through IVF/HNSW over [r, b] vs plain-vector index + re-rank; times vs plain faiss."""
     from nnn_cli.ann import (IndexChoice, build_index, debiased_search, default_nlist, rerank_debiased,
@@ -302,16 +312,16 @@ def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
         aug_index = build_index(augment_gallery(g, bias), choice)
         set_search_depth(plain_index, **depth)
         set_search_depth(aug_index, **depth)
-        t = time.perf_counter()
-        _, plain_ids = plain_index.search(q, k)
-        t_plain = time.perf_counter() - t
+        t_plain, (_, plain_ids) = best_of(3, lambda: plain_index.search(q, k))
+        q_aug = np.hstack([q, -np.ones((len(q), 1), dtype=np.float32)])
+        t_same, _ = best_of(3, lambda: aug_index.search(q_aug, k))  # faiss alone on the same [r, b] index
         row = {"depth": depth, "plain_faiss_seconds": round(t_plain, 3),
+               "faiss_same_index_seconds": round(t_same, 3),
                "plain_recall_vs_exact_plain": round(topk_recall(plain_ids, exact_plain), 4)}
         for f in (1, 2):
-            t = time.perf_counter()
-            _, ids = debiased_search(aug_index, q, g, bias, k, overfetch=f)
-            sec = time.perf_counter() - t
+            sec, (_, ids) = best_of(3, lambda: debiased_search(aug_index, q, g, bias, k, overfetch=f))
             row[f"augmented_overfetch{f}"] = {"seconds": round(sec, 3), "time_vs_plain": round(sec / t_plain, 2),
+                                              "time_vs_same_index": round(sec / t_same, 2),
                                               "recall": round(topk_recall(ids, exact_deb), 4)}
         for f in (2, 4):
             t = time.perf_counter()
@@ -458,9 +468,12 @@ def main() -> None:
             for kind in ("ivf", "hnsw"):
                 row = res["gallery_index"][kind]
                 best = row["augmented_overfetch1"]
-                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs plain faiss (recall)",
-                               f"{best['seconds']:.2f}s / {row['plain_faiss_seconds']:.2f}s (R={best['recall']:.3f}; "
-                               f"plain {row['plain_recall_vs_exact_plain']:.3f})", f"{best['time_vs_plain']:.2f}"))
+                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs faiss alone, same index",
+                               f"{best['seconds']:.3f}s / {row['faiss_same_index_seconds']:.3f}s (R={best['recall']:.3f})",
+                               f"{best['time_vs_same_index']:.2f}"))
+                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs plain index over r",
+                               f"{best['seconds']:.3f}s / {row['plain_faiss_seconds']:.3f}s (plain recall "
+                               f"{row['plain_recall_vs_exact_plain']:.3f} of plain top-k)", f"{best['time_vs_plain']:.2f}"))
             print("gallery index:", json.dumps(res["gallery_index"]), flush=True)
         if "ann_scale" not in skip:
             res["ann_scale"] = ann_scale(tmp, args.ann_n or size["scale_n"])

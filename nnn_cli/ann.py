@@ -477,18 +477,29 @@ def debiased_search(index, queries: np.ndarray, gallery: np.ndarray, bias: np.nd
     """Top-``k`` by exact debiased score from an index over ``[r, b]`` (or ``r`` when ``bias`` is None).
 
     The index is searched with ``[q, -1]`` for ``k x overfetch`` candidates,
-    which are re-ranked with exact scores from the stored vectors.
+    which are re-ranked with exact scores from the stored vectors.  When the
+    index itself stores float32 vectors and nothing is over-fetched, its
+    scores already are the exact ``q . r - b(r)`` (the inner product of the
+    augmented vectors), so only ties are re-ordered (by lower id): measured
+    on HNSW at N=50k, the re-rank was 15% of the search time.
     """
     debias = bias is not None
     fetch = int(min(index.ntotal, max(k, k * max(1, overfetch))))
+    scores_exact = fetch == min(k, index.ntotal) and stores_exact_vectors(index)
     nq = len(queries)
     out_s = np.empty((nq, min(k, index.ntotal)), dtype=np.float32)
     out_i = np.empty_like(out_s, dtype=np.int64)
     for start in range(0, nq, block_rows):
         q = np.ascontiguousarray(queries[start:start + block_rows], dtype=np.float32)
         probe = np.hstack([q, -np.ones((len(q), 1), dtype=np.float32)]) if debias else q
-        _, cand = index.search(probe, fetch)
-        out_s[start:start + len(q)], out_i[start:start + len(q)] = rerank_debiased(q, gallery, bias, cand, k)
+        dist, cand = index.search(probe, fetch)
+        if scores_exact:
+            missing = cand < 0
+            s, i = sort_ties(np.where(missing, -np.inf, dist).astype(np.float32),
+                             np.where(missing, np.iinfo(np.int64).max, cand))
+            out_s[start:start + len(q)], out_i[start:start + len(q)] = s, np.where(np.isfinite(s), i, -1)
+        else:
+            out_s[start:start + len(q)], out_i[start:start + len(q)] = rerank_debiased(q, gallery, bias, cand, k)
         if progress:
             progress(min(nq, start + block_rows), nq)
     return out_s, out_i
