@@ -44,8 +44,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+def _pipe_width(stream) -> int | None:
+    """Width for rich when writing to a pipe or log file: 120 columns unless COLUMNS says otherwise
+    (rich's default of 80 wraps our tables mid-word); None (the terminal's) on a terminal."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else 120
+
+
+err_console = Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
+out_console = Console(highlight=False, width=_pipe_width(sys.stdout))
 
 
 class Metric(str, Enum):

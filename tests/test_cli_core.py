@@ -265,3 +265,19 @@ def test_real_process_exit_code_and_no_traceback(bad):
                           "-a", "0.5", "-k", "2", "-o", str(bad / "o.h5")], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_rich_width_in_pipes_is_120_unless_columns_or_terminal(monkeypatch):
+    import io
+
+    from nnn_cli.cli import _pipe_width
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert _pipe_width(io.StringIO()) == 120
+    assert _pipe_width(Tty()) is None
+    monkeypatch.setenv("COLUMNS", "200")
+    assert _pipe_width(io.StringIO()) is None  # rich reads COLUMNS itself
