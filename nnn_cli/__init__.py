@@ -44,7 +44,9 @@ from .tune import TuneResult, top1_per_cell, truth_ranks, tune_grid, tune_unsupe
 from .incremental import StoredBias, add_reference, append_items, load_stored_bias, merge_topk  # noqa: E402
 from .info import describe_file  # noqa: E402
 from .provenance import check_bias_matches, check_matches_parts, combined_fingerprint  # noqa: E402
-from .topk import topk_scores  # noqa: E402
+from .topk import RunningTopScores, topk_scores  # noqa: E402
+from .kmeans import spherical_kmeans  # noqa: E402
+from .listscan import list_major_topk  # noqa: E402
 from .budget import parse_memory_budget, plan_blocks  # noqa: E402
 from .shards import ShardedSource, open_shard_folder  # noqa: E402
 from .streaming import streamed_bias, streamed_reference_topk  # noqa: E402
@@ -75,7 +77,7 @@ __all__ = [
     "TuneResult", "top1_per_cell", "truth_ranks", "tune_grid", "tune_unsupervised",
     "StoredBias", "add_reference", "append_items", "load_stored_bias", "merge_topk", "describe_file",
     "check_bias_matches", "check_matches_parts", "combined_fingerprint",
-    "topk_scores", "parse_memory_budget", "plan_blocks", "ShardedSource", "open_shard_folder",
+    "RunningTopScores", "topk_scores", "spherical_kmeans", "list_major_topk", "parse_memory_budget", "plan_blocks", "ShardedSource", "open_shard_folder",
     "streamed_bias", "streamed_reference_topk", "IndexChoice", "build_index", "choose_index",
     "indexed_reference_topk", "indexed_search", "load_index", "save_index",
     "plan_bias", "plan_search", "run_bias_plan", "run_search_plan",
