@@ -125,13 +125,15 @@ def run_bias_plan(plan: BiasPlan, gallery: EmbeddingSource, reference: Embedding
     if plan.mode == "exact-streamed":
         bias, topk = streamed_bias(gallery, reference, alpha, k, metric, plan.blocks, plan.keep_topk, progress)
         return bias, topk, info
-    g = gallery.read(metric)
     if plan.mode == "indexed":
+        # the gallery is streamed: only the index and the (N, k) top-k are held whole
         meta = index_meta(reference.fingerprint(), metric, plan.choice, "reference")
-        topk, run = indexed_reference_topk(g, reference, k, metric, plan.choice, plan.load_index,
+        topk, run = indexed_reference_topk(gallery, reference, k, metric, plan.choice, plan.load_index,
                                            plan.save_index, meta, progress)
         info.update(run.info)
-    elif plan.mode == "exact-cuda":
+        return bias_from_topk(topk, alpha, k), (topk if plan.keep_topk else None), info
+    g = gallery.read(metric)
+    if plan.mode == "exact-cuda":
         from .device import cuda_topk_scores
 
         topk = cuda_topk_scores(g, reference.read(metric), k)
