@@ -616,10 +616,11 @@ def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: Inde
     n_gallery = _n_rows(gallery)
     n_sample = min(n_gallery, TUNE_SAMPLE if choice.recall_target else 200)
     sample, _ = sample_rows(gallery, n_sample, metric)
-    if flat_ivf(index) is not None:
+    ivf_flat = flat_ivf(index)
+    if ivf_flat is not None:
         # the index holds every reference row as stored float32: probing all lists is exact, with no
         # further pass over the reference file
-        exact = list_major_topk(index, sample, k, nprobe=flat_ivf(index).nlist)
+        exact = list_major_topk(index, sample, k, nprobe=ivf_flat.nlist)
     else:
         exact = topk_scores_vs(sample, reference, k, metric)
     rescore = None
@@ -636,7 +637,7 @@ def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: Inde
             return out
 
     def search_sample() -> np.ndarray:
-        if rescore is None and flat_ivf(index) is not None:
+        if rescore is None and ivf_flat is not None:
             return list_major_topk(index, sample, k)
         if rescore is None:
             return index_topk(index, sample, k)[0]

@@ -185,6 +185,16 @@ def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[Pa
     return alpha, k
 
 
+def _read_checked_bias(bias: str, g_src, metric: str, force: bool):
+    """The bias file, refused (unless --force) when it was made for another gallery or metric."""
+    from .io import read_bias
+    from .provenance import check_bias_matches
+
+    bf = read_bias(bias)
+    check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric, force)
+    return bf
+
+
 def _setup(threads: int) -> None:
     from .topk import set_threads
 
@@ -579,8 +589,8 @@ def eval_cmd(
     from .baselines import BANK_METHODS, BaselineParams, parse_methods, read_method_params
     from .bias import check_alpha, check_k
     from .compare import compare_methods
-    from .io import check_same_dim, open_embeddings, read_bias, read_truth
-    from .provenance import bias_source_attrs, check_bias_matches, run_provenance
+    from .io import check_same_dim, open_embeddings, read_truth
+    from .provenance import bias_source_attrs, run_provenance
 
     method_list = tuple(dict.fromkeys(("baseline",) + parse_methods(methods)))
     tuned_params = read_method_params(method_params, BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2))
@@ -622,8 +632,7 @@ def eval_cmd(
     params_used: dict = {}
     b = None
     if bias is not None:
-        bf = read_bias(bias)
-        check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric.value, force)
+        bf = _read_checked_bias(bias, g_src, metric.value, force)
         b = bf.bias
         params_used = {key: bf.attrs[key] for key in ("alpha", "k") if key in bf.attrs}
     elif want_nnn:
@@ -714,7 +723,7 @@ def render_methods_table(result: dict) -> None:
         p = r.get("params") or (result.get("params") if m == "nnn" else {}) or {}
         table.add_row(METHOD_LABELS[m], *cells, str(r["hubness"]["max"]), f"{r['seconds']:.3f}",
                       "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()))
-    if any(f"R@1_ci" in result.get(m, {}) for m in METHODS):
+    if any("R@1_ci" in result.get(m, {}) for m in METHODS):
         table.caption = "under each recall: its 95% bootstrap interval"
     out_console.print(table)
 
@@ -787,8 +796,7 @@ def attribute_bias_cmd(
     """
     from .attribute import compare_attribute_bias, read_labels
     from .bias import check_alpha, check_k, compute_bias
-    from .io import check_same_dim, open_embeddings, read_bias, read_truth
-    from .provenance import check_bias_matches
+    from .io import check_same_dim, open_embeddings, read_truth
 
     if (bias is None) == (reference is None):
         raise ParameterError("give either --bias BIAS.h5 or --reference R with --alpha/--k (or --params)")
@@ -812,9 +820,7 @@ def attribute_bias_cmd(
     q = q_src.read(metric.value)
     g = g_src.read(metric.value)
     if bias is not None:
-        bf = read_bias(bias)
-        check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric.value, force)
-        b = bf.bias
+        b = _read_checked_bias(bias, g_src, metric.value, force).bias
     else:
         with progress_bar("bias", quiet) as progress:
             b = compute_bias(g, r_src.read(metric.value), alpha, k, block_rows=block_size, progress=progress)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import H5_SUFFIXES, is_h5_path, open_embeddings, open_h5_safe, split_spec
+from .io import H5_SUFFIXES, attr_value, is_h5_path, open_embeddings, open_h5_safe, split_spec
 from .provenance import json_attr
 
 JSON_ATTRS = ("history", "gallery_parts", "reference_parts", "gallery_shape", "reference_shape",
@@ -81,7 +81,7 @@ def _describe_h5(path: Path) -> dict:
                 datasets[name] = _array_entry(obj.shape, obj.dtype)
 
         f.visititems(visit)
-        attrs = {key: _plain(value) for key, value in f.attrs.items()}
+        attrs = {key: attr_value(value) for key, value in f.attrs.items()}
     for key in JSON_ATTRS:
         if key in attrs:
             attrs[key] = json_attr(attrs, key, attrs[key])
@@ -89,16 +89,6 @@ def _describe_h5(path: Path) -> dict:
     if kind == "bias" and "topk" in datasets:
         attrs.setdefault("stored_topk", True)
     return {"format": "hdf5", "kind": kind, "datasets": datasets, "attrs": attrs}
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
 
 
 def _npy_header(fh, name: str) -> tuple[tuple, np.dtype]:

@@ -442,7 +442,7 @@ def read_bias(spec: str | os.PathLike) -> BiasFile:
                 arr = f[dataset][()]
             except (OSError, ValueError) as exc:
                 raise InputError(f"{path}: cannot read {dataset!r} ({_short(exc)})") from None
-            attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
+            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             ids = _decode_strings(f["ids"][()]) if "ids" in f else None
     else:
         raise InputError(f"{path}: unknown bias file type; use .h5 or .npy")
@@ -457,7 +457,8 @@ def read_bias(spec: str | os.PathLike) -> BiasFile:
     return BiasFile(arr, attrs, ids)
 
 
-def _attr_value(v):
+def attr_value(v):
+    """An HDF5 attribute as a plain Python value (str, int, float, list) for JSON and comparisons."""
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
     if isinstance(v, np.generic):

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .topk import (SCORE_TILE_ELEMENTS, ProgressFn, _executor, faiss_module, selection_threads, single_threaded_blas,
-                   sort_descending)
+from .topk import (SCORE_TILE_ELEMENTS, ProgressFn, faiss_module, merge_top_scores, parallel_top_k, run_parallel,
+                   select_top, selection_threads, sort_descending)
 
 PROBE_BLOCK = 65536
 """Query rows assigned to their ``nprobe`` lists per quantizer search call."""
@@ -72,8 +72,6 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     lower list number); faiss's own quantizer search is several times slower
     for many queries.  Other quantizers (e.g. HNSW) are searched by faiss.
     """
-    from .topk import _parallel_top_k
-
     nprobe = int(max(1, min(nprobe, ivf.nlist)))
     workers = selection_threads()
     centroids = _flat_centroids(ivf)
@@ -84,16 +82,8 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
         if centroids is None:
             out[start:start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
         else:
-            out[start:start + len(block)] = _parallel_top_k(block @ centroids.T, nprobe, workers)[1]
+            out[start:start + len(block)] = parallel_top_k(block @ centroids.T, nprobe, workers)[1]
     return out
-
-
-def _merge(best: np.ndarray, rows: np.ndarray, scores: np.ndarray, k: int) -> None:
-    """best[rows] <- the k highest of best[rows] and each row of ``scores`` (unordered)."""
-    cand = np.concatenate([best[rows], scores], axis=1)
-    width = cand.shape[1]
-    cand.partition(width - k, axis=1)
-    best[rows] = cand[:, width - k:]
 
 
 def _scan(queries: np.ndarray, best: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> None:
@@ -102,11 +92,7 @@ def _scan(queries: np.ndarray, best: np.ndarray, lists: list[tuple[np.ndarray, n
         chunk = max(1, SCORE_TILE_ELEMENTS // len(vecs))
         for start in range(0, len(rows_all), chunk):
             rows = rows_all[start:start + chunk]
-            scores = queries[rows] @ vecs.T
-            if scores.shape[1] > k:
-                scores.partition(scores.shape[1] - k, axis=1)
-                scores = scores[:, scores.shape[1] - k:]
-            _merge(best, rows, scores, k)
+            best[rows] = merge_top_scores(best[rows], select_top(queries[rows] @ vecs.T, k), k)
 
 
 LISTS_PER_STEP = 32
@@ -142,29 +128,18 @@ def list_major_topk(index, queries: np.ndarray, k: int, nprobe: int | None = Non
     vectors = list_vectors(ivf)
     todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
     workers = max(1, int(threads or selection_threads()))
-    limiter = single_threaded_blas() if workers > 1 else None
-    if limiter is None:
-        workers = 1
     bounds = np.linspace(0, nq, workers + 1).astype(np.int64)
     total, done = int(counts.sum()), 0
-    try:
-        for step in range(0, len(todo), LISTS_PER_STEP):
-            batch = todo[step:step + LISTS_PER_STEP]
-            parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(workers)]
-            for lst in batch:
-                rows_all = rows_by_list[ends[lst] - counts[lst]:ends[lst]]
-                cuts = np.searchsorted(rows_all, bounds)
-                for w in range(workers):
-                    if cuts[w + 1] > cuts[w]:
-                        parts[w].append((rows_all[cuts[w]:cuts[w + 1]], vectors[lst]))
-                done += len(rows_all)
-            if workers == 1:
-                _scan(queries, best, parts[0], k)
-            else:
-                list(_executor(workers).map(lambda part: _scan(queries, best, part, k), parts))
-            if progress:
-                progress(done, total)
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
+    for step in range(0, len(todo), LISTS_PER_STEP):
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(workers)]
+        for lst in todo[step:step + LISTS_PER_STEP]:
+            rows_all = rows_by_list[ends[lst] - counts[lst]:ends[lst]]
+            cuts = np.searchsorted(rows_all, bounds)
+            for w in range(workers):
+                if cuts[w + 1] > cuts[w]:
+                    parts[w].append((rows_all[cuts[w]:cuts[w + 1]], vectors[lst]))
+            done += len(rows_all)
+        run_parallel(lambda part: _scan(queries, best, part, k), [part for part in parts if part])
+        if progress:
+            progress(done, total)
     return sort_descending(best)

@@ -26,16 +26,11 @@ def faiss_module():
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` OpenMP threads in faiss (None or 0 leaves the default: all cores).
-
-    numpy's BLAS (the exact bias GEMM) is limited too when threadpoolctl is installed.
-    """
+    """Use ``threads`` OpenMP threads in faiss and numpy's BLAS (None or 0 leaves the default: all cores)."""
     if threads:
+        from threadpoolctl import threadpool_limits
+
         faiss_module().omp_set_num_threads(int(threads))
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
         threadpool_limits(int(threads), user_api="blas")
 
 
@@ -139,19 +134,19 @@ def _top_k_with_ties(scores: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.nd
     return vals[picked].reshape(-1, k), cols[picked].reshape(-1, k)
 
 
-def _parallel_top_k(scores: np.ndarray, k: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+def parallel_top_k(scores: np.ndarray, k: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_k_exact` over row slices in threads (numpy releases the GIL while selecting)."""
     if workers <= 1 or len(scores) < 2 * workers:
         return top_k_exact(scores, k)
     bounds = np.linspace(0, len(scores), workers + 1).astype(int)
-    parts = list(_executor(workers).map(lambda ab: top_k_exact(scores[ab[0]:ab[1]], k), zip(bounds[:-1], bounds[1:])))
+    parts = list(thread_pool(workers).map(lambda ab: top_k_exact(scores[ab[0]:ab[1]], k), zip(bounds[:-1], bounds[1:])))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 _EXECUTORS: dict = {}
 
 
-def _executor(workers: int):
+def thread_pool(workers: int):
     from concurrent.futures import ThreadPoolExecutor
 
     if workers not in _EXECUTORS:
@@ -193,7 +188,7 @@ class GemmIndex:
         workers = selection_threads()
         for start in range(0, len(queries), tile):
             stop = min(len(queries), start + tile)
-            scores[start:stop], indices[start:stop] = _parallel_top_k(queries[start:stop] @ self.database.T, k, workers)
+            scores[start:stop], indices[start:stop] = parallel_top_k(queries[start:stop] @ self.database.T, k, workers)
         return scores, indices
 
 
@@ -217,7 +212,7 @@ DATABASE_TILE = 8192
 measured as fast per FLOP as 16384-row tiles)."""
 
 
-def _select_top(scores: np.ndarray, k: int) -> np.ndarray:
+def select_top(scores: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` largest values of each row, unordered (partitions ``scores`` in place)."""
     if scores.shape[1] <= k:
         return scores
@@ -229,7 +224,7 @@ def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.nda
     """Merge two per-row sets of top scores into the ``k`` largest per row (unordered)."""
     if best is None:
         return np.array(new, dtype=np.float32, copy=True)
-    return np.array(_select_top(np.concatenate([best, new], axis=1), k), copy=True)
+    return np.array(select_top(np.concatenate([best, new], axis=1), k), copy=True)
 
 
 def sort_descending(best: np.ndarray) -> np.ndarray:
@@ -264,7 +259,7 @@ class RunningTopScores:
         for tile in database_tiles:
             for i, q in enumerate(self.tiles):
                 scores = q @ tile.T
-                best[i] = merge_top_scores(best[i], _select_top(scores, self.k), self.k)
+                best[i] = merge_top_scores(best[i], select_top(scores, self.k), self.k)
 
     def add(self, database: np.ndarray) -> None:
         """Fold one database block (rows in a multiple of DATABASE_TILE, except the last block)."""
@@ -273,20 +268,7 @@ class RunningTopScores:
         for start in range(0, len(database), DATABASE_TILE):
             parts[self._next_worker].append(database[start:start + DATABASE_TILE])
             self._next_worker = (self._next_worker + 1) % self.workers
-        busy = [w for w in range(self.workers) if parts[w]]
-        limiter = single_threaded_blas() if len(busy) > 1 else None
-        if len(busy) > 1 and limiter is None:  # cannot limit BLAS: one thread folds everything
-            for w in busy:
-                self._fold(w, parts[w])
-            return
-        try:
-            if len(busy) == 1:
-                self._fold(busy[0], parts[busy[0]])
-            else:
-                list(_executor(len(busy)).map(lambda w: self._fold(w, parts[w]), busy))
-        finally:
-            if limiter is not None:
-                limiter.restore_original_limits()
+        run_parallel(lambda w: self._fold(w, parts[w]), [w for w in range(self.workers) if parts[w]])
 
     def result(self) -> np.ndarray:
         """(Q, k') float32 sorted descending (k' = k, or fewer if fewer database rows were folded)."""
@@ -295,25 +277,25 @@ class RunningTopScores:
         out = []
         for i in range(len(self.tiles)):
             merged = None
-            for w in range(self.workers):
-                if self._best[w][i] is not None:
-                    merged = merge_top_scores(merged, self._best[w][i], self.k) if merged is not None \
-                        else self._best[w][i]
+            for best in self._best:
+                if best[i] is not None:
+                    merged = merge_top_scores(merged, best[i], self.k)
             out.append(sort_descending(merged))
         return np.vstack(out)
 
 
-def single_threaded_blas():
-    """Limit numpy's BLAS to one thread while our own threads split the work (threadpoolctl).
+def run_parallel(fn: Callable, items: list) -> None:
+    """Call ``fn(item)`` for each item, one thread each when there are several, with numpy's BLAS
+    limited to one thread meanwhile (threadpoolctl): each thread runs its own GEMMs and selections,
+    so the selection uses every core too."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    from threadpoolctl import threadpool_limits
 
-    Returns the limiter (call ``restore_original_limits()``), or None when
-    threadpoolctl is not installed: callers then stay on one thread.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(1, user_api="blas")
+    with threadpool_limits(1, user_api="blas"):
+        list(thread_pool(len(items)).map(fn, items))
 
 
 def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
