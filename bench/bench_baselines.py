@@ -25,11 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnn_cli.baselines import BaselineParams, tune_baseline  # noqa: E402
-from nnn_cli.compare import compare_methods  # noqa: E402
-from nnn_cli.io import Truth, open_embeddings  # noqa: E402
-from nnn_cli.synthetic import make_hub_data  # noqa: E402
-from nnn_cli.tune import tune_grid  # noqa: E402
+from nnn_cli.core.baselines import BaselineParams, tune_baseline  # noqa: E402
+from nnn_cli.core.compare import compare_methods  # noqa: E402
+from nnn_cli.core.truth import Truth
+from nnn_cli.data.sources import open_embeddings
+from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
+from nnn_cli.core.tune import tune_grid  # noqa: E402
 
 METHODS = ["baseline", "nnn", "dn", "qbnorm", "dbnorm", "dbnorm_dis"]
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnn_cli.embed import embed_input  # noqa: E402
-from nnn_cli.encoders import load_encoder, set_torch_threads  # noqa: E402
-from nnn_cli.readers import open_input  # noqa: E402
+from nnn_cli.embed.run import embed_input  # noqa: E402
+from nnn_cli.embed.encoders import load_encoder, set_torch_threads  # noqa: E402
+from nnn_cli.embed.readers import open_input  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("a the man woman child dog cat horse bird car bus train boat plane street beach park river "

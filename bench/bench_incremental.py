@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.bias import bias_from_topk, reference_topk
-from nnn_cli.incremental import StoredBias, add_reference, append_items
-from nnn_cli.io import EmbeddingSource
-from nnn_cli.provenance import base_attrs, bias_provenance
+from nnn_cli.core.nnn import bias_from_topk, reference_topk
+from nnn_cli.data.biasfile import StoredBias
+from nnn_cli.scale.incremental import add_reference, append_items
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.data.provenance import base_attrs, bias_provenance
 
 
 def mem(arr):

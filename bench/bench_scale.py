@@ -88,7 +88,7 @@ def maxrss_mb() -> float:
 # worker jobs (each in its own process)
 # ---------------------------------------------------------------------------
 def job_ours_bias(a: dict) -> dict:
-    from nnn_cli.bias import bias_from_topk, reference_topk
+    from nnn_cli.core.nnn import bias_from_topk, reference_topk
 
     base = maxrss_mb()
     g, r = np.load(a["g"]), np.load(a["r"])
@@ -118,7 +118,7 @@ def job_theirs_bias(a: dict) -> dict:
 
 
 def job_ours_search(a: dict) -> dict:
-    from nnn_cli.search import DebiasedIndex
+    from nnn_cli.core.search import DebiasedIndex
 
     g, q, b = np.load(a["g"]), np.load(a["q"]), np.load(a["b"])
     t = time.perf_counter()
@@ -142,7 +142,7 @@ def job_theirs_search(a: dict) -> dict:
 
 def job_cli(a: dict) -> dict:
     """Run the `nnn` CLI in this process (a whole process: imports, reading, computing, writing)."""
-    from nnn_cli.cli import app
+    from nnn_cli.cli.app import app
 
     t = time.perf_counter()
     code = app(a["argv"], standalone_mode=False)
@@ -201,7 +201,7 @@ def gemm_rate(seconds: float = 3.0) -> float:
 def topk_engines(g: np.ndarray, r: np.ndarray, k: int) -> dict:
     import faiss
 
-    from nnn_cli.topk import topk_scores
+    from nnn_cli.core.topk import topk_scores
 
     flops = 2.0 * len(g) * len(r) * DIM
     out = {}
@@ -222,7 +222,9 @@ def topk_engines(g: np.ndarray, r: np.ndarray, k: int) -> dict:
 
 def ann_reference(g: np.ndarray, r: np.ndarray, k: int, exact_topk: np.ndarray, exact_seconds: float,
                   kinds: list[str]) -> dict:
-    from nnn_cli.ann import choose_index, indexed_reference_topk, score_recall
+    from nnn_cli.scale.index.choose import choose_index
+    from nnn_cli.scale.index.steps import indexed_reference_topk
+    from nnn_cli.scale.index.depth import score_recall
 
     out = {}
     for kind in kinds:
@@ -249,8 +251,9 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     """
     import h5py
 
-    from nnn_cli.ann import sample_rows, score_recall
-    from nnn_cli.topk import topk_scores
+    from nnn_cli.scale.index.build import sample_rows
+    from nnn_cli.scale.index.depth import score_recall
+    from nnn_cli.core.topk import topk_scores
 
     for name, seed in (("g_scale", 11), ("r_scale", 12)):
         np.save(tmp / f"{name}.npy", clustered(n, seed).astype(np.float16))
@@ -296,10 +299,12 @@ def best_of(repeats: int, fn):
 
 def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
     """Debiased top-k through IVF/HNSW over [r, b] vs plain-vector index + re-rank; times vs plain faiss."""
-    from nnn_cli.ann import (IndexChoice, build_index, debiased_search, default_nlist, rerank_debiased,
-                             set_search_depth, topk_recall)
-    from nnn_cli.bias import compute_bias
-    from nnn_cli.search import augment_gallery, search
+    from nnn_cli.scale.index.choose import IndexChoice, default_nlist
+    from nnn_cli.scale.index.build import build_index
+    from nnn_cli.scale.index.steps import debiased_search, rerank_debiased
+    from nnn_cli.scale.index.depth import set_search_depth, topk_recall
+    from nnn_cli.core.nnn import compute_bias
+    from nnn_cli.core.search import augment_gallery, search
 
     g, q = clustered(n, 21), clustered(n_queries, 22)
     bias = compute_bias(g, clustered(5000, 23), 0.75, 16)
@@ -426,7 +431,7 @@ def main() -> None:
                                    f"{whole_ours['peak_rss_mb'] / input_mb:.2f}"))
                 print("whole process:", json.dumps(res["whole_process"]), flush=True)
             if m == size["ann_m"] and "ann" not in skip:
-                from nnn_cli.topk import topk_scores
+                from nnn_cli.core.topk import topk_scores
 
                 res["ann"] = {}
                 for k in size["ks"]:
@@ -447,7 +452,7 @@ def main() -> None:
             m0 = size["ms"][0]
             r = clustered(m0, 2)
             np.save(tmp / "r0.npy", r)
-            from nnn_cli.bias import compute_bias
+            from nnn_cli.core.nnn import compute_bias
 
             np.save(tmp / "b0.npy", compute_bias(g, r, 1.0, 16))
             q = clustered(size["q"], 3)

@@ -28,12 +28,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nnn_cli.bias import compute_bias  # noqa: E402
-from nnn_cli.evaluate import evaluate_index  # noqa: E402
-from nnn_cli.io import Truth  # noqa: E402
-from nnn_cli.synthetic import make_hub_data  # noqa: E402
-from nnn_cli.topk import set_threads  # noqa: E402
-from nnn_cli.tune import tune_grid  # noqa: E402
+from nnn_cli.core.nnn import compute_bias  # noqa: E402
+from nnn_cli.core.evaluate import evaluate_index  # noqa: E402
+from nnn_cli.core.truth import Truth
+from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
+from nnn_cli.scale.device import set_threads  # noqa: E402
+from nnn_cli.core.tune import tune_grid  # noqa: E402
 
 
 class PeakRSS:

@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from nnn_cli.synthetic import make_hub_data  # noqa: E402
+from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.baselines import (
+from nnn_cli.core.baselines import (
     BaselineParams,
     activation_set,
     log_sum_exp_scores,
@@ -17,10 +17,10 @@ from nnn_cli.baselines import (
     rank_qbnorm,
     tune_baseline,
 )
-from nnn_cli.cli import app
-from nnn_cli.compare import bootstrap_recall, compare_methods
+from nnn_cli.cli.app import app
+from nnn_cli.core.compare import bootstrap_recall, compare_methods
 from nnn_cli.errors import ParameterError
-from nnn_cli.io import Truth
+from nnn_cli.core.truth import Truth
 
 
 def unit(x):
@@ -230,7 +230,7 @@ def test_eval_reads_tuned_method_params(tmp_path, hub_files):
 
     from typer.testing import CliRunner
 
-    from nnn_cli.cli import app
+    from nnn_cli.cli.app import app
 
     runner = CliRunner()
     common = ["--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),

@@ -22,12 +22,12 @@ pytest.importorskip("sentence_transformers")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from nnn_cli.cli import app  # noqa: E402
-from nnn_cli.embed import embed_input, normalise_rows  # noqa: E402
-from nnn_cli.embed_store import partial_path, sidecar_path  # noqa: E402
-from nnn_cli.encoders import Encoder, load_encoder  # noqa: E402
+from nnn_cli.cli.app import app  # noqa: E402
+from nnn_cli.embed.run import embed_input, normalise_rows  # noqa: E402
+from nnn_cli.embed.store import partial_path, sidecar_path  # noqa: E402
+from nnn_cli.embed.encoders import Encoder, load_encoder  # noqa: E402
 from nnn_cli.errors import DependencyError, InputError, ParameterError  # noqa: E402
-from nnn_cli.readers import open_input  # noqa: E402
+from nnn_cli.embed.readers import open_input  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -102,7 +102,7 @@ def _tiny_open_clip_cfg():
 @pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory):
     """A tiny open_clip model saved both as a local folder and as config .json + weights file."""
-    from nnn_cli.encoders import _import_open_clip
+    from nnn_cli.embed.encoders import _import_open_clip
 
     try:
         open_clip = _import_open_clip()
@@ -132,7 +132,7 @@ def tiny_hf_clip(tmp_path_factory):
     """A tiny transformers CLIPModel with a BERT word-piece tokenizer and a CLIP image processor."""
     from transformers import BertTokenizerFast, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from nnn_cli.encoders import default_model_path
+    from nnn_cli.embed.encoders import default_model_path
 
     folder = tmp_path_factory.mktemp("hfclip")
     torch.manual_seed(0)
@@ -270,7 +270,7 @@ def test_normalise_rows_flags_zero_and_nan():
 def test_default_model_matches_sentence_transformers(tmp_path, default_encoder):
     from sentence_transformers import SentenceTransformer
 
-    from nnn_cli.encoders import default_model_path
+    from nnn_cli.embed.encoders import default_model_path
 
     (tmp_path / "s.txt").write_text("\n".join(SENTENCES[:3]) + "\n\n" + "\n".join(SENTENCES[3:]) + "\n")
     summary = embed_input(open_input(tmp_path / "s.txt"), default_encoder, tmp_path / "s.h5", batch_size=2)
@@ -338,7 +338,7 @@ def test_open_clip_both_towers(tmp_path, image_folder, tiny_open_clip, form):
 
 
 def test_open_clip_missing_is_one_line_exit_2(tmp_path):
-    from nnn_cli.encoders import _import_open_clip
+    from nnn_cli.embed.encoders import _import_open_clip
 
     try:
         _import_open_clip()
@@ -381,7 +381,7 @@ def test_hf_clip_both_towers(tmp_path, image_folder, tiny_hf_clip):
 def test_hf_siglip_both_towers(tmp_path, image_folder):
     from transformers import BertTokenizerFast, SiglipConfig, SiglipImageProcessor, SiglipModel
 
-    from nnn_cli.encoders import default_model_path
+    from nnn_cli.embed.encoders import default_model_path
 
     folder = tmp_path / "siglip"
     torch.manual_seed(0)
@@ -422,7 +422,7 @@ def test_torchscript_images_and_texts(tmp_path, image_folder, torchscript_models
     assert res.exit_code == 0, res.output
     got = read_h5(tmp_path / "i.h5")
     assert got["attrs"]["model_kind"] == "torchscript" and int(got["attrs"]["image_size"]) == 16
-    from nnn_cli.encoders import _square_pixels
+    from nnn_cli.embed.encoders import _square_pixels
 
     imgs = _load_images(image_folder, got["ids"])
     x = torch.from_numpy(np.stack([_square_pixels(im, 16) for im in imgs])).permute(0, 3, 1, 2).float() / 255
@@ -552,7 +552,7 @@ def test_without_torch_says_what_to_install(tmp_path):
 
 
 def test_core_modules_do_not_import_torch():
-    proc = _run_python("import sys, nnn_cli, nnn_cli.cli, nnn_cli.embed, nnn_cli.encoders, nnn_cli.readers, "
-                       "nnn_cli.embed_store\nprint('torch' in sys.modules)")
+    proc = _run_python("import sys, nnn_cli, nnn_cli.cli, nnn_cli.embed.run, nnn_cli.embed.encoders, nnn_cli.embed.readers, "
+                       "nnn_cli.embed.store, nnn_cli.jobs\nprint('torch' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli import app
+from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError
-from nnn_cli.io import atomic_output, open_embeddings, read_bias
+from nnn_cli.data.outputs import atomic_output
+from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.biasfile import read_bias
 
 runner = CliRunner()
 NNN = [sys.executable, "-m", "nnn_cli"]
@@ -249,7 +251,7 @@ def test_two_concurrent_writers_leave_one_complete_file(made):
 # ---------------------------------------------------------------------------
 _RUN_TWICE = """
 import sys
-from nnn_cli.cli import app
+from nnn_cli.cli.app import app
 gallery, reference, queries, tag, threads = sys.argv[1:]
 for rep in ("a", "b"):
     for args in (["bias", gallery, "-r", reference, "--alpha", "0.75", "--k", "8", "-o", f"{tag}{rep}.b.h5"],

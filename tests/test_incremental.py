@@ -10,12 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from nnn_cli.bias import bias_from_topk, reference_topk
-from nnn_cli.cli import app
+from nnn_cli.core.nnn import bias_from_topk, reference_topk
+from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.incremental import StoredBias, add_reference, append_items, load_stored_bias, merge_topk
-from nnn_cli.io import EmbeddingSource
-from nnn_cli.provenance import base_attrs, bias_provenance, check_matches_parts, combined_fingerprint
+from nnn_cli.core.nnn import merge_topk
+from nnn_cli.data.biasfile import StoredBias, load_stored_bias
+from nnn_cli.scale.incremental import add_reference, append_items
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.data.provenance import base_attrs, bias_provenance, check_matches_parts, combined_fingerprint
 
 runner = CliRunner()
 
@@ -304,7 +306,7 @@ def test_update_refuses_an_approximate_bias_file(tmp_path):
     """A bias made with an approximate index holds approximate top-k: merging exact scores into it is refused."""
     from typer.testing import CliRunner
 
-    from nnn_cli.cli import app
+    from nnn_cli.cli.app import app
 
     rng = np.random.default_rng(5)
     g = rng.standard_normal((60, 8)).astype(np.float32)

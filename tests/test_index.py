@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.ann import (choose_index, estimate_costs, indexed_reference_topk, load_index,
-                         score_recall, topk_recall)
+from nnn_cli.scale.index.choose import choose_index, estimate_costs
+from nnn_cli.scale.index.steps import indexed_reference_topk
+from nnn_cli.scale.index.build import load_index
+from nnn_cli.scale.index.depth import score_recall, topk_recall
 from nnn_cli import open_embeddings
-from nnn_cli.bias import compute_bias, reference_topk
-from nnn_cli.cli import app
-from nnn_cli.device import NO_GPU_MESSAGE, resolve_device
+from nnn_cli.core.nnn import compute_bias, reference_topk
+from nnn_cli.cli.app import app
+from nnn_cli.scale.device import NO_GPU_MESSAGE, resolve_device
 from nnn_cli.errors import MismatchError, ParameterError
-from nnn_cli.search import search
-from nnn_cli.synthetic import make_hub_data
+from nnn_cli.core.search import search
+from nnn_cli.core.synthetic import make_hub_data
 
 runner = CliRunner()
 K = 8
@@ -183,8 +185,8 @@ def test_search_flat_index_unchanged(tmp_path, files, data):
 
 
 def test_device_cuda_falls_back_to_cpu(tmp_path, files, monkeypatch):
-    monkeypatch.setattr("nnn_cli.device.faiss_gpus", lambda: 0)
-    monkeypatch.setattr("nnn_cli.device.torch_cuda", lambda: False)
+    monkeypatch.setattr("nnn_cli.scale.device.faiss_gpus", lambda: 0)
+    monkeypatch.setattr("nnn_cli.scale.device.torch_cuda", lambda: False)
     assert resolve_device("cuda") == ("cpu", NO_GPU_MESSAGE)
     assert resolve_device("cpu") == ("cpu", None)
     out = tmp_path / "b.h5"

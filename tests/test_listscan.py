@@ -6,14 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import faiss
-from nnn_cli import topk as topk_mod
-from nnn_cli.ann import (IndexChoice, approximate_reference_topk, build_index, choose_index, load_index,
-                         save_index)
-from nnn_cli.budget import plan_blocks
-from nnn_cli.kmeans import _grouped_sum, assign, spherical_kmeans
-from nnn_cli.listscan import flat_ivf, list_major_topk, probe_lists
-from nnn_cli.synthetic import make_hub_data
-from nnn_cli.topk import RunningTopScores, topk_scores
+from nnn_cli.core import topk as topk_mod
+from nnn_cli.scale.index.choose import IndexChoice, choose_index
+from nnn_cli.scale.index.steps import approximate_reference_topk
+from nnn_cli.scale.index.build import build_index, load_index, save_index
+from nnn_cli.scale.budget import plan_blocks
+from nnn_cli.core.kmeans import _grouped_sum, assign, spherical_kmeans
+from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk, probe_lists
+from nnn_cli.core.synthetic import make_hub_data
+from nnn_cli.core.topk import RunningTopScores, topk_scores
 
 
 def unit(x):
@@ -183,8 +184,9 @@ def test_block_plan_gives_every_worker_a_tile():
 
 
 def test_indexed_bias_streams_the_gallery_with_the_same_result(tmp_path, data, monkeypatch):
-    from nnn_cli import ann, open_embeddings
-    from nnn_cli.ann import indexed_reference_topk
+    from nnn_cli import open_embeddings
+    from nnn_cli.scale.index import steps as ann
+    from nnn_cli.scale.index.steps import indexed_reference_topk
 
     gallery, ref = data
     np.save(tmp_path / "g.npy", gallery)
@@ -202,7 +204,7 @@ def test_indexed_bias_streams_the_gallery_with_the_same_result(tmp_path, data, m
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 60), st.integers(1, 25), st.integers(1, 9))
 def test_reused_chunks_cover_every_row_once(n, chunk, read):
-    from nnn_cli.ann import _reused_chunks
+    from nnn_cli.scale.index.build import _reused_chunks
 
     x = np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 1
     seen = []

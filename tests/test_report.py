@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.attribute import attribute_bias, precision_at, read_labels
-from nnn_cli.cli import app
+from nnn_cli.core.attribute import attribute_bias, precision_at
+from nnn_cli.data.labels import read_labels
+from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError, ParameterError
-from nnn_cli.io import Truth
+from nnn_cli.core.truth import Truth
 
 pytest.importorskip("matplotlib")
 
@@ -27,7 +28,7 @@ def png_size(path):
 
 
 def test_plot_functions_write_pngs(tmp_path):
-    from nnn_cli.plots import grid_from_points, plot_hubness, plot_recall_bars, plot_tune_grid
+    from nnn_cli.report.plots import plot_hubness, plot_recall_bars, plot_tune_grid
 
     rng = np.random.default_rng(0)
     before = rng.poisson(1.0, 200)
@@ -37,7 +38,8 @@ def test_plot_functions_write_pngs(tmp_path):
     w, h = png_size(p)
     assert w > 300 and h > 200
     points = [{"alpha": a, "k": k, "R@1": 30 + a * 10 + np.log2(k)} for a in (0.25, 0.5, 0.75) for k in (1, 2, 4, 8)]
-    alphas, ks, values = grid_from_points(points)
+    alphas, ks = [0.25, 0.5, 0.75], [1, 2, 4, 8]
+    values = np.array([[p["R@1"] for p in points if p["alpha"] == a] for a in alphas])
     assert values.shape == (3, 4) and not np.isnan(values).any()
     png_size(plot_tune_grid(alphas, ks, values, tmp_path / "grid.png", best=(0.75, 8)))
     png_size(plot_recall_bars({"Baseline": {"R@1": 30.0, "R@1_ci": [28, 32]}, "NNN": {"R@1": 40.0, "R@1_ci": [38, 42]}},

@@ -8,13 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli import open_embeddings
-from nnn_cli.bias import compute_bias, reference_topk
-from nnn_cli.budget import BlockPlan, parse_memory_budget, plan_blocks
-from nnn_cli.cli import app
+from nnn_cli.core.nnn import compute_bias, reference_topk
+from nnn_cli.scale.budget import BlockPlan, parse_memory_budget, plan_blocks
+from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.shards import open_shard_folder
-from nnn_cli.streaming import streamed_bias, streamed_reference_topk
-from nnn_cli.topk import DATABASE_TILE, QUERY_TILE
+from nnn_cli.data.shards import open_shard_folder
+from nnn_cli.scale.streaming import streamed_bias, streamed_reference_topk
+from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE
 
 runner = CliRunner()
 
@@ -158,7 +158,7 @@ def test_cli_bad_budget_exit_2(tmp_path, hub_files, value):
 
 
 def test_npy_block_reads_match_array(tmp_path):
-    from nnn_cli.shards import NpyRows
+    from nnn_cli.data.shards import NpyRows
 
     arr = np.random.default_rng(0).standard_normal((50, 7)).astype(np.float16)
     np.save(tmp_path / "c.npy", arr)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli import app
+from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError
-from nnn_cli.io import open_embeddings, read_bias, read_truth
+from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.biasfile import read_bias
+from nnn_cli.data.tables import read_truth
 
 runner = CliRunner()
 
@@ -143,7 +145,7 @@ def test_h5_external_raw_storage_is_refused(tmp_path):
 
 
 def test_image_folder_walk_stays_inside_its_root(tmp_path):
-    from nnn_cli.readers import open_input
+    from nnn_cli.embed.readers import open_input
 
     root, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
     (root / "sub").mkdir(parents=True)

@@ -1,0 +1,83 @@
+"""The NNN math: per-candidate bias from the k nearest reference queries.
+
+``b(r) = alpha * mean of the k highest scores s(q, r), q in the reference set``
+(paper, Eq. 1).  Debiased retrieval ranks by ``s(q, r) - b(r)`` (Eq. 2).
+
+The formula lives here and only here (:func:`bias_from_topk`): every path
+(exact, streamed, indexed, incremental, tune's grid) computes a top-k of
+reference scores and hands it to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, topk_scores
+
+
+def check_k(k: int, n_reference: int) -> int:
+    """Validate k against the reference size (1 <= k <= M)."""
+    if int(k) != k or k < 1:
+        raise ParameterError(f"k must be an integer >= 1, got {k}")
+    if k > n_reference:
+        raise ParameterError(f"k={k} is larger than the reference set ({n_reference} rows); use k <= {n_reference}")
+    return int(k)
+
+
+def check_dims(**arrays: np.ndarray) -> int:
+    """The shared dimension of 2-D arrays given by name; :class:`MismatchError` naming each otherwise."""
+    dims = {name: a.shape[1] for name, a in arrays.items() if a is not None}
+    if len(set(dims.values())) > 1:
+        raise MismatchError("dimension mismatch: " + ", ".join(f"{n} d={d}" for n, d in dims.items()))
+    return next(iter(dims.values()))
+
+
+def check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not np.isfinite(alpha) or alpha < 0:
+        raise ParameterError(f"alpha must be a finite number >= 0, got {alpha}")
+    return alpha
+
+
+def reference_topk(gallery: np.ndarray, reference: np.ndarray, kmax: int,
+                   block_rows: int = DEFAULT_QUERY_BLOCK,
+                   progress: ProgressFn | None = None) -> np.ndarray:
+    """(N, kmax) float32: for each gallery row, its kmax highest reference scores, descending.
+
+    Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.topk.topk_scores`),
+    the fastest of faiss ``IndexFlatIP.search``, ``faiss.knn`` and this one as
+    measured by ``bench/bench_scale.py``.  The GEMM tiles are fixed
+    (``block_rows`` is accepted for compatibility and no longer changes the
+    blocking) so streamed and in-memory results are bit-identical.
+    """
+    check_dims(gallery=gallery, reference=reference)
+    kmax = check_k(kmax, len(reference))
+    return topk_scores(gallery, reference, kmax, progress)
+
+
+def bias_from_topk(topk_scores: np.ndarray, alpha: float, k: int) -> np.ndarray:
+    """(N,) float32 bias ``alpha * mean(topk_scores[:, :k])``."""
+    k = check_k(k, topk_scores.shape[1])
+    alpha = check_alpha(alpha)
+    means = topk_scores[:, :k].astype(np.float64).mean(axis=1)
+    return (alpha * means).astype(np.float32)
+
+
+def compute_bias(gallery: np.ndarray, reference: np.ndarray, alpha: float, k: int,
+                 block_rows: int = DEFAULT_QUERY_BLOCK,
+                 progress: ProgressFn | None = None) -> np.ndarray:
+    """(N,) float32 NNN bias of every gallery row against the reference queries (exact)."""
+    check_alpha(alpha)
+    check_k(k, len(reference))
+    return bias_from_topk(reference_topk(gallery, reference, k, block_rows, progress), alpha, k)
+
+
+def merge_topk(stored: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) float32: the k highest of each row's stored and new scores, descending."""
+    if len(stored) != len(new):
+        raise MismatchError(f"top-k rows differ: stored {len(stored)}, new {len(new)}")
+    both = np.concatenate([np.asarray(stored, np.float32), np.asarray(new, np.float32)], axis=1)
+    if k > both.shape[1]:
+        raise ParameterError(f"k={k} is larger than the {both.shape[1]} scores available per row")
+    return np.ascontiguousarray(np.sort(both, axis=1)[:, ::-1][:, :k])

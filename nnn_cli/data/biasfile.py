@@ -1,0 +1,126 @@
+"""Bias files (``nnn bias -o``): HDF5 dataset ``bias`` with provenance attributes, or a bare ``.npy``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.data.h5 import attr_value, decode_strings, h5py_module, is_h5_path, open_h5_safe, set_attrs, short_error, split_spec
+from nnn_cli.data.npy import load_npy
+from nnn_cli.data.outputs import atomic_output
+
+
+# ---------------------------------------------------------------------------
+@dataclass
+class BiasFile:
+    bias: np.ndarray  # (N,) float32
+    attrs: dict
+    ids: np.ndarray | None = None
+
+
+def read_bias(spec: str | os.PathLike) -> BiasFile:
+    """Read a bias file written by ``nnn bias`` (HDF5 dataset ``bias`` or a 1-D ``.npy``)."""
+    path, dataset = split_spec(spec, "bias")
+    if not path.exists():
+        raise InputError(f"{path}: no such file (the bias)")
+    if path.suffix.lower() == ".npy":
+        arr = load_npy(path, "bias")
+        attrs: dict = {}
+        ids = None
+    elif is_h5_path(path):
+        with open_h5_safe(path, "bias file") as f:
+            if dataset not in f:
+                raise InputError(f"{path}: no dataset {dataset!r}; is this a bias file made by `nnn bias`?")
+            try:
+                arr = f[dataset][()]
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{path}: cannot read {dataset!r} ({short_error(exc)})") from None
+            attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+            ids = decode_strings(f["ids"][()]) if "ids" in f else None
+    else:
+        raise InputError(f"{path}: unknown bias file type; use .h5 or .npy")
+    arr = np.asarray(arr)
+    if arr.ndim != 1:
+        raise InputError(f"{path}: bias must be 1-D (N,), got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{path}: bias dtype {arr.dtype} is not numeric")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path}: bias contains NaN or Inf")
+    return BiasFile(arr, attrs, ids)
+
+
+def write_bias(path: str | os.PathLike, bias: np.ndarray, attrs: dict, ids: np.ndarray | None = None,
+               extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``bias`` (N,) float32 atomically to HDF5 (with attributes, ids, extra datasets) or ``.npy``."""
+    path = Path(path)
+    bias = np.asarray(bias, dtype=np.float32)
+    if path.suffix.lower() == ".npy":
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, bias)
+        return path
+    if not is_h5_path(path):
+        raise ParameterError(f"{path}: output must end in .h5, .hdf5 or .npy")
+    h5py = h5py_module()
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("bias", data=bias)
+            if ids is not None:
+                f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+            for name, arr in (extra or {}).items():
+                f.create_dataset(name, data=arr)
+            set_attrs(f, attrs)
+    return path
+
+
+@dataclass
+class StoredBias:
+    """A bias file as the incremental updates need it: bias, optional top-k scores, ids, attributes."""
+
+    path: Path
+    bias: np.ndarray  # (N,) float32
+    topk: np.ndarray | None  # (N, k) float32, descending
+    ids: np.ndarray | None
+    attrs: dict
+
+    @property
+    def alpha(self) -> float:
+        return float(self.attrs["alpha"])
+
+    @property
+    def k(self) -> int:
+        return int(self.attrs["k"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.attrs["metric"])
+
+
+def load_stored_bias(spec: str | os.PathLike) -> StoredBias:
+    """Read an HDF5 bias file written by ``nnn bias`` with the attributes an update needs."""
+    path, _ = split_spec(spec, "bias")
+    if not is_h5_path(path):
+        raise InputError(f"{path}: only an HDF5 bias file (.h5) can be updated; a .npy bias records no alpha, k "
+                         "or top-k scores, so recompute it with `nnn bias ... -o BIAS.h5`")
+    bf = read_bias(path)
+    missing = [key for key in ("alpha", "k", "metric") if key not in bf.attrs]
+    if missing:
+        raise InputError(f"{path}: records no {', '.join(missing)}; only bias files made by `nnn bias` can be updated")
+    kind = bf.attrs.get("index", "flat")
+    if kind != "flat":
+        raise InputError(f"{path}: was computed with an approximate index ({bf.attrs.get('index_description', kind)}); "
+                         "updates merge exact scores into its top-k and would not be exact: recompute it with --index flat")
+    topk = None
+    with open_h5_safe(path, "bias file") as f:
+        if "topk" in f:
+            topk = np.asarray(f["topk"][()], dtype=np.float32)
+    stored = StoredBias(path, bf.bias, topk, bf.ids, bf.attrs)
+    if topk is not None and topk.shape != (len(bf.bias), stored.k):
+        raise InputError(f"{path}: dataset 'topk' has shape {topk.shape}, expected ({len(bf.bias)}, {stored.k}); "
+                         "the file is damaged, recompute it with `nnn bias`")
+    return stored

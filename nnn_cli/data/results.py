@@ -1,0 +1,40 @@
+"""Search results: HDF5/npz arrays, or JSON lines (one object per query)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnn_cli.errors import ParameterError
+from nnn_cli.data.h5 import h5py_module, is_h5_path, set_attrs
+from nnn_cli.data.outputs import atomic_output
+
+
+# ---------------------------------------------------------------------------
+def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarray,
+                  ids: np.ndarray | None, attrs: dict) -> Path:
+    """Write search results (``indices``, ``scores``, optional ``ids``) atomically to HDF5 or ``.npz``."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as fh:
+                arrays = {"indices": indices.astype(np.int64), "scores": scores.astype(np.float32)}
+                if ids is not None:
+                    arrays["ids"] = np.asarray(ids, dtype=str)
+                np.savez(fh, **arrays)
+        return path
+    if not is_h5_path(path):
+        raise ParameterError(f"{path}: output must end in .h5/.hdf5 or .npz (or use -o - for JSON lines)")
+    h5py = h5py_module()
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("indices", data=indices.astype(np.int64))
+            f.create_dataset("scores", data=scores.astype(np.float32))
+            if ids is not None:
+                f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+            set_attrs(f, attrs)
+    return path
+
+

@@ -1,0 +1,284 @@
+"""Embedding sources: HDF5 (dataset ``embeddings``, optional ``ids``; ``FILE.h5:DATASET``), ``.npy``,
+a folder of ``.npy`` shards, or ``-`` (one array on stdin), opened lazily and read in validated float32 blocks.
+
+Each block is checked (finite, non-zero rows) and L2-normalised for cosine; the content fingerprint
+(blake2b of shape, dtype and stored bytes) comes free with the first full pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, short_error, split_spec
+from nnn_cli.data.npy import STDIN, read_stdin_array
+
+METRICS = ("cosine", "ip")
+DEFAULT_BLOCK_ROWS = 16384
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ParameterError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    return metric
+
+
+@dataclass
+class EmbeddingSource:
+    """A lazily opened (N, d) embedding matrix, read in validated float32 blocks.
+
+    Use :func:`open_embeddings` to make one.  ``read()`` loads everything;
+    ``iter_blocks()`` streams; both L2-normalise rows when ``metric='cosine'``.
+    """
+
+    path: Path
+    dataset: str | None
+    kind: str  # "h5" | "npy"
+    shape: tuple[int, int]
+    dtype: np.dtype
+    label: str = "embeddings"
+    _ids: np.ndarray | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+    _array: np.ndarray | None = field(default=None, repr=False)  # kind "mem" (read from stdin)
+
+    @property
+    def n(self) -> int:
+        return self.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.shape[1]
+
+    @property
+    def name(self) -> str:
+        if self.kind == "mem":
+            return "<stdin>"
+        return f"{self.path}:{self.dataset}" if self.kind == "h5" else str(self.path)
+
+    # -- raw access -------------------------------------------------------
+    @contextlib.contextmanager
+    def _raw(self):
+        if self.kind == "h5":
+            with open_h5_safe(self.path) as f:
+                yield f[self.dataset]
+        elif self.kind == "mem":
+            yield self._array
+        else:
+            from nnn_cli.data.shards import NpyRows  # block reads, not a memory map: RSS stays at one block
+
+            with NpyRows(self.path) as rows:
+                yield rows
+
+    def ids(self) -> np.ndarray | None:
+        """Row ids (object array of str) or None when the file has none."""
+        return self._ids
+
+    # -- validated reads --------------------------------------------------
+    def iter_blocks(
+        self, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised."""
+        check_metric(metric)
+        # the content hash comes free with the first full pass; later passes skip it
+        hasher = _fingerprint_hasher(self.shape, self.dtype) if self._fingerprint is None else None
+        block_rows = max(1, int(block_rows))
+        try:
+            with self._raw() as raw:
+                for start in range(0, self.n, block_rows):
+                    stop = min(self.n, start + block_rows)
+                    chunk = np.ascontiguousarray(raw[start:stop])
+                    if hasher is not None:
+                        hasher.update(chunk.reshape(-1).view(np.uint8))  # the bytes, without a copy
+                    block = self._prepare(chunk, start, metric)
+                    del chunk  # not held while the caller works on the block (when _prepare copied it)
+                    yield start, block
+                    del block
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        if hasher is not None:
+            self._fingerprint = hasher.hexdigest()
+
+    def take_rows(self, positions: np.ndarray, metric: str = "cosine",
+                  block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
+        """Rows at sorted ``positions`` as float32 (len, d), checked and normalised (only those rows).
+
+        One sequential pass over the raw data that keeps just the wanted rows:
+        much cheaper than :meth:`iter_blocks` when they are a small sample
+        (an index's training set), since nothing else is converted, hashed or
+        normalised.
+        """
+        check_metric(metric)
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        try:
+            with self._raw() as raw:
+                for start in range(0, self.n, max(1, int(block_rows))):
+                    stop = min(self.n, start + max(1, int(block_rows)))
+                    lo, hi = np.searchsorted(positions, [start, stop])
+                    if hi > lo:
+                        picked = np.asarray(raw[start:stop])[positions[lo:hi] - start]
+                        out[lo:hi] = self._prepare(picked, start, metric, positions[lo:hi] - start)
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        return out
+
+    def read(self, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
+        """The whole matrix as float32 (N, d), checked and normalised."""
+        out = np.empty(self.shape, dtype=np.float32)
+        for start, block in self.iter_blocks(metric, block_rows):
+            out[start : start + len(block)] = block
+        return out
+
+    def fingerprint(self) -> str:
+        """Content hash of the stored array (shape, dtype, bytes); reads the file once if needed.
+
+        A pass that only hashes (no conversion or checks); a full
+        :meth:`iter_blocks` pass records it for free.
+        """
+        if self._fingerprint is None:
+            self._fingerprint = self.fingerprint_rows(0, self.n)
+        return self._fingerprint
+
+    def fingerprint_rows(self, start: int, stop: int, block_rows: int = DEFAULT_BLOCK_ROWS) -> str:
+        """Content hash of rows ``[start, stop)`` as if they were a file of their own.
+
+        ``fingerprint_rows(0, n) == fingerprint()``; a bias file grown by
+        ``--append-to`` records one fingerprint per part, checked this way.
+        """
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        hasher = _fingerprint_hasher((stop - start, self.dim), self.dtype)
+        try:
+            with self._raw() as raw:
+                for lo in range(start, stop, max(1, int(block_rows))):
+                    hi = min(stop, lo + max(1, int(block_rows)))
+                    hasher.update(np.ascontiguousarray(raw[lo:hi]).reshape(-1).view(np.uint8))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        return hasher.hexdigest()
+
+    def _prepare(self, chunk: np.ndarray, start: int, metric: str, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Check a block (no NaN/Inf, no zero rows) and normalise it for cosine.
+
+        Row ``i`` of ``chunk`` is file row ``start + i``, or ``start + offsets[i]``
+        when the chunk holds picked rows (used in error messages).
+
+        One pass computes the squared norms; only when one of them is not a
+        positive finite number are the rows looked at in detail (a NaN/Inf
+        entry, a zero row, or float32 overflow/underflow of the square).
+        """
+        block = chunk.astype(np.float32, copy=False)
+        squares = np.einsum("ij,ij->i", block, block)
+        if np.isfinite(squares).all() and (squares > 0).all():
+            norms = np.sqrt(squares)
+        else:
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                row = start + _offset(offsets, int(np.argmin(finite)))
+                raise InputError(f"{self.name}: row {row} contains NaN or Inf; clean or drop it before running nnn")
+            nonzero = (block != 0).any(axis=1)
+            if not nonzero.all():
+                row = start + _offset(offsets, int(np.argmin(nonzero)))
+                raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
+            norms = np.linalg.norm(block.astype(np.float64), axis=1).astype(np.float32)
+        if metric == "cosine":
+            block = block / norms[:, None]
+        return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _offset(offsets: np.ndarray | None, i: int) -> int:
+    return i if offsets is None else int(offsets[i])
+
+
+def _fingerprint_hasher(shape: tuple[int, ...], dtype: np.dtype):
+    """The content hash of an embedding array starts from its shape and dtype."""
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(f"{tuple(int(x) for x in shape)}|{np.dtype(dtype).str}".encode())
+    return hasher
+
+
+def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
+    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
+
+    A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
+    see :mod:`nnn_cli.shards`), streamed like one file.
+
+    Raises :class:`InputError` naming the file for: missing file, unreadable
+    format, missing dataset, not 2-D, empty, non-float dtype.
+    """
+    path, dataset = split_spec(spec)
+    if str(spec) == STDIN:
+        arr = read_stdin_array(label)
+        src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
+        ids = None
+    elif not path.exists():
+        raise InputError(f"{path}: no such file (the {label})")
+    elif path.is_dir():
+        from nnn_cli.data.shards import open_shard_folder  # a folder of .npy shards: 0.npy, 1.npy, ...
+
+        src = open_shard_folder(path, label)
+        ids = src.ids()
+    elif path.suffix.lower() == ".npy":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise InputError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            msg = short_error(exc)
+            if "allow_pickle" in msg or "object" in msg.lower():
+                raise InputError(f"{path}: holds Python objects (pickles are refused); save a numeric array") from None
+            raise InputError(f"{path}: not a readable .npy file ({msg}); it may be truncated") from None
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable .npy file ({short_error(exc)})") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{path}: not a .npy array")
+        src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
+        ids = None
+    elif is_h5_path(path):
+        with open_h5_safe(path) as f:
+            if dataset not in f:
+                have = ", ".join(sorted(k for k in f.keys())) or "nothing"
+                raise InputError(f"{path}: no dataset {dataset!r} (the file has: {have}); name one with {path}:DATASET")
+            dset = f[dataset]
+            if not hasattr(dset, "shape"):
+                raise InputError(f"{path}:{dataset} is a group, not a dataset")
+            src = EmbeddingSource(path, dataset, "h5", tuple(dset.shape), dset.dtype, label)
+            ids = None
+            if "ids" in f and dataset != "ids":
+                raw_ids = f["ids"]
+                if raw_ids.shape != (src.shape[0] if len(src.shape) else -1,):
+                    raise MismatchError(
+                        f"{path}: dataset 'ids' has shape {raw_ids.shape} but {dataset!r} has {src.shape[0] if src.shape else 0} rows"
+                    )
+                ids = decode_strings(raw_ids[()])
+    else:
+        raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; use .h5/.hdf5 or .npy")
+    if len(src.shape) != 2:
+        raise InputError(f"{src.name}: expected a 2-D array (N, d), got shape {src.shape}")
+    if src.shape[0] == 0 or src.shape[1] == 0:
+        raise InputError(f"{src.name}: empty array of shape {src.shape}")
+    if src.dtype.kind != "f":
+        raise InputError(f"{src.name}: dtype {src.dtype} is not floating point; store float16 or float32")
+    src._ids = ids
+    return src
+
+
+def check_same_dim(*sources: EmbeddingSource) -> None:
+    """Raise :class:`MismatchError` unless all sources share one dimension."""
+    dims = {s.dim for s in sources}
+    if len(dims) > 1:
+        desc = ", ".join(f"{s.label} {s.name} has d={s.dim}" for s in sources)
+        raise MismatchError(f"dimension mismatch: {desc}")
+
+

@@ -1,0 +1,89 @@
+"""Small input tables: ground truth (npy, h5, csv/tsv of ids) and parameter files from `nnn tune`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnn_cli.core.truth import Truth
+from nnn_cli.errors import InputError
+from nnn_cli.data.h5 import is_h5_path, open_h5_safe, short_error, split_spec
+from nnn_cli.data.npy import load_npy
+
+
+def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
+               query_ids: np.ndarray | None = None, gallery_ids: np.ndarray | None = None) -> Truth:
+    """Read ground truth from ``.npy``, ``.h5`` (dataset ``truth``) or ``.csv``/``.tsv`` of ids."""
+    path, dataset = split_spec(spec, "truth")
+    if not path.exists():
+        raise InputError(f"{path}: no such file (the ground truth)")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = load_npy(path, "ground-truth")
+    elif is_h5_path(path):
+        with open_h5_safe(path, "ground-truth file") as f:
+            if dataset not in f:
+                raise InputError(f"{path}: no dataset {dataset!r}")
+            arr = f[dataset][()]
+    elif suffix in (".csv", ".tsv"):
+        return _read_truth_table(path, n_queries, n_gallery, query_ids, gallery_ids)
+    else:
+        raise InputError(f"{path}: unknown ground-truth file type; use .npy, .h5 or .csv/.tsv")
+    return Truth.from_array(arr, n_queries, n_gallery, str(path))
+
+
+def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
+                      query_ids: np.ndarray | None, gallery_ids: np.ndarray | None) -> Truth:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        if not reader.fieldnames or not {"query", "gallery"} <= set(reader.fieldnames):
+            raise InputError(f"{path}: needs a header with columns 'query' and 'gallery'")
+        rows = [(r["query"], r["gallery"]) for r in reader]
+    if not rows:
+        raise InputError(f"{path}: no (query, gallery) rows")
+
+    def lookup(values, ids, n, side):
+        if ids is None:
+            try:
+                return np.asarray([int(v) for v in values], dtype=np.int64)
+            except ValueError:
+                raise InputError(f"{path}: the {side} file has no ids, so {side} values must be row numbers") from None
+        table = {str(v): i for i, v in enumerate(ids)}
+        missing = [v for v in values if v not in table]
+        if missing:
+            raise InputError(f"{path}: unknown {side} id {missing[0]!r} ({len(missing)} unknown in all)")
+        return np.asarray([table[v] for v in values], dtype=np.int64)
+
+    q = lookup([r[0] for r in rows], query_ids, n_queries, "query")
+    g = lookup([r[1] for r in rows], gallery_ids, n_gallery, "gallery")
+    return Truth.from_array(np.stack([q, g], axis=1), n_queries, n_gallery, str(path))
+
+
+
+# ---------------------------------------------------------------------------
+# Parameter files (written by `nnn tune`)
+# ---------------------------------------------------------------------------
+def read_params(path: str | os.PathLike) -> dict:
+    """Read a params JSON file with at least ``alpha`` and ``k``."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file (the params)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({short_error(exc)})") from None
+    if not isinstance(data, dict) or "alpha" not in data or "k" not in data:
+        raise InputError(f"{path}: expected a JSON object with 'alpha' and 'k' (as written by `nnn tune`)")
+    try:
+        alpha = float(data["alpha"])
+        k = int(data["k"])
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: 'alpha' must be a number and 'k' an integer") from None
+    return {**data, "alpha": alpha, "k": k}
+
+

@@ -1,0 +1,104 @@
+"""Search depth (nprobe / efSearch): set it, or tune it to a recall target on a sample, as autofaiss does."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.data.outputs import atomic_output
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties, topk_scores
+from nnn_cli.scale.device import faiss_module
+from nnn_cli.scale.index.build import _as_hnsw, _as_ivf
+
+
+def index_topk(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
+               progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) (Q, k) from ``index``, best first, ties by lower id; missing results have id -1."""
+    nq = len(queries)
+    scores = np.empty((nq, k), dtype=np.float32)
+    ids = np.empty((nq, k), dtype=np.int64)
+    for start in range(0, nq, block_rows):
+        stop = min(nq, start + block_rows)
+        d, i = index.search(np.ascontiguousarray(queries[start:stop], dtype=np.float32), k)
+        d = np.where(i < 0, -np.inf, d).astype(np.float32)
+        scores[start:stop], ids[start:stop] = sort_ties(d, i)
+        if progress:
+            progress(stop, nq)
+    return scores, ids
+
+
+def topk_recall(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean over rows of |approx top-k ids ∩ exact top-k ids| / k."""
+    k = exact_ids.shape[1]
+    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx_ids, exact_ids))
+    return hits / (k * len(exact_ids))
+
+
+def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray) -> float:
+    """Top-k recall from scores: share of approximate results scoring at least the exact k-th score.
+
+    Equal to id-based recall when scores are distinct; needs no ids, so the
+    exact side can be streamed.  A 1e-5 tolerance absorbs BLAS rounding.
+    """
+    kth = exact_scores[:, -1:] - 1e-5 * np.maximum(1.0, np.abs(exact_scores[:, -1:]))
+    hits = (np.isfinite(approx_scores) & (approx_scores >= kth)).sum(axis=1)
+    return float(np.minimum(hits, exact_scores.shape[1]).sum() / exact_scores.size)
+
+
+def depth_values(index, k: int) -> list[int]:
+    """Candidate nprobe (steps of sqrt 2) / efSearch (doubling) settings, shallow to deep."""
+    knob = depth_knob(index)
+    if knob == "nprobe":
+        # steps of sqrt(2) (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, ...): each probed list costs a full
+        # share of the scan, so overshooting the target by a doubling is expensive at scale
+        limit = int(_as_ivf(index).nlist)
+        return sorted({min(limit, int(round(2 ** (i / 2)))) for i in range(0, 62) if 2 ** ((i - 1) / 2) < limit})
+    if knob == "ef_search":
+        return [v for v in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if v >= k] or [4096]
+    return []
+
+
+def tune_depth(index, measure, k: int, target: float) -> dict:
+    """Smallest nprobe / efSearch of :func:`depth_values` whose measured recall reaches ``target``.
+
+    ``measure()`` returns the recall of the index as currently set.  Returns
+    ``{"knob", "value", "recall", "reached"}``; if even the deepest setting
+    misses the target, the deepest one is kept and ``reached`` is False.
+    """
+    knob = depth_knob(index)
+    if knob is None:
+        rec = measure()
+        return {"knob": None, "value": None, "recall": rec, "reached": rec >= target}
+    result = {}
+    for value in depth_values(index, k):
+        set_search_depth(index, **{knob: value})
+        rec = measure()
+        result = {"knob": knob, "value": int(value), "recall": float(rec), "reached": rec >= target}
+        if rec >= target:
+            break
+    return result
+
+
+def set_search_depth(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Set nprobe (IVF) or efSearch (HNSW) where the index has them."""
+    ivf = _as_ivf(index)
+    if ivf is not None and nprobe:
+        ivf.nprobe = int(min(nprobe, ivf.nlist))
+    hnsw = _as_hnsw(index)
+    if hnsw is not None and ef_search:
+        hnsw.hnsw.efSearch = int(ef_search)
+
+
+def depth_knob(index) -> str | None:
+    """'nprobe', 'ef_search' or None (nothing to tune)."""
+    if _as_ivf(index) is not None:
+        return "nprobe"
+    if _as_hnsw(index) is not None:
+        return "ef_search"
+    return None
