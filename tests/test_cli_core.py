@@ -270,7 +270,7 @@ def test_real_process_exit_code_and_no_traceback(bad):
 def test_rich_width_in_pipes_is_120_unless_columns_or_terminal(monkeypatch):
     import io
 
-    from nnn_cli.cli.app import _pipe_width
+    from nnn_cli.cli.render import _pipe_width
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -81,14 +81,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike | None]) -> Path:
-    """Refuse an output path that is one of the inputs or whose folder is missing."""
+def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike | None],
+                      suffixes: tuple[str, ...] | None = None, what: str = "output") -> Path:
+    """Every check on an output path, done before any work: the suffix (when ``suffixes`` is given),
+    the folder exists and is writable, it is not a folder, and it is none of the inputs."""
     out = Path(output)
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise ParameterError(f"{out}: output folder {parent} does not exist")
+        raise ParameterError(f"{out}: {what} folder {parent} does not exist")
     if out.is_dir():
-        raise ParameterError(f"{out}: is a directory; give a file name for the output")
+        raise ParameterError(f"{out}: is a directory; give a file name for the {what}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ParameterError(f"{out}: cannot write into {parent} (permission denied or read-only)")
     for spec in inputs:
         if spec is None:
             continue
@@ -98,9 +102,10 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike 
                 raise ParameterError(f"{out}: is also an input; refusing to overwrite it")
         except OSError:
             continue
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        listed = ", ".join(suffixes[:-1]) + (" or " if len(suffixes) > 1 else "") + suffixes[-1]
+        raise ParameterError(f"{out}: {what} must end in {listed}")
     return out
-
-
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:

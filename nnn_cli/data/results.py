@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import numpy as np
 
@@ -38,3 +40,35 @@ def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarr
     return path
 
 
+
+
+def jsonl_lines(scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None,
+                query_ids: np.ndarray | None) -> Iterator[str]:
+    """One JSON object per query: ``{"query", "query_id"?, "results": [{"rank", "index", "id"?, "score"}]}``."""
+    for qi in range(len(idx)):
+        results = []
+        for rank in range(idx.shape[1]):
+            item = {"rank": rank + 1, "index": int(idx[qi, rank]), "score": round(float(scores[qi, rank]), 6)}
+            if ids is not None:
+                item["id"] = str(ids[qi, rank])
+            results.append(item)
+        rec: dict = {"query": qi}
+        if query_ids is not None:
+            rec["query_id"] = str(query_ids[qi])
+        rec["results"] = results
+        yield json.dumps(rec)
+
+
+def write_jsonl(output: str | os.PathLike | TextIO, scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None,
+                query_ids: np.ndarray | None) -> None:
+    """JSON lines to a text stream (flushed), or atomically to a file."""
+    lines = jsonl_lines(scores, idx, ids, query_ids)
+    if hasattr(output, "write"):
+        for line in lines:
+            output.write(line + "\n")
+        output.flush()
+        return
+    with atomic_output(Path(output)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line + "\n")

@@ -43,7 +43,7 @@ def resolve_device(device: str, strict: bool = False, torch_only: bool = False) 
 
     device = (device or "cpu").lower()
     if device not in DEVICES:
-        raise ParameterError(f"unknown device {device!r}: use auto, cpu or cuda")
+        raise ParameterError(f"unknown --device {device!r}: use auto, cpu or cuda")
     if device == "cpu":
         return "cpu", None
     has_gpu = torch_cuda() or (not torch_only and faiss_gpus() > 0)

@@ -1,0 +1,63 @@
+"""`nnn attribute-bias`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nnn_cli import jobs
+from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.options import (AlphaOpt, BiasFileOpt, BiasReferenceOpt, BlockOpt, ForceOpt, GalleryOpt, JsonOpt, KOpt,
+                                 Metric, MetricOpt, ParamsOpt, QuietOpt, ThreadsOpt, block_size_note)
+from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_attribute_table
+
+EPILOG = (
+    "Examples:\n\n"
+    "  nnn attribute-bias --queries neutral.h5 --gallery images.h5 --labels gender.csv "
+    "--group-a man --group-b woman --bias bias.h5\n\n"
+    "  nnn attribute-bias --queries q.npy --gallery g.npy --labels labels.npy --reference ref.npy "
+    "--alpha 0.75 --k 16 --truth truth.npy --n 6,10 --json"
+)
+
+
+@handle_errors
+def attribute_bias_cmd(
+    queries: Annotated[str, typer.Option("--queries", "-Q", help="Attribute-neutral query embeddings (Q, d).")],
+    gallery: GalleryOpt,
+    labels: Annotated[Path, typer.Option("--labels", "-l", help=".npy of 1 (a) / 0 (b) / -1 (neither) per gallery row, or .csv/.tsv with header id,label.")],
+    bias: BiasFileOpt = None,
+    reference: BiasReferenceOpt = None,
+    alpha: AlphaOpt = None,
+    k: KOpt = None,
+    params: ParamsOpt = None,
+    truth: Annotated[Optional[str], typer.Option("--truth", "-t", help="Ground truth, to report precision@n too.")] = None,
+    n_values: Annotated[str, typer.Option("--n", help="Comma list of list lengths n.")] = "6,10",
+    group_a: Annotated[Optional[str], typer.Option("--group-a", help="Label value of group a (csv labels).")] = None,
+    group_b: Annotated[Optional[str], typer.Option("--group-b", help="Label value of group b (csv labels).")] = None,
+    metric: MetricOpt = Metric.cosine,
+    block_size: BlockOpt = None,
+    threads: ThreadsOpt = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Attribute bias **(#a - #b) / n** of each query's top n, averaged, before and after NNN.
+
+    As the paper's Section 3.3 (gender bias on VisoGender): 0 is balanced,
+    +1 all group a, -1 all group b.  With --truth, precision@n (share of the
+    top n that are correct items) is reported beside it.
+    """
+    note = note_printer(quiet or json_out)
+    if block_size_note(block_size):
+        note(block_size_note(block_size))
+    with progress_bar("attribute bias", quiet) as progress:
+        result = jobs.attribute_bias(
+            queries, gallery, labels, bias=bias, reference=reference, alpha=alpha, k=k, params=params, truth=truth,
+            ns=n_values, group_a=group_a, group_b=group_b, metric=metric.value, threads=threads, force=force,
+            progress=progress, on_note=note).summary
+    if json_out:
+        print_json(result)
+    else:
+        render_attribute_table(result)

@@ -1,0 +1,86 @@
+"""`nnn eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nnn_cli import jobs
+from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.options import (AlphaOpt, BiasFileOpt, BiasReferenceOpt, BlockOpt, ForceOpt, GalleryOpt, JsonOpt, KOpt,
+                                 Metric, MetricOpt, ParamsOpt, QuietOpt, ThreadsOpt, block_size_note)
+from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
+from nnn_cli.jobs.eval import BaselineParams
+
+EPILOG = (
+    "Examples:\n\n"
+    "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --bias bias.h5\n\n"
+    "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --reference ref.h5 --alpha 0.75 --k 16 --json\n\n"
+    "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --methods baseline\n\n"
+    "  nnn eval -Q q.h5 -g g.h5 -t truth.npy -r ref.h5 --params params.json "
+    "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html"
+)
+
+
+@handle_errors
+def eval_cmd(
+    queries: Annotated[str, typer.Option("--queries", "-Q", help="Query embeddings (Q, d).")],
+    gallery: GalleryOpt,
+    truth: Annotated[str, typer.Option("--truth", "-t", help="Ground truth: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids.")],
+    bias: BiasFileOpt = None,
+    reference: BiasReferenceOpt = None,
+    alpha: AlphaOpt = None,
+    k: KOpt = None,
+    params: ParamsOpt = None,
+    metric: MetricOpt = Metric.cosine,
+    block_size: BlockOpt = None,
+    threads: ThreadsOpt = 0,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+    force: ForceOpt = False,
+    methods: Annotated[str, typer.Option(
+        "--methods", "-m", envvar="NNN_METHODS",
+        help="Comma list of: baseline, nnn, dn, qbnorm, dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.")] = "baseline,nnn",
+    dn_lambda: Annotated[float, typer.Option("--dn-lambda", help="DN: weight of the subtracted reference means.")] = BaselineParams.dn_lambda,
+    qb_beta: Annotated[float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")] = BaselineParams.qb_beta,
+    db_beta1: Annotated[float, typer.Option("--db-beta1", help="DBNorm: beta1 of the gallery-bank softmax (0 = QBNorm).")] = BaselineParams.db_beta1,
+    db_beta2: Annotated[float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank softmax.")] = BaselineParams.db_beta2,
+    gallery_bank: Annotated[Optional[str], typer.Option(
+        "--gallery-bank", help="DN/DBNorm gallery-side reference bank (N', d); default: the gallery itself.")] = None,
+    method_params: Annotated[Optional[list[Path]], typer.Option(
+        "--method-params", help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
+        "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples of the queries for 95% intervals (0: none).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap.")] = 0,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder to write PNG pictures into (hubness, recall); needs matplotlib.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write one self-contained HTML page with tables and pictures.")] = None,
+) -> None:
+    """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
+
+    A query is a hit at K when any of its correct items is in its top K.
+    Hubness: how many queries retrieve each gallery item at rank 1 (max,
+    skewness, kurtosis, share never retrieved), as in the paper's Table 3.
+    `--methods` adds the paper's comparison methods (DN, QBNorm, DBNorm
+    DualIS/DualDIS; they use --reference as their query bank), each timed;
+    `--methods baseline` needs neither a bias nor a reference.
+    `--bootstrap N` adds 95% intervals ("R@1_ci"...); `--plots`/`--report`
+    draw the hubness histogram and write an HTML page.
+    """
+    note = note_printer(quiet or json_out)
+    if block_size_note(block_size):
+        note(block_size_note(block_size))
+    with progress_bar("eval", quiet) as progress:
+        result = jobs.evaluate(
+            queries, gallery, truth, bias=bias, reference=reference, alpha=alpha, k=k, params=params,
+            metric=metric.value, threads=threads, force=force, methods=methods, method_params=method_params,
+            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2), gallery_bank=gallery_bank,
+            bootstrap=bootstrap, seed=seed, plots=plots, report=report, progress=progress, on_note=note).summary
+    if json_out:
+        print_json(result)
+    elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(
+            m in result for m in ("dn", "qbnorm", "dbnorm", "dbnorm_dis")):
+        render_eval_table(result)
+    else:
+        render_methods_table(result)

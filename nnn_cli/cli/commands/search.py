@@ -1,0 +1,69 @@
+"""`nnn search`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from nnn_cli import jobs
+from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.options import (BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
+                                 MetricOpt, NlistOpt, NprobeOpt, OutFormat, QuietOpt, RecallOpt, SaveIndexOpt,
+                                 ThreadsOpt, block_size_note, index_options)
+from nnn_cli.cli.render import info, note_printer, progress_bar
+
+EPILOG = (
+    "Examples:\n\n"
+    "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --top-k 10 -o results.h5\n\n"
+    "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --top-k 5 -o - | head\n\n"
+    "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 -o results.jsonl\n\n"
+    "  nnn search queries.h5 --gallery gallery.h5 --bias bias.h5 --index hnsw --recall 0.95 "
+    "--save-index gallery.faiss -o results.h5"
+)
+
+
+@handle_errors
+def search_cmd(
+    queries: Annotated[str, typer.Argument(help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
+                                               "or - for .npy/HDF5 bytes on stdin), shape (Q, d).")],
+    gallery: GalleryOpt,
+    output: Annotated[str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")],
+    bias: Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-n", min=1, help="Results per query.")] = 10,
+    out_format: Annotated[Optional[OutFormat], typer.Option("--format", help="h5 or jsonl (default: from the file name; jsonl for -).")] = None,
+    metric: MetricOpt = Metric.cosine,
+    block_size: BlockOpt = None,
+    threads: ThreadsOpt = 0,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    index: IndexOpt = "flat",
+    nlist: NlistOpt = None,
+    nprobe: NprobeOpt = None,
+    ef_search: EfSearchOpt = None,
+    recall: RecallOpt = None,
+    overfetch: Annotated[Optional[int], typer.Option(
+        "--overfetch", min=1, help="With an approximate index: fetch top-k x this many candidates and re-rank "
+                                   "them by exact debiased score (default 1; 4 for quantized indexes).")] = None,
+    save_index: SaveIndexOpt = None,
+    load_index: LoadIndexOpt = None,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
+
+    Uses the augmented-vector trick (r' = [r, b], q' = [q, -1]) in an
+    inner-product index: debiased search costs what plain search costs.
+    Ties are broken by the lower gallery index.
+    """
+    note = note_printer(quiet)
+    if block_size_note(block_size):
+        note(block_size_note(block_size))
+    with progress_bar("search", quiet) as progress:
+        result = jobs.search(
+            queries, gallery, output, bias=bias, top_k=top_k, fmt=out_format.value if out_format else None,
+            metric=metric.value, threads=threads, force=force, overfetch=overfetch, device=device,
+            index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
+            stream=sys.stdout, progress=progress, on_note=note)
+    if "message" in result.summary:
+        info(result.summary["message"], quiet)

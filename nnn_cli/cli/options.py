@@ -1,0 +1,117 @@
+"""Options declared once and shared by the commands (as sqlite-utils shares its option groups).
+
+Each alias is an ``Annotated`` type; a command lists the aliases it takes, and
+:func:`index_options` turns the index group into the jobs' :class:`IndexOptions`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nnn_cli.jobs import IndexOptions
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    ip = "ip"
+
+
+class OutFormat(str, Enum):
+    h5 = "h5"
+    jsonl = "jsonl"
+
+
+# ---------------------------------------------------------------------------
+# Shared options
+# ---------------------------------------------------------------------------
+MetricOpt = Annotated[
+    Metric,
+    typer.Option("--metric", envvar="NNN_METRIC",
+                 help="cosine: L2-normalise rows on load; ip: raw inner products (as nnn-retrieval)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar="NNN_QUIET", help="No progress bar or summary on stderr.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", envvar="NNN_THREADS", min=0, help="CPU threads for faiss/BLAS (0: all cores).")
+]
+BlockOpt = Annotated[
+    Optional[int], typer.Option("--block-size", envvar="NNN_BLOCK_SIZE", min=1, hidden=True,
+                                help="Deprecated, no effect: memory is bounded by fixed tiles; use --memory-budget.")
+]
+"""Deprecated: accepted (so old cron lines keep working) and ignored with a note; see :func:`block_size_note`."""
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Bias weight alpha (paper grid: 0.25..1.5).")]
+KOpt = Annotated[Optional[int], typer.Option("--k", "-k", help="Number of nearest reference queries averaged.")]
+ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.json from `nnn tune` (gives alpha and k).")]
+GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")]
+BiasFileOpt = Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")]
+BiasReferenceOpt = Annotated[Optional[str], typer.Option(
+    "--reference", "-r", help="Reference queries, to compute the bias here (with --alpha/--k or --params).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Use a bias file even if it records another gallery (content fingerprint) or metric.")]
+
+
+IndexOpt = Annotated[str, typer.Option(
+    "--index", envvar="NNN_INDEX",
+    help="flat (exact), ivf, hnsw, auto (exact unless an index is predicted >= 4x cheaper; says which), "
+         "or a faiss index-factory string such as 'IVF4096,SQ8'.")]
+NlistOpt = Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default about sqrt(rows)).")]
+NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")]
+EfSearchOpt = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")]
+RecallOpt = Annotated[Optional[float], typer.Option(
+    "--recall", help="Tune nprobe/efSearch to reach this top-k recall on a sample of 1000 rows against exact (e.g. 0.95).")]
+SaveIndexOpt = Annotated[Optional[Path], typer.Option(
+    "--save-index", help="Write the built index (faiss format) and PATH.json for reuse with --load-index.")]
+LoadIndexOpt = Annotated[Optional[Path], typer.Option(
+    "--load-index", help="Reuse an index saved with --save-index (only load index files you trust); "
+                         "its size, dimension and input fingerprint must match.")]
+MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
+    "--memory-budget", envvar="NNN_MEMORY_BUDGET",
+    help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found).")]
+
+
+class Modality(str, Enum):
+    text = "text"
+    image = "image"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
+class OutDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+class Objective(str, Enum):
+    r1 = "R@1"
+    r5 = "R@5"
+    r10 = "R@10"
+
+
+
+
+def index_options(index: str, nlist: Optional[int], nprobe: Optional[int], ef_search: Optional[int],
+                  recall: Optional[float], save_index: Optional[Path], load_index: Optional[Path]) -> IndexOptions:
+    return IndexOptions(index, nlist, nprobe, ef_search, recall, save_index, load_index)
+
+
+def block_size_note(block_size: Optional[int]) -> Optional[str]:
+    """The deprecation line for ``--block-size`` (None when it was not given)."""
+    if block_size is None:
+        return None
+    return ("note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
+            "use --memory-budget to bound memory")

@@ -1,0 +1,262 @@
+"""Everything the CLI shows: consoles, progress bars, notes, JSON, tables.  Nothing here computes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _pipe_width(stream) -> int | None:
+    """Width for rich when writing to a pipe or log file: 120 columns unless COLUMNS says otherwise
+    (rich's default of 80 wraps our tables mid-word); None (the terminal's) on a terminal."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or os.environ.get("COLUMNS") else 120
+
+
+err_console = Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
+out_console = Console(highlight=False, width=_pipe_width(sys.stdout))
+
+
+def show_progress(quiet: bool) -> bool:
+    return not quiet and err_console.is_terminal
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """Yield a ``progress(done, total)`` callback drawing a rich bar on a terminal, or None."""
+    if not show_progress(quiet):
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def info(message: str, quiet: bool) -> None:
+    if not quiet:
+        err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]]:
+    """Like :func:`progress_bar`, with an items/s column (rate of this run, resumed rows excluded)."""
+    if not show_progress(quiet):
+        yield None
+        return
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.1f} items/s" if speed else "- items/s")
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+    ) as bar:
+        task = bar.add_task("embed", total=None)
+        first: list[int] = []
+
+        def update(done: int, total: int) -> None:
+            if not first:  # start the bar at the resumed position so the rate counts new work only
+                first.append(done)
+                bar.reset(task, total=total, completed=done)
+                return
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def note_printer(quiet: bool) -> Callable[[str], None]:
+    """A job's ``on_note``: each note one line on stderr, unless quiet."""
+    return lambda line: info(line, quiet)
+
+
+def silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def render_methods_table(result: dict) -> None:
+    """A rich table with one row per method: recall (with 95% intervals when bootstrapped), hub max, seconds."""
+    from nnn_cli.jobs.eval import METHOD_LABELS, METHODS
+
+    table = Table(title=f"Retrieval by method ({result['n_queries_with_truth']} queries, "
+                        f"{result['n_gallery']} gallery items)")
+    table.add_column("method")
+    for key in ("R@1", "R@5", "R@10"):
+        table.add_column(key, justify="right")
+    table.add_column("hub max", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("params", overflow="fold")
+    for m in METHODS:
+        if m not in result:
+            continue
+        r = result[m]
+        cells = []
+        for key in ("R@1", "R@5", "R@10"):
+            ci = r.get(f"{key}_ci")
+            cells.append(f"{r[key]:.2f}" + (f"\n{ci[0]:.1f}-{ci[1]:.1f}" if ci else ""))
+        p = r.get("params") or (result.get("params") if m == "nnn" else {}) or {}
+        table.add_row(METHOD_LABELS[m], *cells, str(r["hubness"]["max"]), f"{r['seconds']:.3f}",
+                      "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()))
+    if any("R@1_ci" in result.get(m, {}) for m in METHODS):
+        table.caption = "under each recall: its 95% bootstrap interval"
+    out_console.print(table)
+
+
+def render_eval_table(result: dict) -> None:
+    """A rich table: baseline, NNN and the change, for recall and hubness."""
+    p = result.get("params", {})
+    title = f"NNN evaluation ({result['n_queries_with_truth']} queries, {result['n_gallery']} gallery items"
+    if p:
+        title += f", alpha={p.get('alpha')}, k={p.get('k')}"
+    table = Table(title=title + ")")
+    table.add_column("metric")
+    table.add_column("baseline", justify="right")
+    table.add_column("NNN", justify="right")
+    table.add_column("change", justify="right")
+    base, nnn = result["baseline"], result["nnn"]
+    for key in ("R@1", "R@5", "R@10"):
+        d = nnn[key] - base[key]
+        colour = "green" if d > 0 else "red" if d < 0 else "white"
+        table.add_row(key, f"{base[key]:.2f}", f"{nnn[key]:.2f}", f"[{colour}]{d:+.2f}[/]")
+    hb, hn = base["hubness"], nnn["hubness"]
+    table.add_section()
+    table.add_row("hub max (queries at rank 1)", str(hb["max"]), str(hn["max"]), f"{hn['max'] - hb['max']:+d}")
+    for key, label in (("skewness", "hub skewness"), ("kurtosis", "hub kurtosis"), ("mae", "hub MAE")):
+        table.add_row(label, f"{hb[key]:.2f}", f"{hn[key]:.2f}", f"{hn[key] - hb[key]:+.2f}")
+    table.add_row("never retrieved (share)", f"{hb['never_retrieved']:.3f}", f"{hn['never_retrieved']:.3f}",
+                  f"{hn['never_retrieved'] - hb['never_retrieved']:+.3f}")
+    out_console.print(table)
+
+
+def render_info(desc: dict) -> None:
+    """Two rich tables: the arrays, then the recorded attributes (history one line per operation)."""
+    out_console.print(f"[bold]{desc['path']}[/]: {desc['kind']} ({desc['format']}, {desc['bytes']:,} bytes)")
+    if desc.get("fingerprint"):
+        out_console.print(f"content fingerprint: {desc['fingerprint']}", markup=False)
+    if desc["datasets"]:
+        table = Table(title="arrays")
+        for col in ("name", "shape", "dtype"):
+            table.add_column(col)
+        for name, entry in desc["datasets"].items():
+            table.add_row(name or "(array)", " x ".join(map(str, entry["shape"])) or "scalar", entry["dtype"])
+        out_console.print(table)
+    attrs = dict(desc["attrs"])
+    history = attrs.pop("history", None)
+    if attrs:
+        table = Table(title="recorded")
+        table.add_column("attribute")
+        table.add_column("value", overflow="fold")
+        for key, value in attrs.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            table.add_row(key, text)
+        out_console.print(table)
+    if isinstance(history, list) and history:
+        table = Table(title="history")
+        for col in ("time", "op", "rows", "source", "fingerprint"):
+            table.add_column(col)
+        for entry in history:
+            table.add_row(str(entry.get("time", "")), str(entry.get("op", "")), str(entry.get("n_added", "")),
+                          str(entry.get("source", "")), str(entry.get("fingerprint", ""))[:12])
+        out_console.print(table)
+
+
+def render_tune_grid(result) -> None:
+    """The grid as a rich table (rows alpha, columns k), shaded by score, the winner marked with *."""
+    from rich import box
+
+    values = result.matrix(result.objective)
+    finite = values[np.isfinite(values)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    unsupervised = result.mode == "unsupervised"
+
+    def fmt(v: float) -> str:
+        return f"{v:.3f}".lstrip("0") if unsupervised and 0 <= v < 1 else f"{v:.1f}"
+
+    what = "entropy of rank-1 retrievals, held-out reference queries" if unsupervised else result.objective
+    table = Table(title=f"nnn tune ({what}): baseline {fmt(result.baseline)}, "
+                        f"*best alpha={result.alpha:g}, k={result.k}: {fmt(result.score)}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("alpha\\k", justify="right", style="bold", no_wrap=True)
+    for k in result.ks:
+        table.add_column(str(k), justify="right", no_wrap=True)
+    for ai, alpha in enumerate(result.alphas):
+        cells = []
+        for ki, k in enumerate(result.ks):
+            v = values[ai, ki]
+            shade = 0.0 if high == low else (v - low) / (high - low)
+            colour = ("red", "yellow", "green", "bright_green")[min(3, int(shade * 4))]
+            if alpha == result.alpha and k == result.k:
+                cells.append(f"[reverse bold {colour}]*{fmt(v)}[/]")
+            else:
+                cells.append(f"[{colour}]{fmt(v)}[/]")
+        table.add_row(f"{alpha:g}", *cells)
+    # Wider than the terminal rather than truncated: the numbers are the point.
+    needed = 10 + 7 * len(result.ks)
+    console = out_console if out_console.width >= needed else Console(highlight=False, width=needed)
+    console.print(table)
+    if unsupervised and "R@1" in result.baseline_metrics:
+        best = result.cell(result.alpha, result.k)
+        out_console.print(f"check against --truth (not used for the choice): R@1 {best['R@1']:.2f} at the pick, "
+                          f"{max(e['R@1'] for e in result.grid):.2f} best in the grid, "
+                          f"{result.baseline_metrics['R@1']:.2f} baseline")
+
+
+def render_method_sweep(method: str, doc: dict) -> None:
+    """`nnn tune --method`: every grid point's recall, the best marked with *."""
+    best_text = ", ".join(f"{n}={v:g}" for n, v in doc["best"].items())
+    table = Table(title=f"nnn tune --method {method}: best {best_text} -> R@1 {doc['R@1']:.2f}")
+    names = list(doc["best"])
+    for col in names + ["R@1", "R@5", "R@10"]:
+        table.add_column(col, justify="right")
+    for point in doc["grid"]:
+        mark = "*" if all(point[n] == doc["best"][n] for n in names) else ""
+        table.add_row(*[f"{point[n]:g}" for n in names],
+                      *[f"{mark}{point[key]:.2f}" for key in ("R@1", "R@5", "R@10")])
+    out_console.print(table)
+
+
+def render_attribute_table(result: dict) -> None:
+    """`nnn attribute-bias`: bias (and precision) at each n, baseline and NNN."""
+    with_precision = any("precision" in rec["baseline"] for rec in result["at"].values())
+    table = Table(title=f"Attribute bias (#{result['group_a']} - #{result['group_b']}) / n over "
+                        f"{result['n_queries']} queries")
+    for col in ("n", "bias baseline", "bias NNN"):
+        table.add_column(col, justify="right")
+    if with_precision:
+        table.add_column("precision@n baseline", justify="right")
+        table.add_column("precision@n NNN", justify="right")
+    for n, rec in result["at"].items():
+        row = [n, f"{rec['baseline']['bias']:+.3f}", f"{rec['nnn']['bias']:+.3f}"]
+        if with_precision:
+            row += [f"{100 * rec['baseline']['precision']:.1f}%", f"{100 * rec['nnn']['precision']:.1f}%"]
+        table.add_row(*row)
+    out_console.print(table)

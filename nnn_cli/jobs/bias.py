@@ -1,0 +1,132 @@
+"""`nnn bias`: each gallery item's bias, alpha x mean of its k highest reference-query scores.
+
+Three use cases, one entry point :func:`bias`: a fresh bias file (exact, streamed
+or through an index), ``append_to`` (new gallery items) and ``update`` with
+``reference_add`` (new reference queries); the last two are exact and cost
+only the new rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from nnn_cli.core.nnn import check_k
+from nnn_cli.data.biasfile import load_stored_bias, write_bias
+from nnn_cli.data.outputs import check_output_path
+from nnn_cli.data.provenance import base_attrs, bias_provenance
+from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.errors import ParameterError
+from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, resolve_params, setup_threads
+from nnn_cli.scale.budget import parse_memory_budget
+from nnn_cli.scale.incremental import add_reference, append_items
+from nnn_cli.scale.plan import plan_bias, run_bias_plan
+
+BIAS_SUFFIXES = (".h5", ".hdf5", ".npy")
+
+
+def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Optional[PathLike] = None, *,
+         alpha: Optional[float] = None, k: Optional[int] = None, params: Optional[PathLike] = None,
+         metric: str = "cosine", threads: int = 0, store_topk: bool = True,
+         append_to: Optional[PathLike] = None, update: Optional[PathLike] = None,
+         reference_add: Optional[PathLike] = None, index: IndexOptions | None = None,
+         memory_budget: str | int | None = None, device: str = "cpu",
+         progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
+    """Compute and write a bias file with full provenance; returns its summary.
+
+    ``gallery`` etc. are paths (``FILE.h5:DATASET``, ``.npy``, shard folders, ``-``).
+    Raises :class:`~nnn_cli.errors.NNNError` subclasses on bad input, before any heavy work.
+    """
+    index = index or IndexOptions()
+    notes = Notes(on_note)
+    if append_to is not None or update is not None or reference_add is not None:
+        if not index.exact_flat or memory_budget:
+            raise ParameterError("--append-to/--update compute exactly, in memory: drop --index, --load-index, "
+                                 "--save-index and --memory-budget")
+        return _incremental(gallery, reference, output, alpha, k, params, metric, threads,
+                            append_to, update, reference_add, progress, notes)
+    if reference is None or output is None:
+        raise ParameterError("give --reference R and -o BIAS.h5 (or --append-to / --update an existing bias file)")
+    check_output_path(output, [gallery, reference], BIAS_SUFFIXES, "bias output")
+    if index.save_index is not None:
+        check_output_path(index.save_index, [gallery, reference, output], None, "--save-index")
+    budget = parse_memory_budget(memory_budget)
+    alpha, k = resolve_params(alpha, k, params)
+    g_src = open_embeddings(gallery, "gallery")
+    r_src = open_embeddings(reference, "reference")
+    check_same_dim(g_src, r_src)
+    check_k(k, r_src.n)
+    setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile
+    plan = plan_bias(g_src, r_src, k, index.index, index.nlist, index.nprobe, index.ef_search, index.recall,
+                     budget, device, index.load_index, index.save_index, store_topk)
+    for note in plan.notes:
+        notes(note)
+    if plan.mode != "exact" or index.index != "flat":
+        notes(plan.describe())
+
+    t0 = time.perf_counter()
+    b, topk, run_info = run_bias_plan(plan, g_src, r_src, alpha, k, metric, progress)
+    elapsed = time.perf_counter() - t0
+    attrs = base_attrs("bias", alpha=alpha, k=k, metric=metric, seconds=round(elapsed, 3))
+    attrs.update(bias_provenance(g_src, r_src))
+    attrs.update(plan.attrs())
+    attrs.update({key: value for key, value in run_info.items() if not isinstance(value, dict)})
+    write_bias(output, b, attrs, ids=g_src.ids(), extra={"topk": topk} if topk is not None else None)
+    if "index_sample_recall" in run_info:
+        notes(f"index top-{k} recall on {run_info['index_sample_rows']} sampled gallery rows: "
+              f"{run_info['index_sample_recall']:.3f}")
+    if "index_warning" in run_info:
+        notes(f"warning: {run_info['index_warning']}")
+    summary = {
+        "output": str(output), "n_gallery": g_src.n, "n_reference": r_src.n, "dim": g_src.dim,
+        "alpha": alpha, "k": k, "metric": metric, "seconds": round(elapsed, 3),
+        "bias_mean": float(b.mean()), "bias_min": float(b.min()), "bias_max": float(b.max()),
+        **plan.attrs(), **run_info,
+    }
+    summary["message"] = (f"wrote {output}: {g_src.n} biases (alpha={alpha}, k={k}, metric={metric}, "
+                          f"{r_src.n} reference queries) in {elapsed:.2f}s; mean {b.mean():.4f}, "
+                          f"range [{b.min():.4f}, {b.max():.4f}]")
+    return JobResult(summary, Path(output), notes.lines)
+
+
+def _incremental(gallery, reference, output, alpha, k, params, metric, threads, append_to, update, reference_add,
+                 progress, notes: Notes) -> JobResult:
+    """``--append-to`` / ``--update --reference-add``: validate, merge exactly, write."""
+    if params is not None:
+        alpha, k = resolve_params(alpha, k, params)
+    if (append_to is None) == (update is None):
+        raise ParameterError("give either --append-to BIAS.h5 (new gallery items) or --update BIAS.h5 "
+                             "--reference-add NEW (new reference queries), not both")
+    if append_to is not None:
+        if reference is None or reference_add is not None:
+            raise ParameterError("--append-to needs --reference R (the file's reference) and no --reference-add")
+        target = append_to
+    else:
+        if reference_add is None or reference is not None:
+            raise ParameterError("--update needs --reference-add NEW_QUERIES (and no --reference)")
+        target = update
+    output = output or target
+    check_output_path(output, [gallery, reference, reference_add], (".h5", ".hdf5"), "an updated bias file (HDF5)")
+    stored = load_stored_bias(target)
+    setup_threads(threads)
+    t0 = time.perf_counter()
+    if append_to is not None:
+        new_src = open_embeddings(gallery, "new gallery items")
+        ref_src = open_embeddings(reference, "reference")
+        b, topk, ids, attrs = append_items(stored, new_src, ref_src, metric, alpha, k, progress=progress)
+        what = f"appended {new_src.n} items"
+    else:
+        g_src = open_embeddings(gallery, "gallery")
+        new_src = open_embeddings(reference_add, "new reference queries")
+        b, topk, ids, attrs = add_reference(stored, g_src, new_src, metric, alpha, k, progress=progress)
+        what = f"added {new_src.n} reference queries"
+    elapsed = time.perf_counter() - t0
+    write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
+    summary = {"output": str(output), "operation": "append" if append_to is not None else "reference-add",
+               "n_added": new_src.n, "n_gallery": int(attrs.get("n_gallery", len(b))),
+               "n_reference": int(attrs.get("n_reference", 0)), "alpha": stored.alpha, "k": stored.k,
+               "metric": stored.metric, "seconds": round(elapsed, 3)}
+    summary["message"] = (f"wrote {output}: {what}; {len(b)} biases against {summary['n_reference']} "
+                          f"reference queries in {elapsed:.2f}s")
+    return JobResult(summary, Path(output), notes.lines)

@@ -1,0 +1,102 @@
+"""What every job shares: parameters from options or files, checked bias files, notes, thread setup.
+
+A job validates every input and output first (cheap header reads and path
+checks: a bad ``-o`` fails in milliseconds, before any file is read in full),
+then opens, plans, runs, records provenance and writes.  It never prints:
+messages meant for people go to ``on_note`` (the CLI shows them on stderr),
+long work reports to ``progress(done, total)``, and the result object holds
+everything else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from nnn_cli.core.nnn import check_alpha, check_k
+from nnn_cli.core.topk import ProgressFn
+from nnn_cli.data.biasfile import BiasFile, read_bias
+from nnn_cli.data.provenance import check_bias_matches
+from nnn_cli.data.tables import read_params
+from nnn_cli.errors import ParameterError
+from nnn_cli.scale.device import set_threads
+
+NoteFn = Callable[[str], None]
+"""Called with one line meant for a person (a choice made, a warning)."""
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class JobResult:
+    """What a job did: ``summary`` (JSON-ready), the output written (if any) and the notes it gave."""
+
+    summary: dict
+    output: Optional[Path] = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Notes:
+    """Collects notes and forwards each to ``on_note`` as it comes (so a person sees it before long work)."""
+
+    def __init__(self, on_note: NoteFn | None):
+        self.lines: list[str] = []
+        self._on_note = on_note
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if self._on_note is not None:
+            self._on_note(line)
+
+
+@dataclass
+class IndexOptions:
+    """How the reference (bias) or gallery (search) side is searched: ``flat`` is exact."""
+
+    index: str = "flat"
+    nlist: Optional[int] = None
+    nprobe: Optional[int] = None
+    ef_search: Optional[int] = None
+    recall: Optional[float] = None
+    save_index: Optional[PathLike] = None
+    load_index: Optional[PathLike] = None
+
+    @property
+    def exact_flat(self) -> bool:
+        return self.index == "flat" and self.save_index is None and self.load_index is None
+
+
+def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[PathLike]) -> tuple[float, int]:
+    """alpha and k from the arguments or a params file (exactly one of the two ways), both validated."""
+    if params is not None:
+        if alpha is not None or k is not None:
+            raise ParameterError("give either --params or --alpha/--k, not both")
+        p = read_params(params)
+        alpha, k = p["alpha"], p["k"]
+    elif alpha is None or k is None:
+        raise ParameterError("give --alpha and --k (or --params PARAMS.json from `nnn tune`)")
+    return check_alpha(alpha), k
+
+
+def check_params_against(alpha: float, k: int, n_reference: int) -> tuple[float, int]:
+    return check_alpha(alpha), check_k(k, n_reference)
+
+
+def read_checked_bias(bias: PathLike, gallery_src, metric: str, force: bool) -> BiasFile:
+    """The bias file, refused (unless ``force``) when it was made for another gallery or metric."""
+    bf = read_bias(bias)
+    check_bias_matches(bf.attrs, len(bf.bias), str(bias), gallery_src, metric, force)
+    return bf
+
+
+def setup_threads(threads: int | None) -> None:
+    """``--threads``: our engine's workers, faiss's OpenMP and BLAS (0 or None: all cores)."""
+    set_threads(threads)
+
+
+
+
+__all__ = ["IndexOptions", "JobResult", "Notes", "NoteFn", "PathLike", "ProgressFn", "resolve_params", "read_checked_bias",
+           "setup_threads", "check_params_against"]

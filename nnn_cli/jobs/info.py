@@ -1,0 +1,11 @@
+"""`nnn info`: what a file holds and how it was made (headers and attributes only)."""
+
+from __future__ import annotations
+
+from nnn_cli.data.info import describe_file
+from nnn_cli.jobs.common import JobResult, PathLike
+
+
+def info(file: PathLike, *, fingerprint: bool = False) -> JobResult:
+    """``summary`` is the `nnn info --json` document."""
+    return JobResult(describe_file(file, fingerprint=fingerprint))
