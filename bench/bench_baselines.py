@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnn_cli.core.baselines import BaselineParams, tune_baseline  # noqa: E402
 from nnn_cli.core.compare import compare_methods  # noqa: E402
 from nnn_cli.core.truth import Truth
-from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
 from nnn_cli.core.tune import tune_grid  # noqa: E402
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError
 from nnn_cli.data.outputs import atomic_output
-from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.biasfile import read_bias
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from nnn_cli.cli.app import app
 from nnn_cli.errors import InputError
-from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.biasfile import read_bias
 from nnn_cli.data.tables import read_truth
 

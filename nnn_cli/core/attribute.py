@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.errors import ParameterError
 from nnn_cli.core.truth import Truth
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK

@@ -16,7 +16,7 @@ import numpy as np
 
 from nnn_cli.errors import InputError
 from nnn_cli.data.h5 import H5_SUFFIXES, attr_value, is_h5_path, open_h5_safe, split_spec
-from nnn_cli.data.sources import open_embeddings
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.provenance import json_attr
 
 JSON_ATTRS = ("history", "gallery_parts", "reference_parts", "gallery_shape", "reference_shape",

@@ -51,3 +51,54 @@ def load_npy(path: Path, what: str) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy {what} file ({short_error(exc)})") from None
 
 
+class NpyRows:
+    """Row slices of a C-ordered ``.npy`` file read with plain file reads (no memory map).
+
+    A memory map leaves every page it touched counted in the process's
+    resident size until it is unmapped, so streaming a large ``.npy`` through
+    one would grow RSS to the file size; reading blocks keeps it at one block.
+    Fortran-ordered files fall back to a memory map.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        fmt = np.lib.format
+        with open(self.path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            if version in readers:
+                shape, fortran, dtype = readers[version](fh)
+                self.offset = fh.tell()
+            else:  # a newer header version: let numpy parse it and use a memory map
+                arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
+                shape, fortran, dtype = arr.shape, True, arr.dtype
+        self.shape, self.fortran, self.dtype = tuple(shape), fortran, np.dtype(dtype)
+        self.row_items = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
+        self._fh = None if fortran else open(self.path, "rb")
+        self._map = np.load(self.path, mmap_mode="r", allow_pickle=False) if fortran else None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if self._map is not None:
+            return self._map[rows]
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("NpyRows supports contiguous row slices only")
+        count = max(0, stop - start)
+        self._fh.seek(self.offset + start * self.row_items * self.dtype.itemsize)
+        out = np.fromfile(self._fh, dtype=self.dtype, count=count * self.row_items)
+        if len(out) != count * self.row_items:
+            raise ValueError(f"{self.path}: file ends early (truncated?)")
+        return out.reshape((count,) + self.shape[1:])

@@ -187,7 +187,7 @@ def same_number(a, b) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
 
 
-def bias_source_attrs(attrs: dict, bias: "np.ndarray", label: str) -> dict:
+def bias_source_attrs(attrs: dict, bias, label: str) -> dict:
     """What an output that used a bias file records about it: path, parameters, content hash, its inputs."""
     import numpy as np
 

@@ -7,7 +7,7 @@ from typing import Optional
 from nnn_cli.core.attribute import compare_attribute_bias
 from nnn_cli.core.nnn import check_k, compute_bias
 from nnn_cli.data.labels import read_labels
-from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_truth
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn, read_checked_bias, resolve_params, setup_threads

@@ -16,7 +16,7 @@ from nnn_cli.core.nnn import check_k
 from nnn_cli.data.biasfile import load_stored_bias, write_bias
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
-from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, resolve_params, setup_threads
 from nnn_cli.scale.budget import parse_memory_budget

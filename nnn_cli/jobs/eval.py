@@ -13,7 +13,7 @@ from nnn_cli.core.metrics import retrieval_counts
 from nnn_cli.core.nnn import check_k
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import bias_source_attrs, run_provenance
-from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_truth
 from nnn_cli.errors import ParameterError
 __all__ = ["METHODS", "METHOD_LABELS", "BaselineParams", "evaluate", "eval_pictures"]

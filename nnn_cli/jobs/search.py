@@ -9,7 +9,7 @@ from nnn_cli.data.biasfile import read_bias
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_source_attrs, check_bias_matches, source_attrs
 from nnn_cli.data.results import write_jsonl, write_results
-from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, setup_threads
 from nnn_cli.scale.plan import plan_search, run_search_plan

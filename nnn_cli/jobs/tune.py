@@ -11,7 +11,7 @@ from nnn_cli.core.nnn import check_alpha
 from nnn_cli.core.tune import OBJECTIVES, check_grid, parse_list, split_reference, tune_grid, tune_unsupervised
 from nnn_cli.data.outputs import check_output_path, write_json
 from nnn_cli.data.provenance import run_provenance
-from nnn_cli.data.sources import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_truth
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn, setup_threads

@@ -75,7 +75,7 @@ def _image(path: str | Path, caption: str) -> str:
 
 
 def render_report(result: Mapping, images: Mapping[str, str | Path] | None = None,
-                  title: str = "NNN evaluation report", attribute_bias: Mapping | None = None) -> str:
+                  title: str = "NNN evaluation report") -> str:
     """The HTML text: run facts, recall table (with 95% intervals), hubness table, pictures, raw JSON."""
     meta = [f"{result.get('n_queries_with_truth', result.get('n_queries', '?'))} queries with ground truth",
             f"{result.get('n_gallery', '?')} gallery items", f"metric {result.get('metric', '?')}"]
@@ -86,8 +86,6 @@ def render_report(result: Mapping, images: Mapping[str, str | Path] | None = Non
     parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{html.escape("; ".join(meta))}</p>',
              "<h2>Retrieval accuracy (percent) and time</h2>", _methods_table(result),
              "<h2>Hubness</h2>", _hubness_table(result)]
-    if attribute_bias:
-        parts += ["<h2>Attribute bias</h2>", _attribute_table(attribute_bias)]
     if images:
         parts.append("<h2>Pictures</h2>")
         parts += [_image(p, caption) for caption, p in images.items()]
@@ -99,10 +97,10 @@ def render_report(result: Mapping, images: Mapping[str, str | Path] | None = Non
 
 
 def write_report(path: str | Path, result: Mapping, images: Mapping[str, str | Path] | None = None,
-                 title: str = "NNN evaluation report", attribute_bias: Mapping | None = None) -> Path:
+                 title: str = "NNN evaluation report") -> Path:
     """Write :func:`render_report`'s page atomically to ``path``."""
     path = Path(path)
-    text = render_report(result, images, title, attribute_bias)
+    text = render_report(result, images, title)
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

@@ -17,7 +17,6 @@ what was added in the file's ``history`` and ``*_parts`` attributes (see
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

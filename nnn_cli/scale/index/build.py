@@ -9,8 +9,6 @@ JSON sidecar (size, dimension, input fingerprint) checked on load.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import numpy as np
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.data.outputs import atomic_output
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties, topk_scores
+from nnn_cli.core.topk import ProgressFn
 from nnn_cli.scale.device import faiss_module
 from nnn_cli.scale.index.choose import INDEX_KINDS, HNSW_EF_CONSTRUCTION, HNSW_M, KMEANS_ITERATIONS, TRAIN_POINTS_PER_LIST, IndexChoice
 

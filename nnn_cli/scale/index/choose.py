@@ -7,18 +7,11 @@ is predicted to be :data:`AUTO_MIN_GAIN` times cheaper.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.data.outputs import atomic_output
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties, topk_scores
-from nnn_cli.scale.device import faiss_module
+from nnn_cli.errors import ParameterError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "auto")
 HNSW_M = 32

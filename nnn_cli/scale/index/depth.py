@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.data.outputs import atomic_output
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties, topk_scores
-from nnn_cli.scale.device import faiss_module
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties
 from nnn_cli.scale.index.build import _as_hnsw, _as_ivf
 
 

@@ -10,17 +10,13 @@
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.data.outputs import atomic_output
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties, topk_scores
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties
 from nnn_cli.scale.device import faiss_module
 from nnn_cli.scale.index.choose import OVERFETCH_QUANTIZED, TUNE_SAMPLE, IndexChoice
 from nnn_cli.scale.index.build import _as_hnsw, _as_ivf, _dim, _n_rows, _reused_chunks, build_index, load_index, sample_rows, save_index

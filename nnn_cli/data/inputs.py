@@ -1,0 +1,90 @@
+"""Open any embedding input as a source: ``.npy``, ``.h5``/``FILE.h5:DATASET``, a folder of ``.npy``
+shards, or ``-`` (one array on stdin); headers are checked here, rows when they are read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, short_error, split_spec
+from nnn_cli.data.npy import STDIN, read_stdin_array
+from nnn_cli.data.shards import open_shard_folder
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import InputError, MismatchError
+
+
+def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
+    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
+
+    A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
+    see :mod:`nnn_cli.data.shards`), streamed like one file.
+
+    Raises :class:`InputError` naming the file for: missing file, unreadable
+    format, missing dataset, not 2-D, empty, non-float dtype.
+    """
+    path, dataset = split_spec(spec)
+    if str(spec) == STDIN:
+        arr = read_stdin_array(label)
+        src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
+        ids = None
+    elif not path.exists():
+        raise InputError(f"{path}: no such file (the {label})")
+    elif path.is_dir():
+        src = open_shard_folder(path, label)
+        ids = src.ids()
+    elif path.suffix.lower() == ".npy":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise InputError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            msg = short_error(exc)
+            if "allow_pickle" in msg or "object" in msg.lower():
+                raise InputError(f"{path}: holds Python objects (pickles are refused); save a numeric array") from None
+            raise InputError(f"{path}: not a readable .npy file ({msg}); it may be truncated") from None
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable .npy file ({short_error(exc)})") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{path}: not a .npy array")
+        src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
+        ids = None
+    elif is_h5_path(path):
+        with open_h5_safe(path) as f:
+            if dataset not in f:
+                have = ", ".join(sorted(k for k in f.keys())) or "nothing"
+                raise InputError(f"{path}: no dataset {dataset!r} (the file has: {have}); name one with {path}:DATASET")
+            dset = f[dataset]
+            if not hasattr(dset, "shape"):
+                raise InputError(f"{path}:{dataset} is a group, not a dataset")
+            src = EmbeddingSource(path, dataset, "h5", tuple(dset.shape), dset.dtype, label)
+            ids = None
+            if "ids" in f and dataset != "ids":
+                raw_ids = f["ids"]
+                if raw_ids.shape != (src.shape[0] if len(src.shape) else -1,):
+                    raise MismatchError(
+                        f"{path}: dataset 'ids' has shape {raw_ids.shape} but {dataset!r} has {src.shape[0] if src.shape else 0} rows"
+                    )
+                ids = decode_strings(raw_ids[()])
+    else:
+        raise InputError(f"{path}: unknown file type {path.suffix or '(none)'!r}; use .h5/.hdf5 or .npy")
+    if len(src.shape) != 2:
+        raise InputError(f"{src.name}: expected a 2-D array (N, d), got shape {src.shape}")
+    if src.shape[0] == 0 or src.shape[1] == 0:
+        raise InputError(f"{src.name}: empty array of shape {src.shape}")
+    if src.dtype.kind != "f":
+        raise InputError(f"{src.name}: dtype {src.dtype} is not floating point; store float16 or float32")
+    src._ids = ids
+    return src
+
+
+def check_same_dim(*sources: EmbeddingSource) -> None:
+    """Raise :class:`MismatchError` unless all sources share one dimension."""
+    dims = {s.dim for s in sources}
+    if len(dims) > 1:
+        desc = ", ".join(f"{s.label} {s.name} has d={s.dim}" for s in sources)
+        raise MismatchError(f"dimension mismatch: {desc}")
+
+
