@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baselines import BANK_METHODS, GALLERY_BANK_WARNED, GALLERY_BANK_WARNING, BaselineParams, rank_method
+from .baselines import (BANK_METHODS, GALLERY_BANK_WARNED, GALLERY_BANK_WARNING, METHOD_ALIASES, BaselineParams,
+                        rank_method)
 from .bias import compute_bias
 from .errors import ParameterError
 from .evaluate import MethodResult, evaluate_ranking
@@ -82,8 +83,6 @@ def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, meth
     figures of each (Q, 10) ranking (:func:`nnn_cli.metrics.hubness`).
     """
     params = (params or BaselineParams()).check()
-    from .baselines import METHOD_ALIASES
-
     methods = list(dict.fromkeys(METHOD_ALIASES.get(m, m) for m in methods))
     if any(m in BANK_METHODS for m in methods) and reference is None:
         raise ParameterError("methods dn, qbnorm, is, dbnorm and dbnorm_dis need the reference queries (--reference)")
