@@ -14,7 +14,7 @@ from nnn_cli.core.baselines import (
     rank_dn,
     rank_dualdis,
     rank_dualis,
-    rank_qbnorm,
+    rank_inverted_softmax,
     tune_baseline,
 )
 from nnn_cli.cli.app import app
@@ -69,12 +69,12 @@ def test_dn_matches_literal(small):
             assert_same_ranking(rank_dn(q, g, ref, lam, gb, top_k=10), lit)
 
 
-def test_qbnorm_matches_literal(small):
+def test_inverted_softmax_matches_literal(small):
     q, g, ref, _ = small
     for beta in (1.0, 5.0, 20.0):
         s = q.astype(np.float64) @ g.T.astype(np.float64)
         lit = np.exp(beta * s) / np.exp(beta * (ref.astype(np.float64) @ g.T.astype(np.float64))).sum(axis=0)
-        assert_same_ranking(rank_qbnorm(q, g, ref, beta, top_k=10), lit)
+        assert_same_ranking(rank_inverted_softmax(q, g, ref, beta, top_k=10), lit)
 
 
 @pytest.mark.parametrize("b1,b2", [(1.0, 10.0), (5.0, 20.0), (0.0, 20.0), (3.0, 0.0)])
@@ -98,7 +98,8 @@ def test_dualdis_matches_literal(small):
     np.testing.assert_array_equal(activation_set(g, bank), act_r)
     s_r = np.exp(b1 * s) / np.exp(b1 * (bank.astype(np.float64) @ g.T)).sum(axis=0)
     s_q = np.exp(b2 * s) / np.exp(b2 * (ref.astype(np.float64) @ g.T)).sum(axis=0)
-    lit = np.where(act_r[top1][:, None], s_r, 1.0) * np.where(act_q[top1][:, None], s_q, 1.0)
+    # App. A1: an inactive factor is replaced by the raw score s (neither active: s itself, not s * s)
+    lit = np.where(act_r[top1][:, None], s_r, s) * np.where(act_q[top1][:, None], s_q, s)
     neither = ~act_r[top1] & ~act_q[top1]
     lit[neither] = s[neither]
     assert neither.any() and (act_q[top1] & ~act_r[top1]).any(), "test data should exercise several groups"

@@ -1,32 +1,62 @@
-"""The paper's comparison methods (Appendix A): DN, QBNorm, DBNorm's DualIS and DualDIS.
+"""The paper's comparison methods (Appendix A): DN, QB-Norm, DBNorm's DualIS and DualDIS.
 
-All of them rank gallery items ``r_i`` for a query ``q`` by a normalised score.
-Written in log space, each is ``s(q, r_i)`` times a constant minus a per-gallery
-term, so for ranking one query they are a *per-item bias* exactly like NNN's,
-and the fast debiased index (``r' = [r, b]``) ranks them exactly:
+Each method follows one published definition (and says where it departs from
+the released code):
 
 * **DN** (Zhou et al., 2023): score ``(q - lam * mean(Qhat)) . (r - lam * mean(Rhat))``;
-  ``Qhat`` the reference queries, ``Rhat`` a gallery-side reference bank
-  (the gallery itself when none is given).  ``lam = 0.5`` by default, the
-  value of Zhou et al. and of ``nnn-retrieval``'s DN ranker.
-* **QBNorm** (Bogolin et al., 2022), querybank inverted softmax:
-  ``exp(beta s(q, r)) / sum_{qhat} exp(beta s(qhat, r))``; ranking by it equals
-  ranking by ``s(q, r) - LSE_qhat(beta s(qhat, r)) / beta``.  Default beta 20
-  (the QB-Norm authors' default).  It is DualIS with ``beta1 = 0``.
-* **DualIS** (Wang et al., 2023; paper Eq. 3-5): the product of an inverted
-  softmax over a gallery bank ``Rhat`` (``beta1``, scores ``s(rhat, r_i)``) and
-  one over the query bank ``Qhat`` (``beta2``).  In logs:
-  ``(b1 + b2) s(q, r_i) - LSE_b1(r_i) - LSE_b2(r_i)``.
-* **DualDIS**: DualIS with each factor applied only when the query's nearest
-  gallery item (original scores) is in that factor's *activation set*, the
-  gallery items that are the top-1 of at least one bank row (query bank for
-  the ``Qhat`` factor, gallery bank for the ``Rhat`` factor), as in QB-Norm's
-  dynamic inverted softmax with k = 1.  A query with neither factor active keeps
-  its original scores.
+  ``Qhat`` the reference queries, ``Rhat`` a gallery-side bank (the gallery
+  itself when none is given, as in DN's released ``compute_retrieval.py``,
+  which centres the test features by their own means).  ``lam = 0.25`` by
+  default: the coefficient of Zhou et al.'s code and paper.  (``nnn-retrieval``'s
+  ``DNRanker`` uses 0.5 and adds NNN on top; that is not DN.)
+* **qbnorm** = QB-Norm's released method, **Dynamic Inverted Softmax**
+  (Bogolin et al., 2022; ``ioanacroi/qb-norm``, ``dynamic_inverted_softmax.py``):
+  the *activation set* is every gallery item in the top ``activation_k`` (default
+  1) of at least one querybank row; a query whose plain top-1 item is in it is
+  ranked by ``exp(beta s(q, r)) / sum_{qhat} exp(beta s(qhat, r))`` (beta 20 by
+  default, the authors' default), every other query keeps its raw scores.
+* **is** (alias ``qbnorm_is``): plain querybank inverted softmax for every
+  query (QB-Norm's non-dynamic variant; DBNorm's ``IS``; the NNN paper's
+  "DualIS with beta1 = 0", App. A2).
+* **dbnorm** = DualIS (Wang et al., 2023; NNN paper App. A1, Eq. 3-5): the product
+  of an inverted softmax over a gallery bank ``Rhat`` (``beta1``) and one over
+  the query bank ``Qhat`` (``beta2``).  In logs: ``(b1 + b2) s - L1(r) - L2(r)``.
+* **dbnorm_dis** = DualDIS (App. A1): each factor is used only when the query's
+  nearest gallery item (plain scores) is in that factor's activation set (top
+  ``activation_k`` items of the gallery-bank rows for the ``Rhat`` factor, of
+  the query-bank rows for the ``Qhat`` factor); an inactive factor is replaced by
+  the raw score ``s(q, r)`` as App. A1 and DBNorm's code do, so a query with one
+  factor active ranks by ``s(q, r) * shat(q, r)`` (computed exactly through a
+  signed log key).  Departures from DBNorm's released ``dbnorm.py``: (1) its
+  ``db_norm`` passes the gallery-bank x gallery matrix where the test query x
+  gallery matrix belongs (both ``func(...)`` calls get ``train_vis_test_vis``),
+  so the released code never scores the test queries; we use the paper's
+  equations; (2) its ``qb_norm``/``IS`` write into their input array
+  (``test_test_normalized = test_test`` aliases it); we never modify inputs;
+  (3) a query with *neither* factor active would score ``s * s`` there, which
+  ranks negative scores by their magnitude; we keep ``s`` (QB-Norm's rule:
+  an unnormalised query keeps its raw score).  They agree whenever the scores
+  compared are positive.
 
-The per-gallery log-sum-exp terms cost one pass over gallery x bank (linear in
-the bank size, as the paper notes), computed in blocks with a running
-maximum, so memory stays bounded and exp never overflows.
+**Naming of beta1/beta2.**  Ours follow the NNN paper (App. A1): ``db_beta1``
+is the gallery-bank (``Rhat``) factor, ``db_beta2`` the query-bank (``Qhat``)
+factor.  DBNorm's released code names them the other way round (its ``beta1``
+is the query bank, ``beta2`` the gallery bank).
+
+**Gallery bank.**  The NNN paper (App. A1) uses *training* items as ``Rhat``
+(training images for image retrieval).  Without one we fall back to the test
+gallery, which is not the published protocol: every gallery item is then its
+own top-1 in the bank, so DualDIS's gallery factor is always active, and
+DualIS's gallery factor changes.  :func:`gallery_bank_warning` gives the line
+to print; :func:`compare_methods` puts it in the JSON.
+
+Every method ranks one query by a per-item bias (or, for DualDIS queries with
+one factor active, a monotone per-query key), computed with float32 GEMM
+blocks and a running-maximum log-sum-exp over the banks, which is linear in
+the bank size (the paper's App. A1).  An exact NNN bias is linear in the
+reference size too (one pass over gallery x reference); NNN is sublinear only
+with ``--index`` (approximate top-k).  At query time every method here is one
+inner-product search over ``[r, b]``, the same cost as NNN's.
 """
 
 from __future__ import annotations
@@ -38,32 +68,72 @@ import numpy as np
 
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.core.search import DebiasedIndex
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, topk_inner_product
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk_inner_product
 
-METHODS = ("baseline", "nnn", "dn", "qbnorm", "dbnorm", "dbnorm_dis")
+METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 """Method names accepted by ``nnn eval --methods`` (and the JSON keys they produce)."""
 
-BANK_METHODS = ("dn", "qbnorm", "dbnorm", "dbnorm_dis")
+METHOD_ALIASES = {"qbnorm_is": "is", "qbnorm_dis": "qbnorm", "dualis": "dbnorm", "dualdis": "dbnorm_dis"}
+"""Other accepted spellings, mapped to the names above."""
+
+BANK_METHODS = ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 """Methods that need the reference queries (the query bank)."""
 
+GALLERY_BANK_METHODS = ("dn", "dbnorm", "dbnorm_dis")
+"""Methods that use a gallery-side bank (``--gallery-bank``)."""
+
+GALLERY_BANK_WARNED = ("dbnorm", "dbnorm_dis")
+"""Methods whose published protocol needs a separate gallery bank (warned when it defaults to the gallery)."""
+
+DN_LAMBDA = 0.25
+"""DN's coefficient in Zhou et al.'s code ("the coefficient ... used in our paper")."""
+
+DB_COARSE = tuple(float(v) for v in np.geomspace(0.001, 400.0, 20))
+"""The paper's coarse DBNorm axis (App. B2): 20 log-spaced values over [0.001, 400] (0 is added too)."""
+
+PAPER_DENSE = {"db_beta1": (0.001, 15.0), "db_beta2": (25.0, 200.0)}
+"""The dense ranges the NNN paper used on its data (App. B2), 20 log-spaced values each."""
+
+DENSE_POINTS = 20
+DENSE_MODES = ("around", "paper", "none")
+
 DEFAULT_GRIDS = {
-    "dn": {"dn_lambda": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]},
+    "dn": {"dn_lambda": [round(0.05 * i, 2) for i in range(21)]},  # 0, 0.05, ..., 1: holds 0.25 and 0.5
     "qbnorm": {"qb_beta": [1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0]},
-    # Points spanning the paper's dense DBNorm sweep (Appendix B2) plus beta1 = 0 (QBNorm).
-    "dbnorm": {"db_beta1": [0.0, 0.01, 0.1, 1.0, 3.0, 7.0, 15.0],
-               "db_beta2": [10.0, 25.0, 50.0, 100.0, 200.0]},
+    # App. B2 coarse stage: 0 plus 20 log-spaced values over [0.001, 400] for each beta
+    # (the dense stage is built around the best coarse point, see tune_baseline).
+    "dbnorm": {"db_beta1": [0.0, *DB_COARSE], "db_beta2": [0.0, *DB_COARSE]},
 }
+DEFAULT_GRIDS["is"] = DEFAULT_GRIDS["qbnorm"]
 DEFAULT_GRIDS["dbnorm_dis"] = DEFAULT_GRIDS["dbnorm"]
+
+GALLERY_BANK_WARNING = (
+    "no --gallery-bank: DBNorm's gallery-side bank is the test gallery itself, not separate training items as in "
+    "the NNN paper (App. A1); every gallery item is then its own top-1, so DualDIS's gallery factor is always "
+    "active. Give --gallery-bank TRAIN_ITEMS for the published protocol.")
+
+
+def gallery_bank_warning(methods, gallery_bank) -> str | None:
+    """The warning line when a DBNorm method runs without a gallery bank, else None."""
+    if gallery_bank is None and any(m in GALLERY_BANK_WARNED for m in methods):
+        return GALLERY_BANK_WARNING
+    return None
 
 
 @dataclass
 class BaselineParams:
-    """Hyperparameters of the comparison methods (defaults documented in the module docstring)."""
+    """Hyperparameters of the comparison methods (defaults documented in the module docstring).
 
-    dn_lambda: float = 0.5
+    ``db_beta1`` weighs the gallery-bank factor and ``db_beta2`` the query-bank
+    factor, as in the NNN paper (the reverse of DBNorm's code).
+    ``activation_k``: QB-Norm's k, the activation set is the top-k items of each bank row.
+    """
+
+    dn_lambda: float = DN_LAMBDA
     qb_beta: float = 20.0
     db_beta1: float = 1.0
     db_beta2: float = 50.0
+    activation_k: int = 1
 
     def check(self) -> "BaselineParams":
         for name, value in asdict(self).items():
@@ -73,12 +143,16 @@ class BaselineParams:
             raise ParameterError("--qb-beta must be > 0 (beta 0 gives every gallery item the same score)")
         if self.db_beta1 + self.db_beta2 == 0:
             raise ParameterError("--db-beta1 and --db-beta2 cannot both be 0 (every gallery item would score the same)")
+        if self.activation_k < 1 or self.activation_k != int(self.activation_k):
+            raise ParameterError(f"--activation-k must be an integer >= 1, got {self.activation_k}")
+        self.activation_k = int(self.activation_k)
         return self
 
     def for_method(self, method: str) -> dict:
         """The hyperparameters ``method`` uses, by name."""
-        keys = {"dn": ("dn_lambda",), "qbnorm": ("qb_beta",),
-                "dbnorm": ("db_beta1", "db_beta2"), "dbnorm_dis": ("db_beta1", "db_beta2")}.get(method, ())
+        keys = {"dn": ("dn_lambda",), "qbnorm": ("qb_beta", "activation_k"), "is": ("qb_beta",),
+                "dbnorm": ("db_beta1", "db_beta2"),
+                "dbnorm_dis": ("db_beta1", "db_beta2", "activation_k")}.get(method, ())
         return {key: getattr(self, key) for key in keys}
 
 
@@ -109,13 +183,15 @@ def read_method_params(paths, params: BaselineParams) -> BaselineParams:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``"baseline,nnn,dn"`` -> ordered unique method names; unknown names raise ParameterError."""
+    """``"baseline,nnn,dn"`` -> ordered unique method names (aliases resolved); unknown names raise ParameterError."""
     names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
     if not names:
         raise ParameterError(f"--methods is empty; choose from {', '.join(METHODS)}")
+    names = [METHOD_ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ParameterError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}")
+        raise ParameterError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}"
+                             f" (or {', '.join(METHOD_ALIASES)})")
     return tuple(dict.fromkeys(names))
 
 
@@ -133,7 +209,7 @@ def log_sum_exp_scores(gallery: np.ndarray, bank: np.ndarray, betas, block_rows:
     """(len(betas), N) float64: ``log sum_j exp(beta * s(bank_j, gallery_i))`` for each beta.
 
     One blocked GEMM pass over gallery x bank serves every beta; a running
-    maximum keeps exp in range for any beta >= 0.
+    maximum keeps exp in range for any beta >= 0 (beta 0 gives ``log |bank|``).
     """
     _check_dims(("gallery", gallery), ("bank", bank))
     betas = np.asarray(list(betas), dtype=np.float64)
@@ -159,16 +235,27 @@ def log_sum_exp_scores(gallery: np.ndarray, bank: np.ndarray, betas, block_rows:
     return out
 
 
-def activation_set(gallery: np.ndarray, bank: np.ndarray, block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
-    """(N,) bool: gallery items that are the top-1 (ties: lower index) of at least one bank row."""
+def activation_set(gallery: np.ndarray, bank: np.ndarray, k: int = 1,
+                   block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
+    """(N,) bool: gallery items in the top ``k`` (ties: lower index) of at least one bank row.
+
+    QB-Norm's ``get_retrieved_videos(train_test, k)``.
+    """
     _check_dims(("gallery", gallery), ("bank", bank))
-    _, top1 = topk_inner_product(bank, gallery, 1, block_rows)
-    return np.bincount(top1[:, 0], minlength=len(gallery)) > 0
+    k = min(int(k), len(gallery))
+    _, top = topk_inner_product(bank, gallery, k, block_rows)
+    return np.bincount(top.ravel(), minlength=len(gallery)) > 0
+
+
+def plain_top1(queries: np.ndarray, gallery: np.ndarray, block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
+    """(Q,) int64: each query's rank-1 gallery row by the raw score (ties: lower index)."""
+    _, first = DebiasedIndex(gallery).search(queries, 1, block_rows)
+    return first[:, 0]
 
 
 def inverted_softmax_bias(lse_gallery_bank: np.ndarray | None, lse_query_bank: np.ndarray | None,
                           beta1: float, beta2: float) -> np.ndarray:
-    """(N,) float32 bias whose debiased ranking equals DualIS's (QBNorm when ``beta1 == 0``).
+    """(N,) float32 bias whose debiased ranking equals DualIS's (inverted softmax when ``beta1 == 0``).
 
     ``log s_hat = (b1 + b2) s - L1 - L2`` ranks like ``s - (L1 + L2) / (b1 + b2)``.
     A factor with beta 0 is the constant ``1/|bank|`` and is left out.
@@ -184,13 +271,54 @@ def inverted_softmax_bias(lse_gallery_bank: np.ndarray | None, lse_query_bank: n
     return (acc / total).astype(np.float32)
 
 
+def product_key(scores: np.ndarray, beta: float, lse: np.ndarray) -> np.ndarray:
+    """float64 key ranking like ``s * exp(beta s - lse)`` (raw score times one inverted-softmax factor).
+
+    Computed exactly in logs: ``t = log|s| + beta s - lse``; positive products rank
+    above zeros above negative ones; within positives a larger ``t`` is better,
+    within negatives a smaller one.  No exp, so nothing under- or overflows.
+    """
+    s = scores.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        t = np.log(np.abs(s)) + beta * s - np.asarray(lse, dtype=np.float64)[None, :]
+    finite = np.isfinite(t)
+    big = 1.0 + (float(np.abs(t[finite]).max()) if finite.any() else 0.0)
+    key = np.zeros_like(s)
+    pos, neg = s > 0, s < 0
+    key[pos] = big + t[pos]
+    key[neg] = -big - t[neg]
+    return key
+
+
+def _rows_per_block(block_rows: int, n_gallery: int) -> int:
+    return max(1, min(int(block_rows), (1 << 22) // max(1, n_gallery)))
+
+
+def rank_product(queries: np.ndarray, gallery: np.ndarray, beta: float, lse: np.ndarray, top_k: int,
+                 block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
+    """(Q, top_k) ranking by ``s(q, r) * exp(beta s(q, r)) / exp(lse(r))``, ties by lower index."""
+    k = min(top_k, len(gallery))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    g_t = np.ascontiguousarray(np.asarray(gallery, dtype=np.float32).T)
+    step = _rows_per_block(block_rows, len(gallery))
+    for start in range(0, len(queries), step):
+        stop = min(len(queries), start + step)
+        s = np.ascontiguousarray(queries[start:stop], dtype=np.float32) @ g_t
+        out[start:stop] = top_k_exact(product_key(s, beta, lse), k)[1]
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Rankers: each returns (Q, top_k) gallery indices, best first, ties by lower index
 # ---------------------------------------------------------------------------
 def rank_dn(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, dn_lambda: float,
             gallery_bank: np.ndarray | None = None, top_k: int = 10,
             block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
-    """Distribution Normalization: zero-centre both sides by ``lam`` x the reference means, then rank."""
+    """Distribution Normalization: zero-centre both sides by ``lam`` x the reference means, then rank.
+
+    For ranking one query the gallery-side shift only adds ``-lam q . mean(Rhat)``,
+    the same for every item, so ``gallery_bank`` moves scores, never rankings.
+    """
     bank = gallery if gallery_bank is None else gallery_bank
     _check_dims(("queries", queries), ("gallery", gallery), ("reference", reference), ("gallery bank", bank))
     q_mean = reference.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -205,28 +333,62 @@ def rank_dn(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, dn_
 def dualis_bias(gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
                 gallery_bank: np.ndarray | None = None, block_rows: int = 1024,
                 progress: ProgressFn | None = None) -> np.ndarray:
-    """(N,) float32 DualIS bias (QBNorm when ``beta1 == 0``)."""
+    """(N,) float32 DualIS bias (plain inverted softmax when ``beta1 == 0``)."""
     bank = gallery if gallery_bank is None else gallery_bank
     l1 = log_sum_exp_scores(gallery, bank, [beta1], block_rows)[0] if beta1 > 0 else None
     l2 = log_sum_exp_scores(gallery, reference, [beta2], block_rows, progress=progress)[0] if beta2 > 0 else None
     return inverted_softmax_bias(l1, l2, beta1, beta2)
 
 
-def rank_qbnorm(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta: float,
-                top_k: int = 10, block_rows: int = DEFAULT_QUERY_BLOCK,
-                progress: ProgressFn | None = None) -> np.ndarray:
-    """QBNorm (querybank inverted softmax) ranking."""
+def rank_inverted_softmax(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta: float,
+                          top_k: int = 10, block_rows: int = DEFAULT_QUERY_BLOCK,
+                          progress: ProgressFn | None = None) -> np.ndarray:
+    """Plain querybank inverted softmax (method ``is``): every query renormalised."""
     if not beta > 0:
-        raise ParameterError(f"QBNorm beta must be > 0, got {beta}")
+        raise ParameterError(f"inverted softmax beta must be > 0, got {beta}")
     bias = dualis_bias(gallery, reference, 0.0, beta)
     _, idx = DebiasedIndex(gallery, bias).search(queries, top_k, block_rows, progress)
     return idx
 
 
+def _search_split(queries: np.ndarray, gallery: np.ndarray, active: np.ndarray, bias: np.ndarray,
+                  top_k: int, block_rows: int) -> np.ndarray:
+    """Rows with ``active`` ranked with ``bias``, the others by the raw score."""
+    k = min(top_k, len(gallery))
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for flag, b in ((True, bias), (False, None)):
+        rows = np.flatnonzero(active == flag)
+        if len(rows):
+            out[rows] = DebiasedIndex(gallery, b).search(queries[rows], k, block_rows)[1]
+    return out
+
+
+def rank_qbnorm(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta: float,
+                top_k: int = 10, block_rows: int = DEFAULT_QUERY_BLOCK,
+                progress: ProgressFn | None = None, activation_k: int = 1,
+                top1: np.ndarray | None = None) -> np.ndarray:
+    """QB-Norm's Dynamic Inverted Softmax (``dynamic_inverted_softmax.py``).
+
+    Activation set: gallery items in the top ``activation_k`` of some querybank
+    row.  A query whose plain top-1 is in it ranks by the querybank inverted
+    softmax (beta); every other query keeps its raw scores.
+    """
+    if not beta > 0:
+        raise ParameterError(f"QBNorm beta must be > 0, got {beta}")
+    active_items = activation_set(gallery, reference, activation_k)
+    if top1 is None:
+        top1 = plain_top1(queries, gallery, block_rows)
+    bias = dualis_bias(gallery, reference, 0.0, beta)
+    out = _search_split(queries, gallery, active_items[top1], bias, top_k, block_rows)
+    if progress:
+        progress(len(queries), len(queries))
+    return out
+
+
 def rank_dualis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
                 gallery_bank: np.ndarray | None = None, top_k: int = 10,
                 block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
-    """DBNorm DualIS ranking (paper Eq. 3-5)."""
+    """DBNorm DualIS ranking (NNN paper Eq. 3-5)."""
     bias = dualis_bias(gallery, reference, beta1, beta2, gallery_bank)
     _, idx = DebiasedIndex(gallery, bias).search(queries, top_k, block_rows, progress)
     return idx
@@ -236,56 +398,71 @@ def rank_dualis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray,
 class DualDISState:
     """What DualDIS precomputes: both log-sum-exp terms and both activation sets."""
 
-    lse_gallery_bank: np.ndarray | None
-    lse_query_bank: np.ndarray | None
+    lse_gallery_bank: np.ndarray  # (N,) float64; log |bank| when beta1 = 0
+    lse_query_bank: np.ndarray  # (N,) float64; log |reference| when beta2 = 0
     active_gallery_bank: np.ndarray  # (N,) bool
     active_query_bank: np.ndarray  # (N,) bool
 
 
+def _lse_or_const(gallery, bank, beta, block_rows):
+    if beta > 0:
+        return log_sum_exp_scores(gallery, bank, [beta], block_rows)[0]
+    return np.full(len(gallery), math.log(len(bank)))
+
+
 def dualdis_state(gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
-                  gallery_bank: np.ndarray | None = None, block_rows: int = 1024) -> DualDISState:
+                  gallery_bank: np.ndarray | None = None, block_rows: int = 1024,
+                  activation_k: int = 1) -> DualDISState:
     bank = gallery if gallery_bank is None else gallery_bank
     return DualDISState(
-        log_sum_exp_scores(gallery, bank, [beta1], block_rows)[0] if beta1 > 0 else None,
-        log_sum_exp_scores(gallery, reference, [beta2], block_rows)[0] if beta2 > 0 else None,
-        activation_set(gallery, bank),
-        activation_set(gallery, reference),
+        _lse_or_const(gallery, bank, beta1, block_rows),
+        _lse_or_const(gallery, reference, beta2, block_rows),
+        activation_set(gallery, bank, activation_k),
+        activation_set(gallery, reference, activation_k),
     )
+
+
+def dualdis_groups(top1: np.ndarray, state: DualDISState) -> dict[str, np.ndarray]:
+    """Query rows by which DualDIS factors are active: ``both``, ``gallery_only``, ``query_only``, ``neither``."""
+    use_r = state.active_gallery_bank[top1]
+    use_q = state.active_query_bank[top1]
+    return {"both": np.flatnonzero(use_r & use_q), "gallery_only": np.flatnonzero(use_r & ~use_q),
+            "query_only": np.flatnonzero(~use_r & use_q), "neither": np.flatnonzero(~use_r & ~use_q)}
 
 
 def rank_dualdis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
                  gallery_bank: np.ndarray | None = None, top_k: int = 10,
                  block_rows: int = DEFAULT_QUERY_BLOCK, top1: np.ndarray | None = None,
-                 state: DualDISState | None = None, progress: ProgressFn | None = None) -> np.ndarray:
-    """DBNorm DualDIS ranking: each factor of DualIS only for queries whose top-1 is in its activation set.
+                 state: DualDISState | None = None, progress: ProgressFn | None = None,
+                 activation_k: int = 1) -> np.ndarray:
+    """DBNorm DualDIS ranking (NNN paper App. A1), inactive factors replaced by the raw score.
 
     ``top1`` (the plain rank-1 item of each query) is computed when not given.
-    Queries are split into the four groups (both / gallery-bank only /
-    query-bank only / neither factor active) and each group is searched with
-    its own bias; the neither group keeps the original scores.
+    Both factors active: DualIS (a per-item bias).  One active: ``s * shat``
+    (:func:`rank_product`).  Neither: the raw score ``s`` (see the module
+    docstring for why not ``s * s``).
     """
+    if beta1 + beta2 <= 0:
+        raise ParameterError("DualDIS needs beta1 + beta2 > 0")
     if state is None:
-        state = dualdis_state(gallery, reference, beta1, beta2, gallery_bank)
+        state = dualdis_state(gallery, reference, beta1, beta2, gallery_bank, activation_k=activation_k)
     if top1 is None:
-        _, first = DebiasedIndex(gallery).search(queries, 1, block_rows)
-        top1 = first[:, 0]
-    use_r = state.active_gallery_bank[top1] & (beta1 > 0)
-    use_q = state.active_query_bank[top1] & (beta2 > 0)
+        top1 = plain_top1(queries, gallery, block_rows)
     k = min(top_k, len(gallery))
     out = np.empty((len(queries), k), dtype=np.int64)
-    for with_r in (True, False):
-        for with_q in (True, False):
-            rows = np.flatnonzero((use_r == with_r) & (use_q == with_q))
-            if len(rows) == 0:
-                continue
-            if with_r or with_q:
-                bias = inverted_softmax_bias(state.lse_gallery_bank if with_r else None,
-                                             state.lse_query_bank if with_q else None,
-                                             beta1 if with_r else 0.0, beta2 if with_q else 0.0)
-            else:
-                bias = None
-            _, idx = DebiasedIndex(gallery, bias).search(queries[rows], k, block_rows)
-            out[rows] = idx
+    groups = dualdis_groups(top1, state)
+    rows = groups["both"]
+    if len(rows):
+        bias = inverted_softmax_bias(state.lse_gallery_bank, state.lse_query_bank, beta1, beta2)
+        out[rows] = DebiasedIndex(gallery, bias).search(queries[rows], k, block_rows)[1]
+    for name, beta, lse in (("gallery_only", beta1, state.lse_gallery_bank),
+                            ("query_only", beta2, state.lse_query_bank)):
+        rows = groups[name]
+        if len(rows):
+            out[rows] = rank_product(queries[rows], gallery, beta, lse, k, block_rows)
+    rows = groups["neither"]
+    if len(rows):
+        out[rows] = DebiasedIndex(gallery).search(queries[rows], k, block_rows)[1]
     if progress:
         progress(len(queries), len(queries))
     return out
@@ -295,38 +472,171 @@ def rank_method(method: str, queries: np.ndarray, gallery: np.ndarray, reference
                 params: BaselineParams, gallery_bank: np.ndarray | None = None, top_k: int = 10,
                 block_rows: int = DEFAULT_QUERY_BLOCK, top1: np.ndarray | None = None,
                 progress: ProgressFn | None = None) -> np.ndarray:
-    """(Q, top_k) ranking of one comparison method (``dn``, ``qbnorm``, ``dbnorm``, ``dbnorm_dis``)."""
+    """(Q, top_k) ranking of one comparison method (``dn``, ``qbnorm``, ``is``, ``dbnorm``, ``dbnorm_dis``)."""
+    method = METHOD_ALIASES.get(method, method)
     if method == "dn":
         return rank_dn(queries, gallery, reference, params.dn_lambda, gallery_bank, top_k, block_rows, progress)
     if method == "qbnorm":
-        return rank_qbnorm(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress)
+        return rank_qbnorm(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress,
+                           activation_k=params.activation_k, top1=top1)
+    if method == "is":
+        return rank_inverted_softmax(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress)
     if method == "dbnorm":
         return rank_dualis(queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank,
                            top_k, block_rows, progress)
     if method == "dbnorm_dis":
         return rank_dualdis(queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank,
-                            top_k, block_rows, top1=top1, progress=progress)
+                            top_k, block_rows, top1=top1, progress=progress, activation_k=params.activation_k)
     raise ParameterError(f"unknown comparison method {method!r}; choose from {', '.join(BANK_METHODS)}")
 
 
 # ---------------------------------------------------------------------------
 # Hyperparameter sweep (used by `nnn tune --method`)
 # ---------------------------------------------------------------------------
+CELL_CHUNK = 32
+"""Grid cells ranked together by :func:`nnn_cli.tune.truth_ranks` (keeps its bias envelope narrow)."""
+
+
+def _sig(value: float) -> float:
+    return float(f"{float(value):.6g}")
+
+
+def _subset_truth(truth, rows: np.ndarray):
+    """The truth pairs of query rows ``rows`` (sorted), renumbered 0..len(rows)-1."""
+    from nnn_cli.core.truth import Truth
+
+    pos = np.full(truth.n_queries, -1, dtype=np.int64)
+    pos[rows] = np.arange(len(rows))
+    mapped = pos[truth.query]
+    keep = mapped >= 0
+    return Truth(mapped[keep], truth.gallery[keep], len(rows))
+
+
+def _bias_ranks(queries, gallery, truth, biases: np.ndarray, rows: np.ndarray, block_rows: int) -> np.ndarray:
+    """(C, len(rows)) uint8 capped first-hit ranks of queries ``rows`` under each bias row."""
+    from nnn_cli.core.tune import truth_ranks
+
+    sub = _subset_truth(truth, rows)
+    q = np.ascontiguousarray(queries[rows], dtype=np.float32)
+    parts = [truth_ranks(q, gallery, sub, np.ascontiguousarray(biases[c0:c0 + CELL_CHUNK], dtype=np.float32),
+                         block_rows) for c0 in range(0, len(biases), CELL_CHUNK)]
+    return np.concatenate(parts, axis=0)
+
+
+def _product_ranks(queries, gallery, truth, beta: float, lse: np.ndarray, rows: np.ndarray,
+                   block_rows: int) -> np.ndarray:
+    """(len(rows),) uint8 capped first-hit ranks under :func:`product_key` (ties: lower index)."""
+    from nnn_cli.core.tune import RANK_CAP
+
+    sub = _subset_truth(truth, rows)
+    n = len(rows)
+    first = np.full(n, RANK_CAP, dtype=np.uint8)
+    g_t = np.ascontiguousarray(np.asarray(gallery, dtype=np.float32).T)
+    cols = np.arange(len(gallery))
+    order = np.argsort(sub.query, kind="stable")
+    pq_all, pi_all = sub.query[order], sub.gallery[order]
+    step = _rows_per_block(block_rows, len(gallery))
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        p0, p1 = np.searchsorted(pq_all, [start, stop])
+        if p1 == p0:
+            continue
+        s = np.ascontiguousarray(queries[rows[start:stop]], dtype=np.float32) @ g_t
+        key = product_key(s, beta, lse)
+        pq, pi = pq_all[p0:p1] - start, pi_all[p0:p1]
+        kr = key[pq]
+        own = kr[np.arange(len(pq)), pi][:, None]
+        count = np.count_nonzero(kr > own, axis=1) + np.count_nonzero((kr == own) & (cols[None, :] < pi[:, None]),
+                                                                      axis=1)
+        np.minimum.at(first, pq + start, np.minimum(count, RANK_CAP).astype(np.uint8))
+    return first
+
+
+def _raw_ranks(queries, gallery, truth, rows, block_rows):
+    return _bias_ranks(queries, gallery, truth, np.zeros((1, len(gallery)), dtype=np.float32), rows, block_rows)[0]
+
+
+def _dense_axis(coarse: list[float], best: float) -> list[float]:
+    """0 plus 20 log-spaced values between the coarse neighbours of ``best``."""
+    nz = sorted(v for v in coarse if v > 0)
+    if len(nz) < 2:
+        return sorted({0.0, *nz})
+    if best <= 0:
+        lo, hi = nz[0], nz[1]
+    else:
+        i = int(np.argmin(np.abs(np.log(nz) - math.log(best))))
+        lo, hi = nz[max(i - 1, 0)], nz[min(i + 1, len(nz) - 1)]
+    return [0.0] + [_sig(v) for v in np.geomspace(lo, hi, DENSE_POINTS)]
+
+
+def _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k,
+               block_rows, stage) -> list[dict]:
+    from nnn_cli.core.tune import recall_from_ranks
+
+    lse1 = log_sum_exp_scores(gallery, bank, b1s)
+    lse2 = log_sum_exp_scores(gallery, reference, b2s)
+    pairs = [(i, j) for i in range(len(b1s)) for j in range(len(b2s)) if b1s[i] + b2s[j] > 0]
+    if not pairs:
+        raise ParameterError("db_beta1/db_beta2 grids need a pair with beta1 + beta2 > 0")
+    biases = np.stack([inverted_softmax_bias(lse1[i], lse2[j], b1s[i], b2s[j]) for i, j in pairs])
+    all_rows = np.arange(len(queries))
+    if method == "dbnorm":
+        ranks = _bias_ranks(queries, gallery, truth, biases, all_rows, block_rows)
+    else:
+        state = DualDISState(lse1[0], lse2[0], activation_set(gallery, bank, activation_k),
+                             activation_set(gallery, reference, activation_k))
+        groups = dualdis_groups(top1, state)
+        ranks = np.empty((len(pairs), len(queries)), dtype=np.uint8)
+        if len(groups["both"]):
+            ranks[:, groups["both"]] = _bias_ranks(queries, gallery, truth, biases, groups["both"], block_rows)
+        if len(groups["neither"]):
+            ranks[:, groups["neither"]] = _raw_ranks(queries, gallery, truth, groups["neither"], block_rows)[None, :]
+        pair_i = np.array([i for i, _ in pairs])
+        pair_j = np.array([j for _, j in pairs])
+        for name, betas, lse, which in (("gallery_only", b1s, lse1, pair_i), ("query_only", b2s, lse2, pair_j)):
+            rows = groups[name]
+            if not len(rows):
+                continue
+            for v in np.unique(which):
+                cells = np.flatnonzero(which == v)
+                ranks[np.ix_(cells, rows)] = _product_ranks(queries, gallery, truth, betas[v], lse[v], rows,
+                                                            block_rows)[None, :]
+    rec = recall_from_ranks(ranks, truth.has_truth())
+    return [{"db_beta1": b1s[i], "db_beta2": b2s[j], "stage": stage,
+             **{key: float(rec[key][c]) for key in ("R@1", "R@5", "R@10")}} for c, (i, j) in enumerate(pairs)]
+
+
 def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, reference: np.ndarray,
                   grid: dict | None = None, gallery_bank: np.ndarray | None = None,
-                  block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> dict:
+                  block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None,
+                  dense: str = "around", activation_k: int = 1) -> dict:
     """Sweep ``method``'s hyperparameters, optimising Recall@1 (ties: the earlier grid point).
 
     ``grid`` maps parameter names (``dn_lambda``, ``qb_beta``, ``db_beta1``,
     ``db_beta2``) to value lists; missing names use :data:`DEFAULT_GRIDS`.
-    Returns ``{"method", "best": {param: value}, "R@1", "R@5", "R@10", "grid": [...]}``
-    where ``grid`` lists every point with its recalls.  The log-sum-exp terms
-    for all betas are computed in one pass per bank.
+    DBNorm (``dbnorm``/``dbnorm_dis``) without a ``grid`` follows the NNN
+    paper's App. B2: a coarse stage (0 plus 20 log-spaced values over
+    [0.001, 400] for each beta, 440 pairs) then, with ``dense="around"``
+    (default), a dense 21 x 21 stage (0 plus 20 log-spaced values between the
+    coarse neighbours of the best coarse value, per beta); ``dense="paper"``
+    uses the paper's fixed dense ranges (:data:`PAPER_DENSE`), ``"none"`` stops
+    after the coarse stage.  Every point's recall is exact (same ranking rule
+    as the rankers), computed from one score pass per block of cells.
+
+    Returns ``{"method", "best": {param: value}, "R@1", "R@5", "R@10", "grid": [...],
+    "stages": {...}}`` (``grid``: every point with its recalls, and its
+    ``stage`` for DBNorm), plus ``"warnings"`` and ``"gallery_bank_is_gallery"``
+    when DBNorm ran without a gallery bank.
     """
     from nnn_cli.core.metrics import recall_from_topk
+    from nnn_cli.core.tune import recall_from_ranks
 
+    method = METHOD_ALIASES.get(method, method)
     if method not in DEFAULT_GRIDS:
         raise ParameterError(f"cannot tune {method!r}; choose from {', '.join(DEFAULT_GRIDS)}")
+    if dense not in DENSE_MODES:
+        raise ParameterError(f"dense must be one of {', '.join(DENSE_MODES)}, got {dense!r}")
+    user_grid = bool(grid)
     grid = {**DEFAULT_GRIDS[method], **(grid or {})}
     for name, values in grid.items():
         if not values:
@@ -334,48 +644,73 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
         if any((not math.isfinite(float(v))) or float(v) < 0 for v in values):
             raise ParameterError(f"grid values for {name} must be finite numbers >= 0")
     points: list[dict] = []
+    extra: dict = {}
     if method == "dn":
         for lam in grid["dn_lambda"]:
             idx = rank_dn(queries, gallery, reference, float(lam), gallery_bank, 10, block_rows)
             points.append({"dn_lambda": float(lam), **recall_from_topk(idx, truth)})
             if progress:
                 progress(len(points), len(grid["dn_lambda"]))
-    elif method == "qbnorm":
+    elif method in ("qbnorm", "is"):
         betas = [float(b) for b in grid["qb_beta"] if float(b) > 0]
         if not betas:
             raise ParameterError("qb_beta grid needs a value > 0")
         lse = log_sum_exp_scores(gallery, reference, betas)
-        for j, beta in enumerate(betas):
-            _, idx = DebiasedIndex(gallery, inverted_softmax_bias(None, lse[j], 0.0, beta)).search(queries, 10, block_rows)
-            points.append({"qb_beta": beta, **recall_from_topk(idx, truth)})
-            if progress:
-                progress(j + 1, len(betas))
+        biases = np.stack([inverted_softmax_bias(None, lse[j], 0.0, beta) for j, beta in enumerate(betas)])
+        all_rows = np.arange(len(queries))
+        if method == "is":
+            ranks = _bias_ranks(queries, gallery, truth, biases, all_rows, block_rows)
+        else:
+            active = activation_set(gallery, reference, activation_k)[plain_top1(queries, gallery, block_rows)]
+            ranks = np.empty((len(betas), len(queries)), dtype=np.uint8)
+            on, off = np.flatnonzero(active), np.flatnonzero(~active)
+            if len(on):
+                ranks[:, on] = _bias_ranks(queries, gallery, truth, biases, on, block_rows)
+            if len(off):
+                ranks[:, off] = _raw_ranks(queries, gallery, truth, off, block_rows)[None, :]
+            extra["activation_k"] = int(activation_k)
+            extra["share_renormalised"] = float(active.mean()) if len(active) else 0.0
+        rec = recall_from_ranks(ranks, truth.has_truth())
+        points = [{"qb_beta": beta, **{key: float(rec[key][j]) for key in ("R@1", "R@5", "R@10")}}
+                  for j, beta in enumerate(betas)]
+        if progress:
+            progress(1, 1)
     else:
-        b1s = [float(b) for b in grid["db_beta1"]]
-        b2s = [float(b) for b in grid["db_beta2"]]
         bank = gallery if gallery_bank is None else gallery_bank
-        lse1 = log_sum_exp_scores(gallery, bank, b1s)
-        lse2 = log_sum_exp_scores(gallery, reference, b2s)
-        if method == "dbnorm_dis":
-            act_r, act_q = activation_set(gallery, bank), activation_set(gallery, reference)
-            _, first = DebiasedIndex(gallery).search(queries, 1, block_rows)
-        pairs = [(i, j) for i in range(len(b1s)) for j in range(len(b2s)) if b1s[i] + b2s[j] > 0]
-        for n_done, (i, j) in enumerate(pairs, 1):
-            if method == "dbnorm":
-                bias = inverted_softmax_bias(lse1[i], lse2[j], b1s[i], b2s[j])
-                _, idx = DebiasedIndex(gallery, bias).search(queries, 10, block_rows)
+        top1 = plain_top1(queries, gallery, block_rows) if method == "dbnorm_dis" else None
+        b1s = [_sig(b) for b in grid["db_beta1"]]
+        b2s = [_sig(b) for b in grid["db_beta2"]]
+        points = _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k,
+                            block_rows, "coarse")
+        stages = {"coarse": len(points)}
+        if progress:
+            progress(1, 1 if user_grid or dense == "none" else 2)
+        if not user_grid and dense != "none":
+            if dense == "paper":
+                d1 = [0.0] + [_sig(v) for v in np.geomspace(*PAPER_DENSE["db_beta1"], DENSE_POINTS)]
+                d2 = [0.0] + [_sig(v) for v in np.geomspace(*PAPER_DENSE["db_beta2"], DENSE_POINTS)]
             else:
-                state = DualDISState(lse1[i], lse2[j], act_r, act_q)
-                idx = rank_dualdis(queries, gallery, reference, b1s[i], b2s[j], top_k=10,
-                                   block_rows=block_rows, top1=first[:, 0], state=state)
-            points.append({"db_beta1": b1s[i], "db_beta2": b2s[j], **recall_from_topk(idx, truth)})
+                top = max(range(len(points)), key=lambda p: (points[p]["R@1"], -p))
+                d1 = _dense_axis(b1s, points[top]["db_beta1"])
+                d2 = _dense_axis(b2s, points[top]["db_beta2"])
+            dense_points = _db_points(method, queries, gallery, truth, reference, bank, d1, d2, top1,
+                                      activation_k, block_rows, "dense")
+            points += dense_points
+            stages["dense"] = len(dense_points)
             if progress:
-                progress(n_done, len(pairs))
+                progress(2, 2)
+        extra["stages"] = stages
+        extra["dense"] = "none" if user_grid else dense
+        if method == "dbnorm_dis":
+            extra["activation_k"] = int(activation_k)
+        if gallery_bank is None:
+            extra["gallery_bank_is_gallery"] = True
+            extra["warnings"] = [GALLERY_BANK_WARNING]
     best = max(range(len(points)), key=lambda p: (points[p]["R@1"], -p))
     best_point = points[best]
-    params = {k: v for k, v in best_point.items() if not k.startswith("R@")}
+    params = {k: v for k, v in best_point.items() if not k.startswith("R@") and k != "stage"}
     return {"method": method, "best": params, **{k: v for k, v in best_point.items() if k.startswith("R@")},
-            "grid": points}
+            "grid": points, **extra}
 
 
 def parse_grid(text: str) -> dict[str, list[float]]:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnn_cli.core.baselines import BANK_METHODS, BaselineParams, rank_method
+from nnn_cli.core.baselines import (BANK_METHODS, GALLERY_BANK_WARNED, GALLERY_BANK_WARNING, METHOD_ALIASES,
+                                    BaselineParams, rank_method)
 from nnn_cli.core.nnn import compute_bias
 from nnn_cli.errors import ParameterError
 from nnn_cli.core.evaluate import MethodResult, evaluate_ranking
 from nnn_cli.core.truth import Truth
-from nnn_cli.core.metrics import DEFAULT_KS
+from nnn_cli.core.metrics import DEFAULT_KS, hubness
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
 
@@ -74,13 +75,17 @@ def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, meth
     NNN uses ``bias`` when given, otherwise computes it from ``reference``
     with ``nnn_alpha``/``nnn_k`` (that time counts toward NNN's seconds).
     The comparison methods need ``reference`` (their query bank); ``gallery_bank``
-    defaults to the gallery itself.  The baseline is always run first (DualDIS
-    needs its rank-1 items); it is returned only when asked for.
+    defaults to the gallery itself, and then each DBNorm result carries
+    ``"gallery_bank": "gallery"`` and ``"warnings": [GALLERY_BANK_WARNING]``
+    (the published protocol uses separate training items).  The baseline is
+    always run first (QB-Norm's DIS and DualDIS need its rank-1 items); it is
+    returned only when asked for.  Hubness holds the ``N_1`` and ``N_10``
+    figures of each (Q, 10) ranking (:func:`nnn_cli.metrics.hubness`).
     """
     params = (params or BaselineParams()).check()
-    methods = list(methods)
+    methods = list(dict.fromkeys(METHOD_ALIASES.get(m, m) for m in methods))
     if any(m in BANK_METHODS for m in methods) and reference is None:
-        raise ParameterError("methods dn, qbnorm, dbnorm and dbnorm_dis need the reference queries (--reference)")
+        raise ParameterError("methods dn, qbnorm, is, dbnorm and dbnorm_dis need the reference queries (--reference)")
     if "nnn" in methods and bias is None and (reference is None or nnn_alpha is None or nnn_k is None):
         raise ParameterError("NNN needs --bias, or --reference with --alpha and --k (or --params)")
     n_gallery = len(gallery)
@@ -97,6 +102,7 @@ def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, meth
     start = time.perf_counter()
     _, base_idx = DebiasedIndex(gallery).search(queries, TOP_K, block_rows)
     base = MethodRun(evaluate_ranking(base_idx, truth, n_gallery, time.perf_counter() - start), base_idx)
+    base.result.hubness = hubness(base_idx, n_gallery)
     step()
     for method in methods:
         if method == "baseline":
@@ -113,7 +119,11 @@ def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, meth
             idx = rank_method(method, queries, gallery, reference, params, gallery_bank, TOP_K, block_rows,
                               top1=base_idx[:, 0])
             extra["params"] = params.for_method(method)
+            if method in GALLERY_BANK_WARNED and gallery_bank is None:
+                extra["gallery_bank"] = "gallery"
+                extra["warnings"] = [GALLERY_BANK_WARNING]
         res = evaluate_ranking(idx, truth, n_gallery, time.perf_counter() - start)
+        res.hubness = hubness(idx, n_gallery)
         res.extra.update(extra)
         runs[method] = MethodRun(res, idx)
         step()

@@ -1,8 +1,22 @@
-"""Retrieval metrics: Recall@K (percent) and hubness of rank-1 retrievals.
+"""Retrieval metrics: Recall@K (percent) and hubness.
 
-Hubness follows the paper's Table 3: count, for each gallery item, how many
-queries retrieve it at rank 1, and summarise that distribution (max,
-skewness, excess kurtosis, mean absolute deviation, share never retrieved).
+Hubness: ``N_k(r)`` is how many queries have gallery item ``r`` in their top
+k.  The NNN paper's Table 3 reports three statistics of ``N_1`` over all
+gallery items: kurtosis, MAE and max.  :func:`hubness` returns, for k = 1
+and (given a top-10 ranking) k = 10, each under an explicit name:
+
+* ``N{k}_kurtosis``: excess (Fisher) kurtosis of ``N_k`` over all gallery items;
+* ``N{k}_mae``: mean absolute deviation of ``N_k`` from its mean (the mean is
+  the number of correct queries per item when every item has equally many,
+  e.g. COCO/Flickr's 5 captions per image, so it is also the MAE against that);
+* ``N{k}_max``: the largest ``N_k`` (the biggest hub);
+* ``N{k}_skewness``: skewness of ``N_k`` over all gallery items;
+* ``N{k}_skewness_dbnorm``: skewness as DBNorm's ``get_skewness`` computes it:
+  ``scipy.stats.skew`` (biased) of the counts of the items that appear in
+  some top-k list only (DBNorm reports k = 10).
+
+The unprefixed keys ``max``, ``skewness``, ``kurtosis``, ``mae`` and
+``never_retrieved`` are the ``N_1`` figures over all items, as before.
 """
 
 from __future__ import annotations
@@ -31,21 +45,56 @@ def retrieval_counts(top1: np.ndarray, n_gallery: int) -> np.ndarray:
     return np.bincount(np.asarray(top1, dtype=np.int64), minlength=n_gallery)
 
 
-def hubness(top1: np.ndarray, n_gallery: int) -> dict[str, float]:
-    """Summary of the rank-1 retrieval-count distribution over gallery items."""
-    counts = retrieval_counts(top1, n_gallery).astype(np.float64)
-    mean = counts.mean()
-    centred = counts - mean
+def _moments(counts: np.ndarray) -> tuple[float, float, float]:
+    """(skewness, excess kurtosis, mean absolute deviation) of ``counts`` (population moments)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if len(counts) == 0:
+        return 0.0, 0.0, 0.0
+    centred = counts - counts.mean()
     var = float(np.mean(centred ** 2))
     if var > 0:
         skew = float(np.mean(centred ** 3) / var ** 1.5)
         kurt = float(np.mean(centred ** 4) / var ** 2 - 3.0)
     else:
         skew = kurt = 0.0
-    return {
-        "max": int(counts.max()),
+    return skew, kurt, float(np.mean(np.abs(centred)))
+
+
+def occurrence_counts(topk: np.ndarray, n_gallery: int, k: int) -> np.ndarray:
+    """(N,) int64 ``N_k``: how many queries have each gallery item in their first ``k`` columns."""
+    topk = np.asarray(topk, dtype=np.int64)
+    if topk.ndim == 1:
+        topk = topk[:, None]
+    return np.bincount(topk[:, :k].ravel(), minlength=n_gallery)
+
+
+def hubness_at(topk: np.ndarray, n_gallery: int, k: int) -> dict[str, float]:
+    """The named ``N_k`` statistics (see the module docstring) for one k."""
+    counts = occurrence_counts(topk, n_gallery, k)
+    skew, kurt, mae = _moments(counts)
+    skew_db, _, _ = _moments(counts[counts > 0])
+    return {f"N{k}_kurtosis": kurt, f"N{k}_mae": mae, f"N{k}_max": int(counts.max(initial=0)),
+            f"N{k}_skewness": skew, f"N{k}_skewness_dbnorm": skew_db}
+
+
+def hubness(top: np.ndarray, n_gallery: int, ks=(1, 10)) -> dict[str, float]:
+    """Hubness of a ranking: ``top`` is (Q,) rank-1 items or a (Q, K) ranking, best first.
+
+    Returns the rank-1 figures under the old keys plus ``N{k}_*`` for each k in
+    ``ks`` that the ranking has columns for.
+    """
+    top = np.asarray(top, dtype=np.int64)
+    ranking = top[:, None] if top.ndim == 1 else top
+    counts = retrieval_counts(ranking[:, 0], n_gallery).astype(np.float64)
+    skew, kurt, mae = _moments(counts)
+    out = {
+        "max": int(counts.max(initial=0)),
         "skewness": skew,
         "kurtosis": kurt,
-        "mae": float(np.mean(np.abs(centred))),
-        "never_retrieved": float(np.mean(counts == 0)),
+        "mae": mae,
+        "never_retrieved": float(np.mean(counts == 0)) if len(counts) else 0.0,
     }
+    for k in ks:
+        if k <= ranking.shape[1]:
+            out.update(hubness_at(ranking, n_gallery, k))
+    return out

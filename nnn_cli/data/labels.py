@@ -13,6 +13,18 @@ from nnn_cli.errors import InputError, ParameterError
 from nnn_cli.data.npy import load_npy
 
 
+def check_explicit_groups(labels_spec: str | os.PathLike, a: str | None, b: str | None) -> None:
+    """Refuse csv/tsv labels without both ``--group-a`` and ``--group-b``.
+
+    Taking the two label values in sorted order would make the sign of the
+    bias an accident of spelling (``female`` < ``male``).  ``.npy`` labels
+    already say which rows are a (1) and b (0).
+    """
+    if Path(labels_spec).suffix.lower() in (".csv", ".tsv") and (a is None or b is None):
+        raise ParameterError("name both groups with --group-a and --group-b (the bias is #a - #b, so its sign "
+                             "depends on which label is a; e.g. --group-a male --group-b female as in the paper)")
+
+
 def read_labels(spec: str | os.PathLike, n_gallery: int, gallery_ids: np.ndarray | None = None,
                 a: str | None = None, b: str | None = None) -> tuple[np.ndarray, str, str]:
     """(labels (N,) int8 of 1 = a / 0 = b / -1 = neither, name of a, name of b).
