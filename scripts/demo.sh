@@ -21,14 +21,18 @@ nnn search $D/queries.h5 --gallery $D/gallery.h5 --bias "$OUT/bias.h5" --top-k 3
 echo "== 4. nnn eval: baseline vs NNN on the test split"
 nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --bias "$OUT/bias.h5"
 
-echo "== 5. The paper's comparison on the same split: NNN beside DN, QBNorm and DBNorm (DualIS, DualDIS),"
-echo "     each tuned on the held-out split like NNN, with bootstrap 95% intervals, pictures and an HTML report"
-for m in dn qbnorm dbnorm; do
+echo "== 5. The paper's comparison on the same split: NNN beside DN, QB-Norm (DIS), inverted softmax and DBNorm"
+echo "     (DualIS, DualDIS; gallery bank: the held-out split's gallery, as App. A1), each tuned on the held-out"
+echo "     split like NNN, with bootstrap 95% intervals, pictures and an HTML report"
+for m in dn qbnorm; do
   nnn tune --method $m --queries $D/tune_queries.h5 --gallery $D/tune_gallery.h5 --truth $D/tune_truth.npy \
            --reference $D/reference.h5 -o "$OUT/params_$m.json" --json > /dev/null
 done
+nnn tune --method dbnorm --queries $D/tune_queries.h5 --gallery $D/tune_gallery.h5 --truth $D/tune_truth.npy \
+         --reference $D/reference.h5 --gallery-bank $D/gallery.h5 -o "$OUT/params_dbnorm.json" --json > /dev/null
 nnn eval --queries $D/queries.h5 --gallery $D/gallery.h5 --truth $D/truth.npy --reference $D/reference.h5 \
-         --params "$OUT/params.json" --methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis \
+         --params "$OUT/params.json" --methods baseline,nnn,dn,qbnorm,is,dbnorm,dbnorm_dis \
+         --gallery-bank $D/tune_gallery.h5 \
          --method-params "$OUT/params_dn.json" --method-params "$OUT/params_qbnorm.json" \
          --method-params "$OUT/params_dbnorm.json" \
          --bootstrap 1000 --plots "$OUT/plots" --report "$OUT/report.html"

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from nnn_cli._version import __version__
-from nnn_cli.cli.commands import attribute, bias, embed, eval as eval_, info, search, tune
+from nnn_cli.cli.commands import attribute, bias, embed, eval as eval_, info, search, truth, tune
 from nnn_cli.cli.render import silence_stdout
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.command("attribute-bias", epilog=attribute.EPILOG)(attribute.attribute_bias_
 app.command("embed", epilog=embed.EPILOG)(embed.embed_cmd)
 app.command("info", epilog=info.EPILOG)(info.info_cmd)
 app.command("tune", epilog=tune.EPILOG)(tune.tune_cmd)
+app.command("truth-from-pairs", epilog=truth.EPILOG)(truth.truth_cmd)
 
 
 def version_callback(value: bool) -> None:

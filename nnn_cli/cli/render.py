@@ -259,4 +259,13 @@ def render_attribute_table(result: dict) -> None:
         if with_precision:
             row += [f"{100 * rec['baseline']['precision']:.1f}%", f"{100 * rec['nnn']['precision']:.1f}%"]
         table.add_row(*row)
+    if "n_groups" in result:
+        table.caption = f"bias: mean over {result['n_groups']} query groups (per-group values in --json)"
     out_console.print(table)
+    if result.get("precision_at"):
+        prec = Table(title="precision@n (share of the top n that are correct items)")
+        for col in ("n", "baseline", "NNN"):
+            prec.add_column(col, justify="right")
+        for n, rec in result["precision_at"].items():
+            prec.add_row(str(n), f"{100 * rec['baseline']['precision']:.1f}%", f"{100 * rec['nnn']['precision']:.1f}%")
+        out_console.print(prec)

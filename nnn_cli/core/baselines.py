@@ -156,32 +156,6 @@ class BaselineParams:
         return {key: getattr(self, key) for key in keys}
 
 
-def read_method_params(paths, params: BaselineParams) -> BaselineParams:
-    """``params`` with the best values of ``nnn tune --method`` JSON files (``{"method", "best": {...}}``) put in."""
-    import json
-    from dataclasses import fields, replace
-    from pathlib import Path
-
-    known = {f.name for f in fields(BaselineParams)}
-    for path in paths or ():
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file (method params from `nnn tune --method`)") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: not a readable JSON file ({exc})") from None
-        best = doc.get("best") if isinstance(doc, dict) else None
-        if not isinstance(best, dict) or not best or not set(best) <= known:
-            raise InputError(f"{path}: expected {{\"method\": ..., \"best\": {{...}}}} as written by `nnn tune --method`"
-                             f" with keys among {', '.join(sorted(known))}")
-        try:
-            params = replace(params, **{key: float(value) for key, value in best.items()})
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: the values under 'best' must be numbers") from None
-    return params.check()
-
-
 def parse_methods(text: str) -> tuple[str, ...]:
     """``"baseline,nnn,dn"`` -> ordered unique method names (aliases resolved); unknown names raise ParameterError."""
     names = [part.strip().lower() for part in str(text).split(",") if part.strip()]

@@ -28,8 +28,8 @@ class MethodResult:
 
 def evaluate_ranking(topk_indices: np.ndarray, truth: Truth, n_gallery: int, seconds: float,
                      ks=DEFAULT_KS) -> MethodResult:
-    """Score a (Q, K) ranking: recall at each K and hubness of its first column."""
-    return MethodResult(recall_from_topk(topk_indices, truth, ks), hubness(topk_indices[:, 0], n_gallery), seconds)
+    """Score a (Q, K) ranking: recall at each K and hubness (rank-1 figures, and N_1/N_10 named statistics)."""
+    return MethodResult(recall_from_topk(topk_indices, truth, ks), hubness(topk_indices, n_gallery), seconds)
 
 
 def evaluate_index(queries: np.ndarray, gallery: np.ndarray, truth: Truth, bias: np.ndarray | None,

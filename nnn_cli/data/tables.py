@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import fields, replace
+
+from nnn_cli.core.baselines import BaselineParams
 from nnn_cli.core.truth import Truth
 from nnn_cli.errors import InputError
 from nnn_cli.data.h5 import is_h5_path, open_h5_safe, short_error, split_spec
@@ -87,3 +90,23 @@ def read_params(path: str | os.PathLike) -> dict:
     return {**data, "alpha": alpha, "k": k}
 
 
+def read_method_params(paths, params: BaselineParams) -> BaselineParams:
+    """``params`` with the best values of ``nnn tune --method`` JSON files (``{"method", "best": {...}}``) put in."""
+    known = {f.name for f in fields(BaselineParams)}
+    for path in paths or ():
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file (method params from `nnn tune --method`)") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+        best = doc.get("best") if isinstance(doc, dict) else None
+        if not isinstance(best, dict) or not best or not set(best) <= known:
+            raise InputError(f"{path}: expected {{\"method\": ..., \"best\": {{...}}}} as written by `nnn tune --method`"
+                             f" with keys among {', '.join(sorted(known))}")
+        try:
+            params = replace(params, **{key: float(value) for key, value in best.items()})
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: the values under 'best' must be numbers") from None
+    return params.check()

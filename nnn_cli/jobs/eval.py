@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from nnn_cli.core.baselines import BANK_METHODS, METHODS, BaselineParams, parse_methods, read_method_params
+from nnn_cli.core.baselines import BANK_METHODS, METHODS, BaselineParams, gallery_bank_warning, parse_methods
+from nnn_cli.core.protocol import leak_check
 from nnn_cli.report.html import METHOD_LABELS
 from nnn_cli.core.compare import compare_methods
 from nnn_cli.core.metrics import retrieval_counts
@@ -14,7 +15,7 @@ from nnn_cli.core.nnn import check_k
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import bias_source_attrs, run_provenance
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
-from nnn_cli.data.tables import read_truth
+from nnn_cli.data.tables import read_method_params, read_truth
 from nnn_cli.errors import ParameterError
 __all__ = ["METHODS", "METHOD_LABELS", "BaselineParams", "evaluate", "eval_pictures"]
 
@@ -51,7 +52,7 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     if bias is not None and reference is not None and not need_bank:
         raise ParameterError("give either --bias BIAS.h5 or --reference R with --alpha/--k (or --params)")
     if need_bank and reference is None:
-        raise ParameterError("methods dn, qbnorm, dbnorm and dbnorm_dis need --reference (their query bank)")
+        raise ParameterError("methods dn, qbnorm, is, dbnorm and dbnorm_dis need --reference (their query bank)")
     if gallery_bank is not None and not need_bank:
         raise ParameterError("--gallery-bank is used only by --methods dn, dbnorm or dbnorm_dis")
     check_plots_folder(plots)
@@ -84,6 +85,12 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     elif want_nnn:
         params_used = {"alpha": alpha, "k": k}
     ref = r_src.read(metric) if r_src is not None else None
+    warning = gallery_bank_warning(method_list, gallery_bank)
+    if warning:
+        notes(f"warning: {warning}")
+    leak = leak_check(q, ref, what="test queries") if ref is not None else None
+    if leak and leak.get("warning"):
+        notes(f"warning: {leak['warning']}")
     runs = compare_methods(
         q, g, tr, method_list, reference=ref, bias=b, nnn_alpha=alpha, nnn_k=k, params=tuned_params,
         gallery_bank=gb_src.read(metric) if gb_src is not None else None,
@@ -96,6 +103,8 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     result["provenance"] = run_provenance(
         {"queries": q_src, "gallery": g_src, "reference": r_src, "gallery_bank": gb_src},
         bias_source_attrs(bf.attrs, b, str(bias)) if bf is not None else None)
+    if leak is not None:
+        result["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if bootstrap:
         result.update({"bootstrap": bootstrap, "seed": seed})
     if plots is not None or report is not None:

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nnn_cli.core.baselines import DEFAULT_GRIDS, parse_grid, tune_baseline
+from nnn_cli.core.baselines import DEFAULT_GRIDS, DENSE_MODES, METHOD_ALIASES, parse_grid, tune_baseline
+from nnn_cli.core.protocol import leak_check, reference_subsample
 from nnn_cli.core.nnn import check_alpha
 from nnn_cli.core.tune import OBJECTIVES, check_grid, parse_list, split_reference, tune_grid, tune_unsupervised
 from nnn_cli.data.outputs import check_output_path, write_json
@@ -25,12 +26,20 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
          objective: str = "R@1", unsupervised: bool = False, holdout: float = 0.2, tolerance: float = 0.001,
          metric: str = "cosine", threads: int = 0, method: str = "nnn", method_grid: Optional[str] = None,
          gallery_bank: Optional[PathLike] = None, plot: Optional[PathLike] = None,
-         progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
+         db_dense: str = "around", activation_k: int = 1, reference_fraction: float = 1.0, seed: int = 0,
+         strict: bool = False, progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Sweep and write params.json (with provenance); ``summary`` is that document,
     ``summary["_result"]`` the :class:`~nnn_cli.core.tune.TuneResult` (NNN only)."""
     notes = Notes(on_note)
+    method = METHOD_ALIASES.get(method, method)
     if method != "nnn" and method not in DEFAULT_GRIDS:
         raise ParameterError(f"unknown --method {method!r}; choose nnn, {', '.join(DEFAULT_GRIDS)}")
+    if db_dense not in DENSE_MODES:
+        raise ParameterError(f"unknown --db-dense {db_dense!r}: use {', '.join(DENSE_MODES)}")
+    if activation_k < 1:
+        raise ParameterError(f"--activation-k must be >= 1, got {activation_k}")
+    if not 0 < reference_fraction <= 1:
+        raise ParameterError(f"--reference-fraction must be in (0, 1], got {reference_fraction}")
     if objective not in OBJECTIVES:
         raise ParameterError(f"unknown --objective {objective!r}: use {', '.join(OBJECTIVES)}")
     alpha_list = parse_list(alphas, "alpha")
@@ -51,8 +60,9 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
     q_src = open_embeddings(queries, "queries") if queries is not None else None
     gb_src = open_embeddings(gallery_bank, "gallery bank") if gallery_bank is not None else None
     check_same_dim(*(s for s in (q_src, g_src, r_src, gb_src) if s is not None))
+    n_reference = len(reference_subsample(r_src.n, reference_fraction, seed)) if reference_fraction < 1 else r_src.n
     if method == "nnn":
-        n_bias_rows = len(split_reference(r_src.n, holdout)[0]) if mode_unsupervised else r_src.n
+        n_bias_rows = len(split_reference(n_reference, holdout)[0]) if mode_unsupervised else n_reference
         check_grid(alpha_list, k_list, n_bias_rows)
     tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids()) if truth is not None else None
     setup_threads(threads)
@@ -61,12 +71,26 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
     r = r_src.read(metric)
     q = q_src.read(metric) if q_src is not None else None
     provenance = run_provenance({"queries": q_src, "gallery": g_src, "reference": r_src, "gallery_bank": gb_src})
+    protocol: dict = {}
+    if reference_fraction < 1:
+        r = r[reference_subsample(len(r), reference_fraction, seed)]
+        protocol.update({"reference_fraction": reference_fraction, "seed": seed, "n_reference_used": len(r)})
+        notes(f"note: using {len(r)} of {r_src.n} reference queries (--reference-fraction {reference_fraction:g}, "
+              f"--seed {seed})")
+    if q is not None:
+        leak = leak_check(q, r, strict=strict)
+        if leak["warning"]:
+            notes(f"warning: {leak['warning']}")
+        protocol["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if method != "nnn":
         start = time.perf_counter()
         doc = tune_baseline(method, q, g, tr, r, grid, gallery_bank=gb_src.read(metric) if gb_src else None,
-                            progress=progress)
+                            progress=progress, dense=db_dense, activation_k=activation_k)
+        for warning in doc.get("warnings", []):
+            notes(f"warning: {warning}")
         doc.update({"metric": metric, "seconds": round(time.perf_counter() - start, 3),
-                    "gallery_bank": str(gallery_bank) if gallery_bank else "gallery", "provenance": provenance})
+                    "gallery_bank": str(gallery_bank) if gallery_bank else "gallery", "provenance": provenance,
+                    **protocol})
         write_json(output, doc)
         flags = " ".join(f"--{n.replace('_', '-')} {v:g}" for n, v in doc["best"].items())
         doc["message"] = f"wrote {output}; use it with `nnn eval --methods {method} --method-params {output}` ({flags})"
@@ -78,6 +102,7 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
         result = tune_grid(q, g, r, tr, alpha_list, k_list, objective=objective, progress=progress)
     doc = result.to_dict()
     doc["metric"] = metric
+    doc.update(protocol)
     doc["provenance"] = provenance
     write_json(output, doc)
     for note in result.notes:

@@ -14,8 +14,8 @@ from typing import Mapping
 
 from nnn_cli.data.outputs import atomic_output
 
-METHOD_LABELS = {"baseline": "Baseline", "nnn": "NNN", "dn": "DN", "qbnorm": "QBNorm",
-                 "dbnorm": "DBNorm (DualIS)", "dbnorm_dis": "DBNorm (DualDIS)"}
+METHOD_LABELS = {"baseline": "Baseline", "nnn": "NNN", "dn": "DN", "qbnorm": "QB-Norm (DIS)",
+                 "is": "Inverted softmax", "dbnorm": "DBNorm (DualIS)", "dbnorm_dis": "DBNorm (DualDIS)"}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222}

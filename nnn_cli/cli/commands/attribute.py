@@ -33,8 +33,10 @@ def attribute_bias_cmd(
     k: KOpt = None,
     params: ParamsOpt = None,
     truth: Annotated[Optional[str], typer.Option("--truth", "-t", help="Ground truth, to report precision@n too.")] = None,
-    n_values: Annotated[str, typer.Option("--n", help="Comma list of list lengths n.")] = "6,10",
-    group_a: Annotated[Optional[str], typer.Option("--group-a", help="Label value of group a (csv labels).")] = None,
+    n_values: Annotated[str, typer.Option("--n", help="Comma list of list lengths n for the bias (the paper: 6, 10).")] = "6,10",
+    precision_n: Annotated[str, typer.Option("--precision-n", help="Comma list of n for precision@n with --truth (the paper: 1, 5).")] = "1,5",
+    query_groups: Annotated[Optional[Path], typer.Option("--query-groups", help="csv/tsv 'id,group' grouping the queries (e.g. by occupation): the bias is then a mean over groups, with per-group values, as the paper.")] = None,
+    group_a: Annotated[Optional[str], typer.Option("--group-a", help="Label value of group a (required with csv labels: the sign of the bias depends on it).")] = None,
     group_b: Annotated[Optional[str], typer.Option("--group-b", help="Label value of group b (csv labels).")] = None,
     metric: MetricOpt = Metric.cosine,
     block_size: BlockOpt = None,
@@ -55,7 +57,7 @@ def attribute_bias_cmd(
     with progress_bar("attribute bias", quiet) as progress:
         result = jobs.attribute_bias(
             queries, gallery, labels, bias=bias, reference=reference, alpha=alpha, k=k, params=params, truth=truth,
-            ns=n_values, group_a=group_a, group_b=group_b, metric=metric.value, threads=threads, force=force,
+            ns=n_values, precision_ns=precision_n, query_groups=query_groups, group_a=group_a, group_b=group_b, metric=metric.value, threads=threads, force=force,
             progress=progress, on_note=note).summary
     if json_out:
         print_json(result)

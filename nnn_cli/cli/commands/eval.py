@@ -42,13 +42,17 @@ def eval_cmd(
     force: ForceOpt = False,
     methods: Annotated[str, typer.Option(
         "--methods", "-m", envvar="NNN_METHODS",
-        help="Comma list of: baseline, nnn, dn, qbnorm, dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.")] = "baseline,nnn",
-    dn_lambda: Annotated[float, typer.Option("--dn-lambda", help="DN: weight of the subtracted reference means.")] = BaselineParams.dn_lambda,
+        help="Comma list of: baseline, nnn, dn, qbnorm (QB-Norm dynamic inverted softmax), is (plain inverted softmax; "
+             "alias qbnorm_is), dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.")] = "baseline,nnn",
+    dn_lambda: Annotated[float, typer.Option("--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25).")] = BaselineParams.dn_lambda,
     qb_beta: Annotated[float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")] = BaselineParams.qb_beta,
-    db_beta1: Annotated[float, typer.Option("--db-beta1", help="DBNorm: beta1 of the gallery-bank softmax (0 = QBNorm).")] = BaselineParams.db_beta1,
-    db_beta2: Annotated[float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank softmax.")] = BaselineParams.db_beta2,
+    db_beta1: Annotated[float, typer.Option("--db-beta1", help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
+                                                    "0 = the inverted softmax over the query bank.")] = BaselineParams.db_beta1,
+    db_beta2: Annotated[float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")] = BaselineParams.db_beta2,
     gallery_bank: Annotated[Optional[str], typer.Option(
-        "--gallery-bank", help="DN/DBNorm gallery-side reference bank (N', d); default: the gallery itself.")] = None,
+        "--gallery-bank", help="DBNorm gallery-side bank (N', d): separate training items, as in the NNN paper (App. A1). "
+                               "Default: the gallery itself, with a warning (not the published protocol). No effect on DN rankings.")] = None,
+    activation_k: Annotated[int, typer.Option("--activation-k", min=1, help="QB-Norm/DualDIS activation set: items in the top k of some bank row (QB-Norm's k).")] = 1,
     method_params: Annotated[Optional[list[Path]], typer.Option(
         "--method-params", help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
         "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.")] = None,
@@ -60,8 +64,9 @@ def eval_cmd(
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
     A query is a hit at K when any of its correct items is in its top K.
-    Hubness: how many queries retrieve each gallery item at rank 1 (max,
-    skewness, kurtosis, share never retrieved), as in the paper's Table 3.
+    Hubness: N_1 and N_10 (how often each item is in a query's top 1 / top
+    10) with Table 3's kurtosis, MAE and max, skewness over all items and as
+    DBNorm computes it; plus the rank-1 summary (max, skewness, never retrieved).
     `--methods` adds the paper's comparison methods (DN, QBNorm, DBNorm
     DualIS/DualDIS; they use --reference as their query bank), each timed;
     `--methods baseline` needs neither a bias nor a reference.
@@ -75,12 +80,12 @@ def eval_cmd(
         result = jobs.evaluate(
             queries, gallery, truth, bias=bias, reference=reference, alpha=alpha, k=k, params=params,
             metric=metric.value, threads=threads, force=force, methods=methods, method_params=method_params,
-            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2), gallery_bank=gallery_bank,
+            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k), gallery_bank=gallery_bank,
             bootstrap=bootstrap, seed=seed, plots=plots, report=report, progress=progress, on_note=note).summary
     if json_out:
         print_json(result)
     elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(
-            m in result for m in ("dn", "qbnorm", "dbnorm", "dbnorm_dis")):
+            m in result for m in ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")):
         render_eval_table(result)
     else:
         render_methods_table(result)

@@ -40,10 +40,15 @@ def tune_cmd(
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
-    method: Annotated[str, typer.Option("--method", help="nnn (default), or a comparison method to tune instead: dn, qbnorm, dbnorm, dbnorm_dis (supervised only).")] = "nnn",
+    method: Annotated[str, typer.Option("--method", help="nnn (default), or a comparison method to tune instead: dn, qbnorm, is, dbnorm, dbnorm_dis (supervised only).")] = "nnn",
     method_grid: Annotated[Optional[str], typer.Option("--method-grid", help="Grid of a comparison method, e.g. 'db_beta1=0,1,5;db_beta2=25,50,100' (default: a sweep spanning the paper's Appendix B2 ranges).")] = None,
     gallery_bank: Annotated[Optional[str], typer.Option("--gallery-bank", help="Gallery-side reference bank for dn/dbnorm (default: the gallery itself).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the alpha x k heatmap of the sweep to this PNG (needs matplotlib).")] = None,
+    db_dense: Annotated[str, typer.Option("--db-dense", help="DBNorm sweep (App. B2): coarse 0 + 20 log values over [0.001, 400] per beta, then a dense 21x21 around the best (around), the paper's fixed ranges beta1 in [0.001, 15], beta2 in [25, 200] (paper), or none.")] = "around",
+    activation_k: Annotated[int, typer.Option("--activation-k", min=1, help="QB-Norm/DualDIS activation set size k.")] = 1,
+    reference_fraction: Annotated[float, typer.Option("--reference-fraction", help="Use a seeded random share of the reference queries (the paper's reference-size ablation, Tables A12-A15).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --reference-fraction.")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 2) when tuning queries also appear in the reference set (a leak); default: warn.")] = False,
 ) -> None:
     """Choose **alpha and k** by sweeping a grid; writes params.json for `nnn bias/eval --params`.
 
@@ -70,7 +75,8 @@ def tune_cmd(
             gallery, reference, output, queries=queries, truth=truth, alphas=alphas, ks=ks,
             objective=objective.value, unsupervised=unsupervised, holdout=holdout, tolerance=tolerance,
             metric=metric.value, threads=threads, method=method, method_grid=method_grid,
-            gallery_bank=gallery_bank, plot=plot, progress=progress, on_note=None)
+            gallery_bank=gallery_bank, plot=plot, db_dense=db_dense, activation_k=activation_k,
+            reference_fraction=reference_fraction, seed=seed, strict=strict, progress=progress, on_note=None)
     doc = {key: v for key, v in result.summary.items() if key not in ("message", "_result")}
     if json_out:
         print_json(doc)
