@@ -67,7 +67,8 @@ def test_attribute_bias_needs_explicit_groups_and_groups_queries(hub_files, hub_
     groups = tmp_path / "groups.csv"
     groups.write_text("id,group\n" + "".join(f"q{i},occupation{i % 7}\n" for i in range(600)))
     doc = json.loads(run(base + ["--group-a", "male", "--group-b", "female", "--query-groups", groups,
-                                 "-t", p["truth"], "--json"]).stdout)
+                                 "-t", p["truth"], "--json", "--plot", tmp_path / "groups.png"]).stdout)
+    assert (tmp_path / "groups.png").stat().st_size > 1000
     assert doc["n_groups"] == 7
     rec = doc["at"]["6"]["baseline"]
     assert len(rec["per_group"]) == 7

@@ -7,6 +7,7 @@ from typing import Optional
 from nnn_cli.core.attribute import compare_attribute_bias
 from nnn_cli.core.nnn import check_k, compute_bias
 from nnn_cli.data.groups import read_query_groups
+from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.labels import check_explicit_groups, read_labels
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_truth
@@ -26,7 +27,7 @@ def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bi
                    params: Optional[PathLike] = None, truth: Optional[PathLike] = None, ns: str = "6,10",
                    precision_ns: str = "1,5", query_groups: Optional[PathLike] = None,
                    group_a: Optional[str] = None, group_b: Optional[str] = None, metric: str = "cosine",
-                   threads: int = 0, force: bool = False, progress: ProgressFn | None = None,
+                   threads: int = 0, force: bool = False, plot: Optional[PathLike] = None, progress: ProgressFn | None = None,
                    on_note: NoteFn | None = None) -> JobResult:
     """Attribute bias at each n, baseline and NNN; ``summary`` is the `--json` document."""
     notes = Notes(on_note)
@@ -35,6 +36,10 @@ def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bi
     n_list = parse_ns(ns)
     p_list = parse_ns(precision_ns)
     check_explicit_groups(labels, group_a, group_b)
+    if plot is not None:
+        if query_groups is None:
+            raise ParameterError("--plot draws the per-group distribution: give --query-groups too")
+        check_output_path(plot, [queries, gallery, labels, bias, reference, truth], (".png",), "--plot")
     q_src = open_embeddings(queries, "queries")
     g_src = open_embeddings(gallery, "gallery")
     check_same_dim(q_src, g_src)
@@ -59,4 +64,9 @@ def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bi
                                     precision_ns=p_list)
     result.update({"group_a": name_a, "group_b": name_b, "n_queries": q_src.n, "n_gallery": g_src.n,
                    "metric": metric})
+    if plot is not None:
+        from nnn_cli.report.attribute_plot import plot_attribute_groups
+
+        plot_attribute_groups(result, plot)
+        notes(f"wrote {plot}")
     return JobResult(result, None, notes.lines)

@@ -44,6 +44,7 @@ def attribute_bias_cmd(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="PNG of each query group's bias before and after NNN (the paper's Fig. 3; needs --query-groups and matplotlib).")] = None,
 ) -> None:
     """Attribute bias **(#a - #b) / n** of each query's top n, averaged, before and after NNN.
 
@@ -57,7 +58,7 @@ def attribute_bias_cmd(
     with progress_bar("attribute bias", quiet) as progress:
         result = jobs.attribute_bias(
             queries, gallery, labels, bias=bias, reference=reference, alpha=alpha, k=k, params=params, truth=truth,
-            ns=n_values, precision_ns=precision_n, query_groups=query_groups, group_a=group_a, group_b=group_b, metric=metric.value, threads=threads, force=force,
+            ns=n_values, precision_ns=precision_n, query_groups=query_groups, group_a=group_a, group_b=group_b, metric=metric.value, threads=threads, force=force, plot=plot,
             progress=progress, on_note=note).summary
     if json_out:
         print_json(result)
