@@ -18,7 +18,7 @@ import numpy as np
 
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, short_error, split_spec
-from nnn_cli.data.npy import STDIN, read_stdin_array
+from nnn_cli.data.npy import STDIN, read_stdin_embeddings
 
 METRICS = ("cosine", "ip")
 DEFAULT_BLOCK_ROWS = 16384
@@ -207,26 +207,29 @@ def _fingerprint_hasher(shape: tuple[int, ...], dtype: np.dtype):
     return hasher
 
 
-def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
-    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
+def open_embeddings(spec: str | os.PathLike, label: str = "embeddings", *, ids_file: str | os.PathLike | None = None,
+                    ids_column: str | None = None) -> EmbeddingSource:
+    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy or HDF5 bytes on stdin) and check its header.
 
     A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
-    see :mod:`nnn_cli.shards`), streamed like one file.
+    see :mod:`nnn_cli.data.shards`), streamed like one file; its ids come from ``ids_file``,
+    ``ids.txt``/``ids.npy`` beside the shards, or clip-retrieval's ``metadata/*.parquet``
+    (column ``ids_column``).  ``ids_file`` works for any input and replaces the file's own ids.
+    A ``.npy`` file's ids come from the sidecar ``FILE.npy.json`` that ``nnn embed`` writes.
 
     Raises :class:`InputError` naming the file for: missing file, unreadable
     format, missing dataset, not 2-D, empty, non-float dtype.
     """
     path, dataset = split_spec(spec)
     if str(spec) == STDIN:
-        arr = read_stdin_array(label)
+        arr, ids = read_stdin_embeddings(label)
         src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
-        ids = None
     elif not path.exists():
         raise InputError(f"{path}: no such file (the {label})")
     elif path.is_dir():
         from nnn_cli.data.shards import open_shard_folder  # a folder of .npy shards: 0.npy, 1.npy, ...
 
-        src = open_shard_folder(path, label)
+        src = open_shard_folder(path, label, ids_file=ids_file, ids_column=ids_column)
         ids = src.ids()
     elif path.suffix.lower() == ".npy":
         with open(path, "rb") as fh:
@@ -244,7 +247,7 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         if not isinstance(arr, np.ndarray):
             raise InputError(f"{path}: not a .npy array")
         src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
-        ids = None
+        ids = read_sidecar_ids(path, arr.shape[0] if arr.ndim else 0)
     elif is_h5_path(path):
         with open_h5_safe(path) as f:
             if dataset not in f:
@@ -270,8 +273,95 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         raise InputError(f"{src.name}: empty array of shape {src.shape}")
     if src.dtype.kind != "f":
         raise InputError(f"{src.name}: dtype {src.dtype} is not floating point; store float16 or float32")
+    if ids_column is not None and not path.is_dir() and not (ids_file is not None and str(ids_file).endswith(".parquet")):
+        raise ParameterError("--ids-column picks a column of parquet metadata: use it with a shard folder "
+                             "or with --ids FILE.parquet")
+    if ids_file is not None and not path.is_dir():
+        ids = read_ids_file(ids_file, src.n, src.name, ids_column)
     src._ids = ids
     return src
+
+
+def read_ids_file(path: str | os.PathLike, n: int, what: str, column: str | None = None) -> np.ndarray:
+    """Ids from a file, one per row of ``what`` (``n`` rows): ``.txt`` (one a line), ``.npy`` (1-D),
+    ``.json`` (a list, or an object with ``ids``: the sidecar ``nnn embed`` writes), ``.parquet``
+    (the first column, or see :func:`nnn_cli.data.shards.parquet_ids`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such ids file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except ValueError:
+            raise InputError(f"{path}: ids must be a numeric or string array (pickles are refused)") from None
+        ids = [str(v) for v in raw.reshape(-1)]
+    elif suffix == ".json":
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        data = data.get("ids") if isinstance(data, dict) else data
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON list of ids (or an object with 'ids')")
+        ids = [str(v) for v in data]
+    elif suffix == ".parquet":
+        from nnn_cli.data.shards import parquet_ids
+
+        return parquet_ids([path], column, n, str(path))
+    else:
+        try:
+            ids = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: ids file is not UTF-8 text ({exc.reason})") from None
+    if len(ids) != n:
+        raise MismatchError(f"{path}: holds {len(ids)} ids but {what} has {n} rows")
+    return np.asarray(ids, dtype=object)
+
+
+def sidecar_of(path: Path) -> Path:
+    """``FILE.npy.json``: where ``nnn embed`` puts a ``.npy`` output's ids and attributes."""
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar_ids(path: Path, n: int) -> np.ndarray | None:
+    """The ids in ``FILE.npy.json`` (written by ``nnn embed``), or None when there is no usable sidecar.
+
+    A sidecar whose id count differs from the array's rows is stale: refused, naming both files.
+    """
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None  # not ours
+    if not isinstance(data, dict) or not isinstance(data.get("ids"), list):
+        return None
+    if len(data["ids"]) != n:
+        raise MismatchError(f"{sidecar}: holds {len(data['ids'])} ids but {path} has {n} rows "
+                            "(a stale sidecar? remove it or re-run nnn embed)")
+    return np.asarray([str(v) for v in data["ids"]], dtype=object)
+
+
+def sidecar_attrs(path: Path) -> dict:
+    """The attributes recorded in ``FILE.npy.json`` (model, modality, ...), without ids; {} if none."""
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        return {}
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k not in ("ids", "skipped")}
 
 
 def check_same_dim(*sources: EmbeddingSource) -> None:
