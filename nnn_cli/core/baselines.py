@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk_inner_product
 

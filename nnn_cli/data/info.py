@@ -35,7 +35,7 @@ def describe_file(spec: str | os.PathLike, fingerprint: bool = False) -> dict:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory; give one file")
+        return _describe_folder(path, spec, fingerprint)
     suffix = path.suffix.lower()
     if is_h5_path(path):
         out = _describe_h5(path)
@@ -53,6 +53,24 @@ def describe_file(spec: str | os.PathLike, fingerprint: bool = False) -> dict:
     out = {"path": str(path), "bytes": path.stat().st_size, **out}
     if fingerprint and out["kind"] == "embeddings":
         out["fingerprint"] = open_embeddings(spec).fingerprint()
+    return out
+
+
+def _describe_folder(path: Path, spec, fingerprint: bool) -> dict:
+    """A folder of ``.npy`` shards (autofaiss / clip-retrieval): one embedding matrix."""
+    from nnn_cli.data.shards import open_shard_folder
+
+    src = open_shard_folder(path)  # a parent folder gets an error naming img_emb/ or text_emb/
+    attrs: dict = {"shards": len(src.shard_paths), "first_shard": src.shard_paths[0].name,
+                   "last_shard": src.shard_paths[-1].name, "ids": src.ids_source or "none (row numbers)"}
+    if src.notes:
+        attrs["notes"] = list(src.notes)
+    out = {"path": str(path), "bytes": sum(p.stat().st_size for p in src.shard_paths), "format": "npy shards",
+           "kind": "embeddings", "datasets": {"embeddings": _array_entry(src.shape, src.dtype)}, "attrs": attrs}
+    if src.ids() is not None:
+        out["datasets"]["ids"] = _array_entry((src.n,), "str")
+    if fingerprint:
+        out["fingerprint"] = src.fingerprint()
     return out
 
 
@@ -117,10 +135,15 @@ def _npy_kind(shape: tuple, dtype: np.dtype) -> str:
 
 
 def _describe_npy(path: Path) -> dict:
+    from nnn_cli.data.sources import sidecar_attrs, sidecar_of
+
     with open(path, "rb") as fh:
         shape, dtype = _npy_header(fh, str(path))
+    attrs = sidecar_attrs(path)  # what `nnn embed` recorded in FILE.npy.json (model, modality, ...)
+    if attrs:
+        attrs["sidecar"] = str(sidecar_of(path))
     return {"format": "npy", "kind": _npy_kind(shape, dtype), "datasets": {"": _array_entry(shape, dtype)},
-            "attrs": {}}
+            "attrs": attrs}
 
 
 def _describe_npz(path: Path) -> dict:

@@ -9,30 +9,33 @@ from pathlib import Path
 import numpy as np
 
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, short_error, split_spec
-from nnn_cli.data.npy import STDIN, read_stdin_array
+from nnn_cli.data.npy import STDIN, read_stdin_embeddings
 from nnn_cli.data.shards import open_shard_folder
-from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.errors import InputError, MismatchError
+from nnn_cli.data.sources import EmbeddingSource, read_ids_file, read_sidecar_ids
+from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 
-def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> EmbeddingSource:
-    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy bytes on stdin) and check its header.
+def open_embeddings(spec: str | os.PathLike, label: str = "embeddings", *, ids_file: str | os.PathLike | None = None,
+                    ids_column: str | None = None) -> EmbeddingSource:
+    """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy or HDF5 bytes on stdin) and check its header.
 
     A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
-    see :mod:`nnn_cli.data.shards`), streamed like one file.
+    see :mod:`nnn_cli.data.shards`), streamed like one file; its ids come from ``ids_file``,
+    ``ids.txt``/``ids.npy`` beside the shards, or clip-retrieval's ``metadata/*.parquet``
+    (column ``ids_column``).  ``ids_file`` works for any input and replaces the file's own ids.
+    A ``.npy`` file's ids come from the sidecar ``FILE.npy.json`` that ``nnn embed`` writes.
 
     Raises :class:`InputError` naming the file for: missing file, unreadable
     format, missing dataset, not 2-D, empty, non-float dtype.
     """
     path, dataset = split_spec(spec)
     if str(spec) == STDIN:
-        arr = read_stdin_array(label)
+        arr, ids = read_stdin_embeddings(label)
         src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
-        ids = None
     elif not path.exists():
         raise InputError(f"{path}: no such file (the {label})")
     elif path.is_dir():
-        src = open_shard_folder(path, label)
+        src = open_shard_folder(path, label, ids_file=ids_file, ids_column=ids_column)
         ids = src.ids()
     elif path.suffix.lower() == ".npy":
         with open(path, "rb") as fh:
@@ -50,7 +53,7 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         if not isinstance(arr, np.ndarray):
             raise InputError(f"{path}: not a .npy array")
         src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
-        ids = None
+        ids = read_sidecar_ids(path, arr.shape[0] if arr.ndim else 0)
     elif is_h5_path(path):
         with open_h5_safe(path) as f:
             if dataset not in f:
@@ -76,6 +79,11 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings") -> Embed
         raise InputError(f"{src.name}: empty array of shape {src.shape}")
     if src.dtype.kind != "f":
         raise InputError(f"{src.name}: dtype {src.dtype} is not floating point; store float16 or float32")
+    if ids_column is not None and not path.is_dir() and not (ids_file is not None and str(ids_file).endswith(".parquet")):
+        raise ParameterError("--ids-column picks a column of parquet metadata: use it with a shard folder "
+                             "or with --ids FILE.parquet")
+    if ids_file is not None and not path.is_dir():
+        ids = read_ids_file(ids_file, src.n, src.name, ids_column)
     src._ids = ids
     return src
 
@@ -86,5 +94,3 @@ def check_same_dim(*sources: EmbeddingSource) -> None:
     if len(dims) > 1:
         desc = ", ".join(f"{s.label} {s.name} has d={s.dim}" for s in sources)
         raise MismatchError(f"dimension mismatch: {desc}")
-
-

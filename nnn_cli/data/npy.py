@@ -15,9 +15,17 @@ STDIN = "-"
 
 def read_stdin_array(label: str) -> np.ndarray:
     """One array from standard input: ``.npy`` bytes (pickles refused) or an HDF5 file's ``embeddings``."""
+    return read_stdin_embeddings(label)[0]
+
+
+def read_stdin_embeddings(label: str, stream=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(array, ids)`` from standard input (or the binary ``stream``): ``.npy`` bytes (no ids), or an
+    HDF5 file's ``embeddings`` with its ``ids`` when it has them (what ``nnn embed - -o -`` writes)."""
     import io as _io
 
-    data = sys.stdin.buffer.read()
+    from nnn_cli.data.h5 import decode_strings
+
+    data = (stream if stream is not None else sys.stdin.buffer).read()
     if not data:
         raise InputError(f"<stdin>: no data on standard input (the {label}); pipe a .npy file, e.g. `cat q.npy | nnn ...`")
     if data.startswith(b"\x89HDF\r\n\x1a\n"):
@@ -26,7 +34,14 @@ def read_stdin_array(label: str) -> np.ndarray:
             check_h5_self_contained(f, "<stdin>")
             if "embeddings" not in f:
                 raise InputError("<stdin>: HDF5 data on standard input has no dataset 'embeddings'")
-            return f["embeddings"][()]
+            arr = f["embeddings"][()]
+            ids = None
+            if "ids" in f:
+                if f["ids"].shape != arr.shape[:1]:
+                    raise InputError(f"<stdin>: dataset 'ids' has shape {f['ids'].shape} but 'embeddings' "
+                                     f"has {arr.shape[0] if arr.ndim else 0} rows")
+                ids = decode_strings(f["ids"][()])
+            return arr, ids
     if not data.startswith(b"\x93NUMPY"):
         raise InputError("<stdin>: not .npy data (no NumPy header); pipe a file written by numpy.save")
     try:
@@ -40,7 +55,7 @@ def read_stdin_array(label: str) -> np.ndarray:
         raise InputError(f"<stdin>: not .npy data ({short_error(exc)})") from None
     if not isinstance(arr, np.ndarray):
         raise InputError("<stdin>: expected one .npy array, got an .npz archive")
-    return arr
+    return arr, None
 
 
 def load_npy(path: Path, what: str) -> np.ndarray:

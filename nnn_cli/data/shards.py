@@ -5,6 +5,21 @@ numeric order of the number at the end of each file name, memory-mapped, so a
 folder larger than memory streams in blocks like a single file.  Optional ids
 beside the shards: ``ids.txt`` (one id per line) or ``ids.npy`` (a 1-D string
 array), covering all rows in shard order.
+
+clip-retrieval's layout is read as it is written::
+
+    OUT/embeddings/img_emb/img_emb_0.npy, img_emb_1.npy, ...   (float16)
+    OUT/embeddings/text_emb/text_emb_0.npy, ...
+    OUT/metadata/metadata_0.parquet, metadata_1.parquet, ...  (one row per embedding row)
+
+Given ``OUT/embeddings/img_emb`` (or ``text_emb``), the ids come from the parquet files
+``OUT/metadata/metadata_N.parquet`` (matched to the shards by N, row counts checked), column
+``ids_column``; by default the first of :data:`DEFAULT_ID_COLUMNS` the metadata has
+(``image_path`` for a folder of files, ``url`` for a web dataset, then ``key``, ``id``,
+``caption``).  Reading parquet needs pyarrow (the ``parquet`` extra); without it the ids are
+left out with a note (or a :class:`DependencyError` when ``ids_column`` was asked for).
+An explicit ``ids_file`` overrides both.  Given ``OUT`` or ``OUT/embeddings``, the error names
+the shard folders inside (``img_emb/``, ``text_emb/``).
 """
 
 from __future__ import annotations
@@ -16,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError
+from nnn_cli.errors import DependencyError, InputError, MismatchError
 from nnn_cli.data.npy import NpyRows
-from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.data.parquet import DEFAULT_ID_COLUMNS, PARQUET_HINT, _pyarrow_parquet, parquet_ids
+from nnn_cli.data.sources import EmbeddingSource, read_ids_file
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 ID_FILES = ("ids.txt", "ids.npy")
@@ -55,6 +71,8 @@ class ShardedSource(EmbeddingSource):
 
     shard_paths: tuple[Path, ...] = field(default=(), repr=False)
     offsets: np.ndarray | None = field(default=None, repr=False)
+    ids_source: str | None = None  # where the ids came from (for messages and `nnn info`)
+    notes: list = field(default_factory=list)  # one-line notes for the user (e.g. parquet ids skipped)
 
     @contextlib.contextmanager
     def _raw(self):
@@ -77,6 +95,11 @@ def shard_files(folder: Path) -> list[Path]:
                              "0.npy, 1.npy, ... (or PREFIX_0.npy, ...) so their order is defined")
         numbered.append((match.group(1), int(match.group(2)), p))
     if not numbered:
+        inner = _shard_subfolders(folder)
+        if inner:
+            listed = ", ".join(f"{p.relative_to(folder).as_posix()}/ ({n} shards)" for p, n in inner)
+            raise InputError(f"{folder}: holds no .npy shards itself, but {listed} "
+                             f"{'does' if len(inner) == 1 else 'do'}: give one of them, e.g. {inner[0][0]}")
         raise InputError(f"{folder}: a folder, but it holds no .npy shards (expected 0.npy, 1.npy, ...)")
     prefixes = {prefix for prefix, _, _ in numbered}
     if len(prefixes) > 1:
@@ -86,6 +109,22 @@ def shard_files(folder: Path) -> list[Path]:
     if len(set(numbers)) != len(numbers):
         raise InputError(f"{folder}: two shards carry the same number")
     return [p for _, _, p in sorted(numbered, key=lambda t: t[1])]
+
+
+def _shard_subfolders(folder: Path, depth: int = 2) -> list[tuple[Path, int]]:
+    """Subfolders (up to ``depth`` levels, sorted) that hold ``.npy`` files, with their counts."""
+    found = []
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return found
+    for child in children:
+        n = sum(1 for p in child.glob("*.npy") if p.name not in ID_FILES)
+        if n:
+            found.append((child, n))
+        elif depth > 1:
+            found.extend(_shard_subfolders(child, depth - 1))
+    return found
 
 
 def _shard_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -100,27 +139,67 @@ def _shard_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(arr.shape), arr.dtype
 
 
-def _read_ids(folder: Path, n: int) -> np.ndarray | None:
-    txt, npy = folder / "ids.txt", folder / "ids.npy"
-    if txt.exists():
-        ids = np.asarray(txt.read_text(encoding="utf-8").splitlines(), dtype=object)
-        source = txt
-    elif npy.exists():
-        try:
-            raw = np.load(npy, allow_pickle=False)
-        except ValueError:
-            raise InputError(f"{npy}: ids must be a numeric or string array (pickles are refused)") from None
-        ids = np.asarray([str(v) for v in raw.reshape(-1)], dtype=object)
-        source = npy
-    else:
+def metadata_files(folder: Path, shard_paths: list[Path]) -> list[Path] | None:
+    """clip-retrieval's ``../../metadata/metadata_N.parquet`` for the shards ``*_N.npy``, or None.
+
+    Looked for when ``folder`` is ``OUT/embeddings/<name>``; every shard number must have its file.
+    """
+    meta = folder.parent.parent / "metadata" if folder.parent.name == "embeddings" else folder / "metadata"
+    if not meta.is_dir():
         return None
-    if len(ids) != n:
-        raise MismatchError(f"{source}: holds {len(ids)} ids but the shards hold {n} rows")
-    return ids
+    by_number = {}
+    for p in meta.glob("*.parquet"):
+        match = _NUMBERED.match(p.stem)
+        if match:
+            by_number[int(match.group(2))] = p
+    if not by_number:
+        return None
+    numbers = [int(_NUMBERED.match(p.stem).group(2)) for p in shard_paths]
+    missing = [n for n in numbers if n not in by_number]
+    if missing:
+        raise InputError(f"{meta}: no metadata parquet file for shard number(s) {', '.join(map(str, missing[:5]))} "
+                         f"of {folder}; pass the ids with --ids FILE instead")
+    return [by_number[n] for n in numbers]
 
 
-def open_shard_folder(folder: str | Path, label: str = "embeddings") -> ShardedSource:
-    """Open a folder of ``.npy`` shards as one (N, d) source; checks every shard's header."""
+def _read_ids(folder: Path, n: int, paths: list[Path], rows: list[int], ids_file, ids_column,
+              notes: list) -> tuple[np.ndarray | None, str | None]:
+    if ids_file is not None:
+        return read_ids_file(ids_file, n, f"{folder} (shards)", ids_column), str(ids_file)
+    txt, npy = folder / "ids.txt", folder / "ids.npy"
+    if txt.exists() or npy.exists():
+        source = txt if txt.exists() else npy
+        return read_ids_file(source, n, f"{folder} (shards)"), str(source)
+    meta = metadata_files(folder, paths)
+    if meta is None:
+        if ids_column is not None:
+            raise InputError(f"{folder}: --ids-column {ids_column!r} given, but there is no metadata/*.parquet "
+                             "for these shards (clip-retrieval writes OUT/metadata beside OUT/embeddings)")
+        return None, None
+    try:
+        ids = parquet_ids(meta, ids_column, n, str(folder), rows)
+    except DependencyError:
+        if ids_column is not None:
+            raise
+        notes.append(f"note: {folder}: ids in {meta[0].parent}/*.parquet not read (needs pyarrow: {PARQUET_HINT}); "
+                     "using row numbers")
+        return None, None
+    column = ids_column or _first_column(meta[0])
+    return ids, f"{meta[0].parent}/*.parquet column {column}"
+
+
+def _first_column(path: Path) -> str:
+    names = list(_pyarrow_parquet().read_schema(path).names)
+    return next((c for c in DEFAULT_ID_COLUMNS if c in names), names[0] if names else "?")
+
+
+def open_shard_folder(folder: str | Path, label: str = "embeddings", ids_file: str | Path | None = None,
+                      ids_column: str | None = None) -> ShardedSource:
+    """Open a folder of ``.npy`` shards as one (N, d) source; checks every shard's header.
+
+    Ids: ``ids_file``, else ``ids.txt``/``ids.npy`` in the folder, else clip-retrieval's parquet
+    metadata (``ids_column``, see the module docstring), else none (row numbers).
+    """
     folder = Path(folder)
     paths = shard_files(folder)
     rows, dims, dtypes = [], set(), set()
@@ -142,5 +221,5 @@ def open_shard_folder(folder: str | Path, label: str = "embeddings") -> ShardedS
     shape = (int(offsets[-1]), dims.pop())
     src = ShardedSource(folder, None, "shards", shape, dtypes.pop(), label,
                         shard_paths=tuple(paths), offsets=offsets)
-    src._ids = _read_ids(folder, shape[0])
+    src._ids, src.ids_source = _read_ids(folder, shape[0], paths, rows, ids_file, ids_column, src.notes)
     return src

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.h5 import open_h5_safe, short_error
 from nnn_cli.data.npy import NpyRows  # block reads, not a memory map: RSS stays at one block
 
@@ -203,3 +204,85 @@ def _fingerprint_hasher(shape: tuple[int, ...], dtype: np.dtype):
     hasher = hashlib.blake2b(digest_size=16)
     hasher.update(f"{tuple(int(x) for x in shape)}|{np.dtype(dtype).str}".encode())
     return hasher
+
+
+def read_ids_file(path: str | os.PathLike, n: int, what: str, column: str | None = None) -> np.ndarray:
+    """Ids from a file, one per row of ``what`` (``n`` rows): ``.txt`` (one a line), ``.npy`` (1-D),
+    ``.json`` (a list, or an object with ``ids``: the sidecar ``nnn embed`` writes), ``.parquet``
+    (the first column, or see :func:`nnn_cli.data.parquet.parquet_ids`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such ids file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except ValueError:
+            raise InputError(f"{path}: ids must be a numeric or string array (pickles are refused)") from None
+        ids = [str(v) for v in raw.reshape(-1)]
+    elif suffix == ".json":
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        data = data.get("ids") if isinstance(data, dict) else data
+        if not isinstance(data, list):
+            raise InputError(f"{path}: expected a JSON list of ids (or an object with 'ids')")
+        ids = [str(v) for v in data]
+    elif suffix == ".parquet":
+        from nnn_cli.data.parquet import parquet_ids
+
+        return parquet_ids([path], column, n, str(path))
+    else:
+        try:
+            ids = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: ids file is not UTF-8 text ({exc.reason})") from None
+    if len(ids) != n:
+        raise MismatchError(f"{path}: holds {len(ids)} ids but {what} has {n} rows")
+    return np.asarray(ids, dtype=object)
+
+
+def sidecar_of(path: Path) -> Path:
+    """``FILE.npy.json``: where ``nnn embed`` puts a ``.npy`` output's ids and attributes."""
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar_ids(path: Path, n: int) -> np.ndarray | None:
+    """The ids in ``FILE.npy.json`` (written by ``nnn embed``), or None when there is no usable sidecar.
+
+    A sidecar whose id count differs from the array's rows is stale: refused, naming both files.
+    """
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None  # not ours
+    if not isinstance(data, dict) or not isinstance(data.get("ids"), list):
+        return None
+    if len(data["ids"]) != n:
+        raise MismatchError(f"{sidecar}: holds {len(data['ids'])} ids but {path} has {n} rows "
+                            "(a stale sidecar? remove it or re-run nnn embed)")
+    return np.asarray([str(v) for v in data["ids"]], dtype=object)
+
+
+def sidecar_attrs(path: Path) -> dict:
+    """The attributes recorded in ``FILE.npy.json`` (model, modality, ...), without ids; {} if none."""
+    sidecar = sidecar_of(path)
+    if not sidecar.is_file():
+        return {}
+    import json
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k not in ("ids", "skipped")}

@@ -15,15 +15,28 @@ With ``modality='image'`` a table or text file may also list image paths (relati
 taken from the input file's folder).  Records keep their input order, so a resumed run can
 skip the first ``n`` records without reading the items again.  Empty items come out as records
 with ``problem`` set, for the caller to skip and list.
+
+Inputs that can be read only once (``-`` for stdin, ``/dev/stdin``, a pipe, a named pipe
+(FIFO), a process substitution ``<(...)``) are copied once, while being hashed, into a private
+temporary file (:func:`spool_stream`), and read from there: the item count, the checks and the
+embedding pass never touch the pipe again.  Their kind comes from ``input_format`` (default:
+one item a line).  A regular file is read twice: one pass that counts, checks and hashes
+(:meth:`InputSource.scan`), then the embedding pass.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import shutil
+import stat
+import sys
+import tempfile
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +45,8 @@ from nnn_cli.errors import InputError, ParameterError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 MODALITIES = ("text", "image")
+INPUT_FORMATS = ("lines", "jsonl", "csv", "tsv")
+STDIN = "-"
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,37 @@ class InputSource:
     modality: str
     text_column: str = "text"
     id_column: str | None = None
+    spool: Path | None = None  # where a read-once input (stdin, pipe, FIFO) was copied to
+    content_hash: str | None = field(default=None, repr=False)  # blake2b of its bytes, taken while copying
+    _scan: tuple[int, str] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """How the input is named in messages: ``<stdin>`` for ``-``, else its path."""
+        return "<stdin>" if str(self.path) == STDIN else str(self.path)
+
+    @property
+    def read_path(self) -> Path:
+        """The file that is actually read (the spooled copy of a pipe, else ``path``)."""
+        return self.spool if self.spool is not None else self.path
+
+    @property
+    def streamed(self) -> bool:
+        """True for an input that could be read only once (stdin, pipe, FIFO): it was spooled."""
+        return self.spool is not None
+
+    def identity(self) -> str:
+        """What a resumed run must match besides the content: the resolved path, or ``<stdin>``/``<pipe>``."""
+        if str(self.path) == STDIN:
+            return "<stdin>"
+        if self.streamed:
+            return "<pipe>"  # /dev/fd/63 of a process substitution differs from run to run
+        return str(self.path.resolve())
+
+    def close(self) -> None:
+        """Remove the spooled copy now (it is also removed when the source is garbage-collected)."""
+        if self.spool is not None:
+            _remove_spool(self.spool)
 
     def records(self) -> Iterator[Record]:
         """Yield the records in a fixed order (the order of a resumed run too)."""
@@ -64,25 +110,47 @@ class InputSource:
         else:
             yield from self._table_records()
 
+    def scan(self) -> tuple[int, str]:
+        """``(number of records, fingerprint)`` in one pass over the input (remembered).
+
+        Parses everything, so bad rows fail before any work; the fingerprint is a hash of the
+        file's bytes (taken while they are parsed) or of a folder's names, sizes and times.
+        """
+        if self._scan is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(f"{self.kind}|{self.modality}|{self.text_column}|{self.id_column}".encode())
+            if self.kind == "folder":
+                n = 0
+                for rel, full in _walk_images(self.path):
+                    st = full.stat()
+                    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    n += 1
+            elif self.content_hash is not None:  # spooled: the bytes were hashed while copied
+                h.update(self.content_hash.encode())
+                n = sum(1 for _ in self.records())
+            else:
+                content = hashlib.blake2b(digest_size=16)
+                n = sum(1 for _ in self._records(content))
+                h.update(content.hexdigest().encode())
+            self._scan = (n, h.hexdigest())
+        return self._scan
+
     def count(self) -> int:
-        """Number of records (one pass; the progress total, and a check of the whole file)."""
-        if self.kind == "folder":
-            return sum(1 for _ in _walk_images(self.path))
-        return sum(1 for _ in self.records())  # parses everything: bad rows fail before any work
+        """Number of records (the progress total, and a check of the whole file)."""
+        return self.scan()[0]
 
     def fingerprint(self) -> str:
         """A hash identifying the input (content of a file; names, sizes, times of a folder)."""
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.kind}|{self.modality}|{self.text_column}|{self.id_column}".encode())
-        if self.kind == "folder":
-            for rel, full in _walk_images(self.path):
-                st = full.stat()
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return self.scan()[1]
+
+    def _records(self, hasher) -> Iterator[Record]:
+        """:meth:`records` of a file, feeding every byte read to ``hasher`` on the way."""
+        if self.kind == "lines":
+            yield from self._line_records(hasher)
+        elif self.kind == "jsonl":
+            yield from self._jsonl_records(hasher)
         else:
-            with open(self.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()
+            yield from self._table_records(hasher)
 
     # -- per-format readers ----------------------------------------------
     def _value(self, raw: str) -> str | Path:
@@ -91,63 +159,63 @@ class InputSource:
             return p if p.is_absolute() else self.path.parent / p
         return raw
 
-    def _line_records(self) -> Iterator[Record]:
-        with _open_text(self.path) as fh:
-            for number, line in enumerate(_read_lines(fh, self.path), start=1):
+    def _line_records(self, hasher=None) -> Iterator[Record]:
+        with _open_text(self.read_path, self.name, hasher=hasher) as fh:
+            for number, line in enumerate(_read_lines(fh, self.name), start=1):
                 text = line.rstrip("\r\n")
                 if not text.strip():
                     yield Record(str(number), None, "empty line")
                 else:
                     yield Record(str(number), self._value(text))
 
-    def _jsonl_records(self) -> Iterator[Record]:
-        with _open_text(self.path) as fh:
+    def _jsonl_records(self, hasher=None) -> Iterator[Record]:
+        with _open_text(self.read_path, self.name, hasher=hasher) as fh:
             row = 0
-            for number, line in enumerate(_read_lines(fh, self.path), start=1):
+            for number, line in enumerate(_read_lines(fh, self.name), start=1):
                 if not line.strip():
                     continue
                 row += 1
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InputError(f"{self.path}: line {number} is not valid JSON ({exc.msg})") from None
+                    raise InputError(f"{self.name}: line {number} is not valid JSON ({exc.msg})") from None
                 if not isinstance(obj, dict):
-                    raise InputError(f"{self.path}: line {number} is not a JSON object")
+                    raise InputError(f"{self.name}: line {number} is not a JSON object")
                 yield self._from_row(obj, row, number)
 
-    def _table_records(self) -> Iterator[Record]:
+    def _table_records(self, hasher=None) -> Iterator[Record]:
         delimiter = "\t" if self.kind == "tsv" else ","
-        with _open_text(self.path, newline="") as fh:
+        with _open_text(self.read_path, self.name, newline="", hasher=hasher) as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
             try:
                 header = reader.fieldnames
             except (csv.Error, UnicodeDecodeError) as exc:
-                raise InputError(f"{self.path}: not a readable {self.kind.upper()} file ({exc})") from None
+                raise InputError(f"{self.name}: not a readable {self.kind.upper()} file ({exc})") from None
             if not header:
-                raise InputError(f"{self.path}: empty table (no header row)")
+                raise InputError(f"{self.name}: empty table (no header row)")
             self._check_columns(header)
             try:
                 for row, obj in enumerate(reader, start=1):
                     yield self._from_row(obj, row, row + 1)
             except (csv.Error, UnicodeDecodeError) as exc:
-                raise InputError(f"{self.path}: not a readable {self.kind.upper()} file ({exc})") from None
+                raise InputError(f"{self.name}: not a readable {self.kind.upper()} file ({exc})") from None
 
     def _check_columns(self, header) -> None:
         if self.text_column not in header:
-            raise InputError(f"{self.path}: no column {self.text_column!r} (columns: {', '.join(header)}); "
+            raise InputError(f"{self.name}: no column {self.text_column!r} (columns: {', '.join(header)}); "
                              "choose one with --text-column")
         if self.id_column is not None and self.id_column not in header:
-            raise InputError(f"{self.path}: no column {self.id_column!r} (columns: {', '.join(header)}); "
+            raise InputError(f"{self.name}: no column {self.id_column!r} (columns: {', '.join(header)}); "
                              "choose one with --id-column")
 
     def _from_row(self, obj: dict, row: int, line: int) -> Record:
         id_col = self.id_column if self.id_column is not None else ("id" if "id" in obj else None)
         if id_col is not None and id_col not in obj:
-            raise InputError(f"{self.path}: line {line} has no {id_col!r} field (choose one with --id-column)")
+            raise InputError(f"{self.name}: line {line} has no {id_col!r} field (choose one with --id-column)")
         ident = str(obj[id_col]) if id_col is not None else str(row)
         if self.text_column not in obj:
             if self.kind == "jsonl":
-                raise InputError(f"{self.path}: line {line} has no {self.text_column!r} field "
+                raise InputError(f"{self.name}: line {line} has no {self.text_column!r} field "
                                  f"(fields: {', '.join(map(str, obj))}); choose one with --text-column")
         value = obj.get(self.text_column)
         if value is None or not str(value).strip():
@@ -157,18 +225,78 @@ class InputSource:
         return Record(ident, self._value(value))
 
 
-def _read_lines(fh, path: Path) -> Iterator[str]:
+def _read_lines(fh, name: str) -> Iterator[str]:
     try:
         yield from fh
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InputError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _open_text(path: Path, newline: str | None = None):
+class _HashingReader(io.RawIOBase):
+    """A binary file that feeds every byte it reads to ``hasher`` (so parsing also hashes)."""
+
+    def __init__(self, raw, hasher):
+        self.raw, self.hasher = raw, hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.hasher.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _open_text(path: Path, name: str, newline: str | None = None, hasher=None):
     try:
-        return open(path, encoding="utf-8", newline=newline)
+        raw = open(path, "rb", buffering=0)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
+    binary = io.BufferedReader(_HashingReader(raw, hasher) if hasher is not None else raw, 1 << 20)
+    return io.TextIOWrapper(binary, encoding="utf-8", newline=newline)
+
+
+def _remove_spool(path: Path) -> None:
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def spool_stream(stream, name: str, tmp_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """Copy a binary stream once into a private temporary file, hashing it on the way.
+
+    Returns ``(path, blake2b hex digest of the bytes)``; the file lives in its own temporary
+    folder (in ``tmp_dir``, default ``$TMPDIR``), removed by :meth:`InputSource.close`.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="nnn-embed-input-", dir=tmp_dir))
+    path = folder / "input"
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "wb") as out:
+            while chunk := stream.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+    except OSError as exc:
+        _remove_spool(path)
+        raise InputError(f"{name}: cannot read or copy the input ({exc.strerror or exc})") from None
+    except BaseException:
+        _remove_spool(path)
+        raise
+    return path, h.hexdigest()
+
+
+def is_read_once(path: str | os.PathLike) -> bool:
+    """True for ``-`` and for anything that is not a regular file or folder (pipe, FIFO, character device)."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _walk_images(root: Path) -> Iterator[tuple[str, Path]]:
@@ -193,11 +321,22 @@ def _folder_records(root: Path) -> Iterator[Record]:
 
 
 def open_input(path: str | os.PathLike, modality: str | None = None, text_column: str = "text",
-               id_column: str | None = None) -> InputSource:
-    """Check ``path`` and say how to read it; ``modality`` None means image for a folder, else text."""
-    path = Path(path)
+               id_column: str | None = None, input_format: str | None = None, stdin=None,
+               tmp_dir: str | os.PathLike | None = None) -> InputSource:
+    """Check ``path`` and say how to read it; ``modality`` None means image for a folder, else text.
+
+    ``path`` may be ``-`` (``stdin``, default ``sys.stdin.buffer``), a pipe, a FIFO or a process
+    substitution: those are read exactly once, into a temporary copy (see :func:`spool_stream`).
+    ``input_format`` (``lines``, ``jsonl``, ``csv``, ``tsv``) overrides the kind the file name
+    suggests; it is how a piped table is read (default for pipes: one item a line).
+    """
     if modality is not None and modality not in MODALITIES:
         raise ParameterError(f"unknown modality {modality!r}: use text or image")
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        raise ParameterError(f"unknown input format {input_format!r}: use one of {', '.join(INPUT_FORMATS)}")
+    if is_read_once(path):
+        return _open_read_once(Path(path), modality, text_column, id_column, input_format, stdin, tmp_dir)
+    path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder (the input)")
     if path.is_dir():
@@ -208,7 +347,25 @@ def open_input(path: str | os.PathLike, modality: str | None = None, text_column
         return InputSource(path, "folder", "image")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: cannot read (permission denied)")
-    kind = TABLE_SUFFIXES.get(path.suffix.lower(), "lines")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    kind = input_format or TABLE_SUFFIXES.get(path.suffix.lower(), "lines")
+    if input_format is None and path.suffix.lower() in IMAGE_SUFFIXES:
         raise InputError(f"{path}: is one image; give the folder that holds the images")
     return InputSource(path, kind, modality or "text", text_column, id_column)
+
+
+def _open_read_once(path: Path, modality, text_column, id_column, input_format, stdin, tmp_dir) -> InputSource:
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    kind = input_format or TABLE_SUFFIXES.get(path.suffix.lower(), "lines")
+    if str(path) == STDIN:
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        spool, digest = spool_stream(stream, name, tmp_dir)
+    else:
+        try:
+            fh = open(path, "rb")
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
+        with fh:
+            spool, digest = spool_stream(fh, name, tmp_dir)
+    source = InputSource(path, kind, modality or "text", text_column, id_column, spool=spool, content_hash=digest)
+    weakref.finalize(source, _remove_spool, spool)
+    return source

@@ -7,12 +7,21 @@ images and vectors the model returns as zero or non-finite are skipped and liste
 Records are committed a batch at a time, so an interrupted run resumes at the first
 uncommitted batch; ``max_batches`` stops on purpose after that many batches (the same state an
 interruption leaves).
+
+The input is scanned once (count, checks and content hash in one pass, :meth:`InputSource.scan`)
+and then embedded; stdin and pipes were already copied once to a temporary file by
+:func:`~nnn_cli.embed.readers.open_input`, so they are never read twice.  A run on piped input
+resumes only when the same bytes are piped again (the partial file is keyed by their hash).
+``output="-"`` writes the finished file (HDF5 by default, or ``.npy`` bytes) to a binary stream.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,7 +77,7 @@ def resume_key(source: InputSource, encoder: Encoder, dtype: str) -> dict:
     """What must be equal for a partial file to be continued (device and batch size may change)."""
     desc = encoder.describe()
     return {
-        "input": str(source.path.resolve()), "input_kind": source.kind, "input_fingerprint": source.fingerprint(),
+        "input": source.identity(), "input_kind": source.kind, "input_fingerprint": source.fingerprint(),
         "modality": source.modality, "model": desc["model"], "model_kind": desc["model_kind"],
         "image_size": desc.get("image_size"), "dtype": dtype,
     }
@@ -111,24 +120,36 @@ def embed_input(
     on_skip: SkipCallback | None = None,
     max_batches: int | None = None,
     workers: int | None = None,
+    stream=None,
+    stream_format: str = "h5",
+    tmp_dir: str | os.PathLike | None = None,
 ) -> EmbedSummary:
     """Embed every record of ``source`` into ``output`` (.h5 or .npy), resuming a partial run.
 
     ``progress(done, total)`` counts input records; ``on_skip(id, reason)`` hears each skipped
     item as it happens.  Raises :class:`InputError` when nothing at all could be embedded.
+
+    ``output="-"``: the finished file is built in a temporary folder (``tmp_dir``, default
+    ``$TMPDIR``; never resumed) and its bytes are copied to ``stream`` (default
+    ``sys.stdout.buffer``): an HDF5 file with ``embeddings`` and ``ids`` (``stream_format="h5"``)
+    or ``.npy`` bytes without ids (``"npy"``).  Nothing is written to the stream unless complete.
     """
+    kwargs = dict(batch_size=batch_size, dtype=dtype, progress=progress, on_skip=on_skip,
+                  max_batches=max_batches, workers=workers)
+    if str(output) == "-":
+        return _embed_to_stream(source, encoder, stream, stream_format, tmp_dir, kwargs)
     output = Path(output)
     check_embed_output(output)
     if batch_size < 1:
         raise ParameterError(f"--batch-size must be at least 1, got {batch_size}")
     if output.is_dir():
         raise ParameterError(f"{output}: is a directory; give a file name for the output")
-    if output.exists() and source.kind != "folder" and output.resolve() == source.path.resolve():
+    if output.exists() and source.kind != "folder" and not source.streamed and output.resolve() == source.path.resolve():
         raise ParameterError(f"{output}: is also the input; refusing to overwrite it")
     encoder.check_modality(source.modality)
-    total = source.count()
+    total, _ = source.scan()  # one pass: count, check every row, hash (for the resume key)
     if total == 0:
-        raise InputError(f"{source.path}: no items to embed")
+        raise InputError(f"{source.name}: no items to embed")
 
     store = PartialStore.open(output, resume_key(source, encoder, dtype), dtype, restart)
     resumed = store.records_done
@@ -139,14 +160,19 @@ def embed_input(
         if progress:
             progress(resumed, total)
         records = itertools.islice(source.records(), resumed, None)
+        stopped = False
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             for number, batch in enumerate(_batches(records, batch_size)):
                 if max_batches is not None and number >= max_batches:
+                    stopped = True
                     break
                 encoded_now += _embed_batch(batch, source.modality, encoder, store, pool, on_skip)
                 if progress:
                     progress(store.records_done, total)
         complete = store.records_done >= total
+        if not complete and not stopped:
+            raise InputError(f"{source.name}: ended after {store.records_done} of {total} items; "
+                             "the input changed while it was being read")
         seconds = time.perf_counter() - t0
         attrs = _output_attrs(source, encoder, store, dtype, batch_size)
         summary = EmbedSummary(
@@ -161,7 +187,7 @@ def embed_input(
         if store.rows == 0:
             first = summary.skipped[0] if summary.skipped else ("?", "?")
             store.discard()
-            raise InputError(f"{source.path}: nothing could be embedded: all {total} items were skipped "
+            raise InputError(f"{source.name}: nothing could be embedded: all {total} items were skipped "
                              f"(first: {first[0]!r}, {first[1]})")
         store.finish(output, attrs)
         return summary
@@ -174,6 +200,25 @@ def embed_input(
     except BaseException:
         store.close()  # interrupted: keep the committed batches for a resumed run
         raise
+
+
+def _embed_to_stream(source: InputSource, encoder: Encoder, stream, stream_format: str, tmp_dir, kwargs) -> EmbedSummary:
+    """``embed_input(..., output="-")``: build the file in a private temporary folder, then copy it out."""
+    if stream_format not in ("h5", "npy"):
+        raise ParameterError(f"unknown output format {stream_format!r} for '-': use h5 or npy")
+    folder = Path(tempfile.mkdtemp(prefix="nnn-embed-out-", dir=tmp_dir))
+    try:
+        tmp_out = folder / f"embeddings.{stream_format}"
+        summary = embed_input(source, encoder, tmp_out, restart=True, **kwargs)
+        summary.output = "-"
+        if summary.complete:
+            out = stream if stream is not None else sys.stdout.buffer
+            with open(tmp_out, "rb") as fh:
+                shutil.copyfileobj(fh, out, 1 << 20)
+            out.flush()
+        return summary
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _embed_batch(batch: list[Record], modality: str, encoder: Encoder, store: PartialStore,
@@ -223,7 +268,7 @@ def _output_attrs(source: InputSource, encoder: Encoder, store: PartialStore, dt
         model=desc["model"], model_kind=desc["model_kind"], modality=source.modality,
         dim=store.dim, normalization="l2", dtype=dtype, device=desc["device"], precision=desc["precision"],
         image_size=desc.get("image_size"), batch_size=batch_size,
-        input_path=str(source.path), input_kind=source.kind, input_fingerprint=store.key["input_fingerprint"],
+        input_path=source.name, input_kind=source.kind, input_fingerprint=store.key["input_fingerprint"],
         n_embedded=store.rows, n_skipped=store.n_skipped,
     )
 

@@ -26,6 +26,19 @@ def pyplot():
     return plt
 
 
+def label_decimals(values, min_digits: int = 1, max_digits: int = 4) -> int:
+    """The fewest decimals (at least ``min_digits``) that keep distinct values distinct as labels.
+
+    82.55 and 82.45 need 2 (with 1 both read 82.5); 40.0 and 30.0 keep 1.
+    """
+    vals = sorted({float(v) for v in np.asarray(values, dtype=np.float64).ravel() if np.isfinite(v)})
+    for digits in range(min_digits, max_digits + 1):
+        labels = {f"{v:.{digits}f}" for v in vals}
+        if len(labels) == len(vals):
+            return digits
+    return max_digits
+
+
 def _save(fig, path: str | Path) -> Path:
     from nnn_cli.data.outputs import atomic_output
 
@@ -78,12 +91,58 @@ def plot_recall_bars(results: Mapping[str, Mapping], path: str | Path, key: str 
     if all(ci is not None for ci in cis):
         err = np.array([[v - ci[0], ci[1] - v] for v, ci in zip(values, cis)]).T
         ax.errorbar(names, values, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4)
+    digits = label_decimals(values)
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, v / 2), ha="center", va="center",
+        ax.annotate(f"{v:.{digits}f}", (bar.get_x() + bar.get_width() / 2, v / 2), ha="center", va="center",
                     fontsize=9, color="white", fontweight="bold")
     ax.set_ylabel(f"{key} (%)")
     ax.set_title(f"{key} by method")
     ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_gain(results: Mapping[str, Mapping], path: str | Path, key: str = "R@1",
+              baseline: str = "baseline", labels: Mapping[str, str] | None = None) -> Path:
+    """Each method's gain over the baseline in ``key`` (percentage points), with its 95% interval.
+
+    ``results`` maps a method to its eval result (``key``, and ``key + '_gain_ci'`` from the
+    paired bootstrap when ``--bootstrap`` was used); the baseline entry gives the reference value.
+    Horizontal bars from 0 (no change), so small differences are visible; labels carry the
+    precision the numbers have (:func:`label_decimals`).
+    """
+    if baseline not in results:
+        raise ParameterError("plot_gain needs the baseline's result")
+    names = [m for m in results if m != baseline]
+    if not names:
+        raise ParameterError("plot_gain needs at least one method besides the baseline")
+    labels = dict(labels or {})
+    base = float(results[baseline][key])
+    gains = np.array([float(results[m].get(f"{key}_gain", float(results[m][key]) - base)) for m in names])
+    cis = [results[m].get(f"{key}_gain_ci") for m in names]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.6))
+    y = np.arange(len(names))[::-1]
+    colours = ["#2ca02c" if g > 0 else "#d62728" if g < 0 else "#7f7f7f" for g in gains]
+    ax.barh(y, gains, color=colours, alpha=0.75, height=0.6)
+    have_ci = all(ci is not None for ci in cis)
+    if have_ci:
+        err = np.array([[g - ci[0], ci[1] - g] for g, ci in zip(gains, cis)]).T
+        ax.errorbar(gains, y, xerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4, linewidth=1.2)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [labels.get(m, m) for m in names])
+    digits = label_decimals(np.concatenate([gains, np.ravel([ci for ci in cis if ci is not None])]) if have_ci
+                            else gains)
+    span = max(1e-9, float(np.max(np.abs(np.concatenate([gains, np.ravel(cis)]) if have_ci else gains))))
+    for yi, g, ci in zip(y, gains, cis):
+        text = f"{g:+.{digits}f}" + (f"  [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci is not None else "")
+        edge = max(g, ci[1]) if ci is not None else g
+        ax.annotate(text, (max(edge, 0) + 0.03 * span, yi), va="center", fontsize=8)
+    ax.set_xlim(min(0.0, float(np.min(np.ravel(cis)) if have_ci else gains.min())) - 0.1 * span,
+                max(0.0, float(np.max(np.ravel(cis)) if have_ci else gains.max())) + 0.6 * span)
+    ax.set_xlabel(f"{key} gain over the baseline ({base:.{label_decimals([base])}f}), percentage points"
+                  + (" with 95% interval" if have_ci else ""))
+    ax.set_title(f"{key}: gain over the baseline" + ("" if have_ci else " (run with --bootstrap N for 95% intervals)"))
+    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
