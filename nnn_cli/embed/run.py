@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.embed.store import PartialStore, check_embed_output, partial_path, sidecar_path
 from nnn_cli.embed.encoders import Encoder
 from nnn_cli.errors import InputError, NNNError, ParameterError
@@ -111,6 +112,7 @@ def embed_input(
     on_skip: SkipCallback | None = None,
     max_batches: int | None = None,
     workers: int | None = None,
+    wait: float = DEFAULT_WAIT,
 ) -> EmbedSummary:
     """Embed every record of ``source`` into ``output`` (.h5 or .npy), resuming a partial run.
 
@@ -130,7 +132,7 @@ def embed_input(
     if total == 0:
         raise InputError(f"{source.path}: no items to embed")
 
-    store = PartialStore.open(output, resume_key(source, encoder, dtype), dtype, restart)
+    store = PartialStore.open(output, resume_key(source, encoder, dtype), dtype, restart, wait)
     resumed = store.records_done
     encoded_now = 0
     t0 = time.perf_counter()
