@@ -213,14 +213,16 @@ def test_truth_csv_duplicate_ids_and_encoding(tmp_path):
 
 
 def test_norm_overflow_normalised_or_refused(tmp_path):
-    from nnn_cli.data.sources import open_embeddings
+    from nnn_cli.core.nnn import compute_bias
+    from nnn_cli.data.inputs import open_embeddings
 
     x = np.array([[3e30, 4e30], [1.0, 0.0]], np.float32)  # finite, but |x|^2 overflows float32
     np.save(tmp_path / "x.npy", x)
     src = open_embeddings(str(tmp_path / "x.npy"))
     np.testing.assert_allclose(src.read("cosine"), [[0.6, 0.8], [1, 0]], rtol=1e-6)
-    with pytest.raises(InputError, match="too large for float32"):
-        src.read("ip")
+    raw = src.read("ip")  # kept as is; the scores overflow, and the bias refuses them
+    with pytest.raises(ParameterError, match="overflow float32"):
+        compute_bias(raw, raw, 0.5, 1)
 
 
 def test_damaged_bias_files_refused(tmp_path):

@@ -189,12 +189,8 @@ class EmbeddingSource:
                 row = start + _offset(offsets, int(np.argmin(nonzero)))
                 raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
             norms64 = np.linalg.norm(block.astype(np.float64), axis=1)  # no float32 overflow/underflow
-            if metric != "cosine":
-                if np.isfinite(squares).all():
-                    return np.ascontiguousarray(block)
-                i = int(np.argmin(np.isfinite(squares)))
-                raise InputError(f"{self.name}: row {start + _offset(offsets, i)} has values too large for float32 "
-                                 f"inner products (norm {norms64[i]:.3g}); rescale the vectors or use --metric cosine")
+            if metric != "cosine":  # raw values are kept; scores that overflow are refused where they are computed
+                return np.ascontiguousarray(block)
             block = (block.astype(np.float64) / norms64[:, None]).astype(np.float32)
             return np.ascontiguousarray(block)
         if metric == "cosine":
