@@ -25,3 +25,11 @@ class MismatchError(NNNError, ValueError):
 
 class DependencyError(NNNError, ImportError):
     """An optional dependency is missing; the message says what to install."""
+
+
+class OutputError(NNNError, OSError):
+    """An output could not be written (disk full, read-only file system, ...): exit 2, one line."""
+
+
+class BusyError(NNNError):
+    """Another process holds the lock on a file this run must update; the message names the holder."""

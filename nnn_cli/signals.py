@@ -47,6 +47,20 @@ def _on_signal(signum, frame) -> None:
     _raise_for(signum)
 
 
+_published: list[str] = []
+
+
+def mark_published(path) -> None:
+    """Record that ``path`` was renamed into place (complete) by this process."""
+    _published.append(str(path))
+
+
+def published_outputs() -> list[str]:
+    """Outputs this process has published so far: after a signal, the CLI names them
+    ("interrupted; OUT was already written and is complete") instead of "no output was written"."""
+    return list(_published)
+
+
 def raise_if_interrupted() -> None:
     """Raise again if SIGINT/SIGTERM arrived, even if its first exception was swallowed somewhere."""
     if _received is not None:

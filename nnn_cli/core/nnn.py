@@ -61,7 +61,14 @@ def bias_from_topk(topk_scores: np.ndarray, alpha: float, k: int) -> np.ndarray:
     k = check_k(k, topk_scores.shape[1])
     alpha = check_alpha(alpha)
     means = topk_scores[:, :k].astype(np.float64).mean(axis=1)
-    return (alpha * means).astype(np.float32)
+    bias = (alpha * means).astype(np.float32)
+    if not np.isfinite(bias).all():
+        from nnn_cli.errors import ParameterError
+
+        row = int(np.argmin(np.isfinite(bias)))
+        raise ParameterError(f"gallery row {row}: its scores overflow float32 (inner products beyond 3.4e38); "
+                             "rescale the vectors or use --metric cosine")
+    return bias
 
 
 def compute_bias(gallery: np.ndarray, reference: np.ndarray, alpha: float, k: int,

@@ -13,6 +13,7 @@ Array math only: numpy and threadpoolctl, no faiss.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -41,25 +42,89 @@ def sort_ties(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
 def search_blocks(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
                   progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of an exact index (``ntotal``, ``search(x, k)``) for every query row, in query blocks
-    (bounded memory, progress); returns (scores, indices), ties to the lower index."""
+    (bounded memory, progress); returns (scores, indices), ties to the lower index.
+
+    Blocks are a multiple of :data:`QUERY_TILE` rows, so a :class:`GemmIndex` computes every score in
+    the same global tile whatever ``block_rows`` is."""
     nq = len(queries)
     k = int(min(k, index.ntotal))
+    step = aligned_block(block_rows, QUERY_TILE)
     scores = np.empty((nq, k), dtype=np.float32)
     indices = np.empty((nq, k), dtype=np.int64)
-    for start in range(0, nq, block_rows):
-        stop = min(nq, start + block_rows)
+    for start in range(0, nq, step):
+        stop = min(nq, start + step)
         scores[start:stop], indices[start:stop] = index.search(queries[start:stop], k)
         if progress:
             progress(stop, nq)
     return scores, indices
 
 
+def aligned_block(rows: int, tile: int) -> int:
+    """``rows`` rounded up to a positive multiple of ``tile`` (block sizes that keep the global tile grid)."""
+    return max(1, -(-max(1, int(rows)) // tile)) * tile
+
+
 SCORE_TILE_ELEMENTS = 8 * 1024 * 1024
-"""Scores held at once by :class:`GemmIndex` (32 MB of float32)."""
+"""Scores held at once per worker (32 MB of float32): one QUERY_TILE x DATABASE_TILE tile."""
+
+QUERY_TILE = 1024
+"""Query rows per GEMM tile.  Tiles start at global multiples of QUERY_TILE (callers pass blocks that
+start there), so every score is computed by the same BLAS call (same shapes, same operand layout)
+whether the inputs are in memory, streamed, sharded or split across threads."""
+
+DATABASE_TILE = 8192
+"""Database rows per GEMM tile, at global multiples of DATABASE_TILE (a 1024 x 8192 float32 score
+tile is 32 MB, one per worker thread; measured as fast per FLOP as 16384-row tiles)."""
+
+ALIGNMENT = 64
+"""Byte alignment of every GEMM operand (a fresh contiguous buffer when the caller's is not)."""
 
 
-def _rows_per_tile(n_database: int) -> int:
-    return max(1, SCORE_TILE_ELEMENTS // max(1, n_database))
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an :data:`ALIGNMENT`-byte boundary."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
+    off = (-raw.ctypes.data) % ALIGNMENT
+    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def tile_operand(block: np.ndarray, copy: bool = False) -> np.ndarray:
+    """``block`` as a C-contiguous, 64-byte aligned float32 array (copied when it is not one already,
+    or always with ``copy=True``): every GEMM of a tile then sees the same operand layout."""
+    if (not copy and block.dtype == np.float32 and block.flags.c_contiguous
+            and block.ctypes.data % ALIGNMENT == 0):
+        return block
+    out = aligned_empty(block.shape)
+    np.copyto(out, block, casting="same_kind" if block.dtype.kind == "f" else "unsafe")
+    return out
+
+
+def tile_scores(query_tile: np.ndarray, database_tile: np.ndarray) -> np.ndarray:
+    """The scores of one tile: ONE BLAS GEMM (``query_tile @ database_tile.T``), to be called under
+    :func:`single_threaded_blas`, with operands from :func:`tile_operand` (the query tile a private copy:
+    numpy would take a different BLAS routine, SYRK, for ``a @ a.T``)."""
+    return query_tile @ database_tile.T
+
+
+def query_tiles(queries: np.ndarray) -> list[np.ndarray]:
+    """Private aligned copies of the QUERY_TILE-row tiles of ``queries`` (which start at a tile boundary)."""
+    return [tile_operand(queries[t:t + QUERY_TILE], copy=True) for t in range(0, len(queries), QUERY_TILE)]
+
+
+_CONTROLLER = None
+
+
+@contextmanager
+def single_threaded_blas():
+    """numpy's BLAS limited to one thread meanwhile (threadpoolctl; the controller is built once)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
+        yield
 
 
 def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,13 +160,16 @@ def _top_k_with_ties(scores: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.nd
     return vals[picked].reshape(-1, k), cols[picked].reshape(-1, k)
 
 
-def parallel_top_k(scores: np.ndarray, k: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k_exact` over row slices in threads (numpy releases the GIL while selecting)."""
-    if workers <= 1 or len(scores) < 2 * workers:
-        return top_k_exact(scores, k)
-    bounds = np.linspace(0, len(scores), workers + 1).astype(int)
-    parts = list(thread_pool(workers).map(lambda ab: top_k_exact(scores[ab[0]:ab[1]], k), zip(bounds[:-1], bounds[1:])))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+def merge_top_k(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray],
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best (score desc, index asc) of two per-row candidate sets: a total order, so any
+    merge order of the same candidates gives the same bytes."""
+    if a is None:
+        return b
+    vals = np.concatenate([a[0], b[0]], axis=1)
+    idx = np.concatenate([a[1], b[1]], axis=1)
+    order = np.lexsort((idx, -vals), axis=1)[:, :k]
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
 
 
 _EXECUTORS: dict = {}
@@ -126,27 +194,49 @@ class GemmIndex:
     Same interface as a faiss index (``ntotal``, ``search(x, k) -> (D, I)``);
     about 3x faster than ``IndexFlatIP`` for top-10 over 5k items here,
     because faiss's per-query result heaps cost more than the GEMM itself.
-    The query tile depends only on the database size, never on the caller's
-    block size, so every score comes from the same BLAS call shape.
+    Every score comes from one QUERY_TILE x DATABASE_TILE tile of the global
+    grid (``search`` takes query blocks starting at a QUERY_TILE boundary, as
+    :func:`search_blocks` passes them), one single-threaded GEMM each; each
+    tile's top-k is merged by (score desc, index asc), so neither the thread
+    count nor the caller's block size changes a byte.
     """
 
     exact_ties = True
 
     def __init__(self, database: np.ndarray):
-        self.database = np.ascontiguousarray(database, dtype=np.float32)
+        self.database = tile_operand(np.asarray(database, dtype=np.float32))
         self.ntotal = len(self.database)
         self.d = self.database.shape[1]
+        self.db_starts = list(range(0, self.ntotal, DATABASE_TILE))
+
+    def _tile_topk(self, q: np.ndarray, tiles: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        best = None
+        for j in tiles:
+            s0 = self.db_starts[j]
+            vals, idx = top_k_exact(tile_scores(q, self.database[s0:s0 + DATABASE_TILE]), k)
+            best = merge_top_k(best, (vals, idx + s0), k)
+        return best
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(int(k), self.ntotal)
-        scores = np.empty((len(queries), k), dtype=np.float32)
-        indices = np.empty((len(queries), k), dtype=np.int64)
-        tile = _rows_per_tile(self.ntotal)
+        nq = len(queries)
+        scores = np.empty((nq, k), dtype=np.float32)
+        indices = np.empty((nq, k), dtype=np.int64)
+        if nq == 0 or k == 0:
+            return scores, indices
+        qt = query_tiles(queries)
+        nd = len(self.db_starts)
         workers = selection_threads()
-        for start in range(0, len(queries), tile):
-            stop = min(len(queries), start + tile)
-            scores[start:stop], indices[start:stop] = parallel_top_k(queries[start:stop] @ self.database.T, k, workers)
+        groups = max(1, min(nd, -(-workers // len(qt))))
+        bounds = np.linspace(0, nd, groups + 1).astype(int)
+        items = [(i, list(range(bounds[g], bounds[g + 1]))) for i in range(len(qt)) for g in range(groups)]
+        parts = run_parallel(lambda item: self._tile_topk(qt[item[0]], item[1], k), items, workers)
+        merged: list = [None] * len(qt)
+        for (i, _), part in zip(items, parts):
+            merged[i] = merge_top_k(merged[i], part, k)
+        for i, (vals, idx) in enumerate(merged):
+            scores[i * QUERY_TILE:i * QUERY_TILE + len(vals)] = vals + np.float32(0)  # -0.0 -> 0.0
+            indices[i * QUERY_TILE:i * QUERY_TILE + len(vals)] = idx
         return scores, indices
 
 
@@ -160,16 +250,6 @@ def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int,
 # ---------------------------------------------------------------------------
 # Scores-only exact top-k (the bias step): numpy GEMM tiles + np.partition
 # ---------------------------------------------------------------------------
-QUERY_TILE = 1024
-"""Query rows per GEMM tile.  Fixed, so that every score is computed by the same
-BLAS call shape whether the inputs are in memory or streamed: results are then
-bit-identical across the in-memory and out-of-core paths."""
-
-DATABASE_TILE = 8192
-"""Database rows per GEMM tile (a 1024 x 8192 float32 score tile is 32 MB, one per worker thread;
-measured as fast per FLOP as 16384-row tiles)."""
-
-
 def select_top(scores: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` largest values of each row, unordered (partitions ``scores`` in place)."""
     if scores.shape[1] <= k:
@@ -186,51 +266,79 @@ def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.nda
 
 
 def sort_descending(best: np.ndarray) -> np.ndarray:
-    """Each row sorted from highest to lowest score (float32, C-contiguous)."""
-    return np.ascontiguousarray(np.sort(best, axis=1)[:, ::-1], dtype=np.float32)
+    """Each row sorted from highest to lowest score (float32, C-contiguous; -0.0 written as 0.0, so
+    equal multisets of values give equal bytes)."""
+    out = np.ascontiguousarray(np.sort(best, axis=1)[:, ::-1], dtype=np.float32)
+    out += np.float32(0)
+    return out
 
 
 class RunningTopScores:
     """The running top-``k`` scores of fixed query rows against database blocks fed in order.
 
-    Every (query tile, database tile) pair is one GEMM of the fixed shape
-    :data:`QUERY_TILE` x :data:`DATABASE_TILE` followed by an O(n) partition,
-    so results are bit-identical however the database is split into blocks
-    (in memory, streamed, sharded).  With ``workers > 1`` the database tiles
-    are dealt round-robin to that many threads, each running single-threaded
-    BLAS and its own selection and keeping its own running top-k, merged at
-    the end: the selection then uses every core too (measured: 0.5 s saved
-    on a 5 s bias step at N=5k, M=118k, k=128 on 2 cores).  Only values are
-    kept, so the split cannot change the result.
+    ``queries`` start at a global multiple of :data:`QUERY_TILE` (the caller's
+    block boundary).  Database rows are cut into tiles at global multiples of
+    :data:`DATABASE_TILE` counted from the first row fed, whatever the block
+    sizes (a partial tile waits for the next block), and every (query tile,
+    database tile) pair is one single-threaded GEMM followed by an O(n)
+    partition: results are bit-identical however the database is split into
+    blocks (in memory, streamed, sharded) and whatever the thread count.
+    With ``workers > 1`` the database tiles are dealt round-robin to that many
+    threads, each keeping its own running top-k, merged at the end; only values
+    are kept, and the k largest of a multiset do not depend on the split.
     """
 
     def __init__(self, queries: np.ndarray, k: int, workers: int | None = None):
-        self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.k = int(k)
+        self.n = len(queries)
         self.workers = max(1, int(workers or selection_threads()))
-        self.tiles = [self.queries[t:t + QUERY_TILE] for t in range(0, len(self.queries), QUERY_TILE)]
+        self.tiles = query_tiles(queries)
         self._best: list[list[np.ndarray | None]] = [[None] * len(self.tiles) for _ in range(self.workers)]
         self._next_worker = 0
+        self._pending: np.ndarray | None = None
 
     def _fold(self, worker: int, database_tiles: list[np.ndarray]) -> None:
         best = self._best[worker]
         for tile in database_tiles:
             for i, q in enumerate(self.tiles):
-                scores = q @ tile.T
-                best[i] = merge_top_scores(best[i], select_top(scores, self.k), self.k)
+                best[i] = merge_top_scores(best[i], select_top(tile_scores(q, tile), self.k), self.k)
+
+    def _fold_tiles(self, tiles: list[np.ndarray]) -> None:
+        parts: list[list[np.ndarray]] = [[] for _ in range(self.workers)]
+        for tile in tiles:
+            parts[self._next_worker].append(tile_operand(tile))
+            self._next_worker = (self._next_worker + 1) % self.workers
+        run_parallel(lambda w: self._fold(w, parts[w]), [w for w in range(self.workers) if parts[w]],
+                     self.workers)
 
     def add(self, database: np.ndarray) -> None:
-        """Fold one database block (rows in a multiple of DATABASE_TILE, except the last block)."""
-        database = np.ascontiguousarray(database, dtype=np.float32)
-        parts: list[list[np.ndarray]] = [[] for _ in range(self.workers)]
-        for start in range(0, len(database), DATABASE_TILE):
-            parts[self._next_worker].append(database[start:start + DATABASE_TILE])
-            self._next_worker = (self._next_worker + 1) % self.workers
-        run_parallel(lambda w: self._fold(w, parts[w]), [w for w in range(self.workers) if parts[w]])
+        """Fold one database block (any number of rows; rows continue the previous block's)."""
+        database = np.asarray(database, dtype=np.float32)
+        if not len(database):
+            return
+        tiles = []
+        if self._pending is not None:
+            need = DATABASE_TILE - len(self._pending)
+            head = np.concatenate([self._pending, database[:need]])
+            database = database[need:]
+            self._pending = None
+            if len(head) < DATABASE_TILE:
+                self._pending = head
+            else:
+                tiles.append(head)
+        full = len(database) // DATABASE_TILE * DATABASE_TILE
+        tiles += [database[s:s + DATABASE_TILE] for s in range(0, full, DATABASE_TILE)]
+        if full < len(database):
+            self._pending = np.array(database[full:], dtype=np.float32, copy=True)
+        if tiles:
+            self._fold_tiles(tiles)
 
     def result(self) -> np.ndarray:
         """(Q, k') float32 sorted descending (k' = k, or fewer if fewer database rows were folded)."""
-        if not len(self.queries):
+        if self._pending is not None:
+            self._fold_tiles([self._pending])
+            self._pending = None
+        if not self.n:
             return np.empty((0, self.k), dtype=np.float32)
         out = []
         for i in range(len(self.tiles)):
@@ -242,32 +350,28 @@ class RunningTopScores:
         return np.vstack(out)
 
 
-def run_parallel(fn: Callable, items: list) -> None:
-    """Call ``fn(item)`` for each item, one thread each when there are several, with numpy's BLAS
-    limited to one thread meanwhile (threadpoolctl): each thread runs its own GEMMs and selections,
-    so the selection uses every core too."""
-    if len(items) <= 1:
-        for item in items:
-            fn(item)
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, user_api="blas"):
-        list(thread_pool(len(items)).map(fn, items))
+def run_parallel(fn: Callable, items: list, workers: int | None = None) -> list:
+    """``[fn(item) for item in items]``, on up to ``workers`` threads (default: :func:`selection_threads`),
+    always with numpy's BLAS limited to one thread meanwhile (threadpoolctl), also for a single item:
+    each GEMM is then the same single-threaded call wherever it runs, and the selection uses every core."""
+    workers = min(len(items), max(1, int(workers or selection_threads())))
+    with single_threaded_blas():
+        if workers <= 1:
+            return [fn(item) for item in items]
+        return list(thread_pool(workers).map(fn, items))
 
 
 def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
                 progress: ProgressFn | None = None) -> np.ndarray:
     """(Q, k) float32: the ``k`` highest inner products of each query with ``database``, descending.
 
-    Exact.  A plain GEMM per (query tile, database tile) followed by an
-    O(n) ``np.partition`` selection runs close to the machine's GEMM rate;
-    measured here about 4-6x faster than ``IndexFlatIP.search`` at k=128,
-    whose per-query heaps dominate for large k.  Only scores are kept, so
-    there are no ties to break: equal scores are equal values.
+    Exact.  A plain GEMM per (query tile, database tile) of the global grid
+    followed by an O(n) ``np.partition`` selection runs close to the machine's
+    GEMM rate; measured here about 4-6x faster than ``IndexFlatIP.search`` at
+    k=128, whose per-query heaps dominate for large k.  Only scores are kept,
+    so there are no ties to break: equal scores are equal values.
     """
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    database = np.ascontiguousarray(database, dtype=np.float32)
+    database = tile_operand(np.asarray(database, dtype=np.float32))
     k = int(min(k, len(database)))
     out = np.empty((len(queries), k), dtype=np.float32)
     step = QUERY_TILE * 8
@@ -278,4 +382,18 @@ def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
         out[start:stop] = running.result()
         if progress:
             progress(stop, len(queries))
+    return out
+
+
+def score_rows(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
+    """(rows, N) float32 ``queries @ database.T`` for a block of query rows, one single-threaded GEMM per
+    :data:`DATABASE_TILE` columns (global column tiles, dealt to the engine's threads): the same bytes
+    for the same block whatever the thread count.  ``database`` should come from :func:`tile_operand`."""
+    q = tile_operand(np.asarray(queries, dtype=np.float32), copy=True)
+    out = np.empty((len(q), len(database)), dtype=np.float32)
+
+    def one(start: int) -> None:
+        out[:, start:start + DATABASE_TILE] = tile_scores(q, database[start:start + DATABASE_TILE])
+
+    run_parallel(one, list(range(0, len(database), DATABASE_TILE)))
     return out

@@ -26,7 +26,7 @@ import numpy as np
 from nnn_cli.core.nnn import check_dims, bias_from_topk, check_alpha, reference_topk
 from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.truth import Truth
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn, score_rows, tile_operand
 
 PAPER_ALPHAS = tuple(0.25 + 0.125 * i for i in range(11))
 """The paper's alpha grid (Appendix B): 0.25, 0.375, ..., 1.5."""
@@ -159,7 +159,10 @@ def bias_envelope(biases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _block_rows(block_rows: int, n_gallery: int) -> int:
-    return max(1, min(int(block_rows), SCORE_BLOCK_ELEMENTS // max(1, n_gallery)))
+    """Query rows per score block: a function of the gallery size only (not of ``--block-size``), so
+    every score comes from the same GEMM shapes in every run (see :func:`nnn_cli.core.topk.score_rows`)."""
+    rows = max(1, SCORE_BLOCK_ELEMENTS // max(1, n_gallery))
+    return rows // QUERY_TILE * QUERY_TILE if rows >= QUERY_TILE else rows
 
 
 def _margin(scores: np.ndarray, biases: np.ndarray) -> float:
@@ -185,13 +188,13 @@ def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: Truth, biases: 
     pair_query, pair_item = truth.query[order], truth.gallery[order]
     pair_rank = np.full((n_cells, len(order)), RANK_CAP, dtype=np.uint8)
     rows_per_block = _block_rows(block_rows, n_gallery)
-    gallery_t = np.ascontiguousarray(gallery.T)
+    gallery_rows = tile_operand(np.asarray(gallery, dtype=np.float32))
     nq = len(queries)
     for start in range(0, nq, rows_per_block):
         stop = min(nq, start + rows_per_block)
         p0, p1 = np.searchsorted(pair_query, [start, stop])
         if p1 > p0:
-            scores = np.ascontiguousarray(queries[start:stop], dtype=np.float32) @ gallery_t
+            scores = score_rows(queries[start:stop], gallery_rows)
             local = pair_query[p0:p1] - start
             if len(local) == len(scores) and np.array_equal(local, np.arange(len(scores))):
                 pair_rank[:, p0:p1] = _pair_ranks(scores, pair_item[p0:p1], biases, lo, hi)
@@ -258,11 +261,11 @@ def top1_per_cell(queries: np.ndarray, gallery: np.ndarray, biases: np.ndarray,
     lo, hi = bias_envelope(biases)
     out = np.empty((n_cells, len(queries)), dtype=np.int64)
     rows_per_block = _block_rows(block_rows, n_gallery)
-    gallery_t = np.ascontiguousarray(gallery.T)
+    gallery_rows = tile_operand(np.asarray(gallery, dtype=np.float32))
     nq = len(queries)
     for start in range(0, nq, rows_per_block):
         stop = min(nq, start + rows_per_block)
-        scores = np.ascontiguousarray(queries[start:stop], dtype=np.float32) @ gallery_t
+        scores = score_rows(queries[start:stop], gallery_rows)
         out[:, start:stop] = _top1(scores, biases, lo, hi)
         if progress:
             progress(stop, nq)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 from nnn_cli.errors import InputError, ParameterError
 from nnn_cli.data.h5 import attr_value, decode_strings, h5py_module, is_h5_path, open_h5_safe, set_attrs, short_error, split_spec
 from nnn_cli.data.npy import load_npy
+from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_locks
 from nnn_cli.data.outputs import atomic_output
 
 
@@ -120,7 +123,42 @@ def load_stored_bias(spec: str | os.PathLike) -> StoredBias:
         if "topk" in f:
             topk = np.asarray(f["topk"][()], dtype=np.float32)
     stored = StoredBias(path, bf.bias, topk, bf.ids, bf.attrs)
+    try:
+        alpha, k = float(stored.alpha), stored.attrs["k"]
+        k_ok = float(k) == int(float(k)) and int(float(k)) >= 1
+    except (TypeError, ValueError):
+        alpha, k_ok = float("nan"), False
+    if not np.isfinite(alpha) or not k_ok:
+        raise InputError(f"{path}: attributes alpha={stored.attrs['alpha']!r}, k={stored.attrs['k']!r} are not a "
+                         "number and a positive integer; the file is damaged, recompute it with `nnn bias`")
+    if topk is not None and not np.isfinite(topk).all():
+        raise InputError(f"{path}: dataset 'topk' contains NaN or Inf; the file is damaged, recompute it with `nnn bias`")
     if topk is not None and topk.shape != (len(bf.bias), stored.k):
         raise InputError(f"{path}: dataset 'topk' has shape {topk.shape}, expected ({len(bf.bias)}, {stored.k}); "
                          "the file is damaged, recompute it with `nnn bias`")
     return stored
+
+
+@contextlib.contextmanager
+def locked_bias_update(target: str | os.PathLike, output: str | os.PathLike | None = None,
+                       wait: float = DEFAULT_WAIT) -> Iterator[StoredBias]:
+    """Read-modify-write of a bias file with no lost update (``--append-to``, ``--update``).
+
+    Locks ``target`` (and ``output`` when it is another file; see :mod:`nnn_cli.data.locks`), then
+    loads it; the caller computes and calls :func:`write_bias` inside the ``with``.  A second run on
+    the same file waits up to ``wait`` seconds for the first, then raises ``BusyError`` (exit 2);
+    once it gets the lock it reads the first run's result, so both updates are kept.
+    """
+    path, _ = split_spec(target, "bias")
+    with exclusive_locks([path, output], wait, "bias file"):
+        yield load_stored_bias(target)
+
+
+def update_bias_file(target: str | os.PathLike, compute, output: str | os.PathLike | None = None,
+                     wait: float = DEFAULT_WAIT) -> Path:
+    """``compute(stored) -> (bias, topk or None, ids, attrs)`` under the lock, written to ``output``
+    (default: ``target``) before the lock is released."""
+    out = Path(output) if output is not None else split_spec(target, "bias")[0]
+    with locked_bias_update(target, output, wait) as stored:
+        b, topk, ids, attrs = compute(stored)
+        return write_bias(out, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)

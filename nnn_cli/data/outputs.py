@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from nnn_cli.errors import InputError, ParameterError
-from nnn_cli.signals import raise_if_interrupted
+from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
+from nnn_cli.signals import mark_published, raise_if_interrupted
 from nnn_cli.data.h5 import split_spec
 
 # ---------------------------------------------------------------------------
@@ -46,12 +47,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``path`` is untouched,
     so a reader sees either the previous complete file or the new complete file.
+    An OS error (disk full, read-only file system) becomes :class:`OutputError`
+    (one line, exit 2).  A signal that arrives once the rename is done is raised
+    after it, with ``exc.nnn_published = str(path)`` set, and the path is listed
+    by :func:`nnn_cli.signals.published_outputs`: the CLI must then say the
+    output was written (it is complete), not "no output was written".
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{path}: output folder {parent} does not exist")
     tmp: Path | None = None
+    published = False
     held = _hold_signals()  # a signal between mkstemp and `tmp = ...` would leave the temporary file behind
     try:
         try:
@@ -60,6 +67,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             tmp = Path(tmp_name)
         except PermissionError:
             raise InputError(f"{path}: cannot create files in {parent} (permission denied)") from None
+        except OSError as exc:
+            raise output_error(path, exc) from None
         finally:
             _release_signals(held)  # a signal held back is raised here, inside the cleanup's reach
         yield tmp
@@ -67,18 +76,45 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-        with contextlib.suppress(OSError):
-            dfd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except BaseException:
+        held = _hold_signals()  # the rename and the record that it happened are one step for signals
+        try:
+            raise_if_interrupted()
+            os.replace(tmp, path)
+            published = True
+            mark_published(path)
+            with contextlib.suppress(OSError):
+                dfd = os.open(parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        finally:
+            _release_signals(held)  # a signal that arrived meanwhile is raised here, after publishing
+    except BaseException as exc:
+        if published:
+            # the new output is in place and complete: say so (see nnn_cli.signals.published_outputs)
+            with contextlib.suppress(AttributeError, TypeError):
+                exc.nnn_published = str(path)
+            raise
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, NNNError):
+            raise output_error(path, exc) from None
         raise
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> NNNError:
+    """One line for an OS error while writing ``path``: disk full, read-only, quota... (exit 2)."""
+    text = f"{exc.strerror or ''} {exc}".lower()
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota" in text:
+        return OutputError(f"disk full writing {path}")
+    if exc.errno == errno.EROFS or "read-only file system" in text:
+        return OutputError(f"cannot write {path}: read-only file system")
+    if exc.errno in (errno.EACCES, errno.EPERM) or "permission denied" in text:
+        return OutputError(f"cannot write {path}: permission denied")
+    reason = exc.strerror or str(exc).splitlines()[0][:120] or type(exc).__name__
+    return OutputError(f"cannot write {path}: {reason}")
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike | None],

@@ -189,7 +189,11 @@ class EmbeddingSource:
             if not nonzero.all():
                 row = start + _offset(offsets, int(np.argmin(nonzero)))
                 raise InputError(f"{self.name}: row {row} is a zero vector; it has no direction to score against")
-            norms = np.linalg.norm(block.astype(np.float64), axis=1).astype(np.float32)
+            norms64 = np.linalg.norm(block.astype(np.float64), axis=1)  # no float32 overflow/underflow
+            if metric != "cosine":  # raw values are kept; scores that overflow are refused where they are computed
+                return np.ascontiguousarray(block)
+            block = (block.astype(np.float64) / norms64[:, None]).astype(np.float32)
+            return np.ascontiguousarray(block)
         if metric == "cosine":
             block = block / norms[:, None]
         return np.ascontiguousarray(block, dtype=np.float32)

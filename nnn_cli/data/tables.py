@@ -42,11 +42,18 @@ def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
 def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
                       query_ids: np.ndarray | None, gallery_ids: np.ndarray | None) -> Truth:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh, delimiter=delimiter)
-        if not reader.fieldnames or not {"query", "gallery"} <= set(reader.fieldnames):
-            raise InputError(f"{path}: needs a header with columns 'query' and 'gallery'")
-        rows = [(r["query"], r["gallery"]) for r in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            if not reader.fieldnames or not {"query", "gallery"} <= set(reader.fieldnames):
+                raise InputError(f"{path}: needs a header with columns 'query' and 'gallery'")
+            rows = [(r["query"], r["gallery"]) for r in reader]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the table as UTF-8") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a valid {'TSV' if delimiter == chr(9) else 'CSV'} table ({exc})") from None
+    if any(r[0] is None or r[1] is None for r in rows):
+        raise InputError(f"{path}: a row has fewer than two columns")
     if not rows:
         raise InputError(f"{path}: no (query, gallery) rows")
 
@@ -56,7 +63,12 @@ def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
                 return np.asarray([int(v) for v in values], dtype=np.int64)
             except ValueError:
                 raise InputError(f"{path}: the {side} file has no ids, so {side} values must be row numbers") from None
-        table = {str(v): i for i, v in enumerate(ids)}
+        table = {}
+        for i, v in enumerate(ids):
+            if str(v) in table:
+                raise InputError(f"{path}: the {side} file's id {str(v)!r} appears twice (rows {table[str(v)]} "
+                                 f"and {i}), so the table's ids are ambiguous; make the ids unique")
+            table[str(v)] = i
         missing = [v for v in values if v not in table]
         if missing:
             raise InputError(f"{path}: unknown {side} id {missing[0]!r} ({len(missing)} unknown in all)")
@@ -82,11 +94,12 @@ def read_params(path: str | os.PathLike) -> dict:
         raise InputError(f"{path}: not valid JSON ({short_error(exc)})") from None
     if not isinstance(data, dict) or "alpha" not in data or "k" not in data:
         raise InputError(f"{path}: expected a JSON object with 'alpha' and 'k' (as written by `nnn tune`)")
-    try:
-        alpha = float(data["alpha"])
-        k = int(data["k"])
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: 'alpha' must be a number and 'k' an integer") from None
+    alpha, k = data["alpha"], data["k"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
+        raise InputError(f"{path}: 'alpha' must be a finite number, got {alpha!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not float(k).is_integer() or k < 1:
+        raise InputError(f"{path}: 'k' must be a positive integer, got {k!r}")
+    alpha, k = float(alpha), int(k)
     return {**data, "alpha": alpha, "k": k}
 
 

@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.embed.store import PartialStore, check_embed_output, partial_path, sidecar_path
 from nnn_cli.embed.encoders import Encoder
 from nnn_cli.errors import InputError, NNNError, ParameterError
@@ -123,6 +124,7 @@ def embed_input(
     stream=None,
     stream_format: str = "h5",
     tmp_dir: str | os.PathLike | None = None,
+    wait: float = DEFAULT_WAIT,
 ) -> EmbedSummary:
     """Embed every record of ``source`` into ``output`` (.h5 or .npy), resuming a partial run.
 
@@ -151,7 +153,7 @@ def embed_input(
     if total == 0:
         raise InputError(f"{source.name}: no items to embed")
 
-    store = PartialStore.open(output, resume_key(source, encoder, dtype), dtype, restart)
+    store = PartialStore.open(output, resume_key(source, encoder, dtype), dtype, restart, wait)
     resumed = store.records_done
     encoded_now = 0
     t0 = time.perf_counter()

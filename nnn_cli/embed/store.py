@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, ParameterError
-from nnn_cli.data.outputs import atomic_output
+from nnn_cli.errors import InputError, NNNError, ParameterError
+from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_lock
+from nnn_cli.data.outputs import atomic_output, output_error
+from nnn_cli.signals import mark_published
 from nnn_cli.data.h5 import is_h5_path
 
 RESUME_KEY_ATTR = "nnn_resume_key"
@@ -51,6 +53,7 @@ class PartialStore:
     """The partial HDF5 file of one run; use :meth:`open`, then :meth:`append`, then :meth:`finish`."""
 
     def __init__(self, path: Path, handle, key: dict, dtype: str, resumed: bool, discarded: str | None):
+        self.lock: contextlib.ExitStack | None = None  # the exclusive lock on the partial file (see open)
         self.path = path
         self.f = handle
         self.key = key
@@ -60,12 +63,28 @@ class PartialStore:
 
     # -- opening ---------------------------------------------------------
     @classmethod
-    def open(cls, output: Path, key: dict, dtype: str = "float32", restart: bool = False) -> "PartialStore":
+    def open(cls, output: Path, key: dict, dtype: str = "float32", restart: bool = False,
+             wait: float = DEFAULT_WAIT) -> "PartialStore":
         """Open (resume) or create the partial file of ``output`` for a run identified by ``key``.
 
-        A partial file from a different input or model is refused unless ``restart``; an
-        unreadable one (killed mid-write) is discarded and the run starts over.
+        The partial file is locked for the store's life (:mod:`nnn_cli.data.locks`): a second run
+        on the same output waits up to ``wait`` seconds, then raises ``BusyError`` (exit 2) naming
+        the holder; it never deletes, resumes or publishes the first run's file.  A partial file
+        from a different input or model is refused unless ``restart``; an unreadable one (killed
+        mid-write) is discarded and the run starts over.
         """
+        lock = contextlib.ExitStack()
+        lock.enter_context(exclusive_lock(partial_path(output), wait, "embedding output"))
+        try:
+            store = cls._open_locked(output, key, dtype, restart)
+        except BaseException:
+            lock.close()
+            raise
+        store.lock = lock
+        return store
+
+    @classmethod
+    def _open_locked(cls, output: Path, key: dict, dtype: str, restart: bool) -> "PartialStore":
         import h5py
 
         if dtype not in OUTPUT_DTYPES:
@@ -103,7 +122,10 @@ class PartialStore:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise InputError(f"{output}: output folder {parent} does not exist")
-        handle = h5py.File(path, "w")
+        try:
+            handle = h5py.File(path, "w")
+        except OSError as exc:
+            raise output_error(path, exc) from None
         handle.attrs[RESUME_KEY_ATTR] = key_json
         handle.attrs["records_done"] = 0
         handle.attrs["rows"] = 0
@@ -148,7 +170,19 @@ class PartialStore:
 
     # -- writing ---------------------------------------------------------
     def append(self, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]], records: int) -> None:
-        """Append one batch (normalised rows, their ids, skipped items) and commit ``records`` as done."""
+        """Append one batch (normalised rows, their ids, skipped items) and commit ``records`` as done.
+
+        An OS error (disk full) raises ``OutputError`` ("disk full writing OUT.partial") and deletes
+        the partial file: HDF5 gives no guarantee about a file whose write failed half-way, so
+        nothing is resumed from it (a rerun starts over)."""
+        try:
+            self._append(vectors, ids, skipped, records)
+        except OSError as exc:
+            error = output_error(self.path, exc)
+            self.discard()
+            raise error from None
+
+    def _append(self, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]], records: int) -> None:
         n = len(ids)
         if n:
             if "embeddings" not in self.f:
@@ -184,25 +218,42 @@ class PartialStore:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.f.close()
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     def discard(self) -> None:
-        """Close and delete the partial file (nothing could be embedded)."""
-        self.close()
+        """Delete the partial file (ours: the lock is held until it is gone), then close."""
+        with contextlib.suppress(Exception):
+            self.f.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        self.close()
 
     def finish(self, output: Path, attrs: dict) -> Path:
-        """Record ``attrs``, mark complete, and move the rows to ``output`` (.h5 or .npy + sidecar)."""
+        """Record ``attrs``, mark complete, and move the rows to ``output`` (.h5 or .npy + sidecar).
+        An OS error becomes ``OutputError`` (one line); the committed rows stay for a rerun."""
+        try:
+            return self._finish(output, attrs)
+        except OSError as exc:
+            if isinstance(exc, NNNError):
+                raise
+            raise output_error(output, exc) from None
+        finally:
+            self.close()
+
+    def _finish(self, output: Path, attrs: dict) -> Path:
         from nnn_cli.data.h5 import set_attrs as _set_attrs
 
         self.f.attrs["complete"] = True
         _set_attrs(self.f, attrs)
         self.f.flush()
         if check_embed_output(output) == "h5":
-            self.close()
+            self.f.close()
             with open(self.path, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(self.path, output)
+            mark_published(output)
             return output
         emb = self.f["embeddings"]
         with atomic_output(output) as tmp:

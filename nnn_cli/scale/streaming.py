@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from nnn_cli.core.nnn import check_alpha, check_k
+from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k
 from nnn_cli.scale.budget import BlockPlan
 from nnn_cli.errors import MismatchError
 from nnn_cli.data.sources import EmbeddingSource
@@ -62,7 +62,7 @@ def streamed_bias(gallery: EmbeddingSource, reference: EmbeddingSource, alpha: f
     bias = np.empty(gallery.n, dtype=np.float32)
     topk_all = np.empty((gallery.n, k), dtype=np.float32) if keep_topk else None
     for start, topk in iter_streamed_topk(gallery, reference, k, metric, plan, progress):
-        bias[start:start + len(topk)] = (alpha * topk.astype(np.float64).mean(axis=1)).astype(np.float32)
+        bias[start:start + len(topk)] = bias_from_topk(topk, alpha, k)
         if topk_all is not None:
             topk_all[start:start + len(topk)] = topk
     return bias, topk_all

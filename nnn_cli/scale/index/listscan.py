@@ -22,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from nnn_cli.scale.device import faiss_module
-from nnn_cli.core.topk import (SCORE_TILE_ELEMENTS, ProgressFn, merge_top_scores, parallel_top_k, run_parallel,
-                   select_top, selection_threads, sort_descending)
+from nnn_cli.core.topk import (SCORE_TILE_ELEMENTS, GemmIndex, ProgressFn, merge_top_scores, run_parallel,
+                               search_blocks, select_top, selection_threads, sort_descending, tile_operand,
+                               tile_scores)
 
 PROBE_BLOCK = 65536
 """Query rows assigned to their ``nprobe`` lists per quantizer search call."""
@@ -74,27 +75,31 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     for many queries.  Other quantizers (e.g. HNSW) are searched by faiss.
     """
     nprobe = int(max(1, min(nprobe, ivf.nlist)))
-    workers = selection_threads()
     centroids = _flat_centroids(ivf)
+    if centroids is not None:
+        return search_blocks(GemmIndex(centroids), queries, nprobe, PROBE_BLOCK)[1]
     out = np.empty((len(queries), nprobe), dtype=np.int64)
-    block_rows = PROBE_BLOCK if centroids is None else max(1, SCORE_TILE_ELEMENTS // len(centroids))
-    for start in range(0, len(queries), block_rows):
-        block = np.ascontiguousarray(queries[start:start + block_rows], dtype=np.float32)
-        if centroids is None:
-            out[start:start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
-        else:
-            out[start:start + len(block)] = parallel_top_k(block @ centroids.T, nprobe, workers)[1]
+    for start in range(0, len(queries), PROBE_BLOCK):
+        block = np.ascontiguousarray(queries[start:start + PROBE_BLOCK], dtype=np.float32)
+        out[start:start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
     return out
 
 
 def _scan(queries: np.ndarray, best: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> None:
-    """Fold each (probing rows, list vectors) pair's scores into ``best`` (rows are disjoint across callers)."""
+    """Fold each (probing rows, list vectors) pair's scores into ``best`` (rows are disjoint across callers).
+
+    The GEMM shapes depend only on the list and the fixed row block, never on the thread count."""
     for rows_all, vecs in lists:
         chunk = max(1, SCORE_TILE_ELEMENTS // len(vecs))
         for start in range(0, len(rows_all), chunk):
             rows = rows_all[start:start + chunk]
-            best[rows] = merge_top_scores(best[rows], select_top(queries[rows] @ vecs.T, k), k)
+            scores = tile_scores(tile_operand(queries[rows], copy=True), vecs)
+            best[rows] = merge_top_scores(best[rows], select_top(scores, k), k)
 
+
+LIST_ROW_BLOCK = 4096
+"""Query rows scanned together (at global multiples of it): fixed, so the GEMM of each (list, row
+block) has the same shape whatever the thread count; the blocks are dealt to the threads."""
 
 LISTS_PER_STEP = 32
 """Lists scanned between progress reports (and between the workers' joins)."""
@@ -107,9 +112,10 @@ def list_major_topk(index, queries: np.ndarray, k: int, nprobe: int | None = Non
     ``index`` must be an ``IndexIVFFlat`` (see :func:`flat_ivf`); ``nprobe``
     defaults to the index's own setting.  Rows whose
     probed lists hold fewer than k vectors are padded with ``-inf``.  The
-    query rows are split into ``threads`` ranges (default: faiss's thread
-    count), scanned in parallel with single-threaded BLAS, so the selection
-    runs on every core too.
+    query rows are cut into fixed blocks of :data:`LIST_ROW_BLOCK` (``queries``
+    starts at such a boundary), scanned by ``threads`` workers (default: the
+    engine's thread count) with single-threaded BLAS, so the selection runs
+    on every core and the result does not depend on the thread count.
     """
     ivf = flat_ivf(index)
     if ivf is None:
@@ -129,18 +135,18 @@ def list_major_topk(index, queries: np.ndarray, k: int, nprobe: int | None = Non
     vectors = list_vectors(ivf)
     todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
     workers = max(1, int(threads or selection_threads()))
-    bounds = np.linspace(0, nq, workers + 1).astype(np.int64)
+    bounds = np.arange(0, nq + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
     total, done = int(counts.sum()), 0
     for step in range(0, len(todo), LISTS_PER_STEP):
-        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(workers)]
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(bounds) - 1)]
         for lst in todo[step:step + LISTS_PER_STEP]:
             rows_all = rows_by_list[ends[lst] - counts[lst]:ends[lst]]
             cuts = np.searchsorted(rows_all, bounds)
-            for w in range(workers):
-                if cuts[w + 1] > cuts[w]:
-                    parts[w].append((rows_all[cuts[w]:cuts[w + 1]], vectors[lst]))
+            vecs = tile_operand(vectors[lst])
+            for b in np.flatnonzero(cuts[1:] > cuts[:-1]):
+                parts[b].append((rows_all[cuts[b]:cuts[b + 1]], vecs))
             done += len(rows_all)
-        run_parallel(lambda part: _scan(queries, best, part, k), [part for part in parts if part])
+        run_parallel(lambda part: _scan(queries, best, part, k), [part for part in parts if part], workers)
         if progress:
             progress(done, total)
     return sort_descending(best)
