@@ -142,7 +142,7 @@ def job_theirs_search(a: dict) -> dict:
 
 def job_cli(a: dict) -> dict:
     """Run the `nnn` CLI in this process (a whole process: imports, reading, computing, writing)."""
-    from nnn_cli.cli.app import app
+    from nnn_cli.cli.application import app
 
     t = time.perf_counter()
     code = app(a["argv"], standalone_mode=False)

@@ -1,3 +1,3 @@
-from nnn_cli.cli.app import main
+from nnn_cli.cli import main
 
 main()

@@ -17,7 +17,7 @@ from nnn_cli.core.baselines import (
     rank_inverted_softmax,
     tune_baseline,
 )
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.core.compare import bootstrap_recall, compare_methods
 from nnn_cli.errors import ParameterError
 from nnn_cli.core.truth import Truth
@@ -231,7 +231,7 @@ def test_eval_reads_tuned_method_params(tmp_path, hub_files):
 
     from typer.testing import CliRunner
 
-    from nnn_cli.cli.app import app
+    from nnn_cli.cli.application import app
 
     runner = CliRunner()
     common = ["--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),

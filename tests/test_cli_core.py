@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 
 runner = CliRunner()
 

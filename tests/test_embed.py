@@ -22,7 +22,7 @@ pytest.importorskip("sentence_transformers")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from nnn_cli.cli.app import app  # noqa: E402
+from nnn_cli.cli.application import app  # noqa: E402
 from nnn_cli.embed.run import embed_input, normalise_rows  # noqa: E402
 from nnn_cli.embed.store import partial_path, sidecar_path  # noqa: E402
 from nnn_cli.embed.encoders import Encoder, load_encoder  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import InputError
 from nnn_cli.data.outputs import atomic_output
 from nnn_cli.data.inputs import open_embeddings
@@ -251,7 +251,7 @@ def test_two_concurrent_writers_leave_one_complete_file(made):
 # ---------------------------------------------------------------------------
 _RUN_TWICE = """
 import sys
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 gallery, reference, queries, tag, threads = sys.argv[1:]
 for rep in ("a", "b"):
     for args in (["bias", gallery, "-r", reference, "--alpha", "0.75", "--k", "8", "-o", f"{tag}{rep}.b.h5"],

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nnn_cli.core.nnn import bias_from_topk, reference_topk
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.core.nnn import merge_topk
 from nnn_cli.data.biasfile import StoredBias, load_stored_bias
@@ -306,7 +306,7 @@ def test_update_refuses_an_approximate_bias_file(tmp_path):
     """A bias made with an approximate index holds approximate top-k: merging exact scores into it is refused."""
     from typer.testing import CliRunner
 
-    from nnn_cli.cli.app import app
+    from nnn_cli.cli.application import app
 
     rng = np.random.default_rng(5)
     g = rng.standard_normal((60, 8)).astype(np.float32)

@@ -13,7 +13,7 @@ from nnn_cli.scale.index.build import load_index
 from nnn_cli.scale.index.depth import score_recall, topk_recall
 from nnn_cli import open_embeddings
 from nnn_cli.core.nnn import compute_bias, reference_topk
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.scale.device import NO_GPU_MESSAGE, resolve_device
 from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.search import search

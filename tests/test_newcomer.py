@@ -324,7 +324,7 @@ def test_clip_folder_through_bias_search_eval(tmp_path):
     pytest.importorskip("pyarrow")
     from typer.testing import CliRunner
 
-    from nnn_cli.cli.app import app
+    from nnn_cli.cli.application import app
 
     root = clip_folder(tmp_path / "out", sizes=(20, 20), d=16)
     ref = clip_folder(tmp_path / "ref", sizes=(30,), d=16, seed=1, parquet=False)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli import compute_bias, search
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 
 torch = pytest.importorskip("torch")
 

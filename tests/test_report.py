@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from nnn_cli.core.attribute import attribute_bias, precision_at
 from nnn_cli.data.labels import read_labels
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import InputError, ParameterError
 from nnn_cli.core.truth import Truth
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 
 NNN = [sys.executable, "-m", "nnn_cli"]
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from nnn_cli import open_embeddings
 from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.scale.budget import BlockPlan, parse_memory_budget, plan_blocks
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.shards import open_shard_folder
 from nnn_cli.scale.streaming import streamed_bias, streamed_reference_topk

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli.core.nnn import compute_bias, reference_topk
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import ParameterError
 from nnn_cli.core.truth import Truth
 from nnn_cli.core.metrics import recall_from_topk

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.cli.app import app
+from nnn_cli.cli.application import app
 from nnn_cli.errors import InputError
 from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.biasfile import read_bias

@@ -70,6 +70,9 @@ LoadIndexOpt = Annotated[Optional[Path], typer.Option(
 MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
     "--memory-budget", envvar="NNN_MEMORY_BUDGET",
     help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.")]
+WaitOpt = Annotated[float, typer.Option(
+    "--wait", envvar="NNN_WAIT", min=0,
+    help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found).")]
 

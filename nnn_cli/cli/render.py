@@ -24,8 +24,17 @@ def _pipe_width(stream) -> int | None:
     return None if tty or os.environ.get("COLUMNS") else 120
 
 
-err_console = Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
-out_console = Console(highlight=False, width=_pipe_width(sys.stdout))
+class _Console(Console):
+    """rich's Console, but a closed pipe ends the command quietly with exit 0 (like `nnn search -o - | head`),
+    where rich's default exits 1."""
+
+    def on_broken_pipe(self) -> None:
+        silence_stdout()
+        raise SystemExit(0)
+
+
+err_console = _Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
+out_console = _Console(highlight=False, width=_pipe_width(sys.stdout))
 
 
 def show_progress(quiet: bool) -> bool:
@@ -269,3 +278,24 @@ def render_attribute_table(result: dict) -> None:
         for n, rec in result["precision_at"].items():
             prec.add_row(str(n), f"{100 * rec['baseline']['precision']:.1f}%", f"{100 * rec['nnn']['precision']:.1f}%")
         out_console.print(prec)
+
+
+def print_json_lines(records) -> None:
+    """One compact JSON object per line on stdout (as `nnn search -o -`)."""
+    for rec in records:
+        sys.stdout.write(json.dumps(rec) + "\n")
+    sys.stdout.flush()
+
+
+def render_query(result: dict) -> None:
+    """`nnn query`: one small table per text (rank, id, score)."""
+    what = "debiased score s(q, r) - b(r)" if result["debiased"] else "plain score (give --bias for NNN)"
+    for rec in result["results"]:
+        table = Table(title=f"{rec['query_text']!r}  ({what}; model {rec['model']})")
+        table.add_column("rank", justify="right")
+        table.add_column("id")
+        table.add_column("index", justify="right")
+        table.add_column("score", justify="right")
+        for item in rec["results"]:
+            table.add_row(str(item["rank"]), str(item.get("id", "")), str(item["index"]), f"{item['score']:.4f}")
+        out_console.print(table)

@@ -12,8 +12,9 @@ from nnn_cli.jobs.common import IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import evaluate
 from nnn_cli.jobs.info import info
+from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import search
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
-__all__ = ["attribute_bias", "bias", "embed", "evaluate", "info", "search", "truth_from_pairs", "tune", "IndexOptions", "JobResult"]
+__all__ = ["attribute_bias", "bias", "embed", "evaluate", "info", "query", "search", "truth_from_pairs", "tune", "IndexOptions", "JobResult"]

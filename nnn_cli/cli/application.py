@@ -16,8 +16,25 @@ from typing import Annotated
 import typer
 
 from nnn_cli._version import __version__
-from nnn_cli.cli.commands import attribute, bias, embed, eval as eval_, info, search, truth, tune
+from nnn_cli.cli.commands import attribute, bias, embed, eval as eval_, info, query, search, truth, tune
 from nnn_cli.cli.render import silence_stdout
+
+def _hide_flag_type() -> None:
+    """Typer's rich help labels flags that take no value `<bool>`; a flag shows no type, as click's plain help does."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_nnn_flags_hidden", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._nnn_flags_hidden = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_type()
 
 app = typer.Typer(
     name="nnn",
@@ -41,6 +58,7 @@ app.command("eval", epilog=eval_.EPILOG)(eval_.eval_cmd)
 app.command("attribute-bias", epilog=attribute.EPILOG)(attribute.attribute_bias_cmd)
 app.command("embed", epilog=embed.EPILOG)(embed.embed_cmd)
 app.command("info", epilog=info.EPILOG)(info.info_cmd)
+app.command("query", epilog=query.EPILOG)(query.query_cmd)
 app.command("tune", epilog=tune.EPILOG)(tune.tune_cmd)
 app.command("truth-from-pairs", epilog=truth.EPILOG)(truth.truth_cmd)
 
@@ -59,13 +77,17 @@ def root(
     """Nearest Neighbor Normalization for contrastive retrieval."""
 
 
-def main() -> None:
-    """Console entry point (``nnn``)."""
-    from nnn_cli.signals import install_handlers
-
-    install_handlers()
+def run() -> None:
+    """Run the app (signal handlers are installed by :func:`nnn_cli.cli.main`, before this module loads)."""
     try:
         app()
     except BrokenPipeError:
         silence_stdout()
         sys.exit(0)
+
+
+def main() -> None:
+    """Console entry point, for callers that import this module directly."""
+    from nnn_cli.cli import main as entry
+
+    entry()
