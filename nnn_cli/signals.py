@@ -18,9 +18,11 @@ delete once no ``nnn`` job is running.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
+from typing import Iterator
 
 
 class Terminated(KeyboardInterrupt):
@@ -31,6 +33,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 _received: int | None = None
+_defer_depth = 0
+_pending: int | None = None
 
 
 def _raise_for(signum: int) -> None:
@@ -40,11 +44,33 @@ def _raise_for(signum: int) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    global _received
+    global _received, _pending
     _received = signum
     if signum == signal.SIGTERM:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _defer_depth:
+        _pending = signum  # raised when the deferred section ends (see deferred_signals)
+        return
     _raise_for(signum)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """A section that SIGINT/SIGTERM cannot cut in two: a signal that arrives inside is raised when it
+    ends (from its last line), so e.g. a rename and the record that it happened are one step.
+
+    Works whichever thread the kernel delivers the signal to (a signal mask on the main thread alone
+    does not: BLAS and OpenMP worker threads would take it), since Python always runs the handler in
+    the main thread."""
+    global _defer_depth, _pending
+    _defer_depth += 1
+    try:
+        yield
+    finally:
+        _defer_depth -= 1
+    if _defer_depth == 0 and _pending is not None:
+        signum, _pending = _pending, None
+        _raise_for(signum)
 
 
 _published: list[str] = []

@@ -62,7 +62,7 @@ def run_eval_with_report(hub_files, tmp_path):
 
 def test_eval_plots_and_report(hub_files, tmp_path):
     out, report, plots = run_eval_with_report(hub_files, tmp_path)
-    for name in ("hubness.png", "hubness_all.png", "recall.png"):
+    for name in ("hubness.png", "hubness_all.png", "gain.png"):
         png_size(plots / name)
     assert len(out["pictures"]) == 3
     text = report.read_text()

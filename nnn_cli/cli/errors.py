@@ -11,7 +11,7 @@ import typer
 
 from nnn_cli.cli.render import err_console, silence_stdout
 from nnn_cli.errors import NNNError
-from nnn_cli.signals import Terminated, exit_code
+from nnn_cli.signals import Terminated, exit_code, published_outputs
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -36,7 +36,7 @@ def handle_errors(func: Callable) -> Callable:
             raise typer.Exit(0)
         except KeyboardInterrupt as exc:
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
-            done = getattr(exc, "nnn_published", None)
+            done = getattr(exc, "nnn_published", None) or ", ".join(published_outputs())
             tail = f"{done} was already written in full." if done else "no output was written."
             err_console.print(f"{what}; {tail}", markup=False)
             raise typer.Exit(exit_code(exc))

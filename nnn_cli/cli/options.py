@@ -70,6 +70,13 @@ LoadIndexOpt = Annotated[Optional[Path], typer.Option(
 MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
     "--memory-budget", envvar="NNN_MEMORY_BUDGET",
     help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.")]
+GalleryIdsOpt = Annotated[Optional[Path], typer.Option(
+    "--gallery-ids", help="Ids of the gallery rows: .txt (one a line), .npy, .json or .parquet (--ids-column).")]
+QueryIdsOpt = Annotated[Optional[Path], typer.Option(
+    "--query-ids", help="Ids of the query rows: .txt (one a line), .npy, .json or .parquet (--ids-column).")]
+IdsColumnOpt = Annotated[Optional[str], typer.Option(
+    "--ids-column", help="Column of the parquet metadata holding the ids (clip-retrieval folders; "
+                         "default: the first of image_path, url, key, id, caption); needs pyarrow.")]
 WaitOpt = Annotated[float, typer.Option(
     "--wait", envvar="NNN_WAIT", min=0,
     help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.")]

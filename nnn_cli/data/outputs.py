@@ -11,30 +11,12 @@ from pathlib import Path
 from typing import Iterator
 
 from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
-from nnn_cli.signals import mark_published, raise_if_interrupted
+from nnn_cli.signals import deferred_signals, mark_published, raise_if_interrupted
 from nnn_cli.data.h5 import split_spec
 
 # ---------------------------------------------------------------------------
 # Atomic outputs
 # ---------------------------------------------------------------------------
-def _hold_signals():
-    """Hold SIGINT/SIGTERM back (POSIX, main thread); returns the mask to restore, or None."""
-    import signal
-    import threading
-
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _release_signals(held) -> None:
-    """Deliver what :func:`_hold_signals` held back."""
-    if held is not None:
-        import signal
-
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -59,25 +41,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"{path}: output folder {parent} does not exist")
     tmp: Path | None = None
     published = False
-    held = _hold_signals()  # a signal between mkstemp and `tmp = ...` would leave the temporary file behind
     try:
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-            os.close(fd)
-            tmp = Path(tmp_name)
-        except PermissionError:
-            raise InputError(f"{path}: cannot create files in {parent} (permission denied)") from None
-        except OSError as exc:
-            raise output_error(path, exc) from None
-        finally:
-            _release_signals(held)  # a signal held back is raised here, inside the cleanup's reach
+        with deferred_signals():  # a signal between mkstemp and `tmp = ...` would leave the temporary file behind
+            try:
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+                os.close(fd)
+                tmp = Path(tmp_name)
+            except PermissionError:
+                raise InputError(f"{path}: cannot create files in {parent} (permission denied)") from None
+            except OSError as exc:
+                raise output_error(path, exc) from None
         yield tmp
         raise_if_interrupted()  # a Ctrl-C/SIGTERM swallowed while writing must not publish the file
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_current_umask())
-        held = _hold_signals()  # the rename and the record that it happened are one step for signals
-        try:
+        with deferred_signals():  # the rename and the record that it happened are one step for signals
             raise_if_interrupted()
             os.replace(tmp, path)
             published = True
@@ -88,8 +67,6 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
-        finally:
-            _release_signals(held)  # a signal that arrived meanwhile is raised here, after publishing
     except BaseException as exc:
         if published:
             # the new output is in place and complete: say so (see nnn_cli.signals.published_outputs)

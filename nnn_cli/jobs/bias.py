@@ -19,7 +19,8 @@ from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.errors import ParameterError
-from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, resolve_params, setup_threads
+from nnn_cli.jobs.common import (IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source,
+                                 resolve_params, setup_threads)
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.incremental import add_reference, append_items
 from nnn_cli.scale.plan import plan_bias, run_bias_plan
@@ -33,6 +34,7 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
          append_to: Optional[PathLike] = None, update: Optional[PathLike] = None,
          reference_add: Optional[PathLike] = None, index: IndexOptions | None = None,
          memory_budget: str | int | None = None, device: str = "cpu", wait: float = DEFAULT_WAIT,
+         gallery_ids: Optional[PathLike] = None, ids_column: Optional[str] = None,
          progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Compute and write a bias file with full provenance; returns its summary.
 
@@ -54,8 +56,8 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
         check_output_path(index.save_index, [gallery, reference, output], None, "--save-index")
     budget = parse_memory_budget(memory_budget)
     alpha, k = resolve_params(alpha, k, params)
-    g_src = open_embeddings(gallery, "gallery")
-    r_src = open_embeddings(reference, "reference")
+    g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
+    r_src = open_source(reference, "reference", notes, None, ids_column)
     check_same_dim(g_src, r_src)
     check_k(k, r_src.n)
     setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile

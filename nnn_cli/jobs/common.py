@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from nnn_cli.core.nnn import check_alpha, check_k
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.biasfile import BiasFile, read_bias
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
@@ -66,6 +67,16 @@ class IndexOptions:
     @property
     def exact_flat(self) -> bool:
         return self.index == "flat" and self.save_index is None and self.load_index is None
+
+
+def open_source(spec: PathLike, label: str, notes: "Notes", ids_file: Optional[PathLike] = None,
+                ids_column: Optional[str] = None):
+    """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
+    folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
+    src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column)
+    for line in getattr(src, "notes", None) or []:
+        notes(line)
+    return src
 
 
 def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[PathLike]) -> tuple[float, int]:

@@ -10,7 +10,6 @@ from nnn_cli.core.baselines import BANK_METHODS, METHODS, BaselineParams, galler
 from nnn_cli.core.protocol import leak_check
 from nnn_cli.report.html import METHOD_LABELS
 from nnn_cli.core.compare import compare_methods
-from nnn_cli.core.metrics import retrieval_counts
 from nnn_cli.core.nnn import check_k
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import bias_source_attrs, run_provenance
@@ -19,7 +18,8 @@ from nnn_cli.data.tables import read_method_params, read_truth
 from nnn_cli.errors import ParameterError
 __all__ = ["METHODS", "METHOD_LABELS", "BaselineParams", "evaluate", "eval_pictures"]
 
-from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn, read_checked_bias, resolve_params, setup_threads
+from nnn_cli.jobs.common import (JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source, read_checked_bias,
+                                 resolve_params, setup_threads)
 
 
 def check_plots_folder(plots: Optional[PathLike]) -> None:
@@ -39,6 +39,8 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
              methods: str | Sequence[str] = "baseline,nnn", method_params: Optional[Sequence[PathLike]] = None,
              baseline_params: BaselineParams | None = None, gallery_bank: Optional[PathLike] = None,
              bootstrap: int = 0, seed: int = 0, plots: Optional[PathLike] = None, report: Optional[PathLike] = None,
+             query_ids: Optional[PathLike] = None, gallery_ids: Optional[PathLike] = None,
+             ids_column: Optional[str] = None,
              progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Evaluate every requested method; ``summary`` is the `nnn eval --json` document."""
     notes = Notes(on_note)
@@ -58,8 +60,8 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     check_plots_folder(plots)
     if report is not None:
         check_output_path(report, [queries, gallery, truth, bias, reference], (".html", ".htm"), "--report")
-    q_src = open_embeddings(queries, "queries")
-    g_src = open_embeddings(gallery, "gallery")
+    q_src = open_source(queries, "queries", notes, query_ids, ids_column)
+    g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
     check_same_dim(q_src, g_src)
     r_src = gb_src = None
     if gallery_bank is not None:
@@ -114,26 +116,22 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
 
 def eval_pictures(runs, result: dict, plots: Optional[PathLike], report: Optional[PathLike], n_gallery: int,
                   notes: Notes) -> list[str]:
-    """Write the eval PNGs (into ``plots``, or a temporary folder) and the ``report`` page; return PNG paths kept."""
+    """Write the eval PNGs (into ``plots``, or a temporary folder) and the ``report`` page; return PNG paths kept.
+    Without matplotlib: no pictures and no empty ``plots`` folder, a tables-only report, and one note."""
     from nnn_cli.report.html import write_report
-    from nnn_cli.report.plots import plot_hubness, plot_recall_bars
+    from nnn_cli.report.pictures import eval_pictures as draw, plots_unavailable
 
+    missing = plots_unavailable()
     with tempfile.TemporaryDirectory(prefix="nnn-plots-") as tmp:
-        folder = Path(plots) if plots is not None else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        shown = [m for m in ("baseline", "nnn") if m in runs] if "nnn" in runs else list(runs)
-        images = {
-            "Queries retrieved (rank 1) per gallery item, before and after": plot_hubness(
-                {METHOD_LABELS[m]: retrieval_counts(runs[m].topk[:, 0], n_gallery) for m in shown},
-                folder / "hubness.png"),
-        }
-        if len(runs) > 2:
-            images["Hubness, every method"] = plot_hubness(
-                {METHOD_LABELS[m]: retrieval_counts(r.topk[:, 0], n_gallery) for m, r in runs.items()},
-                folder / "hubness_all.png", title="Hubness: every method")
-        images["Recall@1 by method"] = plot_recall_bars(
-            {METHOD_LABELS[m]: result[m] for m in runs}, folder / "recall.png")
+        if missing is not None:
+            pics_images, note = {}, missing
+        else:
+            folder = Path(plots) if plots is not None else Path(tmp)
+            pics = draw(result, {m: run.topk[:, 0] for m, run in runs.items()}, n_gallery, folder)
+            pics_images, note = pics.images, pics.note
+        if note:
+            notes(f"note: {note}")
         if report is not None:
-            write_report(report, result, images)
+            write_report(report, result, pics_images, note=note)
             notes(f"wrote {report}")
-        return [str(p) for p in images.values()] if plots is not None else []
+        return [str(p) for p in pics_images.values()] if plots is not None else []

@@ -9,9 +9,9 @@ from nnn_cli.data.biasfile import read_bias
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_source_attrs, check_bias_matches, source_attrs
 from nnn_cli.data.results import write_jsonl, write_results
-from nnn_cli.data.inputs import check_same_dim, open_embeddings
+from nnn_cli.data.inputs import check_same_dim
 from nnn_cli.errors import ParameterError
-from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, setup_threads
+from nnn_cli.jobs.common import IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source, setup_threads
 from nnn_cli.scale.plan import plan_search, run_search_plan
 
 RESULT_SUFFIXES = (".h5", ".hdf5", ".npz", ".jsonl")
@@ -30,7 +30,8 @@ def output_format(output: PathLike, fmt: Optional[str]) -> str:
 def search(queries: PathLike, gallery: PathLike, output: PathLike, *, bias: Optional[PathLike] = None,
            top_k: int = 10, fmt: Optional[str] = None, metric: str = "cosine", threads: int = 0,
            force: bool = False, index: IndexOptions | None = None, overfetch: Optional[int] = None,
-           device: str = "cpu", stream: TextIO | None = None,
+           device: str = "cpu", stream: TextIO | None = None, query_ids: Optional[PathLike] = None,
+           gallery_ids: Optional[PathLike] = None, ids_column: Optional[str] = None,
            progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Search and write results (HDF5/npz, or JSON lines to a file or, for ``output="-"``, to ``stream``)."""
     index = index or IndexOptions()
@@ -46,8 +47,8 @@ def search(queries: PathLike, gallery: PathLike, output: PathLike, *, bias: Opti
         check_output_path(output, [queries, gallery, bias], suffixes, "results output")
     if index.save_index is not None:
         check_output_path(index.save_index, [queries, gallery, bias, None if to_stream else output], None, "--save-index")
-    q_src = open_embeddings(queries, "queries")
-    g_src = open_embeddings(gallery, "gallery")
+    q_src = open_source(queries, "queries", notes, query_ids, ids_column)
+    g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
     check_same_dim(q_src, g_src)
     b = bf = None
     if bias is not None:

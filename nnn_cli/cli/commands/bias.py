@@ -9,7 +9,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (AlphaOpt, BlockOpt, DeviceOpt, EfSearchOpt, IndexOpt, JsonOpt, KOpt, LoadIndexOpt,
+from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, AlphaOpt, BlockOpt, DeviceOpt, EfSearchOpt, IndexOpt, JsonOpt, KOpt, LoadIndexOpt,
                                  MemoryBudgetOpt, Metric, MetricOpt, NlistOpt, NprobeOpt, ParamsOpt, QuietOpt,
                                  RecallOpt, SaveIndexOpt, ThreadsOpt, WaitOpt, block_size_note, index_options)
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar
@@ -60,6 +60,8 @@ def bias_cmd(
     memory_budget: MemoryBudgetOpt = None,
     device: DeviceOpt = "cpu",
     wait: WaitOpt = 10.0,
+    gallery_ids: GalleryIdsOpt = None,
+    ids_column: IdsColumnOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -78,7 +80,7 @@ def bias_cmd(
             gallery, reference, output, alpha=alpha, k=k, params=params, metric=metric.value, threads=threads,
             store_topk=store_topk, append_to=append_to, update=update, reference_add=reference_add,
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            memory_budget=memory_budget, device=device, wait=wait, progress=progress, on_note=note)
+            memory_budget=memory_budget, device=device, wait=wait, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
     if json_out:
         print_json({key: v for key, v in result.summary.items() if key != "message"})
     info(result.summary["message"], quiet)

@@ -9,7 +9,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (AlphaOpt, BiasFileOpt, BiasReferenceOpt, BlockOpt, ForceOpt, GalleryOpt, JsonOpt, KOpt,
+from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, AlphaOpt, BiasFileOpt, BiasReferenceOpt, BlockOpt, ForceOpt, GalleryOpt, JsonOpt, KOpt,
                                  Metric, MetricOpt, ParamsOpt, QuietOpt, ThreadsOpt, block_size_note)
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
 from nnn_cli.jobs.eval import BaselineParams
@@ -60,6 +60,9 @@ def eval_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap.")] = 0,
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder to write PNG pictures into (hubness, recall); needs matplotlib.")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write one self-contained HTML page with tables and pictures.")] = None,
+    query_ids: QueryIdsOpt = None,
+    gallery_ids: GalleryIdsOpt = None,
+    ids_column: IdsColumnOpt = None,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -81,7 +84,7 @@ def eval_cmd(
             queries, gallery, truth, bias=bias, reference=reference, alpha=alpha, k=k, params=params,
             metric=metric.value, threads=threads, force=force, methods=methods, method_params=method_params,
             baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k), gallery_bank=gallery_bank,
-            bootstrap=bootstrap, seed=seed, plots=plots, report=report, progress=progress, on_note=note).summary
+            bootstrap=bootstrap, seed=seed, plots=plots, report=report, query_ids=query_ids, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note).summary
     if json_out:
         print_json(result)
     elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(

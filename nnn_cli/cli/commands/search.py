@@ -9,7 +9,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
+from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
                                  MetricOpt, NlistOpt, NprobeOpt, OutFormat, QuietOpt, RecallOpt, SaveIndexOpt,
                                  ThreadsOpt, block_size_note, index_options)
 from nnn_cli.cli.render import info, note_printer, progress_bar
@@ -49,6 +49,9 @@ def search_cmd(
     save_index: SaveIndexOpt = None,
     load_index: LoadIndexOpt = None,
     device: DeviceOpt = "cpu",
+    query_ids: QueryIdsOpt = None,
+    gallery_ids: GalleryIdsOpt = None,
+    ids_column: IdsColumnOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -64,6 +67,6 @@ def search_cmd(
             queries, gallery, output, bias=bias, top_k=top_k, fmt=out_format.value if out_format else None,
             metric=metric.value, threads=threads, force=force, overfetch=overfetch, device=device,
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            stream=sys.stdout, progress=progress, on_note=note)
+            stream=sys.stdout, query_ids=query_ids, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
     if "message" in result.summary:
         info(result.summary["message"], quiet)
