@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnn_cli.core.baselines import BaselineParams, tune_baseline  # noqa: E402
+from nnn_cli.core.baseline_sweep import tune_baseline  # noqa: E402
+from nnn_cli.core.baselines import BaselineParams  # noqa: E402
 from nnn_cli.core.compare import compare_methods  # noqa: E402
 from nnn_cli.core.truth import Truth
 from nnn_cli.data.inputs import open_embeddings

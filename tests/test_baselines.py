@@ -7,16 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli.core.baselines import (
-    BaselineParams,
-    activation_set,
-    log_sum_exp_scores,
-    parse_methods,
-    rank_dn,
-    rank_dualdis,
-    rank_dualis,
-    rank_inverted_softmax,
-    tune_baseline,
+    BaselineParams, activation_set, log_sum_exp_scores, parse_methods, rank_dn, rank_dualdis, rank_dualis, rank_inverted_softmax,
 )
+from nnn_cli.core.baseline_sweep import tune_baseline
 from nnn_cli.cli.application import app
 from nnn_cli.core.compare import bootstrap_recall, compare_methods
 from nnn_cli.errors import ParameterError

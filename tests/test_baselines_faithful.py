@@ -7,9 +7,9 @@ from scipy.stats import kurtosis
 from nnn_cli.core.attribute import compare_attribute_bias
 from nnn_cli.data.labels import check_explicit_groups
 from nnn_cli.core.baselines import (
-    DB_COARSE, DEFAULT_GRIDS, GALLERY_BANK_WARNING, BaselineParams, activation_set, parse_methods, rank_dualdis,
-    rank_dualis, rank_inverted_softmax, rank_method, rank_qbnorm, tune_baseline,
+    DB_COARSE, DEFAULT_GRIDS, GALLERY_BANK_WARNING, BaselineParams, activation_set, parse_methods, rank_dualdis, rank_dualis, rank_inverted_softmax, rank_method, rank_qbnorm,
 )
+from nnn_cli.core.baseline_sweep import tune_baseline
 from nnn_cli.core.compare import compare_methods
 from nnn_cli.errors import ParameterError
 from nnn_cli.core.truth import Truth

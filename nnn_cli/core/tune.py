@@ -14,6 +14,10 @@ debiased search and ties broken toward the lower gallery index.
 
 Unsupervised mode picks alpha and k from the reference queries alone: see
 :func:`tune_unsupervised`.
+
+Why one module of about 450 lines: the supervised and unsupervised sweeps share the envelope
+machinery (cell biases, per-item envelopes, exact per-cell re-checks) and the grid/result types;
+splitting them would put the two users of one algorithm in different files.
 """
 
 from __future__ import annotations

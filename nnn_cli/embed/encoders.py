@@ -22,6 +22,10 @@ file ``*.pt``/``*.pth``/``*.ts``         a TorchScript module (see :class:`Torch
 Nothing is downloaded: every model loads from local files with the Hugging Face hub offline.
 torch and the model libraries are imported here only, lazily; without them
 :class:`DependencyError` says what to install.
+
+Why one module of about 510 lines: one adapter class per model library (sentence-transformers,
+open_clip, Hugging Face CLIP/SigLIP, TorchScript) behind one interface, plus :func:`load_encoder`
+choosing among them; each adapter is short, and keeping them side by side keeps the interface honest.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nnn_cli.core.baselines import DEFAULT_GRIDS, DENSE_MODES, METHOD_ALIASES, parse_grid, tune_baseline
+from nnn_cli.core.baseline_sweep import parse_grid, tune_baseline
+from nnn_cli.core.baselines import DEFAULT_GRIDS, DENSE_MODES, METHOD_ALIASES
 from nnn_cli.core.protocol import leak_check, reference_subsample
 from nnn_cli.core.nnn import check_alpha
 from nnn_cli.core.tune import OBJECTIVES, check_grid, parse_list, split_reference, tune_grid, tune_unsupervised
