@@ -2,7 +2,8 @@
 
 :func:`embed_input` streams the records of an :class:`~nnn_cli.readers.InputSource` through an
 :class:`~nnn_cli.encoders.Encoder` batch by batch, L2-normalises each row in float32, and
-appends it to the partial output (:mod:`nnn_cli.embed_store`).  Empty items, unreadable
+appends it to the partial output (:mod:`nnn_cli.embed.store`: committed with counts and checksums
+after each durable flush, verified before a resume).  Empty items, unreadable
 images and vectors the model returns as zero or non-finite are skipped and listed, never fatal.
 Records are committed a batch at a time, so an interrupted run resumes at the first
 uncommitted batch; ``max_batches`` stops on purpose after that many batches (the same state an
@@ -194,10 +195,10 @@ def embed_input(
         store.finish(output, attrs)
         return summary
     except NNNError:
-        if not store.is_open or store.records_done == 0:
+        if store.is_open and store.records_done == 0:
             store.discard()  # bad input or model before anything was committed: leave no file behind
         else:
-            store.close()
+            store.close()  # committed (verified) batches stay for a rerun, also after a full disk
         raise
     except BaseException:
         store.close()  # interrupted: keep the committed batches for a resumed run

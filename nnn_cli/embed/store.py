@@ -1,37 +1,56 @@
-"""Streaming, resumable output for `nnn embed`.
+"""Streaming, resumable output for `nnn embed`: a store that cannot resume into garbage.
 
-Rows are appended batch by batch to ``OUT.partial`` (an HDF5 file with resizable
-``embeddings``, ``ids``, ``skipped_ids`` and ``skipped_reasons`` datasets), so memory does not
-grow with the input.  After each batch the file records how many input records are done and
-how many rows are valid, and is flushed: a run that is killed loses at most the batch in
-flight.  A later run with the same resume key (input fingerprint, model, modality, dtype...)
-opens the partial file, trims any rows past the last commit and goes on from there.  When the
-input is exhausted the partial file is renamed to ``OUT`` (HDF5), or converted to ``OUT.npy``
-plus a sidecar ``OUT.npy.json`` (ids, skipped items, attributes).
+An unfinished run keeps its rows in the folder ``OUT.partial/``:
+
+- ``embeddings.bin``: the rows, raw (output dtype, C order), appended batch by batch;
+- ``ids.jsonl`` and ``skipped.jsonl``: one JSON value per row / per skipped item, appended alongside;
+- ``manifest.json``: the commit marker: the resume key, dtype, dimension, the counts (records done,
+  rows, skipped) and, for each data file, the committed length in bytes and the blake2b-128 of those
+  bytes.
+
+A batch is committed in this order: its bytes are appended to the data files, the files are
+fsynced, then a new manifest is written to a temporary file, fsynced and renamed over the old one
+(and the folder fsynced).  Whatever is past the manifest's lengths is an uncommitted tail: a run
+killed (or out of disk) mid-batch leaves at most one such tail, and it is cut off on resume.  A
+resume re-reads the committed bytes and checks their lengths, row counts and checksums against the
+manifest before going on; if anything does not verify, the folder is discarded with a note
+(``the partial file did not verify``) and the run starts over.  Plain files are used instead of a
+resizable HDF5 file because HDF5 gives no guarantee about a file whose write failed half-way (on a
+full disk it crashed, and a rerun resumed into zero rows).
+
+An OS error while writing (disk full, read-only file system) is :class:`OutputError`, one line
+(``disk full writing OUT.partial``), exit 2; the committed batches stay for a rerun.  When the input
+is exhausted the rows are assembled into ``OUT`` (HDF5) or ``OUT.npy`` plus a sidecar
+``OUT.npy.json`` through an atomic temporary file (a free-space check first: the output needs about
+as much room again as the partial folder), then the folder is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, NNNError, ParameterError
+from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
 from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_lock
 from nnn_cli.data.outputs import atomic_output, output_error
-from nnn_cli.signals import mark_published
 from nnn_cli.data.h5 import is_h5_path
 
 RESUME_KEY_ATTR = "nnn_resume_key"
-STRING_DATASETS = ("ids", "skipped_ids", "skipped_reasons")
 OUTPUT_DTYPES = ("float32", "float16")
+MANIFEST = "manifest.json"
+FORMAT = "nnn-embed-partial/2"
+DATA_FILES = {"embeddings": "embeddings.bin", "ids": "ids.jsonl", "skipped": "skipped.jsonl"}
+NOT_VERIFIED = "the partial file did not verify"
 
 
 def partial_path(output: Path) -> Path:
-    """Where an unfinished run keeps its rows: ``OUT.partial`` beside the output."""
+    """Where an unfinished run keeps its rows: the folder ``OUT.partial`` beside the output."""
     return output.with_name(output.name + ".partial")
 
 
@@ -49,30 +68,70 @@ def check_embed_output(output: Path) -> str:
     raise ParameterError(f"{output}: output must end in .h5, .hdf5 or .npy")
 
 
-class PartialStore:
-    """The partial HDF5 file of one run; use :meth:`open`, then :meth:`append`, then :meth:`finish`."""
+def _digest(h) -> str:
+    return h.hexdigest()
 
-    def __init__(self, path: Path, handle, key: dict, dtype: str, resumed: bool, discarded: str | None):
-        self.lock: contextlib.ExitStack | None = None  # the exclusive lock on the partial file (see open)
+
+def _new_hash():
+    return hashlib.blake2b(digest_size=16)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Delete a partial folder (or an old-format partial file)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+class _NotVerified(Exception):
+    pass
+
+
+class PartialStore:
+    """The partial folder of one run; use :meth:`open`, then :meth:`append`, then :meth:`finish`."""
+
+    def __init__(self, path: Path, key: dict, dtype: str, resumed: bool, discarded: str | None):
+        self.lock: contextlib.ExitStack | None = None  # the exclusive lock on the partial folder (see open)
         self.path = path
-        self.f = handle
         self.key = key
+        self.key_json = json.dumps(key, sort_keys=True)
         self.dtype = dtype
         self.resumed = resumed
-        self.discarded = discarded  # why an old partial file was thrown away, if one was
+        self.discarded = discarded  # why an old partial was thrown away, if one was
+        self.state = {"records_done": 0, "rows": 0, "skipped": 0, "dim": None}
+        self.lengths = {name: 0 for name in DATA_FILES}
+        self.hashes = {name: _new_hash() for name in DATA_FILES}
+        self.files: dict[str, object] = {}
 
     # -- opening ---------------------------------------------------------
     @classmethod
     def open(cls, output: Path, key: dict, dtype: str = "float32", restart: bool = False,
              wait: float = DEFAULT_WAIT) -> "PartialStore":
-        """Open (resume) or create the partial file of ``output`` for a run identified by ``key``.
+        """Open (resume, after verifying) or create the partial folder of ``output`` for ``key``.
 
-        The partial file is locked for the store's life (:mod:`nnn_cli.data.locks`): a second run
+        The partial folder is locked for the store's life (:mod:`nnn_cli.data.locks`): a second run
         on the same output waits up to ``wait`` seconds, then raises ``BusyError`` (exit 2) naming
-        the holder; it never deletes, resumes or publishes the first run's file.  A partial file
-        from a different input or model is refused unless ``restart``; an unreadable one (killed
-        mid-write) is discarded and the run starts over.
+        the holder; it never deletes, resumes or publishes the first run's rows.  A partial folder
+        from a different input or model is refused unless ``restart``; one whose committed rows do
+        not verify (count, length, checksum) is discarded and the run starts over.
         """
+        output = Path(output)
+        if dtype not in OUTPUT_DTYPES:
+            raise ParameterError(f"unknown output dtype {dtype!r}: use float32 or float16")
+        parent = output.parent if str(output.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"{output}: output folder {parent} does not exist")
         lock = contextlib.ExitStack()
         lock.enter_context(exclusive_lock(partial_path(output), wait, "embedding output"))
         try:
@@ -85,190 +144,309 @@ class PartialStore:
 
     @classmethod
     def _open_locked(cls, output: Path, key: dict, dtype: str, restart: bool) -> "PartialStore":
-        import h5py
-
-        if dtype not in OUTPUT_DTYPES:
-            raise ParameterError(f"unknown output dtype {dtype!r}: use float32 or float16")
         path = partial_path(output)
-        key_json = json.dumps(key, sort_keys=True)
         discarded = None
-        if path.exists() and restart:
-            path.unlink()
+        if (path.exists() or path.is_symlink()) and restart:
+            _remove(path)
             discarded = "--restart"
-        if path.exists():
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            _remove(path)
+            discarded = f"{NOT_VERIFIED}: {path} is not a partial folder (an older nnn's partial file?)"
+        if path.is_dir():
+            store = cls(path, key, dtype, True, None)
             try:
-                handle = h5py.File(path, "r+")
-                stored = handle.attrs.get(RESUME_KEY_ATTR)
-                rows = int(handle.attrs.get("rows", -1))
-            except (OSError, ValueError, KeyError) as exc:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                discarded = f"unreadable partial file ({str(exc).splitlines()[0][:80]})"
+                store._verify()
+            except _NotVerified as why:
+                store.close()
+                _remove(path)
+                discarded = f"{NOT_VERIFIED}: {why}"
             else:
-                stored = stored.decode() if isinstance(stored, bytes) else stored
-                if stored != key_json:
-                    handle.close()
-                    raise ParameterError(
-                        f"{path}: an unfinished run for a different input, model or options is stored here; "
-                        "rerun the same command to resume it, or add --restart to discard it")
-                if rows < 0:
-                    handle.close()
-                    path.unlink()
-                    discarded = "partial file without a row count"
-                else:
-                    store = cls(path, handle, key, dtype, True, None)
-                    store._trim(rows)
-                    return store
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"{output}: output folder {parent} does not exist")
+                return store
+        store = cls(path, key, dtype, False, discarded)
         try:
-            handle = h5py.File(path, "w")
+            path.mkdir()
+            for name, fname in DATA_FILES.items():
+                (path / fname).touch()
+            store._open_files()
+            store._write_manifest()
         except OSError as exc:
+            store.close()
+            _remove(path)
             raise output_error(path, exc) from None
-        handle.attrs[RESUME_KEY_ATTR] = key_json
-        handle.attrs["records_done"] = 0
-        handle.attrs["rows"] = 0
-        handle.attrs["complete"] = False
-        str_dtype = h5py.string_dtype()
-        for name in STRING_DATASETS:
-            handle.create_dataset(name, shape=(0,), maxshape=(None,), dtype=str_dtype, chunks=(1024,))
-        handle.flush()
-        return cls(path, handle, key, dtype, False, discarded)
+        return store
 
-    def _trim(self, rows: int) -> None:
-        """Drop rows written after the last commit (a run killed between write and commit)."""
-        if "embeddings" in self.f and self.f["embeddings"].shape[0] != rows:
-            self.f["embeddings"].resize(rows, axis=0)
-        if self.f["ids"].shape[0] != rows:
-            self.f["ids"].resize((rows,))
-        n_skip = int(self.f.attrs.get("skipped", 0))
-        for name in ("skipped_ids", "skipped_reasons"):
-            if self.f[name].shape[0] != n_skip:
-                self.f[name].resize((n_skip,))
+    def _verify(self) -> None:
+        """Check the committed rows against the manifest; cut off an uncommitted tail; keep the hashes."""
+        try:
+            manifest = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise _NotVerified("no manifest") from None
+        except (OSError, ValueError) as exc:
+            raise _NotVerified(f"unreadable manifest ({type(exc).__name__})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise _NotVerified("unknown manifest format")
+        if manifest.get("key") != self.key_json:
+            raise ParameterError(
+                f"{self.path}: an unfinished run for a different input, model or options is stored here; "
+                "rerun the same command to resume it, or add --restart to discard it")
+        try:
+            state = {k: manifest[k] for k in ("records_done", "rows", "skipped", "dim")}
+            files = manifest["files"]
+            for k in ("records_done", "rows", "skipped"):
+                if not isinstance(state[k], int) or state[k] < 0:
+                    raise _NotVerified(f"bad count {k!r} in the manifest")
+            dim = state["dim"]
+            if dim is not None and (not isinstance(dim, int) or dim < 1):
+                raise _NotVerified("bad dimension in the manifest")
+            itemsize = np.dtype(self.dtype).itemsize
+            if files["embeddings"]["bytes"] != state["rows"] * (dim or 0) * itemsize:
+                raise _NotVerified("the row count does not match the committed bytes")
+            lines = {"ids": state["rows"], "skipped": state["skipped"]}
+            for name, fname in DATA_FILES.items():
+                want_bytes, want_hash = int(files[name]["bytes"]), str(files[name]["blake2b"])
+                fpath = self.path / fname
+                if not fpath.is_file() or fpath.stat().st_size < want_bytes:
+                    raise _NotVerified(f"{fname} is shorter than committed")
+                h, newlines = _new_hash(), 0
+                with open(fpath, "rb") as fh:
+                    left = want_bytes
+                    while left:
+                        block = fh.read(min(left, 1 << 22))
+                        if not block:
+                            raise _NotVerified(f"{fname} is shorter than committed")
+                        h.update(block)
+                        newlines += block.count(b"\n")
+                        left -= len(block)
+                if h.hexdigest() != want_hash:
+                    raise _NotVerified(f"checksum mismatch in {fname}")
+                if name in lines and newlines != lines[name]:
+                    raise _NotVerified(f"{fname} holds {newlines} committed lines, not {lines[name]}")
+                self.hashes[name] = h
+                self.lengths[name] = want_bytes
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            if isinstance(exc, NNNError):
+                raise
+            raise _NotVerified(f"bad manifest ({type(exc).__name__}: {exc})") from None
+        self.state = state
+        try:
+            for name, fname in DATA_FILES.items():
+                os.truncate(self.path / fname, self.lengths[name])  # the uncommitted tail, if any
+            self._open_files()
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+
+    def _open_files(self) -> None:
+        for name, fname in DATA_FILES.items():
+            fh = open(self.path / fname, "r+b")
+            fh.seek(self.lengths[name])
+            self.files[name] = fh
 
     # -- state -----------------------------------------------------------
     @property
     def is_open(self) -> bool:
-        return bool(self.f.id.valid)
+        return bool(self.files)
 
     @property
     def records_done(self) -> int:
-        return int(self.f.attrs["records_done"])
+        return int(self.state["records_done"])
 
     @property
     def rows(self) -> int:
-        return int(self.f.attrs["rows"])
+        return int(self.state["rows"])
 
     @property
     def n_skipped(self) -> int:
-        return int(self.f.attrs.get("skipped", 0))
+        return int(self.state["skipped"])
 
     @property
     def dim(self) -> int | None:
-        return int(self.f["embeddings"].shape[1]) if "embeddings" in self.f else None
+        return self.state["dim"]
 
     # -- writing ---------------------------------------------------------
+    def _write_manifest(self, state: dict | None = None, lengths: dict | None = None, hashes: dict | None = None) -> None:
+        state = self.state if state is None else state
+        lengths = self.lengths if lengths is None else lengths
+        hashes = self.hashes if hashes is None else hashes
+        doc = {"format": FORMAT, "key": self.key_json, "dtype": self.dtype, **state,
+               "files": {name: {"bytes": lengths[name], "blake2b": _digest(hashes[name])} for name in DATA_FILES}}
+        tmp = self.path / f".{MANIFEST}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(doc, indent=1).encode("utf-8") + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path / MANIFEST)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(self.path)
+
     def append(self, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]], records: int) -> None:
         """Append one batch (normalised rows, their ids, skipped items) and commit ``records`` as done.
 
-        An OS error (disk full) raises ``OutputError`` ("disk full writing OUT.partial") and deletes
-        the partial file: HDF5 gives no guarantee about a file whose write failed half-way, so
-        nothing is resumed from it (a rerun starts over)."""
+        An OS error (disk full) raises ``OutputError`` ("disk full writing OUT.partial"); the
+        batches committed before stay, the uncommitted tail is cut off (now, or on resume)."""
+        n = len(ids)
+        if n and vectors.ndim == 2 and self.dim is not None and vectors.shape[1] != self.dim:
+            raise InputError(f"the model returned {vectors.shape[1]}-dimensional vectors, "
+                             f"but {self.path} holds {self.dim}-dimensional ones")
+        blobs = {
+            "embeddings": np.ascontiguousarray(vectors[:n], dtype=self.dtype).tobytes() if n else b"",
+            "ids": "".join(json.dumps(str(i), ensure_ascii=False) + "\n" for i in ids).encode("utf-8"),
+            "skipped": "".join(json.dumps([str(i), str(r)], ensure_ascii=False) + "\n"
+                               for i, r in skipped).encode("utf-8"),
+        }
+        state = dict(self.state)
+        if n and state["dim"] is None:
+            state["dim"] = int(vectors.shape[1])
+        state["rows"] += n
+        state["skipped"] += len(skipped)
+        state["records_done"] += records
+        lengths, hashes = dict(self.lengths), {}
         try:
-            self._append(vectors, ids, skipped, records)
+            for name, blob in blobs.items():
+                fh = self.files[name]
+                if blob:
+                    fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+                h = self.hashes[name].copy()
+                h.update(blob)
+                hashes[name] = h
+                lengths[name] += len(blob)
+            self._write_manifest(state, lengths, hashes)
         except OSError as exc:
             error = output_error(self.path, exc)
-            self.discard()
+            self._cut_tail()
             raise error from None
+        self.state, self.lengths, self.hashes = state, lengths, hashes
 
-    def _append(self, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]], records: int) -> None:
-        n = len(ids)
-        if n:
-            if "embeddings" not in self.f:
-                d = int(vectors.shape[1])
-                self.f.create_dataset("embeddings", shape=(0, d), maxshape=(None, d), dtype=self.dtype,
-                                      chunks=(max(1, min(256, (1 << 20) // (4 * d))), d))
-            emb = self.f["embeddings"]
-            if vectors.shape[1] != emb.shape[1]:
-                raise InputError(f"the model returned {vectors.shape[1]}-dimensional vectors, "
-                                 f"but {self.path} holds {emb.shape[1]}-dimensional ones")
-            start = self.rows
-            emb.resize(start + n, axis=0)
-            emb[start:] = vectors.astype(self.dtype)
-            self.f["ids"].resize((start + n,))
-            self.f["ids"][start:] = np.asarray(ids, dtype=object)
-        if skipped:
-            s0 = self.n_skipped
-            for col, name in enumerate(("skipped_ids", "skipped_reasons")):
-                ds = self.f[name]
-                ds.resize((s0 + len(skipped),))
-                ds[s0:] = np.asarray([item[col] for item in skipped], dtype=object)
-        self.f.attrs["rows"] = self.rows + n
-        self.f.attrs["skipped"] = self.n_skipped + len(skipped)
-        self.f.attrs["records_done"] = self.records_done + records
-        self.f.flush()
+    def _cut_tail(self) -> None:
+        """Best effort: drop bytes past the committed lengths (truncating needs no free space)."""
+        for name, fh in self.files.items():
+            with contextlib.suppress(OSError, ValueError):
+                fh.seek(self.lengths[name])
+                fh.truncate(self.lengths[name])
+
+    # -- reading ---------------------------------------------------------
+    def _lines(self, name: str, limit: int | None = None) -> list:
+        out = []
+        with open(self.path / DATA_FILES[name], "rb") as fh:
+            left = self.lengths[name]
+            data = fh.read(left)
+        for line in data.splitlines():
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(json.loads(line.decode("utf-8")))
+        return out
 
     def skipped_items(self, limit: int | None = None) -> list[tuple[str, str]]:
-        stop = self.n_skipped if limit is None else min(limit, self.n_skipped)
-        ids = self.f["skipped_ids"].asstr()[:stop]
-        reasons = self.f["skipped_reasons"].asstr()[:stop]
-        return list(zip(map(str, ids), map(str, reasons)))
+        if not self.n_skipped or limit == 0:
+            return []
+        return [(str(i), str(r)) for i, r in self._lines("skipped", limit)]
 
+    def ids(self) -> list[str]:
+        return [str(i) for i in self._lines("ids")]
+
+    def embeddings(self) -> np.ndarray:
+        """The committed rows, memory-mapped read-only (the folder is locked: nobody truncates it)."""
+        if not self.rows:
+            return np.zeros((0, self.dim or 0), dtype=self.dtype)
+        return np.memmap(self.path / DATA_FILES["embeddings"], dtype=self.dtype, mode="r",
+                         shape=(self.rows, self.dim))
+
+    # -- closing ---------------------------------------------------------
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.f.close()
+        for fh in self.files.values():
+            with contextlib.suppress(Exception):
+                fh.close()
+        self.files = {}
         if self.lock is not None:
             self.lock.close()
             self.lock = None
 
     def discard(self) -> None:
-        """Delete the partial file (ours: the lock is held until it is gone), then close."""
-        with contextlib.suppress(Exception):
-            self.f.close()
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        """Delete the partial folder (ours: the lock is held until it is gone), then close."""
+        for fh in self.files.values():
+            with contextlib.suppress(Exception):
+                fh.close()
+        self.files = {}
+        _remove(self.path)
         self.close()
 
     def finish(self, output: Path, attrs: dict) -> Path:
-        """Record ``attrs``, mark complete, and move the rows to ``output`` (.h5 or .npy + sidecar).
-        An OS error becomes ``OutputError`` (one line); the committed rows stay for a rerun."""
+        """Assemble the committed rows into ``output`` (.h5 or .npy + sidecar) atomically, then delete
+        the partial folder.  An OS error becomes ``OutputError`` (one line); the rows stay for a rerun."""
+        output = Path(output)
         try:
-            return self._finish(output, attrs)
+            self._check_space(output)
+            if check_embed_output(output) == "h5":
+                self._write_h5(output, attrs)
+            else:
+                self._write_npy(output, attrs)
         except OSError as exc:
             if isinstance(exc, NNNError):
+                self.close()
                 raise
-            raise output_error(output, exc) from None
-        finally:
             self.close()
+            raise output_error(output, exc) from None
+        except BaseException:
+            self.close()
+            raise
+        self.discard()
+        return output
 
-    def _finish(self, output: Path, attrs: dict) -> Path:
-        from nnn_cli.data.h5 import set_attrs as _set_attrs
+    def _check_space(self, output: Path) -> None:
+        """Refuse up front when the output cannot fit (HDF5 is not trusted to fail cleanly mid-write)."""
+        need = self.lengths["embeddings"] + self.lengths["ids"] + self.lengths["skipped"]
+        parent = output.parent if str(output.parent) else Path(".")
+        with contextlib.suppress(OSError, AttributeError):
+            st = os.statvfs(parent)
+            if st.f_bavail * st.f_frsize < need:
+                raise OutputError(f"disk full writing {output}")
 
-        self.f.attrs["complete"] = True
-        _set_attrs(self.f, attrs)
-        self.f.flush()
-        if check_embed_output(output) == "h5":
-            self.f.close()
-            with open(self.path, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(self.path, output)
-            mark_published(output)
-            return output
-        emb = self.f["embeddings"]
+    def _final_attrs(self, attrs: dict) -> dict:
+        return {RESUME_KEY_ATTR: self.key_json, "records_done": self.records_done, "rows": self.rows,
+                "skipped": self.n_skipped, "complete": True, **attrs}
+
+    def _write_h5(self, output: Path, attrs: dict) -> None:
+        import h5py
+
+        from nnn_cli.data.h5 import set_attrs
+
+        emb = self.embeddings()
+        d = self.dim or 0
+        str_dtype = h5py.string_dtype()
+        skipped = self.skipped_items()
         with atomic_output(output) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=emb.dtype, shape=emb.shape)
-            step = 65536
-            for start in range(0, emb.shape[0], step):
-                arr[start:start + step] = emb[start:start + step]
-            arr.flush()
-            del arr
+            with h5py.File(tmp, "w") as f:
+                set_attrs(f, self._final_attrs(attrs))
+                ds = f.create_dataset("embeddings", shape=(self.rows, d), maxshape=(None, d), dtype=self.dtype,
+                                      chunks=(max(1, min(256, (1 << 20) // (4 * max(d, 1)))), max(d, 1)))
+                step = 65536
+                for start in range(0, self.rows, step):
+                    ds[start:start + step] = emb[start:start + step]
+                for name, values in (("ids", self.ids()), ("skipped_ids", [i for i, _ in skipped]),
+                                     ("skipped_reasons", [r for _, r in skipped])):
+                    f.create_dataset(name, data=np.asarray(values, dtype=object), shape=(len(values),),
+                                     maxshape=(None,), dtype=str_dtype, chunks=(1024,))
+            del emb
+
+    def _write_npy(self, output: Path, attrs: dict) -> None:
+        emb = self.embeddings()
+        with atomic_output(output) as tmp:
+            # plain writes, not a writable memory map: on a full disk a mapped write is SIGBUS, not an error
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(emb))
+                step = 65536
+                for start in range(0, self.rows, step):
+                    fh.write(np.ascontiguousarray(emb[start:start + step]).tobytes())
+        del emb
         sidecar = {
             **{k: v for k, v in attrs.items() if v is not None},
-            "ids": [str(x) for x in self.f["ids"].asstr()[()]],
+            "ids": self.ids(),
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped_items()],
         }
         with atomic_output(sidecar_path(output)) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        self.discard()
-        return output
