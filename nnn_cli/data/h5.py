@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -121,3 +124,88 @@ def set_attrs(obj, attrs: dict) -> None:
         obj.attrs[key] = value
 
 
+
+
+class _GuardedFile(io.RawIOBase):
+    """A file object for h5py that never lets HDF5 see a failed write.
+
+    HDF5 does not survive a failed write: on a full disk h5py raises, then crashes (segfault) when
+    the half-written file is closed or at exit.  Here the first OS error is recorded and later
+    writes are skipped (the position still moves on), so HDF5 closes normally; :func:`create_h5`
+    then raises the recorded error, which ``atomic_output`` turns into one line (exit 2)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.raw_file = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.raw_file.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self.raw_file.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw_file.readinto(buffer)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:
+                    done += self.raw_file.write(view[done:])
+                return n
+            except OSError as exc:
+                self.error = exc
+        self.raw_file.seek(n, os.SEEK_CUR)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        try:
+            return self.raw_file.truncate(size)
+        except OSError as exc:
+            self.error = self.error or exc
+            return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.raw_file.close()
+        except OSError as exc:
+            self.error = self.error or exc
+        super().close()
+
+
+@contextlib.contextmanager
+def create_h5(path: str | os.PathLike) -> Iterator:
+    """``h5py.File(path, "w")`` that reports a full disk (or any OS error) as that ``OSError``
+    after closing cleanly, instead of crashing inside HDF5 (see :class:`_GuardedFile`)."""
+    h5py = h5py_module()
+    guard = _GuardedFile(path)
+    try:
+        with h5py.File(guard, "w") as f:
+            yield f
+    except Exception:
+        guard.close()
+        if guard.error is not None:
+            raise guard.error from None
+        raise
+    except BaseException:
+        guard.close()
+        raise
+    guard.close()
+    if guard.error is not None:
+        raise guard.error

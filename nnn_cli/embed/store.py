@@ -413,14 +413,14 @@ class PartialStore:
     def _write_h5(self, output: Path, attrs: dict) -> None:
         import h5py
 
-        from nnn_cli.data.h5 import set_attrs
+        from nnn_cli.data.h5 import create_h5, set_attrs
 
         emb = self.embeddings()
         d = self.dim or 0
         str_dtype = h5py.string_dtype()
         skipped = self.skipped_items()
         with atomic_output(output) as tmp:
-            with h5py.File(tmp, "w") as f:
+            with create_h5(tmp) as f:  # a full disk is an OSError here, never a crash in HDF5
                 set_attrs(f, self._final_attrs(attrs))
                 ds = f.create_dataset("embeddings", shape=(self.rows, d), maxshape=(None, d), dtype=self.dtype,
                                       chunks=(max(1, min(256, (1 << 20) // (4 * max(d, 1)))), max(d, 1)))
