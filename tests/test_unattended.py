@@ -239,3 +239,93 @@ def test_damaged_bias_files_refused(tmp_path):
         f.attrs["alpha"] = "lots"
     with pytest.raises(InputError, match="alpha"):
         load_stored_bias(path)
+
+
+# ---------------------------------------------------------------- each bad input: exit 2, one line (CLI)
+def _nnn(*args, stdin=None, preexec=None):
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    return subprocess.run([sys.executable, "-m", "nnn_cli", *map(str, args)], input=stdin, capture_output=True,
+                          env=env, timeout=300, preexec_fn=preexec)
+
+
+def _one_line(proc, *words):
+    err = proc.stderr.decode() if isinstance(proc.stderr, bytes) else proc.stderr
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("warning:", "index:", "note:"))]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def small_files(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "g.npy", rng.standard_normal((500, 16)).astype(np.float32))
+    np.save(tmp_path / "r.npy", rng.standard_normal((300, 16)).astype(np.float32))
+    return tmp_path
+
+
+def test_soft_link_loop_and_truncated_stdin_h5(small_files):
+    t = small_files
+    g = np.load(t / "g.npy")
+    with h5py.File(t / "loop.h5", "w") as f:
+        f["embeddings"] = h5py.SoftLink("/x")
+        f["x"] = h5py.SoftLink("/embeddings")
+    proc = _nnn("bias", t / "loop.h5", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4", "-o", t / "o.h5")
+    _one_line(proc, "loop.h5", "soft link loop")
+    with h5py.File(t / "whole.h5", "w") as f:
+        f["embeddings"] = g
+        f["ids"] = np.array([str(i) for i in range(len(g))], dtype=object)
+    data = (t / "whole.h5").read_bytes()
+    for cut in (3000, len(data) // 2):
+        proc = _nnn("bias", "-", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4", "-o", t / "o.h5",
+                    stdin=data[:cut])
+        _one_line(proc, "<stdin>", "truncated or damaged HDF5")
+    assert not (t / "o.h5").exists()
+
+
+def test_faiss_factory_that_fails_in_training(small_files):
+    t = small_files
+    proc = _nnn("bias", t / "g.npy", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4",
+                "--index", "IVF1024,Flat", "-o", t / "o.h5")
+    _one_line(proc, "--index 'IVF1024,Flat'", "300 rows")
+    assert not (t / "o.h5").exists()
+
+
+def test_output_on_a_read_only_filesystem(small_files):
+    t = small_files
+    mnt = t / "ro"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root (as non-root: chmod a-w on a folder does the same)")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        proc = _nnn("bias", t / "g.npy", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4", "-o", mnt / "b.h5")
+        _one_line(proc, str(mnt / "b.h5"), "read-only")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_shards_opened_lazily_beyond_ulimit(tmp_path):
+    import resource
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "emb").mkdir()
+    parts = [rng.standard_normal((7, 8)).astype(np.float32) for _ in range(300)]
+    for i, p in enumerate(parts):
+        np.save(tmp_path / "emb" / f"{i}.npy", p)
+    np.save(tmp_path / "r.npy", rng.standard_normal((50, 8)).astype(np.float32))
+
+    def low_nofile():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    proc = _nnn("bias", tmp_path / "emb", "--reference", tmp_path / "r.npy", "--alpha", "0.5", "--k", "4",
+                "-o", tmp_path / "b.npy", preexec=low_nofile)
+    assert proc.returncode == 0, proc.stderr.decode()
+    from nnn_cli.core.nnn import compute_bias
+    from nnn_cli.data.inputs import open_embeddings
+
+    g = open_embeddings(str(tmp_path / "emb")).read("cosine")
+    r = open_embeddings(str(tmp_path / "r.npy")).read("cosine")
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), compute_bias(g, r, 0.5, 4))

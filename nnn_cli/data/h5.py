@@ -75,6 +75,20 @@ def check_h5_self_contained(f, path: str | os.PathLike) -> None:
             problems.append(f"{name!r} is an external link to {link.filename}:{link.path}")
             return
         if isinstance(link, h5py.SoftLink):
+            # follow the chain without opening its target (which may be an external link): a loop is
+            # a damaged file; a dangling link is left alone (it only matters if it is the dataset asked for)
+            seen = {"/" + name.lstrip("/")}
+            target = link.path
+            try:
+                while isinstance(link, h5py.SoftLink):
+                    if target in seen or len(seen) > 64:
+                        problems.append(f"{name!r} is a soft link loop ({' -> '.join([*sorted(seen)[:3], target])})")
+                        return
+                    seen.add(target)
+                    link = f.get(target, getlink=True)
+                    target = getattr(link, "path", target)
+            except (RuntimeError, KeyError, OSError, ValueError) as exc:  # "too many links" on the way
+                problems.append(f"{name!r} is a soft link that cannot be resolved ({short_error(exc)})")
             return
         obj = f.get(name)
         if isinstance(obj, h5py.Dataset):
@@ -85,8 +99,13 @@ def check_h5_self_contained(f, path: str | os.PathLike) -> None:
             if obj.external:
                 problems.append(f"{name!r} stores its data in external file {obj.external[0][0]}")
 
-    f.visit_links(visit)
+    try:
+        f.visit_links(visit)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: damaged HDF5 file: its links cannot be walked ({short_error(exc)})") from None
     if problems:
+        if "soft link" in problems[0]:
+            raise InputError(f"{path}: {problems[0]}; the file is damaged")
         raise InputError(f"{path}: {problems[0]}; refusing to follow data outside the file "
                          "(copy the data into the file, e.g. with h5copy or h5py)")
 

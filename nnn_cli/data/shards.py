@@ -41,25 +41,41 @@ ID_FILES = ("ids.txt", "ids.npy")
 
 
 class _ConcatRows:
-    """Row-slicing view over memory-mapped shards: ``view[a:b]`` gathers rows across shard boundaries."""
+    """Row-slicing view over ``.npy`` shards: ``view[a:b]`` gathers rows across shard boundaries.
+
+    Shards are opened lazily, when a slice first needs them, and at most ``MAX_OPEN`` stay open (the
+    least recently used is closed), so a folder with more shards than ``ulimit -n`` streams fine."""
+
+    MAX_OPEN = 16
 
     def __init__(self, paths: tuple[Path, ...], offsets: np.ndarray):
-        self.maps = [NpyRows(p) for p in paths]
+        self.paths = tuple(paths)
+        self.open_maps: dict[int, NpyRows] = {}  # shard number -> open reader, in least-recent-use order
         self.offsets = offsets  # (n_shards + 1,) cumulative row counts
 
     def close(self) -> None:
-        for shard in self.maps:
+        for shard in self.open_maps.values():
             shard.close()
+        self.open_maps.clear()
+
+    def _shard(self, s: int) -> NpyRows:
+        shard = self.open_maps.pop(s, None)
+        if shard is None:
+            while len(self.open_maps) >= self.MAX_OPEN:
+                self.open_maps.pop(next(iter(self.open_maps))).close()
+            shard = NpyRows(self.paths[s])
+        self.open_maps[s] = shard
+        return shard
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(int(self.offsets[-1]))
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
         parts = []
-        for s in range(max(first, 0), len(self.maps)):
+        for s in range(max(first, 0), len(self.paths)):
             lo, hi = int(self.offsets[s]), int(self.offsets[s + 1])
             if lo >= stop:
                 break
-            parts.append(self.maps[s][max(start, lo) - lo:min(stop, hi) - lo])
+            parts.append(self._shard(s)[max(start, lo) - lo:min(stop, hi) - lo])
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts, axis=0)

@@ -99,13 +99,31 @@ def build_index(data, choice: IndexChoice, metric: str = "cosine", block_rows: i
         if nl:
             n_train = min(n, max(TRAIN_POINTS_PER_LIST * nl, 39 * nl))
         train, _ = sample_rows(data, n_train, metric, block_rows)
-        index.train(train)
+        try:
+            index.train(train)
+        except RuntimeError as exc:
+            raise ParameterError(f"--index {choice.factory or choice.kind!r}: faiss could not train it on "
+                                 f"{len(train)} rows of {n} ({_faiss_reason(exc)}); use fewer lists or more rows") from None
         del train
     for start, block in _blocks(data, metric, block_rows):
-        index.add(block)
+        try:
+            index.add(block)
+        except RuntimeError as exc:
+            raise ParameterError(f"--index {choice.factory or choice.kind!r}: faiss could not add rows to it "
+                                 f"({_faiss_reason(exc)})") from None
         if progress:
             progress(start + len(block), n)
     return index
+
+
+def _faiss_reason(exc: BaseException) -> str:
+    """The useful part of a faiss error ("Error in void faiss::...: Error: 'x' failed: WHY" -> WHY)."""
+    text = " ".join(str(exc).split())
+    if "failed:" in text:
+        text = text.rsplit("failed:", 1)[1].strip()
+    elif "Error:" in text:
+        text = text.rsplit("Error:", 1)[1].strip()
+    return text[:200] or type(exc).__name__
 
 
 def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int,
