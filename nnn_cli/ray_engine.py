@@ -101,14 +101,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
                 init_kwargs: dict | None = None):
     """Yield with Ray initialised.  Reuses a connection the caller already holds (and leaves it);
     ``address=None`` starts a private cluster bound to 127.0.0.1 and shuts it down after."""
+    if address is None:  # read by Ray at import: keeps a private cluster's addresses on 127.0.0.1
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = _ray()
     if ray.is_initialized():
         yield ray
         return
     kwargs = {"configure_logging": False, "log_to_driver": False, **(init_kwargs or {})}
     if address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
                   "_node_ip_address": "127.0.0.1", **({"num_gpus": num_gpus} if num_gpus is not None else {}),
                   **kwargs}

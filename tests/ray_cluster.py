@@ -13,6 +13,7 @@ workers and the runtime-env agent on loopback (checked by ``listening_sockets``)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class LocalRayCluster:
             self.proc.kill()
             self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
