@@ -32,9 +32,13 @@ with open(os.path.join(_AUTH_DIR, "token"), "w") as _fh:
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN_PATH": os.path.join(_AUTH_DIR, "token"), "RAY_USAGE_STATS_ENABLED": "0"}
 os.environ.update(RAY_ENV)
-ray = pytest.importorskip("ray")
-pytest.importorskip("fsspec")
-psutil = pytest.importorskip("psutil")
+try:
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("fsspec")
+    psutil = pytest.importorskip("psutil")
+except BaseException:  # skipped: leave no token behind
+    shutil.rmtree(_AUTH_DIR, ignore_errors=True)
+    raise
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa: E402
