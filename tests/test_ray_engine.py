@@ -1,0 +1,277 @@
+"""`--engine ray` on a real local Ray cluster and a real S3 API server, both on 127.0.0.1 only.
+
+One cluster (2 CPUs, 2 logical GPUs) serves the whole module; it is started by tests/ray_cluster.py
+as a holder process in its own session and stopped by PID (never `ray stop`).  Token authentication
+uses a token file private to the module (RAY_AUTH_TOKEN_PATH), so nothing in ~/.ray is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Ray reads these at import time.  Without the first, a driver rewrites 127.0.0.1 to the host's interface
+# address; the others give the module's cluster a token of its own (~/.ray is not touched).
+_AUTH_DIR = tempfile.mkdtemp(prefix="nnn-ray-auth-")
+with open(os.path.join(_AUTH_DIR, "token"), "w") as _fh:
+    _fh.write(secrets.token_hex(32))  # the format of Ray's generate_new_authentication_token
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": os.path.join(_AUTH_DIR, "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_ENV)
+try:
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("fsspec")
+    psutil = pytest.importorskip("psutil")
+except BaseException:  # skipped: leave no token behind
+    shutil.rmtree(_AUTH_DIR, ignore_errors=True)
+    raise
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa: E402
+
+from nnn_cli.core.nnn import compute_bias  # noqa: E402
+from nnn_cli.errors import InputError, MismatchError, ParameterError  # noqa: E402
+from nnn_cli.data.inputs import open_embeddings  # noqa: E402
+from nnn_cli.scale.ray_engine import (ray_bias, ray_search, read_manifest,  # noqa: E402
+                                read_manifest_bias)
+from nnn_cli.core.search import search  # noqa: E402
+from nnn_cli.core.topk import topk_scores  # noqa: E402
+
+ALPHA, K, D = 0.75, 16, 48
+N_GALLERY, N_REFERENCE, N_QUERIES = 5000, 20000, 2500
+PLAN = {"block_rows": 2048, "partition_rows": 8192}  # 3 gallery blocks x 3 reference partitions
+INIT = {"_node_ip_address": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LocalRayCluster(num_cpus=2, num_gpus=2, env={**LOOPBACK_ENV, **RAY_ENV}).start()
+    try:
+        ray.init(address=c.address, configure_logging=False, log_to_driver=False, **INIT)
+        yield c
+    finally:
+        ray.shutdown()
+        c.stop()
+        shutil.rmtree(_AUTH_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emb")
+    rng = np.random.default_rng(13)
+    hubs = rng.standard_normal((8, D)).astype(np.float32)
+    g = rng.standard_normal((N_GALLERY, D)).astype(np.float32)
+    g[rng.integers(0, N_GALLERY, 400)] += 2 * hubs[rng.integers(0, 8, 400)]
+    r = rng.standard_normal((N_REFERENCE, D)).astype(np.float32)
+    q = rng.standard_normal((N_QUERIES, D)).astype(np.float32)
+    for name, arr, shard in (("gallery", g, 1700), ("reference", r, 7000)):
+        (root / name).mkdir()
+        for i, s in enumerate(range(0, len(arr), shard)):
+            np.save(root / name / f"{i}.npy", arr[s:s + shard])
+    np.save(root / "queries.npy", q)
+    G = open_embeddings(root / "gallery").read("cosine")
+    R = open_embeddings(root / "reference").read("cosine")
+    Q = open_embeddings(root / "queries.npy").read("cosine")
+    return {"root": root, "G": G, "R": R, "Q": Q,
+            "bias": compute_bias(G, R, ALPHA, K), "topk": topk_scores(G, R, K)}
+
+
+def _check_output(out, data, **kw):
+    bf = read_manifest_bias(out, with_topk=True, **kw)
+    assert bf.bias.dtype == np.float32
+    assert np.array_equal(bf.bias, data["bias"])
+    assert np.array_equal(bf.attrs["topk"], data["topk"])
+
+
+def test_bias_byte_identical_to_local(cluster, data, tmp_path):
+    root = data["root"]
+    s = ray_bias(root / "gallery", f"file://{root}/reference", ALPHA, K, "cosine", str(tmp_path / "out"), **PLAN)
+    assert s["plan"]["tasks"] == 9 and s["blocks_computed"] == 3 and s["tasks_run"] == 9
+    _check_output(str(tmp_path / "out"), data)
+    m = read_manifest(str(tmp_path / "out"))
+    assert sorted(m["blocks_done"]) == ["0", "1", "2"] and m["params"]["k"] == K
+    _check_ranged_reads(s)
+
+
+def _check_ranged_reads(summary):
+    """Each task fetched exactly the bytes of its gallery block and its reference partition."""
+    plan = summary["plan"]
+    blocks = [(s, min(plan["n_rows"], s + plan["block_rows"])) for s in range(0, plan["n_rows"], plan["block_rows"])]
+    parts = [(s, min(plan["n_stream"], s + plan["partition_rows"]))
+             for s in range(0, plan["n_stream"], plan["partition_rows"])]
+    want = sorted(((g1 - g0) + (r1 - r0)) * D * 4 for g0, g1 in blocks for r0, r1 in parts)
+    assert sorted(summary["task_bytes_read"]) == want
+
+
+def test_search_byte_identical_to_local(cluster, data, tmp_path):
+    root = data["root"]
+    rng = np.random.default_rng(1)
+    b = (0.3 * rng.random(N_REFERENCE)).astype(np.float32)
+    # gallery = the 20k-row folder: 3 gallery partitions of 8192 rows; queries in 1 block
+    for bias in (b, None):
+        want = search(data["Q"], data["R"], bias, 10)
+        got = ray_search(root / "queries.npy", root / "reference", bias, 10, partition_rows=8192)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    out = tmp_path / "out"
+    ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), **PLAN)
+    want = search(data["Q"], data["G"], data["bias"], 7)
+    got = ray_search(root / "queries.npy", root / "gallery", str(out), 7)  # a manifest folder as the bias
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_worker_killed_mid_job_is_retried(cluster, data, tmp_path):
+    root = data["root"]
+    killed = []
+
+    def killer():
+        deadline = time.time() + 30
+        while time.time() < deadline and not killed:
+            for p in cluster.descendants():
+                try:
+                    if p.name().startswith("ray::partial_topk") or "ray::partial_topk" in " ".join(p.cmdline()):
+                        p.send_signal(signal.SIGKILL)
+                        killed.append(p.pid)
+                        break
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"),
+                 max_retries=3, _task_delay=0.5, **PLAN)
+    t.join()
+    assert killed, "no running task process was found to kill"
+    assert killed[0] not in {w[0] for w in s["task_windows"]}  # the killed attempt did not report back
+    assert s["tasks_run"] == 9
+    _check_output(str(tmp_path / "out"), data)
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    from nnn_cli.scale.ray_engine import ray_bias
+    ray_bias(sys.argv[1], sys.argv[2], {alpha}, {k}, "cosine", sys.argv[3], address=sys.argv[4],
+             init_kwargs={{"_node_ip_address": "127.0.0.1"}}, block_rows=1024, partition_rows=8192,
+             max_blocks_in_flight=1, _task_delay=0.4)
+""")
+
+
+def test_driver_killed_then_resume(cluster, data, tmp_path):
+    root, out = data["root"], tmp_path / "out"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(alpha=ALPHA, k=K))
+    proc = subprocess.Popen([sys.executable, str(script), str(root / "gallery"), str(root / "reference"), str(out),
+                             cluster.address], env={**os.environ}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        done = {}
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "manifest.json").exists():
+                done = json.loads((out / "manifest.json").read_text())["blocks_done"]
+                if len(done) >= 2:
+                    break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)  # the driver, by PID
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    m = json.loads((out / "manifest.json").read_text())
+    finished = sorted(m["blocks_done"], key=int)
+    assert 2 <= len(finished) < 5
+    with pytest.raises(InputError, match="unfinished"):
+        read_manifest_bias(str(out))
+    mtimes = {b: os.stat(out / m["blocks_done"][b]["file"]).st_mtime_ns for b in finished}
+    with pytest.raises(ParameterError, match="resume"):
+        ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), block_rows=1024, partition_rows=8192)
+    with pytest.raises(MismatchError, match="params"):
+        ray_bias(root / "gallery", root / "reference", 0.5, K, "cosine", str(out), resume=True,
+                 block_rows=1024, partition_rows=8192)
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), resume=True,
+                 block_rows=1024, partition_rows=8192)
+    assert s["blocks_skipped"] == len(finished) and s["blocks_computed"] == 5 - len(finished)
+    assert {b: os.stat(out / m["blocks_done"][b]["file"]).st_mtime_ns for b in finished} == mtimes
+    m2 = read_manifest(str(out))
+    assert all(m2["blocks_done"][b]["finished"] == m["blocks_done"][b]["finished"] for b in finished)
+    _check_output(str(out), data)
+
+
+@pytest.fixture(scope="module")
+def s3(cluster):
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing",
+            "client_kwargs": {"region_name": "us-east-1"}}
+    try:
+        yield opts, port
+    finally:
+        server.stop()
+
+
+def test_inputs_and_outputs_on_s3(cluster, data, s3):
+    import fsspec
+
+    opts, port = s3
+    boto3 = pytest.importorskip("boto3")
+    boto3.client("s3", endpoint_url=opts["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing",
+                 region_name="us-east-1").create_bucket(Bucket="nnn-test")
+    fs = fsspec.filesystem("s3", **opts)
+    root = data["root"]
+    fs.put(str(root / "gallery"), "nnn-test/emb/gallery", recursive=True)
+    fs.put(str(root / "reference"), "nnn-test/emb/reference", recursive=True)
+    fs.put(str(root / "queries.npy"), "nnn-test/emb/queries.npy")
+    s = ray_bias("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", ALPHA, K, "cosine",
+                 "s3://nnn-test/out", storage_options=opts, **PLAN)
+    assert s["blocks_computed"] == 3
+    assert fs.exists("nnn-test/out/manifest.json") and fs.exists("nnn-test/out/blocks/bias_000002.npy")
+    _check_output("s3://nnn-test/out", data, storage_options=opts)
+    _check_ranged_reads(s)
+    want = search(data["Q"], data["G"], data["bias"], 5)
+    got = ray_search("s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/gallery", "s3://nnn-test/out", 5,
+                     storage_options=opts)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # the S3 server listens on loopback only
+    mine = [ip for pid, ip, p in listening_sockets({os.getpid()}) if p == port]
+    assert mine == ["127.0.0.1"]
+
+
+def test_logical_gpus_one_per_task(cluster, data, tmp_path):
+    root = data["root"]
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"),
+                 gpus_per_task=1, _task_delay=0.3, **PLAN)
+    windows = s["task_windows"]
+    assert {w[3] for w in windows} == {"0", "1"}
+    for i, a in enumerate(windows):
+        for b in windows[i + 1:]:
+            if a[1] < b[2] and b[1] < a[2]:  # ran at the same time: different GPUs
+                assert a[3] != b[3], (a, b)
+    _check_output(str(tmp_path / "out"), data)  # no CUDA here: the CPU path, still byte-identical
+
+
+def test_loopback_only(cluster, data):
+    """Last: after every job above, each socket the cluster's processes (and this driver) listen on is loopback."""
+    pids = {p.pid for p in cluster.descendants()} | {os.getpid()}
+    socks = listening_sockets(pids)
+    assert len({pid for pid, _, _ in socks}) >= 3, socks  # GCS, raylet, workers at least
+    assert {ip for _, ip, _ in socks} == {"127.0.0.1"}, socks
