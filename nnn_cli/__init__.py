@@ -43,6 +43,7 @@ _EXPORTS = {
     "data.sources": "EmbeddingSource",
     "data.inputs": "open_embeddings",
     "data.biasfile": "BiasFile read_bias write_bias StoredBias load_stored_bias",
+    "data.manifest": "load_bias read_manifest_bias",
     "data.results": "write_results",
     "data.tables": "read_truth read_params",
     "data.labels": "read_labels",

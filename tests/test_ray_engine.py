@@ -269,6 +269,50 @@ def test_logical_gpus_one_per_task(cluster, data, tmp_path):
     _check_output(str(tmp_path / "out"), data)  # no CUDA here: the CPU path, still byte-identical
 
 
+def test_cli_engine_ray_end_to_end(cluster, data, tmp_path):
+    """The shell: `nnn bias --engine ray` writes a manifest folder that search, eval and info accept, equal to
+    `--engine local` byte for byte; `nnn search --engine ray` equals local search; engine options need ray."""
+    import json
+
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    root, run = data["root"], CliRunner()
+    args = ["bias", str(root / "gallery"), "-r", str(root / "reference"), "-a", str(ALPHA), "-k", str(K)]
+    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "--partition-rows", "8192",
+                                  "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["blocks_computed"] == 3
+    res = run.invoke(app, args + ["-o", str(tmp_path / "local.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "local.h5") as f:
+        local_bias = f["bias"][()]
+    assert np.array_equal(read_manifest_bias(tmp_path / "out").bias, local_bias)
+    info = run.invoke(app, ["info", str(tmp_path / "out"), "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["attrs"]["complete"] is True
+    results = {}
+    for name, bias, engine in (("local", tmp_path / "local.h5", "local"), ("manifest", tmp_path / "out", "local"),
+                               ("ray", tmp_path / "out", "ray")):
+        out = tmp_path / f"res_{name}.h5"
+        res = run.invoke(app, ["search", str(root / "queries.npy"), "-g", str(root / "gallery"), "--bias", str(bias),
+                               "-n", "7", "-o", str(out), "--engine", engine, "--partition-rows", "8192"]
+                         if engine == "ray" else
+                         ["search", str(root / "queries.npy"), "-g", str(root / "gallery"), "--bias", str(bias),
+                          "-n", "7", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        with h5py.File(out) as f:
+            results[name] = (f["scores"][()], f["indices"][()])
+    for name in ("manifest", "ray"):
+        assert np.array_equal(results[name][0], results["local"][0])
+        assert np.array_equal(results[name][1], results["local"][1])
+    bad = run.invoke(app, args + ["--resume", "-o", str(tmp_path / "x.h5")])
+    assert bad.exit_code == 2 and "--engine ray" in bad.output
+    bad = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "x.h5")])
+    assert bad.exit_code == 2 and "folder or URL" in bad.output
+
+
 def test_loopback_only(cluster, data):
     """Last: after every job above, each socket the cluster's processes (and this driver) listen on is loopback."""
     pids = {p.pid for p in cluster.descendants()} | {os.getpid()}

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from nnn_cli.jobs import IndexOptions
+from nnn_cli.jobs import EngineOptions, IndexOptions
+from nnn_cli.jobs.common import parse_storage_options
 
 class Metric(str, Enum):
     cosine = "cosine"
@@ -77,6 +78,29 @@ QueryIdsOpt = Annotated[Optional[Path], typer.Option(
 IdsColumnOpt = Annotated[Optional[str], typer.Option(
     "--ids-column", help="Column of the parquet metadata holding the ids (clip-retrieval folders; "
                          "default: the first of image_path, url, key, id, caption); needs pyarrow.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", envvar="NNN_ENGINE",
+    help="local (this process) or ray (Ray tasks over gallery blocks x reference partitions, byte-identical "
+         "to local; inputs/outputs by path or URL: s3://, gs://, file://). Needs pip install 'nnn-cli[ray]'.")]
+AddressOpt = Annotated[Optional[str], typer.Option(
+    "--address", envvar="NNN_RAY_ADDRESS",
+    help="--engine ray: auto, HOST:PORT or ray://HEAD:10001 of an existing cluster (default: a private local Ray "
+         "started for this run and stopped after it).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="--engine ray: keep the blocks an interrupted run finished (inputs, parameters and plan must "
+                     "match its manifest.json) and compute the rest.")]
+GpusPerTaskOpt = Annotated[float, typer.Option(
+    "--gpus-per-task", min=0, help="--engine ray: GPUs per task (num_gpus); each task then uses its own GPU.")]
+BlockRowsOpt = Annotated[Optional[int], typer.Option(
+    "--block-rows", min=1, help="--engine ray: gallery (bias) or query (search) rows per task; a multiple of "
+                                "1024 (default 65536 for bias).")]
+PartitionRowsOpt = Annotated[Optional[int], typer.Option(
+    "--partition-rows", min=1, help="--engine ray: reference (bias) or gallery (search) rows per task; a multiple "
+                                    "of 8192 (default 1048576).")]
+MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
+StorageOptionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", help="--engine ray: fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
+                             "endpoint_url=http://127.0.0.1:9000 or anon=true.")]
 WaitOpt = Annotated[float, typer.Option(
     "--wait", envvar="NNN_WAIT", min=0,
     help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.")]
@@ -125,3 +149,10 @@ def block_size_note(block_size: Optional[int]) -> Optional[str]:
         return None
     return ("note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
             "use --memory-budget to bound memory")
+
+
+def engine_options(engine: str, address: Optional[str], resume: bool, gpus_per_task: float,
+                   block_rows: Optional[int], partition_rows: Optional[int], max_retries: int,
+                   storage_option: Optional[list[str]]) -> EngineOptions:
+    return EngineOptions(engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries,
+                         parse_storage_options(storage_option))

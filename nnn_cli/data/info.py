@@ -34,6 +34,8 @@ def describe_file(spec: str | os.PathLike, fingerprint: bool = False) -> dict:
     path, _ = split_spec(spec)
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.is_dir() and (path / "manifest.json").exists():
+        return _describe_manifest(path)
     if path.is_dir():
         return _describe_folder(path, spec, fingerprint)
     suffix = path.suffix.lower()
@@ -190,3 +192,18 @@ def _describe_jsonl(path: Path) -> dict:
             kind = "results"
             attrs["top_k"] = len(rec["results"])
     return {"format": "jsonl", "kind": kind, "datasets": {}, "attrs": attrs}
+
+
+def _describe_manifest(path: Path) -> dict:
+    """The output folder of `nnn bias --engine ray`: parameters, inputs, plan and blocks done / total."""
+    from nnn_cli.data.manifest import read_manifest
+
+    m = read_manifest(path)
+    n_blocks = int(m["plan"]["blocks"])
+    done = len(m.get("blocks_done", {}))
+    n_rows = sum(int(r["rows"][1]) - int(r["rows"][0]) for r in m.get("blocks_done", {}).values())
+    attrs = {**m.get("params", {}), "engine": "ray", "blocks_done": done, "blocks_total": n_blocks,
+             "complete": done == n_blocks, "plan": m["plan"], "inputs": m.get("inputs", {})}
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {"path": str(path), "bytes": size, "kind": "bias", "format": "nnn bias manifest (--engine ray)",
+            "datasets": {"bias": {"shape": [n_rows], "dtype": "float32"}}, "attrs": attrs}

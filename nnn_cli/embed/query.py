@@ -103,7 +103,7 @@ def query_text(text: str | Sequence[str], gallery, bias=None, top_k: int = 10, m
     g_src = gallery if hasattr(gallery, "read") else open_embeddings(gallery, "gallery")
     b = None
     if bias is not None and not isinstance(bias, np.ndarray):
-        from nnn_cli.data.biasfile import read_bias
+        from nnn_cli.data.manifest import load_bias as read_bias
         from nnn_cli.data.provenance import check_bias_matches
 
         bf = read_bias(bias)

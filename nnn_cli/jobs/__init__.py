@@ -8,7 +8,7 @@ a :class:`~nnn_cli.jobs.common.JobResult` and never prints.
 
 from nnn_cli.jobs.attribute import attribute_bias
 from nnn_cli.jobs.bias import bias
-from nnn_cli.jobs.common import IndexOptions, JobResult
+from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import evaluate
 from nnn_cli.jobs.info import info
@@ -17,4 +17,4 @@ from nnn_cli.jobs.search import search
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
-__all__ = ["attribute_bias", "bias", "embed", "evaluate", "info", "query", "search", "truth_from_pairs", "tune", "IndexOptions", "JobResult"]
+__all__ = ["attribute_bias", "bias", "embed", "evaluate", "info", "query", "search", "truth_from_pairs", "tune", "EngineOptions", "IndexOptions", "JobResult"]

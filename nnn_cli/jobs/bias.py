@@ -19,7 +19,7 @@ from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.errors import ParameterError
-from nnn_cli.jobs.common import (IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source,
+from nnn_cli.jobs.common import (EngineOptions, IndexOptions, JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source,
                                  resolve_params, setup_threads)
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.incremental import add_reference, append_items
@@ -35,14 +35,23 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
          reference_add: Optional[PathLike] = None, index: IndexOptions | None = None,
          memory_budget: str | int | None = None, device: str = "cpu", wait: float = DEFAULT_WAIT,
          gallery_ids: Optional[PathLike] = None, ids_column: Optional[str] = None,
-         progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
+         engine: EngineOptions | None = None, progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
     """Compute and write a bias file with full provenance; returns its summary.
 
     ``gallery`` etc. are paths (``FILE.h5:DATASET``, ``.npy``, shard folders, ``-``).
     Raises :class:`~nnn_cli.errors.NNNError` subclasses on bad input, before any heavy work.
     """
     index = index or IndexOptions()
+    engine = (engine or EngineOptions()).check()
     notes = Notes(on_note)
+    if engine.engine == "ray":
+        if append_to is not None or update is not None or reference_add is not None:
+            raise ParameterError("--engine ray writes a new bias folder; --append-to/--update work on bias files "
+                                 "(.h5) from --engine local")
+        if not index.exact_flat or memory_budget or gallery_ids is not None:
+            raise ParameterError("--engine ray computes exactly, block by block: drop --index, --load-index, "
+                                 "--save-index, --memory-budget and --gallery-ids")
+        return _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, engine, progress, notes)
     if append_to is not None or update is not None or reference_add is not None:
         if not index.exact_flat or memory_budget:
             raise ParameterError("--append-to/--update compute exactly, in memory: drop --index, --load-index, "
@@ -133,3 +142,30 @@ def _incremental(gallery, reference, output, alpha, k, params, metric, threads, 
     summary["message"] = (f"wrote {output}: {what}; {len(b)} biases against {summary['n_reference']} "
                           f"reference queries in {elapsed:.2f}s")
     return JobResult(summary, Path(output), notes.lines)
+
+
+def _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, engine: EngineOptions,
+              progress, notes: Notes) -> JobResult:
+    """``--engine ray``: the exact bias as Ray tasks, written block by block into the folder/URL ``output``
+    (``manifest.json`` + ``blocks/``), resumable; byte-identical to ``--engine local`` on one machine."""
+    if reference is None or output is None:
+        raise ParameterError("give --reference R and -o OUT_FOLDER (a folder or URL for the manifest and blocks)")
+    if str(output).lower().endswith((".h5", ".hdf5", ".npy", ".npz", ".json")):
+        raise ParameterError(f"{output}: with --engine ray the output is a folder or URL (manifest.json + blocks/), "
+                             "not a file name")
+    alpha, k = resolve_params(alpha, k, params)
+    try:
+        from nnn_cli.scale.ray_engine import ray_bias
+    except ImportError as exc:  # pragma: no cover - the optional extra
+        from nnn_cli.errors import DependencyError
+
+        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+    summary = ray_bias(gallery, reference, alpha, k, metric, str(output), resume=engine.resume,
+                       save_topk=store_topk, progress=progress, **engine.ray_kwargs())
+    done = summary.get("blocks_computed", 0)
+    skipped = summary.get("blocks_skipped", 0)
+    secs = summary.get("seconds", {}).get("total", 0.0) if isinstance(summary.get("seconds"), dict) else 0.0
+    summary["message"] = (f"wrote {output}: {summary.get('blocks', done + skipped)} blocks ({done} computed, "
+                          f"{skipped} resumed) of biases (alpha={alpha}, k={k}, metric={metric}) with --engine ray "
+                          f"in {secs:.1f}s")
+    return JobResult(summary, None, notes.lines)

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 
 from nnn_cli.core.nnn import check_alpha, check_k
 from nnn_cli.core.topk import ProgressFn
-from nnn_cli.data.biasfile import BiasFile, read_bias
+from nnn_cli.data.biasfile import BiasFile
+from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
@@ -69,6 +70,65 @@ class IndexOptions:
         return self.index == "flat" and self.save_index is None and self.load_index is None
 
 
+@dataclass
+class EngineOptions:
+    """Where the exact steps run: ``local`` (this process) or ``ray`` (Ray tasks on a cluster; see
+    :mod:`nnn_cli.scale.ray_engine`).  ``address`` None starts a private local Ray for the run."""
+
+    engine: str = "local"
+    address: Optional[str] = None
+    resume: bool = False
+    gpus_per_task: float = 0.0
+    block_rows: Optional[int] = None
+    partition_rows: Optional[int] = None
+    max_retries: int = 3
+    storage_options: dict = field(default_factory=dict)
+
+    def check(self) -> "EngineOptions":
+        if self.engine not in ("local", "ray"):
+            raise ParameterError(f"unknown --engine {self.engine!r}: use local or ray")
+        if self.engine == "local":
+            used = [name for name, on in (("--address", self.address is not None), ("--resume", self.resume),
+                                          ("--gpus-per-task", bool(self.gpus_per_task)),
+                                          ("--partition-rows", self.partition_rows is not None),
+                                          ("--storage-option", bool(self.storage_options))) if on]
+            if used:
+                raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
+        if self.gpus_per_task < 0 or self.max_retries < 0:
+            raise ParameterError("--gpus-per-task and --max-retries must be >= 0")
+        return self
+
+    def ray_kwargs(self) -> dict:
+        kw = {"address": self.address, "gpus_per_task": self.gpus_per_task, "max_retries": self.max_retries,
+              "storage_options": self.storage_options or None}
+        if self.block_rows is not None:
+            kw["block_rows"] = self.block_rows
+        if self.partition_rows is not None:
+            kw["partition_rows"] = self.partition_rows
+        return kw
+
+
+def parse_storage_options(items) -> dict:
+    """``KEY=VALUE`` strings (``--storage-option``) as fsspec storage options (``true``/``false``/numbers typed)."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, value = str(item).partition("=")
+        if not sep or not key:
+            raise ParameterError(f"--storage-option must be KEY=VALUE, got {item!r}")
+        low = value.lower()
+        out[key] = True if low == "true" else False if low == "false" else _number_or_text(value)
+    return out
+
+
+def _number_or_text(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
 def open_source(spec: PathLike, label: str, notes: "Notes", ids_file: Optional[PathLike] = None,
                 ids_column: Optional[str] = None):
     """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
@@ -97,7 +157,7 @@ def check_params_against(alpha: float, k: int, n_reference: int) -> tuple[float,
 
 def read_checked_bias(bias: PathLike, gallery_src, metric: str, force: bool) -> BiasFile:
     """The bias file, refused (unless ``force``) when it was made for another gallery or metric."""
-    bf = read_bias(bias)
+    bf = load_bias(bias)
     check_bias_matches(bf.attrs, len(bf.bias), str(bias), gallery_src, metric, force)
     return bf
 
@@ -109,5 +169,5 @@ def setup_threads(threads: int | None) -> None:
 
 
 
-__all__ = ["IndexOptions", "JobResult", "Notes", "NoteFn", "PathLike", "ProgressFn", "resolve_params", "read_checked_bias",
+__all__ = ["EngineOptions", "IndexOptions", "JobResult", "parse_storage_options", "open_source", "Notes", "NoteFn", "PathLike", "ProgressFn", "resolve_params", "read_checked_bias",
            "setup_threads", "check_params_against"]

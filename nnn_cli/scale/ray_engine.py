@@ -40,12 +40,10 @@ from nnn_cli.core.search import augment_gallery, augment_queries
 from nnn_cli.core.topk import (DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, GemmIndex, ProgressFn,
                                RunningTopScores, merge_top_k, merge_top_scores, search_blocks, sort_descending)
 from nnn_cli.data import objstore
-from nnn_cli.data.biasfile import BiasFile
+from nnn_cli.data.manifest import FORMAT, MANIFEST, is_manifest, read_manifest, read_manifest_bias  # noqa: F401 (re-exported)
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 
-MANIFEST = "manifest.json"
-FORMAT = "nnn-ray-bias/1"
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
 DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
 STREAM_ROWS = 8 * DATABASE_TILE               # reference rows fetched per ranged read inside a task
@@ -345,47 +343,6 @@ def _comparable(x):
     import json
 
     return json.loads(json.dumps(x, sort_keys=True))
-
-
-def is_manifest(spec, storage_options: dict | None = None) -> bool:
-    """True when ``spec`` is a folder/URL holding a ``manifest.json`` written by :func:`ray_bias`."""
-    try:
-        return objstore.exists(objstore.join(str(spec), MANIFEST), storage_options)
-    except Exception:  # noqa: BLE001 - not a URL fsspec understands: not a manifest
-        return False
-
-
-def read_manifest(spec, storage_options: dict | None = None) -> dict:
-    m = objstore.read_json(objstore.join(str(spec), MANIFEST), storage_options)
-    if m.get("format") != FORMAT:
-        raise InputError(f"{spec}: {MANIFEST} is not an nnn bias manifest (format {m.get('format')!r})")
-    return m
-
-
-def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: bool = False) -> BiasFile:
-    """A manifest folder as one bias (N,) float32 :class:`nnn_cli.data.biasfile.BiasFile` (attrs: params + inputs);
-    ``with_topk`` also loads the per-block top-k into ``attrs['topk']``.  Refuses an unfinished run."""
-    m = read_manifest(spec, storage_options)
-    n_blocks = m["plan"]["blocks"]
-    missing = [b for b in range(n_blocks) if str(b) not in m["blocks_done"]]
-    if missing:
-        raise InputError(f"{spec}: unfinished: {len(missing)} of {n_blocks} blocks not done "
-                         f"(first: {missing[0]}); finish it with --resume")
-    parts, topk = [], []
-    for b in range(n_blocks):
-        rec = m["blocks_done"][str(b)]
-        arr = objstore.read_npy(objstore.join(str(spec), rec["file"]), storage_options)
-        if arr.shape != (rec["rows"][1] - rec["rows"][0],):
-            raise InputError(f"{spec}: {rec['file']} holds {arr.shape} values, expected rows {rec['rows']}")
-        parts.append(arr)
-        if with_topk:
-            topk.append(objstore.read_npy(objstore.join(str(spec), f"blocks/topk_{b:06d}.npy"), storage_options))
-    bias = np.concatenate(parts).astype(np.float32, copy=False)
-    attrs = {**m["params"], "engine": "ray", "gallery_fingerprint": m["inputs"]["gallery"]["fingerprint"],
-             "reference_fingerprint": m["inputs"]["reference"]["fingerprint"], "n": int(len(bias))}
-    if with_topk:
-        attrs["topk"] = np.vstack(topk)
-    return BiasFile(bias, attrs, None)
 
 
 # ---------------------------------------------------------------------------

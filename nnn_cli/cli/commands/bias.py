@@ -9,7 +9,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, AlphaOpt, BlockOpt, DeviceOpt, EfSearchOpt, IndexOpt, JsonOpt, KOpt, LoadIndexOpt,
+from nnn_cli.cli.options import (AddressOpt, BlockRowsOpt, EngineOpt, GpusPerTaskOpt, MaxRetriesOpt, PartitionRowsOpt, StorageOptionOpt, engine_options, ResumeOpt, GalleryIdsOpt, IdsColumnOpt, AlphaOpt, BlockOpt, DeviceOpt, EfSearchOpt, IndexOpt, JsonOpt, KOpt, LoadIndexOpt,
                                  MemoryBudgetOpt, Metric, MetricOpt, NlistOpt, NprobeOpt, ParamsOpt, QuietOpt,
                                  RecallOpt, SaveIndexOpt, ThreadsOpt, WaitOpt, block_size_note, index_options)
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar
@@ -62,6 +62,14 @@ def bias_cmd(
     wait: WaitOpt = 10.0,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    resume: ResumeOpt = False,
+    gpus_per_task: GpusPerTaskOpt = 0.0,
+    block_rows: BlockRowsOpt = None,
+    partition_rows: PartitionRowsOpt = None,
+    max_retries: MaxRetriesOpt = 3,
+    storage_option: StorageOptionOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -79,6 +87,8 @@ def bias_cmd(
         result = jobs.bias(
             gallery, reference, output, alpha=alpha, k=k, params=params, metric=metric.value, threads=threads,
             store_topk=store_topk, append_to=append_to, update=update, reference_add=reference_add,
+            engine=engine_options(engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries,
+                                  storage_option),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             memory_budget=memory_budget, device=device, wait=wait, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
     if json_out:

@@ -9,7 +9,7 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
+from nnn_cli.cli.options import (AddressOpt, BlockRowsOpt, EngineOpt, GpusPerTaskOpt, MaxRetriesOpt, PartitionRowsOpt, StorageOptionOpt, engine_options, GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
                                  MetricOpt, NlistOpt, NprobeOpt, OutFormat, QuietOpt, RecallOpt, SaveIndexOpt,
                                  ThreadsOpt, block_size_note, index_options)
 from nnn_cli.cli.render import info, note_printer, progress_bar
@@ -52,6 +52,13 @@ def search_cmd(
     query_ids: QueryIdsOpt = None,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    gpus_per_task: GpusPerTaskOpt = 0.0,
+    block_rows: BlockRowsOpt = None,
+    partition_rows: PartitionRowsOpt = None,
+    max_retries: MaxRetriesOpt = 3,
+    storage_option: StorageOptionOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -66,6 +73,8 @@ def search_cmd(
         result = jobs.search(
             queries, gallery, output, bias=bias, top_k=top_k, fmt=out_format.value if out_format else None,
             metric=metric.value, threads=threads, force=force, overfetch=overfetch, device=device,
+            engine=engine_options(engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries,
+                                  storage_option),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             stream=sys.stdout, query_ids=query_ids, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
     if "message" in result.summary:
