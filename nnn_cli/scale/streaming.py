@@ -33,8 +33,8 @@ def iter_streamed_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: 
     done = 0
     for g_start, g_chunk in gallery.iter_blocks(metric, plan.gallery_rows):
         running = RunningTopScores(g_chunk, k)
-        for _, r_block in reference.iter_blocks(metric, plan.reference_rows):
-            running.add(r_block)
+        for r_start, r_block in reference.iter_blocks(metric, plan.reference_rows):
+            running.add(r_block, last=r_start + len(r_block) >= reference.n)
             done += len(r_block)
             if progress:
                 progress(done, passes_total)
@@ -75,6 +75,6 @@ def topk_scores_vs(queries: np.ndarray, reference, k: int, metric: str = "cosine
 
         return topk_scores(queries, reference, k)
     running = RunningTopScores(queries, min(k, reference.n))
-    for _, r_block in reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers)):
-        running.add(r_block)
+    for r_start, r_block in reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers)):
+        running.add(r_block, last=r_start + len(r_block) >= reference.n)
     return running.result()
