@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 
-from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, short_error, split_spec
-from nnn_cli.data.npy import STDIN, read_stdin_embeddings
+from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, split_spec
+from nnn_cli.data.npy import STDIN, load_npy, read_stdin_embeddings
 from nnn_cli.data.shards import open_shard_folder
 from nnn_cli.data.sources import EmbeddingSource, read_ids_file, read_sidecar_ids
 from nnn_cli.errors import InputError, MismatchError, ParameterError
@@ -38,20 +37,7 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings", *, ids_f
         src = open_shard_folder(path, label, ids_file=ids_file, ids_column=ids_column)
         ids = src.ids()
     elif path.suffix.lower() == ".npy":
-        with open(path, "rb") as fh:
-            if fh.read(6) != b"\x93NUMPY":
-                raise InputError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            msg = short_error(exc)
-            if "allow_pickle" in msg or "object" in msg.lower():
-                raise InputError(f"{path}: holds Python objects (pickles are refused); save a numeric array") from None
-            raise InputError(f"{path}: not a readable .npy file ({msg}); it may be truncated") from None
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a readable .npy file ({short_error(exc)})") from None
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{path}: not a .npy array")
+        arr = load_npy(path, "embeddings", mmap=True)
         src = EmbeddingSource(path, None, "npy", tuple(arr.shape), arr.dtype, label)
         ids = read_sidecar_ids(path, arr.shape[0] if arr.ndim else 0)
     elif is_h5_path(path):

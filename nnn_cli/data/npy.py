@@ -64,12 +64,27 @@ def read_stdin_embeddings(label: str, stream=None) -> tuple[np.ndarray, np.ndarr
     return arr, None
 
 
-def load_npy(path: Path, what: str) -> np.ndarray:
-    """A small whole ``.npy`` array (bias, truth, labels), pickles refused; ``what`` names it in errors."""
+def load_npy(path: Path, what: str, mmap: bool = False) -> np.ndarray:
+    """The one ``.npy`` reader for files we are given: pickles refused, a bad file one line naming it.
+
+    ``what`` names the array in errors (``bias``, ``ground-truth``, ``shard``...); ``mmap`` maps it
+    read-only instead of loading it (embedding files and shards: only headers are needed up front).
+    """
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise InputError(f"{path}: not a .npy file (no NumPy header); write it with numpy.save")
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as exc:
+        msg = short_error(exc)
+        if "allow_pickle" in msg or "object" in msg.lower():
+            raise InputError(f"{path}: holds Python objects (pickles are refused); save a numeric array") from None
+        raise InputError(f"{path}: not a readable .npy {what} file ({msg}); it may be truncated") from None
+    except (OSError, EOFError) as exc:
         raise InputError(f"{path}: not a readable .npy {what} file ({short_error(exc)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: not a .npy array (the {what})")
+    return arr
 
 
 class NpyRows:

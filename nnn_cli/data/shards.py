@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from nnn_cli.errors import DependencyError, InputError, MismatchError
-from nnn_cli.data.npy import NpyRows
+from nnn_cli.data.npy import NpyRows, load_npy
 from nnn_cli.data.parquet import DEFAULT_ID_COLUMNS, PARQUET_HINT, _pyarrow_parquet, parquet_ids
 from nnn_cli.data.sources import EmbeddingSource, read_ids_file
 
@@ -144,14 +144,7 @@ def _shard_subfolders(folder: Path, depth: int = 2) -> list[tuple[Path, int]]:
 
 
 def _shard_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(f"{path}: not a readable numeric .npy shard ({str(exc).splitlines()[0][:120]})") from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy shard ({exc})") from None
-    if not isinstance(arr, np.ndarray):
-        raise InputError(f"{path}: not a .npy array")
+    arr = load_npy(path, "shard", mmap=True)
     return tuple(arr.shape), arr.dtype
 
 

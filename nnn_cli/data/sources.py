@@ -18,7 +18,7 @@ import numpy as np
 
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.h5 import open_h5_safe, short_error
-from nnn_cli.data.npy import NpyRows  # block reads, not a memory map: RSS stays at one block
+from nnn_cli.data.npy import NpyRows, load_npy  # block reads, not a memory map: RSS stays at one block
 
 METRICS = ("cosine", "ip")
 DEFAULT_BLOCK_ROWS = 16384
@@ -219,10 +219,7 @@ def read_ids_file(path: str | os.PathLike, n: int, what: str, column: str | None
         raise InputError(f"{path}: no such ids file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except ValueError:
-            raise InputError(f"{path}: ids must be a numeric or string array (pickles are refused)") from None
+        raw = load_npy(path, "ids")
         ids = [str(v) for v in raw.reshape(-1)]
     elif suffix == ".json":
         import json

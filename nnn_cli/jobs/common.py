@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from nnn_cli.core.nnn import check_alpha, check_k
+from nnn_cli.core.nnn import check_alpha
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.biasfile import BiasFile
 from nnn_cli.data.manifest import load_bias
@@ -151,10 +151,6 @@ def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[Pa
     return check_alpha(alpha), k
 
 
-def check_params_against(alpha: float, k: int, n_reference: int) -> tuple[float, int]:
-    return check_alpha(alpha), check_k(k, n_reference)
-
-
 def read_checked_bias(bias: PathLike, gallery_src, metric: str, force: bool) -> BiasFile:
     """The bias file, refused (unless ``force``) when it was made for another gallery or metric."""
     bf = load_bias(bias)
@@ -170,4 +166,4 @@ def setup_threads(threads: int | None) -> None:
 
 
 __all__ = ["EngineOptions", "IndexOptions", "JobResult", "parse_storage_options", "open_source", "Notes", "NoteFn", "PathLike", "ProgressFn", "resolve_params", "read_checked_bias",
-           "setup_threads", "check_params_against"]
+           "setup_threads"]
