@@ -98,8 +98,25 @@ class LocalRayCluster:
 
 
 def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
-    """(pid, ip, port) of every listening TCP socket and bound UDP socket held by ``pids``, from ``ss``."""
+    """(pid, ip, port) of every listening TCP socket and bound UDP socket held by ``pids``, from ``ss``
+    (iproute2), or from psutil where ``ss`` is not installed."""
+    import shutil
+
     out = []
+    if shutil.which("ss") is None:
+        import socket as _socket
+
+        import psutil
+
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.pid not in pids or not conn.laddr:
+                continue
+            if conn.type == _socket.SOCK_STREAM and conn.status != psutil.CONN_LISTEN:
+                continue
+            if conn.type == _socket.SOCK_DGRAM and conn.raddr:
+                continue
+            out.append((conn.pid, conn.laddr.ip.removeprefix("::ffff:"), conn.laddr.port))
+        return out
     for args in (["ss", "-ltnpH"], ["ss", "-lunpH"]):
         text = subprocess.run(args, capture_output=True, text=True, check=True).stdout
         for line in text.splitlines():
