@@ -185,6 +185,32 @@ def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: Inde
     sample's recall and bias error, then searches every gallery row.
     ``gallery`` is an array or a source (streamed in :data:`GALLERY_BLOCK`-row blocks).
     """
+    from nnn_cli.scale.streaming import topk_scores_vs
+
+    index, rescore, info = prepare_reference_index(gallery, reference, k, metric, choice, load_path, save_path, meta)
+    n_gallery = _n_rows(gallery)
+    topk = np.empty((n_gallery, min(k, index.ntotal)), dtype=np.float32)
+    n_short = 0
+    for start, block in _reused_chunks(gallery, metric, GALLERY_BLOCK):
+        part_progress = (lambda done, total, s=start: progress(s + done * len(block) // max(total, 1), n_gallery)) \
+            if progress else None
+        topk[start:start + len(block)], short = approximate_reference_topk(
+            index, block, lambda rows: topk_scores_vs(rows, reference, k, metric), k,
+            progress=part_progress, rescore=rescore)
+        n_short += short
+    info["index_rows_recomputed_exactly"] = n_short
+    return topk, ApproximateRun(choice, info)
+
+
+def prepare_reference_index(gallery, reference, k: int, metric: str, choice: IndexChoice,
+                            load_path: str | Path | None = None, save_path: str | Path | None = None,
+                            meta: dict | None = None):
+    """(index, rescore, info): the reference index built (or loaded), its depth set or tuned on a
+    deterministic gallery sample, the sample's recall measured; ``choice`` gets the depth used.
+
+    The first half of :func:`indexed_reference_topk`, shared with ``--engine ray`` (which builds on
+    the driver and ships the index to tasks).  ``rescore`` is None unless the index stores quantized codes.
+    """
     import time
 
     from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk
@@ -239,17 +265,7 @@ def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: Inde
     approx_mean = np.where(np.isfinite(approx_sample), approx_sample, exact).astype(np.float64).mean(axis=1)
     info["index_sample_mean_abs_topk_mean_error"] = float(np.abs(approx_mean - exact.astype(np.float64).mean(axis=1)).mean())
     _record_depth(index, choice)
-    topk = np.empty((n_gallery, min(k, index.ntotal)), dtype=np.float32)
-    n_short = 0
-    for start, block in _reused_chunks(gallery, metric, GALLERY_BLOCK):
-        part_progress = (lambda done, total, s=start: progress(s + done * len(block) // max(total, 1), n_gallery)) \
-            if progress else None
-        topk[start:start + len(block)], short = approximate_reference_topk(
-            index, block, lambda rows: topk_scores_vs(rows, reference, k, metric), k,
-            progress=part_progress, rescore=rescore)
-        n_short += short
-    info["index_rows_recomputed_exactly"] = n_short
-    return topk, ApproximateRun(choice, info)
+    return index, rescore, info
 
 
 def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, k: int,
