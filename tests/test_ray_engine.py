@@ -46,8 +46,8 @@ from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa
 from nnn_cli.core.nnn import compute_bias  # noqa: E402
 from nnn_cli.errors import InputError, MismatchError, ParameterError  # noqa: E402
 from nnn_cli.data.inputs import open_embeddings  # noqa: E402
-from nnn_cli.scale.ray_engine import (ray_bias, ray_search, read_manifest,  # noqa: E402
-                                read_manifest_bias)
+from nnn_cli.scale.ray_engine import (ray_add_reference, ray_append, ray_bias, ray_search,  # noqa: E402
+                                      read_manifest, read_manifest_bias)
 from nnn_cli.core.search import search  # noqa: E402
 from nnn_cli.core.topk import topk_scores  # noqa: E402
 
@@ -251,6 +251,17 @@ def test_inputs_and_outputs_on_s3(cluster, data, s3):
     got = ray_search("s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/gallery", "s3://nnn-test/out", 5,
                      storage_options=opts)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    # incremental on the object store (no lock there): append the gallery again, then add the queries
+    s = ray_append("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", "s3://nnn-test/out",
+                   storage_options=opts)
+    assert s["blocks_added"] == 3
+    s = ray_add_reference("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/queries.npy", "s3://nnn-test/out",
+                          storage_options=opts)
+    assert s["blocks_rewritten"] == 6 and not fs.exists("nnn-test/out/blocks/bias_000000.npy")
+    got = read_manifest_bias("s3://nnn-test/out", opts, with_topk=True)
+    both_g, both_r = np.vstack([data["G"], data["G"]]), np.vstack([data["R"], data["Q"]])
+    assert np.array_equal(got.bias, compute_bias(both_g, both_r, ALPHA, K))
+    assert np.array_equal(got.attrs["topk"], topk_scores(both_g, both_r, K))
     # the S3 server listens on loopback only
     mine = [ip for pid, ip, p in listening_sockets({os.getpid()}) if p == port]
     assert mine == ["127.0.0.1"]
@@ -311,6 +322,131 @@ def test_cli_engine_ray_end_to_end(cluster, data, tmp_path):
     assert bad.exit_code == 2 and "--engine ray" in bad.output
     bad = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "x.h5")])
     assert bad.exit_code == 2 and "folder or URL" in bad.output
+
+
+def _raw(root, name):
+    """The raw (unnormalised) rows of a shard folder, as written by the data fixture."""
+    files = sorted((root / name).glob("*.npy"), key=lambda f: int(f.stem))
+    return np.concatenate([np.load(f) for f in files])
+
+
+def _shards(folder, arr, shard=1500):
+    folder.mkdir()
+    for i, s in enumerate(range(0, len(arr), shard)):
+        np.save(folder / f"{i}.npy", arr[s:s + shard])
+    return folder
+
+
+def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
+    """`nnn bias --engine ray --index ivf`: the index is built once on the driver, shipped to the tasks, and
+    the result equals `--engine local --index ivf` (same deterministic build, list-major probing) byte for byte."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    root, run = data["root"], CliRunner()
+    args = ["bias", str(root / "gallery"), "-r", str(root / "reference"), "-a", str(ALPHA), "-k", str(K),
+            "--index", "ivf", "--nlist", "64", "--nprobe", "8"]
+    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["blocks_computed"] == 2 and summary["tasks_run"] == 2  # one task per block
+    assert summary["index"]["index"] == "ivf" and summary["index"]["index_nprobe"] == 8
+    assert summary["index_rows_recomputed_exactly"] == 0
+    assert (tmp_path / "out" / "index.faiss").is_file()
+    res = run.invoke(app, args + ["-o", str(tmp_path / "local.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "local.h5") as f:
+        local_bias, local_topk = f["bias"][()], f["topk"][()]
+    got = read_manifest_bias(tmp_path / "out", with_topk=True)
+    assert np.array_equal(got.bias, local_bias) and np.array_equal(got.attrs["topk"], local_topk)
+    assert not np.array_equal(got.bias, data["bias"])  # approximate indeed (nprobe 8 of 64)
+    assert got.attrs["index"] == "ivf" and got.attrs["index_nprobe"] == 8
+    m = read_manifest(str(tmp_path / "out"))
+    assert m["params"]["index"] == {"index": "ivf", "nlist": 64, "nprobe": 8, "ef_search": None, "recall": None}
+    with pytest.raises(MismatchError, match="params"):  # --resume checks the index options
+        ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), resume=True,
+                 block_rows=4096, index={"index": "ivf", "nlist": 64, "nprobe": 16})
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), resume=True,
+                 block_rows=4096, index={"index": "ivf", "nlist": 64, "nprobe": 8})
+    assert s["blocks_skipped"] == 2 and s["blocks_computed"] == 0
+    bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "4096" in bad.output
+    bad = run.invoke(app, args[:-6] + ["--index", "IVF64,SQ8", "--engine", "ray", "-o", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "quantized" in bad.output
+
+
+def test_index_hnsw_same_index_as_local(cluster, data, tmp_path):
+    """HNSW (built with several threads, so not reproducible build to build): the tasks' top-k equals a local
+    search of the very index the driver built and stored (index.faiss) byte for byte."""
+    import faiss
+
+    from nnn_cli.core.nnn import bias_from_topk
+    from nnn_cli.scale.index.steps import approximate_reference_topk
+
+    root = data["root"]
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), block_rows=4096,
+                 index={"index": "hnsw", "ef_search": 32})
+    assert s["blocks_computed"] == 2 and s["index"]["index"] == "hnsw"
+    assert s["index_deserializations"] == len({w[0] for w in s["task_windows"]})  # once per worker process
+    index = faiss.read_index(str(tmp_path / "out" / "index.faiss"))
+    assert index.hnsw.efSearch == 32
+    faiss.omp_set_num_threads(1)
+    try:
+        topk, short = approximate_reference_topk(index, data["G"], None, K)
+    finally:
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+    assert short == 0
+    got = read_manifest_bias(str(tmp_path / "out"), with_topk=True)
+    assert np.array_equal(got.attrs["topk"], topk) and np.array_equal(got.bias, bias_from_topk(topk, ALPHA, K))
+
+
+def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
+    """A run over part of the gallery and part of the reference, then `--update --reference-add` (the rest of the
+    reference) and `--append-to` (the rest of the gallery), both through the CLI: byte-identical to a fresh run
+    over the whole gallery and reference (the module's local result, which the fresh ray run equals)."""
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+    from nnn_cli.data.locks import exclusive_lock
+    from nnn_cli.data.manifest import load_bias
+    from nnn_cli.errors import BusyError
+
+    root, run, out = data["root"], CliRunner(), tmp_path / "run"
+    g, r = _raw(root, "gallery"), _raw(root, "reference")
+    ga, gb = _shards(tmp_path / "ga", g[:3000]), _shards(tmp_path / "gb", g[3000:])    # 3000: off the tile grid
+    ra, rb = _shards(tmp_path / "ra", r[:13000]), _shards(tmp_path / "rb", r[13000:])
+    ray_bias(ga, ra, ALPHA, K, "cosine", str(out), **PLAN)
+    before = read_manifest(str(out))
+    # --update: every block's stored top-k merged with its top-k against the new queries
+    res = run.invoke(app, ["bias", str(ga), "--update", str(out), "--reference-add", str(rb), "--engine", "ray",
+                           "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["blocks_rewritten"] == 2
+    m = read_manifest(str(out))
+    assert m["generation"] == 1 and m["inputs"]["reference_parts"][0]["rows"] == [13000, N_REFERENCE]
+    assert m["blocks_done"]["0"]["file"] == "blocks/bias_000000.g1.npy"
+    assert not (out / before["blocks_done"]["0"]["file"]).exists()  # replaced files removed after the commit
+    want = compute_bias(data["G"][:3000], data["R"], ALPHA, K)
+    assert np.array_equal(load_bias(out).bias, want)
+    # --append-to: new blocks against both reference parts (the later one reopened from its recorded URL)
+    res = run.invoke(app, ["bias", str(gb), "-r", str(ra), "--append-to", str(out), "--engine", "ray", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["blocks_added"] == 1
+    got = read_manifest_bias(str(out), with_topk=True)
+    assert got.attrs["gallery_parts"] == 2 and got.attrs["reference_parts"] == 2
+    assert np.array_equal(got.bias, data["bias"]) and np.array_equal(got.attrs["topk"], data["topk"])
+    m = read_manifest(str(out))
+    assert m["blocks_done"]["2"]["rows"] == [3000, N_GALLERY] and m["blocks_done"]["1"]["rows"] == [2048, 3000]
+    # refusals: another reference, a second writer (the folder's lock), a run without top-k, an indexed run
+    with pytest.raises(MismatchError, match="not the reference"):
+        ray_append(gb, rb, str(out))
+    with exclusive_lock(out / "manifest.json"), pytest.raises(BusyError):
+        ray_append(gb, ra, str(out), wait=0)
+    ray_bias(ga, ra, ALPHA, K, "cosine", str(tmp_path / "notopk"), save_topk=False, **PLAN)
+    with pytest.raises(ParameterError, match="without top-k"):
+        ray_add_reference(ga, rb, str(tmp_path / "notopk"))
 
 
 def test_loopback_only(cluster, data):

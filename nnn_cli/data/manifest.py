@@ -45,13 +45,22 @@ def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: boo
             raise InputError(f"{spec}: {rec['file']} holds {arr.shape} values, expected rows {rec['rows']}")
         parts.append(arr)
         if with_topk:
-            topk.append(objstore.read_npy(objstore.join(str(spec), f"blocks/topk_{b:06d}.npy"), storage_options))
+            # an --update rewrites blocks under new names (``topk_file``); older runs use the plain name
+            topk.append(objstore.read_npy(objstore.join(str(spec), rec.get("topk_file", f"blocks/topk_{b:06d}.npy")),
+                                          storage_options))
     bias = np.concatenate(parts).astype(np.float32, copy=False)
     # the engine's input fingerprints are sampled (shard table + first/last 64 KiB of each shard), not the
     # full-content hash that `nnn bias` records: named apart, so the local stale-file check does not
     # compare the two kinds (the row count and the metric are still checked)
     attrs = {**m["params"], "engine": "ray", "gallery_sampled_fingerprint": m["inputs"]["gallery"]["fingerprint"],
              "reference_sampled_fingerprint": m["inputs"]["reference"]["fingerprint"], "n": int(len(bias))}
+    if isinstance(attrs.get("index"), dict):  # made through an index: the options asked for, flattened
+        asked = attrs.pop("index")
+        attrs.update({"index": asked.get("index")}, **{f"index_{key}": v for key, v in asked.items()
+                                                        if key != "index" and v is not None})
+    for part in ("gallery", "reference"):  # parts added by --append-to / --update
+        if m["inputs"].get(f"{part}_parts"):
+            attrs[f"{part}_parts"] = 1 + len(m["inputs"][f"{part}_parts"])
     if with_topk:
         attrs["topk"] = np.vstack(topk)
     return BiasFile(bias, attrs, None)

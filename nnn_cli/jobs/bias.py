@@ -45,13 +45,17 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
     engine = (engine or EngineOptions()).check()
     notes = Notes(on_note)
     if engine.engine == "ray":
+        if index.save_index is not None or index.load_index is not None or memory_budget or gallery_ids is not None:
+            raise ParameterError("--engine ray builds its index on the driver and keeps it in the output folder "
+                                 "(index.faiss), blocks bound memory: drop --load-index, --save-index, "
+                                 "--memory-budget and --gallery-ids")
         if append_to is not None or update is not None or reference_add is not None:
-            raise ParameterError("--engine ray writes a new bias folder; --append-to/--update work on bias files "
-                                 "(.h5) from --engine local")
-        if not index.exact_flat or memory_budget or gallery_ids is not None:
-            raise ParameterError("--engine ray computes exactly, block by block: drop --index, --load-index, "
-                                 "--save-index, --memory-budget and --gallery-ids")
-        return _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, engine, progress, notes)
+            if index.index != "flat":
+                raise ParameterError("--append-to/--update compute exactly: drop --index")
+            return _incremental(gallery, reference, output, alpha, k, params, metric, 0, append_to, update,
+                                reference_add, wait, progress, notes, engine)
+        return _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, engine, progress, notes,
+                         index)
     if append_to is not None or update is not None or reference_add is not None:
         if not index.exact_flat or memory_budget:
             raise ParameterError("--append-to/--update compute exactly, in memory: drop --index, --load-index, "
@@ -103,9 +107,10 @@ def bias(gallery: PathLike, reference: Optional[PathLike] = None, output: Option
 
 
 def _incremental(gallery, reference, output, alpha, k, params, metric, threads, append_to, update, reference_add,
-                 wait, progress, notes: Notes) -> JobResult:
+                 wait, progress, notes: Notes, engine: EngineOptions | None = None) -> JobResult:
     """``--append-to`` / ``--update --reference-add``: validate, then read, merge exactly and write under an
-    exclusive lock on the file (a second writer waits up to ``wait`` s, then exits 2 naming the holder)."""
+    exclusive lock on the file (a second writer waits up to ``wait`` s, then exits 2 naming the holder).
+    With ``--engine ray`` the target is a run folder/URL of `nnn bias --engine ray` (see :func:`_incremental_ray`)."""
     if params is not None:
         alpha, k = resolve_params(alpha, k, params)
     if (append_to is None) == (update is None):
@@ -119,6 +124,10 @@ def _incremental(gallery, reference, output, alpha, k, params, metric, threads, 
         if reference_add is None or reference is not None:
             raise ParameterError("--update needs --reference-add NEW_QUERIES (and no --reference)")
         target = update
+    if engine is not None and engine.engine == "ray":
+        return _incremental_ray(gallery, reference, output, alpha, k, metric, append_to, update, reference_add,
+                                target, wait, progress, notes, engine)
+    target = Path(target)
     output = output or target
     check_output_path(output, [gallery, reference, reference_add], (".h5", ".hdf5"), "an updated bias file (HDF5)")
     setup_threads(threads)
@@ -144,8 +153,36 @@ def _incremental(gallery, reference, output, alpha, k, params, metric, threads, 
     return JobResult(summary, Path(output), notes.lines)
 
 
+def _incremental_ray(gallery, reference, output, alpha, k, metric, append_to, update, reference_add, target, wait,
+                     progress, notes: Notes, engine: EngineOptions) -> JobResult:
+    """``--append-to RUN`` / ``--update RUN --reference-add NEW`` on a run folder/URL of ``--engine ray``:
+    new blocks (append) or every block's stored top-k merged with the new queries (update), exact; the
+    manifest is rewritten once at the end (the commit), under the folder's lock when it is local."""
+    if output is not None and str(output).rstrip("/") != str(target).rstrip("/"):
+        raise ParameterError("with --engine ray, --append-to/--update change the run folder in place: drop -o")
+    if engine.resume or engine.block_rows is not None or engine.partition_rows is not None:
+        raise ParameterError("--append-to/--update keep the run's plan: drop --resume, --block-rows and "
+                             "--partition-rows")
+    try:
+        from nnn_cli.scale.ray_engine import ray_add_reference, ray_append
+    except ImportError as exc:  # pragma: no cover - the optional extra
+        from nnn_cli.errors import DependencyError
+
+        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+    kw = {**engine.ray_kwargs(), "alpha": alpha, "k": k, "metric": metric, "wait": wait, "progress": progress}
+    if append_to is not None:
+        summary = ray_append(gallery, reference, str(target), **kw)
+        what = f"appended {summary['n_added']} items as {summary['blocks_added']} new blocks"
+    else:
+        summary = ray_add_reference(gallery, reference_add, str(target), **kw)
+        what = f"added {summary['n_added']} reference queries to {summary['blocks_rewritten']} blocks"
+    summary["message"] = (f"updated {target}: {what} (alpha={summary['alpha']}, k={summary['k']}, "
+                          f"metric={summary['metric']}) with --engine ray in {summary['seconds']['total']:.1f}s")
+    return JobResult(summary, None, notes.lines)
+
+
 def _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, engine: EngineOptions,
-              progress, notes: Notes) -> JobResult:
+              progress, notes: Notes, index: IndexOptions | None = None) -> JobResult:
     """``--engine ray``: the exact bias as Ray tasks, written block by block into the folder/URL ``output``
     (``manifest.json`` + ``blocks/``), resumable; byte-identical to ``--engine local`` on one machine."""
     if reference is None or output is None:
@@ -160,8 +197,21 @@ def _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, 
         from nnn_cli.errors import DependencyError
 
         raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+    index_opts = None
+    if index is not None and index.index != "flat":
+        index_opts = {"index": index.index, "nlist": index.nlist, "nprobe": index.nprobe,
+                      "ef_search": index.ef_search, "recall": index.recall}
     summary = ray_bias(gallery, reference, alpha, k, metric, str(output), resume=engine.resume,
-                       save_topk=store_topk, progress=progress, **engine.ray_kwargs())
+                       save_topk=store_topk, progress=progress, index=index_opts, **engine.ray_kwargs())
+    if summary.get("index"):
+        rec = summary["index"]
+        notes(f"index: {rec.get('index_description')}; {rec.get('index_reason')}; built once on the driver in "
+              f"{rec.get('index_driver_seconds', 0):.1f}s, {rec.get('index_bytes', 0) / 1e6:.1f} MB shipped to tasks")
+        if "index_sample_recall" in rec:
+            notes(f"index top-{k} recall on {rec['index_sample_rows']} sampled gallery rows: "
+                  f"{rec['index_sample_recall']:.3f}")
+        if "index_warning" in rec:
+            notes(f"warning: {rec['index_warning']}")
     done = summary.get("blocks_computed", 0)
     skipped = summary.get("blocks_skipped", 0)
     secs = summary.get("seconds", {}).get("total", 0.0) if isinstance(summary.get("seconds"), dict) else 0.0

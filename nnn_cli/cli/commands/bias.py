@@ -40,11 +40,13 @@ def bias_cmd(
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
-    append_to: Annotated[Optional[Path], typer.Option(
-        "--append-to", help="Existing bias .h5: compute only the NEW gallery items given as GALLERY and append "
-                            "them (checks --reference/alpha/k/metric match the file).")] = None,
-    update: Annotated[Optional[Path], typer.Option(
-        "--update", help="Existing bias .h5 for GALLERY: merge in --reference-add queries (cost N x M_new).")] = None,
+    append_to: Annotated[Optional[str], typer.Option(
+        "--append-to", help="Existing bias .h5 (or, with --engine ray, its run folder/URL): compute only the NEW "
+                            "gallery items given as GALLERY and append them (checks --reference/alpha/k/metric "
+                            "match).")] = None,
+    update: Annotated[Optional[str], typer.Option(
+        "--update", help="Existing bias .h5 (or, with --engine ray, its run folder/URL) for GALLERY: merge in "
+                         "--reference-add queries (cost N x M_new).")] = None,
     reference_add: Annotated[Optional[str], typer.Option(
         "--reference-add", help="New reference queries to fold into --update's bias file.")] = None,
     store_topk: Annotated[bool, typer.Option(
