@@ -371,6 +371,17 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), resume=True,
                  block_rows=4096, index={"index": "ivf", "nlist": 64, "nprobe": 8})
     assert s["blocks_skipped"] == 2 and s["blocks_computed"] == 0
+    # --recall: nprobe tuned on the driver (the same gallery sample as locally), recorded, same result as local
+    from nnn_cli.scale.index.choose import choose_index
+    from nnn_cli.scale.index.steps import indexed_reference_topk
+
+    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "tuned"), block_rows=4096,
+                 index={"index": "ivf", "nlist": 64, "recall": 0.9})
+    tuned = s["index"]["index_tuned"]
+    assert tuned["knob"] == "nprobe" and tuned["reached"] and s["index"]["index_nprobe"] == tuned["value"]
+    want, _ = indexed_reference_topk(open_embeddings(root / "gallery"), open_embeddings(root / "reference"), K,
+                                     "cosine", choose_index("ivf", N_GALLERY, N_REFERENCE, D, K, 64, recall=0.9))
+    assert np.array_equal(read_manifest_bias(str(tmp_path / "tuned"), with_topk=True).attrs["topk"], want)
     bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "4096" in bad.output
     bad = run.invoke(app, args[:-6] + ["--index", "IVF64,SQ8", "--engine", "ray", "-o", str(tmp_path / "y")])
