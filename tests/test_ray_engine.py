@@ -450,6 +450,10 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
     assert np.array_equal(got.bias, data["bias"]) and np.array_equal(got.attrs["topk"], data["topk"])
     m = read_manifest(str(out))
     assert m["blocks_done"]["2"]["rows"] == [3000, N_GALLERY] and m["blocks_done"]["1"]["rows"] == [2048, 3000]
+    info = run.invoke(app, ["info", str(out), "--json"])
+    assert info.exit_code == 0, info.output
+    attrs = json.loads(info.stdout)["attrs"]
+    assert attrs["complete"] and [h["op"] for h in attrs["history"]] == ["reference-add", "append"]
     # refusals: another reference, a second writer (the folder's lock), a run without top-k, an indexed run
     with pytest.raises(MismatchError, match="not the reference"):
         ray_append(gb, rb, str(out))

@@ -204,6 +204,10 @@ def _describe_manifest(path: Path) -> dict:
     n_rows = sum(int(r["rows"][1]) - int(r["rows"][0]) for r in m.get("blocks_done", {}).values())
     attrs = {**m.get("params", {}), "engine": "ray", "blocks_done": done, "blocks_total": n_blocks,
              "complete": done == n_blocks, "plan": m["plan"], "inputs": m.get("inputs", {})}
+    if m.get("index"):  # --index: the index used (kind, depth, sample recall), kept as index.faiss
+        attrs["index_used"] = {key: v for key, v in m["index"].items() if not isinstance(v, dict)}
+    if m.get("history"):  # --append-to / --update operations
+        attrs["history"] = m["history"]
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return {"path": str(path), "bytes": size, "kind": "bias", "format": "nnn bias manifest (--engine ray)",
             "datasets": {"bias": {"shape": [n_rows], "dtype": "float32"}}, "attrs": attrs}
