@@ -106,7 +106,7 @@ def main() -> None:
         t_local = time.perf_counter() - t0
         del g, r
 
-        from nnn_cli.scale.ray_engine import ray_bias, read_manifest_bias
+        from nnn_cli.scale.ray import ray_bias, read_manifest_bias
 
         t0 = time.perf_counter()
         s = ray_bias(tmp / "gallery", tmp / "reference", args.alpha, args.k, "cosine", str(tmp / "out"),

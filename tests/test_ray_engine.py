@@ -46,7 +46,7 @@ from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa
 from nnn_cli.core.nnn import compute_bias  # noqa: E402
 from nnn_cli.errors import InputError, MismatchError, ParameterError  # noqa: E402
 from nnn_cli.data.inputs import open_embeddings  # noqa: E402
-from nnn_cli.scale.ray_engine import (ray_add_reference, ray_append, ray_bias, ray_search,  # noqa: E402
+from nnn_cli.scale.ray import (ray_add_reference, ray_append, ray_bias, ray_search,  # noqa: E402
                                       read_manifest, read_manifest_bias)
 from nnn_cli.core.search import search  # noqa: E402
 from nnn_cli.core.topk import topk_scores  # noqa: E402
@@ -163,7 +163,7 @@ def test_worker_killed_mid_job_is_retried(cluster, data, tmp_path):
 
 DRIVER = textwrap.dedent("""
     import sys
-    from nnn_cli.scale.ray_engine import ray_bias
+    from nnn_cli.scale.ray import ray_bias
     ray_bias(sys.argv[1], sys.argv[2], {alpha}, {k}, "cosine", sys.argv[3], address=sys.argv[4],
              init_kwargs={{"_node_ip_address": "127.0.0.1"}}, block_rows=1024, partition_rows=8192,
              max_blocks_in_flight=1, _task_delay=0.4)

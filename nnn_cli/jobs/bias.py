@@ -164,7 +164,7 @@ def _incremental_ray(gallery, reference, output, alpha, k, metric, append_to, up
         raise ParameterError("--append-to/--update keep the run's plan: drop --resume, --block-rows and "
                              "--partition-rows")
     try:
-        from nnn_cli.scale.ray_engine import ray_add_reference, ray_append
+        from nnn_cli.scale.ray import ray_add_reference, ray_append
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 
@@ -192,7 +192,7 @@ def _bias_ray(gallery, reference, output, alpha, k, params, metric, store_topk, 
                              "not a file name")
     alpha, k = resolve_params(alpha, k, params)
     try:
-        from nnn_cli.scale.ray_engine import ray_bias
+        from nnn_cli.scale.ray import ray_bias
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 

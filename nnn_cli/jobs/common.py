@@ -73,7 +73,7 @@ class IndexOptions:
 @dataclass
 class EngineOptions:
     """Where the exact steps run: ``local`` (this process) or ``ray`` (Ray tasks on a cluster; see
-    :mod:`nnn_cli.scale.ray_engine`).  ``address`` None starts a private local Ray for the run."""
+    :mod:`nnn_cli.scale.ray`).  ``address`` None starts a private local Ray for the run."""
 
     engine: str = "local"
     address: Optional[str] = None

@@ -122,7 +122,7 @@ def _search_ray(queries, gallery, bias, top_k, metric, force, engine: EngineOpti
     from nnn_cli.data import objstore
 
     try:
-        from nnn_cli.scale.ray_engine import ray_search
+        from nnn_cli.scale.ray import ray_search
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 
