@@ -84,10 +84,3 @@ def run() -> None:
     except BrokenPipeError:
         silence_stdout()
         sys.exit(0)
-
-
-def main() -> None:
-    """Console entry point, for callers that import this module directly."""
-    from nnn_cli.cli import main as entry
-
-    entry()
