@@ -94,8 +94,10 @@ def raise_if_interrupted() -> None:
 
 
 def _quiet_unraisable(unraisable) -> None:
-    """Drop the 'Exception ignored in ...' report of an interrupt swallowed by a finaliser."""
-    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+    """Drop the 'Exception ignored in ...' report of an interrupt swallowed by a finaliser, and of any
+    finaliser failing once an interrupt was received (objects cut short by it, collected at exit): the
+    command has already said in one line what happened."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) or _received is not None:
         return
     sys.__unraisablehook__(unraisable)
 

@@ -167,18 +167,23 @@ class _GuardedFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    # After close (an interrupt can cut HDF5's own close short, and h5py then finishes closing its objects
+    # when they are collected) every call is a quiet no-op: an error there could only be printed as an
+    # "Exception ignored" traceback at exit, and the temporary file is being deleted anyway.
     def seek(self, pos: int, whence: int = 0) -> int:
-        return self.raw_file.seek(pos, whence)
+        return 0 if self.raw_file.closed else self.raw_file.seek(pos, whence)
 
     def tell(self) -> int:
-        return self.raw_file.tell()
+        return 0 if self.raw_file.closed else self.raw_file.tell()
 
     def readinto(self, buffer) -> int:
-        return self.raw_file.readinto(buffer)
+        return 0 if self.raw_file.closed else self.raw_file.readinto(buffer)
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
+        if self.raw_file.closed:
+            return n
         if self.error is None:
             try:
                 done = 0
@@ -191,6 +196,8 @@ class _GuardedFile(io.RawIOBase):
         return n
 
     def truncate(self, size: int | None = None) -> int:
+        if self.raw_file.closed:
+            return 0 if size is None else size
         try:
             return self.raw_file.truncate(size)
         except OSError as exc:
