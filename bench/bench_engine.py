@@ -85,12 +85,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--block-rows", type=int, help="gallery rows per task (multiple of 1024)")
     ap.add_argument("--partition-rows", type=int, help="reference rows per task (multiple of 8192)")
+    ap.add_argument("--index", default="flat", help="flat (exact, default) or ivf: the approximate bias, index built "
+                                                    "once (locally: by the job; ray: on the driver, shipped to tasks)")
+    ap.add_argument("--nlist", type=int, help="IVF lists (default about sqrt(M))")
+    ap.add_argument("--nprobe", type=int, default=4, help="IVF lists probed (fixed, so both engines do the same work)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     n = args.n or (50_000 if args.quick else 200_000)
     m = args.m or n
     d = args.d or (256 if args.quick else 512)
     block_rows = args.block_rows or balanced_block_rows(n, args.workers)
+    if args.index != "flat":
+        block_rows = -(-block_rows // 4096) * 4096  # the IVF list-major scan's row grid
     partition_rows = args.partition_rows or -(-m // 8192) * 8192
 
     tmp = Path(tempfile.mkdtemp(prefix="nnn-bench-engine-"))
@@ -98,19 +104,31 @@ def main() -> None:
         write_shards(tmp / "gallery", n, d, 1)
         write_shards(tmp / "reference", m, d, 2)
 
+        index = None
         t0 = time.perf_counter()
-        g = open_embeddings(tmp / "gallery").read("cosine")
-        r = open_embeddings(tmp / "reference").read("cosine")
-        t_read = time.perf_counter() - t0
-        bias_local = compute_bias(g, r, args.alpha, args.k)
+        if args.index == "flat":
+            g = open_embeddings(tmp / "gallery").read("cosine")
+            r = open_embeddings(tmp / "reference").read("cosine")
+            t_read = time.perf_counter() - t0
+            bias_local = compute_bias(g, r, args.alpha, args.k)
+            del g, r
+        else:  # the whole local job: read, build, sample recall, search every row, write
+            from nnn_cli import jobs
+            from nnn_cli.data.biasfile import read_bias
+
+            index = {"index": args.index, "nlist": args.nlist, "nprobe": args.nprobe}
+            jobs.bias(tmp / "gallery", reference=tmp / "reference", output=tmp / "local.h5", alpha=args.alpha,
+                      k=args.k, index=jobs.IndexOptions(args.index, args.nlist, args.nprobe), store_topk=False)
+            t_read = float("nan")
+            bias_local = read_bias(tmp / "local.h5").bias
         t_local = time.perf_counter() - t0
-        del g, r
 
         from nnn_cli.scale.ray import ray_bias, read_manifest_bias
 
         t0 = time.perf_counter()
         s = ray_bias(tmp / "gallery", tmp / "reference", args.alpha, args.k, "cosine", str(tmp / "out"),
-                     num_cpus=args.workers, block_rows=block_rows, partition_rows=partition_rows, save_topk=False)
+                     num_cpus=args.workers, block_rows=block_rows, partition_rows=partition_rows, save_topk=False,
+                     index=index)
         t_ray = time.perf_counter() - t0
         identical = bool(np.array_equal(read_manifest_bias(str(tmp / "out")).bias, bias_local))
     finally:
@@ -121,7 +139,7 @@ def main() -> None:
     task_s = np.array(s["task_seconds"])
     task_flop = np.array(s["task_flop"])
     task_bytes = np.array(s["task_bytes_read"])
-    core_gflops = float(task_flop.sum() / task_s.sum() / 1e9)
+    core_gflops = float(task_flop.sum() / max(task_s.sum(), 1e-9) / 1e9)
     sched = sec["compute"] * args.workers - task_s.sum() - sum(s["merge_seconds"])
     measured = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "N": n, "M": m, "d": d, "k": args.k,
@@ -135,7 +153,8 @@ def main() -> None:
     }
     proj = [projection(1e8, 1e8, 768, args.k), projection(1e9, 1e9, 768, args.k)]
 
-    print(f"\nMEASURED on this machine ({measured['machine']}), exact bias {n:,} x {m:,}, d={d}, k={args.k}, "
+    what = "exact bias" if args.index == "flat" else f"{args.index} bias (nprobe {args.nprobe})"
+    print(f"\nMEASURED on this machine ({measured['machine']}), {what} {n:,} x {m:,}, d={d}, k={args.k}, "
           f"{args.workers} workers; ray plan {s['plan']['blocks']} blocks x {s['plan']['partitions']} partitions "
           f"= {s['plan']['tasks']} tasks; byte-identical to local: {identical}")
     print(f"{'engine':<28}{'seconds':>10}{'overhead':>10}")
@@ -146,16 +165,19 @@ def main() -> None:
           f"{task_s.mean():.2f} s, {task_flop.mean() / 1e9:.1f} GFLOP, {task_bytes.mean() / 1e6:.1f} MB read; "
           f"{core_gflops:.1f} GFLOP/s per core (single-threaded BLAS); idle core-seconds per task "
           f"{measured['idle_core_seconds_per_task']:.3f}")
-    print(f"\nPROJECTED (not measured): d=768, k={args.k}, plan {SCALE_BLOCK:,} gallery rows x {SCALE_PARTITION:,} "
-          f"reference rows per task; GPU at an assumed {GPU_TFLOPS:g} TFLOP/s sustained fp32, ${GPU_PRICE:.2f}/GPU-hour")
-    print(f"{'N x M':<14}{'FLOP':>10}{'bytes read':>12}{'tasks':>9}{'GPU-h':>10}{'USD':>11}{'s/task GPU':>11}"
-          f"{'core-h (this CPU)':>19}")
-    for p in proj:
-        core_h = p["flop"] / (core_gflops * 1e9) / 3600
-        print(f"{p['N']:.0e} x {p['M']:.0e}".ljust(14) + f"{p['flop']:>10.2e}{p['bytes_read']:>12.2e}{p['tasks']:>9,}"
-              f"{p['gpu_hours']:>10,.0f}{p['usd']:>11,.0f}{p['task_gpu_seconds']:>11.0f}{core_h:>19,.0f}")
-    print("  bytes read = 4 d (N x partitions + M x blocks); the per-task scheduling cost measured above "
-          f"({measured['idle_core_seconds_per_task']:.3f} core-s) is negligible next to a projected GPU task.")
+    if args.index != "flat":  # the projection is for the exact join; an index's cost depends on nprobe and data
+        proj = []
+    else:
+        print(f"\nPROJECTED (not measured): d=768, k={args.k}, plan {SCALE_BLOCK:,} gallery rows x {SCALE_PARTITION:,} "
+              f"reference rows per task; GPU at an assumed {GPU_TFLOPS:g} TFLOP/s sustained fp32, ${GPU_PRICE:.2f}/GPU-hour")
+        print(f"{'N x M':<14}{'FLOP':>10}{'bytes read':>12}{'tasks':>9}{'GPU-h':>10}{'USD':>11}{'s/task GPU':>11}"
+              f"{'core-h (this CPU)':>19}")
+        for p in proj:
+            core_h = p["flop"] / (core_gflops * 1e9) / 3600
+            print(f"{p['N']:.0e} x {p['M']:.0e}".ljust(14) + f"{p['flop']:>10.2e}{p['bytes_read']:>12.2e}{p['tasks']:>9,}"
+                  f"{p['gpu_hours']:>10,.0f}{p['usd']:>11,.0f}{p['task_gpu_seconds']:>11.0f}{core_h:>19,.0f}")
+        print("  bytes read = 4 d (N x partitions + M x blocks); the per-task scheduling cost measured above "
+              f"({measured['idle_core_seconds_per_task']:.3f} core-s) is negligible next to a projected GPU task.")
     if args.json:
         args.json.write_text(json.dumps({"measured": measured, "projected": proj,
                                          "assumptions": {"gpu_tflops": GPU_TFLOPS, "usd_per_gpu_hour": GPU_PRICE,
