@@ -90,6 +90,14 @@ def data(tmp_path_factory):
             "bias": compute_bias(G, R, ALPHA, K), "topk": topk_scores(G, R, K)}
 
 
+def assert_same_to_rounding(got, want):
+    """Incremental runs (append, reference-add) against a fresh run: new rows and new reference queries sit
+    at other positions inside the GEMM tiles than in the fresh run, and some OpenBLAS kernels (Haswell)
+    round a dot product differently by position, so equality holds to float32 rounding, and bit for bit
+    on kernels that do not (SkylakeX, Sandybridge here), as for local --append-to/--update."""
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+
+
 def _check_output(out, data, **kw):
     bf = read_manifest_bias(out, with_topk=True, **kw)
     assert bf.bias.dtype == np.float32
@@ -260,8 +268,8 @@ def test_inputs_and_outputs_on_s3(cluster, data, s3):
     assert s["blocks_rewritten"] == 6 and not fs.exists("nnn-test/out/blocks/bias_000000.npy")
     got = read_manifest_bias("s3://nnn-test/out", opts, with_topk=True)
     both_g, both_r = np.vstack([data["G"], data["G"]]), np.vstack([data["R"], data["Q"]])
-    assert np.array_equal(got.bias, compute_bias(both_g, both_r, ALPHA, K))
-    assert np.array_equal(got.attrs["topk"], topk_scores(both_g, both_r, K))
+    assert_same_to_rounding(got.bias, compute_bias(both_g, both_r, ALPHA, K))
+    assert_same_to_rounding(got.attrs["topk"], topk_scores(both_g, both_r, K))
     # the S3 server listens on loopback only
     mine = [ip for pid, ip, p in listening_sockets({os.getpid()}) if p == port]
     assert mine == ["127.0.0.1"]
@@ -440,14 +448,15 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
     assert m["blocks_done"]["0"]["file"] == "blocks/bias_000000.g1.npy"
     assert not (out / before["blocks_done"]["0"]["file"]).exists()  # replaced files removed after the commit
     want = compute_bias(data["G"][:3000], data["R"], ALPHA, K)
-    assert np.array_equal(load_bias(out).bias, want)
+    assert_same_to_rounding(load_bias(out).bias, want)
     # --append-to: new blocks against both reference parts (the later one reopened from its recorded URL)
     res = run.invoke(app, ["bias", str(gb), "-r", str(ra), "--append-to", str(out), "--engine", "ray", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["blocks_added"] == 1
     got = read_manifest_bias(str(out), with_topk=True)
     assert got.attrs["gallery_parts"] == 2 and got.attrs["reference_parts"] == 2
-    assert np.array_equal(got.bias, data["bias"]) and np.array_equal(got.attrs["topk"], data["topk"])
+    assert_same_to_rounding(got.bias, data["bias"])
+    assert_same_to_rounding(got.attrs["topk"], data["topk"])
     m = read_manifest(str(out))
     assert m["blocks_done"]["2"]["rows"] == [3000, N_GALLERY] and m["blocks_done"]["1"]["rows"] == [2048, 3000]
     info = run.invoke(app, ["info", str(out), "--json"])
