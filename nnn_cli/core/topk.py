@@ -8,6 +8,9 @@
   the selection and tiles use; each runs single-threaded BLAS.
 
 Array math only: numpy and threadpoolctl, no faiss.
+
+Why one module of about 400 lines: the tile grid, the two engines built on it (scores with indices,
+scores only) and their thread scheduling must change together to keep results byte-identical.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ An OS error while writing (disk full, read-only file system) is :class:`OutputEr
 is exhausted the rows are assembled into ``OUT`` (HDF5) or ``OUT.npy`` plus a sidecar
 ``OUT.npy.json`` through an atomic temporary file (a free-space check first: the output needs about
 as much room again as the partial folder), then the folder is deleted.
+
+Why one module of about 450 lines: the partial folder's writer, its manifest commit and the
+verification on resume are one protocol (what is written is exactly what is checked); splitting it
+would put the two halves of that contract in different files.
 """
 
 from __future__ import annotations
