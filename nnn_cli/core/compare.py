@@ -48,19 +48,28 @@ def bootstrap_recall(first_hit_rank: np.ndarray, has_truth: np.ndarray, n_resamp
     if n == 0:
         return {f"R@{k}_ci": [0.0, 0.0] for k in ks}
     hits = np.stack([ranks < k for k in ks]).astype(np.float64)  # (len(ks), n)
+    cis = _percentile_cis(hits, n_resamples, seed, level, max_cells)
+    return {f"R@{k}_ci": ci for k, ci in zip(ks, cis)}
+
+
+def _percentile_cis(values: np.ndarray, n_resamples: int, seed: int, level: float,
+                    max_cells: int) -> list[list[float]]:
+    """Percentile bootstrap interval (percent) of the mean of each row of ``values`` (rows, n): the same
+    resampled queries for every row, drawn in chunks of at most ``max_cells`` indices."""
+    n = values.shape[1]
     rng = np.random.default_rng(seed)
-    stats = np.empty((len(ks), n_resamples))
+    stats = np.empty((len(values), n_resamples))
     chunk = max(1, max_cells // n)
     for start in range(0, n_resamples, chunk):
         stop = min(n_resamples, start + chunk)
         draws = rng.integers(0, n, size=(stop - start, n))
-        for i in range(len(ks)):
-            stats[i, start:stop] = hits[i][draws].mean(axis=1)
+        for i in range(len(values)):
+            stats[i, start:stop] = values[i][draws].mean(axis=1)
     tail = (1.0 - level) / 2.0 * 100.0
-    out = {}
-    for i, k in enumerate(ks):
+    out = []
+    for i in range(len(values)):
         lo, hi = np.percentile(stats[i] * 100.0, [tail, 100.0 - tail])
-        out[f"R@{k}_ci"] = [round(float(lo), 4), round(float(hi), 4)]
+        out.append([round(float(lo), 4), round(float(hi), 4)])
     return out
 
 
@@ -81,20 +90,11 @@ def bootstrap_gain(first_hit_rank: np.ndarray, base_first_hit_rank: np.ndarray, 
     if n == 0:
         return {**{f"R@{k}_gain": 0.0 for k in ks}, **{f"R@{k}_gain_ci": [0.0, 0.0] for k in ks}}
     diff = np.stack([(ranks < k).astype(np.float64) - (base < k) for k in ks])  # (len(ks), n)
-    rng = np.random.default_rng(seed)
-    stats = np.empty((len(ks), n_resamples))
-    chunk = max(1, max_cells // n)
-    for start in range(0, n_resamples, chunk):
-        stop = min(n_resamples, start + chunk)
-        draws = rng.integers(0, n, size=(stop - start, n))
-        for i in range(len(ks)):
-            stats[i, start:stop] = diff[i][draws].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
+    cis = _percentile_cis(diff, n_resamples, seed, level, max_cells)
     out: dict = {}
     for i, k in enumerate(ks):
-        lo, hi = np.percentile(stats[i] * 100.0, [tail, 100.0 - tail])
         out[f"R@{k}_gain"] = round(float(diff[i].mean() * 100.0), 4)
-        out[f"R@{k}_gain_ci"] = [round(float(lo), 4), round(float(hi), 4)]
+        out[f"R@{k}_gain_ci"] = cis[i]
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from nnn_cli.errors import InputError, ParameterError
-from nnn_cli.data.h5 import attr_value, create_h5, decode_strings, h5py_module, is_h5_path, open_h5_safe, set_attrs, short_error, split_spec
+from nnn_cli.data.h5 import write_strings, attr_value, create_h5, decode_strings, is_h5_path, open_h5_safe, set_attrs, short_error, split_spec
 from nnn_cli.data.npy import load_npy
 from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_locks
 from nnn_cli.data.outputs import atomic_output
@@ -69,12 +69,11 @@ def write_bias(path: str | os.PathLike, bias: np.ndarray, attrs: dict, ids: np.n
         return path
     if not is_h5_path(path):
         raise ParameterError(f"{path}: output must end in .h5, .hdf5 or .npy")
-    h5py = h5py_module()
     with atomic_output(path) as tmp:
         with create_h5(tmp) as f:
             f.create_dataset("bias", data=bias)
             if ids is not None:
-                f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+                write_strings(f, "ids", ids)
             for name, arr in (extra or {}).items():
                 f.create_dataset(name, data=arr)
             set_attrs(f, attrs)

@@ -235,3 +235,8 @@ def create_h5(path: str | os.PathLike) -> Iterator:
     guard.close()
     if guard.error is not None:
         raise guard.error
+
+
+def write_strings(f, name: str, values) -> None:
+    """A dataset of UTF-8 strings (ids) in an open HDF5 file."""
+    f.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py_module().string_dtype())

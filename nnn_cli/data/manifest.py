@@ -28,12 +28,17 @@ def read_manifest(spec, storage_options: dict | None = None) -> dict:
     return m
 
 
+def missing_blocks(m: dict) -> list[int]:
+    """The blocks of a manifest's plan that are not done yet (an unfinished run)."""
+    return [b for b in range(int(m["plan"]["blocks"])) if str(b) not in m["blocks_done"]]
+
+
 def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: bool = False) -> BiasFile:
     """A manifest folder as one bias (N,) float32 :class:`nnn_cli.data.biasfile.BiasFile` (attrs: params + inputs);
     ``with_topk`` also loads the per-block top-k into ``attrs['topk']``.  Refuses an unfinished run."""
     m = read_manifest(spec, storage_options)
     n_blocks = m["plan"]["blocks"]
-    missing = [b for b in range(n_blocks) if str(b) not in m["blocks_done"]]
+    missing = missing_blocks(m)
     if missing:
         raise InputError(f"{spec}: unfinished: {len(missing)} of {n_blocks} blocks not done "
                          f"(first: {missing[0]}); finish it with --resume")

@@ -61,12 +61,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
             published = True
             mark_published(path)
-            with contextlib.suppress(OSError):
-                dfd = os.open(parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+            fsync_dir(parent)
     except BaseException as exc:
         if published:
             # the new output is in place and complete: say so (see nnn_cli.signals.published_outputs)
@@ -79,6 +74,16 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, NNNError):
             raise output_error(path, exc) from None
         raise
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``path`` durable (fsync the folder; best effort where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def output_error(path: str | os.PathLike, exc: OSError) -> NNNError:

@@ -10,7 +10,7 @@ from typing import Iterator, TextIO
 import numpy as np
 
 from nnn_cli.errors import ParameterError
-from nnn_cli.data.h5 import create_h5, h5py_module, is_h5_path, set_attrs
+from nnn_cli.data.h5 import write_strings, create_h5, is_h5_path, set_attrs
 from nnn_cli.data.outputs import atomic_output
 
 
@@ -29,13 +29,12 @@ def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarr
         return path
     if not is_h5_path(path):
         raise ParameterError(f"{path}: output must end in .h5/.hdf5 or .npz (or use -o - for JSON lines)")
-    h5py = h5py_module()
     with atomic_output(path) as tmp:
         with create_h5(tmp) as f:
             f.create_dataset("indices", data=indices.astype(np.int64))
             f.create_dataset("scores", data=scores.astype(np.float32))
             if ids is not None:
-                f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=h5py.string_dtype())
+                write_strings(f, "ids", ids)
             set_attrs(f, attrs)
     return path
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
 from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_lock
-from nnn_cli.data.outputs import atomic_output, output_error
+from nnn_cli.data.outputs import atomic_output, fsync_dir, output_error
 from nnn_cli.data.h5 import is_h5_path
 
 RESUME_KEY_ATTR = "nnn_resume_key"
@@ -78,15 +78,6 @@ def _digest(h) -> str:
 
 def _new_hash():
     return hashlib.blake2b(digest_size=16)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -284,7 +275,7 @@ class PartialStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def append(self, vectors: np.ndarray, ids: list[str], skipped: list[tuple[str, str]], records: int) -> None:
         """Append one batch (normalised rows, their ids, skipped items) and commit ``records`` as done.

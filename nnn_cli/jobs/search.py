@@ -129,15 +129,15 @@ def _search_ray(queries, gallery, bias, top_k, metric, force, engine: EngineOpti
         raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
     local = not objstore.is_url(str(gallery)) and Path(str(gallery)).exists()
     q_ids = g_ids = None
+    g_src = open_source(gallery, "gallery", notes) if local else None
     b = None
     if bias is not None:
         bf = load_bias(bias, engine.storage_options or None)
         b = bf.bias
-        if local:
-            g_src = open_source(gallery, "gallery", notes)
+        if g_src is not None:
             check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric, force)
-    if local:
-        g_ids = open_source(gallery, "gallery", notes).ids()
+    if g_src is not None:
+        g_ids = g_src.ids()
         if not objstore.is_url(str(queries)) and Path(str(queries)).exists():
             q_ids = open_source(queries, "queries", notes).ids()
     else:

@@ -12,7 +12,7 @@ from nnn_cli.data import objstore
 from nnn_cli.data.manifest import FORMAT, MANIFEST
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import MismatchError, ParameterError
-from nnn_cli.scale.ray.session import _comparable, _input_record, _round_up, _run_windowed, make_plan, open_input, ray_session
+from nnn_cli.scale.ray.session import task_options, _comparable, _input_record, _round_up, _run_windowed, make_plan, open_input, ray_session
 from nnn_cli.scale.ray.tasks import index_bias_task, merge_bias_task, partial_topk_task
 
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
@@ -144,14 +144,11 @@ def ray_bias(gallery_url, reference_url, alpha: float, k: int, metric: str, outp
         t_ready = time.time()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         window = max_blocks_in_flight or max(2, 2 * cpus // max(1, len(plan.partitions)) + 1)
-        task_opts = {"num_cpus": 1, "max_retries": int(max_retries), "retry_exceptions": [OSError]}
-        if gpus_per_task:
-            task_opts["num_gpus"] = gpus_per_task
+        task_opts = task_options(max_retries, gpus_per_task)
         g_ref, r_ref = ray.put(gallery), ray.put(reference)
         if choice is None:
             part_fn = ray.remote(partial_topk_task).options(**task_opts)
-            merge_fn = ray.remote(merge_bias_task).options(num_cpus=1, max_retries=int(max_retries),
-                                                           retry_exceptions=[OSError])
+            merge_fn = ray.remote(merge_bias_task).options(**task_options(max_retries))
 
             def submit(b):
                 g0, g1 = blocks[b]

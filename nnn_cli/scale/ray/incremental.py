@@ -10,9 +10,9 @@ import time
 
 from nnn_cli.core.topk import (DATABASE_TILE, QUERY_TILE, ProgressFn)
 from nnn_cli.data import objstore
-from nnn_cli.data.manifest import MANIFEST, read_manifest
+from nnn_cli.data.manifest import missing_blocks, MANIFEST, read_manifest
 from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.scale.ray.session import _input_record, _run_windowed, _session_window, open_input, ray_session
+from nnn_cli.scale.ray.session import task_options, _input_record, _run_windowed, _session_window, open_input, ray_session
 from nnn_cli.scale.ray.tasks import merge_bias_task, merge_update_task, partial_topk_task
 
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
@@ -37,7 +37,7 @@ def run_lock(run_url: str, storage_options: dict | None, wait: float):
 def _complete_manifest(run_url: str, so: dict, what: str) -> dict:
     m = read_manifest(run_url, so)
     n_blocks = m["plan"]["blocks"]
-    missing = [b for b in range(n_blocks) if str(b) not in m["blocks_done"]]
+    missing = missing_blocks(m)
     if missing:
         raise InputError(f"{run_url}: unfinished ({len(missing)} of {n_blocks} blocks not done): finish it with "
                          f"--resume before {what}")
@@ -100,12 +100,8 @@ def ray_append(new_items_url, reference_url, run_url: str, *, alpha: float | Non
                  for r0 in range(0, src.n, plan["partition_rows"])]
         records: dict = {}
         with ray_session(address, num_cpus, num_gpus, init_kwargs) as ray:
-            opts = {"num_cpus": 1, "max_retries": int(max_retries), "retry_exceptions": [OSError]}
-            if gpus_per_task:
-                opts["num_gpus"] = gpus_per_task
-            part_fn = ray.remote(partial_topk_task).options(**opts)
-            merge_fn = ray.remote(merge_bias_task).options(num_cpus=1, max_retries=int(max_retries),
-                                                           retry_exceptions=[OSError])
+            part_fn = ray.remote(partial_topk_task).options(**task_options(max_retries, gpus_per_task))
+            merge_fn = ray.remote(merge_bias_task).options(**task_options(max_retries))
             n_ref = ray.put(new)
             put = {id(src): ray.put(src) for src, _ in refs}
 
@@ -164,12 +160,8 @@ def ray_add_reference(gallery_url, new_reference_url, run_url: str, *, alpha: fl
         news = [(r0, min(new.n, r0 + plan["partition_rows"])) for r0 in range(0, new.n, plan["partition_rows"])]
         records: dict = {}
         with ray_session(address, num_cpus, num_gpus, init_kwargs) as ray:
-            opts = {"num_cpus": 1, "max_retries": int(max_retries), "retry_exceptions": [OSError]}
-            if gpus_per_task:
-                opts["num_gpus"] = gpus_per_task
-            part_fn = ray.remote(partial_topk_task).options(**opts)
-            merge_fn = ray.remote(merge_update_task).options(num_cpus=1, max_retries=int(max_retries),
-                                                             retry_exceptions=[OSError])
+            part_fn = ray.remote(partial_topk_task).options(**task_options(max_retries, gpus_per_task))
+            merge_fn = ray.remote(merge_update_task).options(**task_options(max_retries))
             q_ref = ray.put(new)
             put = [ray.put(src) for src, _ in gallery_parts]
 

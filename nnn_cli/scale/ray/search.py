@@ -10,7 +10,7 @@ from nnn_cli.core.topk import (DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, P
 from nnn_cli.data.manifest import read_manifest_bias
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import MismatchError, ParameterError
-from nnn_cli.scale.ray.session import _round_up, make_plan, open_input, ray_session
+from nnn_cli.scale.ray.session import task_options, _round_up, make_plan, open_input, ray_session
 from nnn_cli.scale.ray.tasks import merge_search, partial_search_task
 
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
@@ -49,10 +49,7 @@ def ray_search(queries_url, gallery_url, bias, top_k: int, metric: str = "cosine
     scores = np.empty((queries.n, top_k), dtype=np.float32)
     indices = np.empty((queries.n, top_k), dtype=np.int64)
     with ray_session(address, num_cpus, None, init_kwargs) as ray:
-        opts = {"num_cpus": 1, "max_retries": int(max_retries), "retry_exceptions": [OSError]}
-        if gpus_per_task:
-            opts["num_gpus"] = gpus_per_task
-        fn = ray.remote(partial_search_task).options(**opts)
+        fn = ray.remote(partial_search_task).options(**task_options(max_retries, gpus_per_task))
         q_ref, g_ref = ray.put(queries), ray.put(gallery)
         b_refs = [None if bias is None else ray.put(bias[r0:r1]) for r0, r1 in plan.partitions]
         futures = {}

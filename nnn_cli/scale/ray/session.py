@@ -160,3 +160,12 @@ def _comparable(x):
 def _session_window(ray, partitions: int) -> int:
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(2, 2 * cpus // max(1, partitions) + 1)
+
+
+def task_options(max_retries: int, gpus_per_task: float = 0) -> dict:
+    """Ray options of a compute task: one CPU (its BLAS is single-threaded), retried on worker death and on
+    I/O errors, and ``gpus_per_task`` GPUs when asked; a merge task takes them without the GPUs."""
+    opts = {"num_cpus": 1, "max_retries": int(max_retries), "retry_exceptions": [OSError]}
+    if gpus_per_task:
+        opts["num_gpus"] = gpus_per_task
+    return opts
