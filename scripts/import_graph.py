@@ -16,8 +16,9 @@ import grimp
 def main(package: str = "nnn_cli") -> None:
     graph = grimp.build_graph(package)
     modules = sorted(m for m in graph.modules if m.split(".")[0] == package)
-    edges = {m: sorted(n for n in graph.find_modules_directly_imported_by(m) if n.split(".")[0] == package)
-             for m in modules}
+    edges = {
+        m: sorted(n for n in graph.find_modules_directly_imported_by(m) if n.split(".")[0] == package) for m in modules
+    }
     arrows = sum(len(v) for v in edges.values())
     # Tarjan's strongly connected components
     index: dict[str, int] = {}

@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from nnn_cli.core.synthetic import make_hub_data  # noqa: E402
+from nnn_cli.core.synthetic import make_hub_data
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,11 @@ def hub_files(tmp_path, hub_data):
         p = tmp_path / f"{name}.h5"
         with h5py.File(p, "w") as f:
             f["embeddings"] = arr
-            f.create_dataset("ids", data=np.array([f"{name[0]}{i}" for i in range(len(arr))], dtype=object),
-                             dtype=h5py.string_dtype())
+            f.create_dataset(
+                "ids",
+                data=np.array([f"{name[0]}{i}" for i in range(len(arr))], dtype=object),
+                dtype=h5py.string_dtype(),
+            )
         paths[name] = p
         np.save(tmp_path / f"{name}.npy", arr)
         paths[f"{name}_npy"] = tmp_path / f"{name}.npy"

@@ -36,12 +36,17 @@ class LocalRayCluster:
         self.tmp = tempfile.mkdtemp(prefix="nnn-ray-")
         self._known: dict[int, float] = {}  # pid -> create_time of every descendant seen
 
-    def start(self, timeout: float = 90) -> "LocalRayCluster":
+    def start(self, timeout: float = 90) -> LocalRayCluster:
         env = {**os.environ, **LOOPBACK_ENV, **self.env}
         log = open(os.path.join(self.tmp, "holder.log"), "w")
         self.proc = subprocess.Popen(
             [sys.executable, __file__, str(self.num_cpus), str(self.num_gpus), os.path.join(self.tmp, "r")],
-            stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True, text=True)
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            text=True,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -136,8 +141,14 @@ def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
 def _hold(num_cpus: int, num_gpus: int, temp_dir: str) -> None:
     import ray
 
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             _temp_dir=temp_dir, configure_logging=False)
+    ray.init(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=temp_dir,
+        configure_logging=False,
+    )
     address = ray.get_runtime_context().gcs_address
 
     def _term(*_):

@@ -6,14 +6,21 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.core.baselines import (
-    BaselineParams, activation_set, log_sum_exp_scores, parse_methods, rank_dn, rank_dualdis, rank_dualis, rank_inverted_softmax,
-)
-from nnn_cli.core.baseline_sweep import tune_baseline
 from nnn_cli.cli.application import app
+from nnn_cli.core.baseline_sweep import tune_baseline
+from nnn_cli.core.baselines import (
+    BaselineParams,
+    activation_set,
+    log_sum_exp_scores,
+    parse_methods,
+    rank_dn,
+    rank_dualdis,
+    rank_dualis,
+    rank_inverted_softmax,
+)
 from nnn_cli.core.compare import bootstrap_recall, compare_methods
-from nnn_cli.errors import ParameterError
 from nnn_cli.core.truth import Truth
+from nnn_cli.errors import ParameterError
 
 
 def unit(x):
@@ -124,9 +131,15 @@ def test_parse_methods_and_params():
 
 def test_methods_beat_baseline_on_hub_data(hub_data):
     truth = Truth.from_array(hub_data.truth, len(hub_data.queries), len(hub_data.gallery))
-    runs = compare_methods(hub_data.queries, hub_data.gallery, truth,
-                           ["baseline", "nnn", "dn", "qbnorm", "dbnorm", "dbnorm_dis"],
-                           reference=hub_data.reference, nnn_alpha=0.75, nnn_k=16)
+    runs = compare_methods(
+        hub_data.queries,
+        hub_data.gallery,
+        truth,
+        ["baseline", "nnn", "dn", "qbnorm", "dbnorm", "dbnorm_dis"],
+        reference=hub_data.reference,
+        nnn_alpha=0.75,
+        nnn_k=16,
+    )
     r1 = {m: r.result.recall["R@1"] for m, r in runs.items()}
     for m in ("nnn", "qbnorm", "dbnorm", "dbnorm_dis"):
         assert r1[m] > r1["baseline"] + 5, r1
@@ -134,12 +147,19 @@ def test_methods_beat_baseline_on_hub_data(hub_data):
 
 def test_tune_baseline_picks_grid_max(hub_data):
     truth = Truth.from_array(hub_data.truth, len(hub_data.queries), len(hub_data.gallery))
-    out = tune_baseline("qbnorm", hub_data.queries, hub_data.gallery, truth, hub_data.reference,
-                        {"qb_beta": [1.0, 10.0, 40.0]})
+    out = tune_baseline(
+        "qbnorm", hub_data.queries, hub_data.gallery, truth, hub_data.reference, {"qb_beta": [1.0, 10.0, 40.0]}
+    )
     assert len(out["grid"]) == 3
     assert out["R@1"] == max(p["R@1"] for p in out["grid"])
-    out = tune_baseline("dbnorm", hub_data.queries, hub_data.gallery, truth, hub_data.reference,
-                        {"db_beta1": [0.0, 1.0], "db_beta2": [10.0, 40.0]})
+    out = tune_baseline(
+        "dbnorm",
+        hub_data.queries,
+        hub_data.gallery,
+        truth,
+        hub_data.reference,
+        {"db_beta1": [0.0, 1.0], "db_beta2": [10.0, 40.0]},
+    )
     assert len(out["grid"]) == 4 and set(out["best"]) == {"db_beta1", "db_beta2"}
     # beta1 = 0 rows equal QBNorm with the same beta2
     qb = tune_baseline("qbnorm", hub_data.queries, hub_data.gallery, truth, hub_data.reference, {"qb_beta": [10.0]})
@@ -163,11 +183,30 @@ def test_bootstrap_contains_estimate_and_is_seeded():
 
 
 def test_cli_eval_methods_json(hub_files):
-    res = CliRunner().invoke(app, [
-        "eval", "--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),
-        "--truth", str(hub_files["truth"]), "--reference", str(hub_files["reference"]),
-        "--alpha", "0.75", "--k", "16", "--methods", "baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis",
-        "--bootstrap", "50", "--json", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--queries",
+            str(hub_files["queries"]),
+            "--gallery",
+            str(hub_files["gallery"]),
+            "--truth",
+            str(hub_files["truth"]),
+            "--reference",
+            str(hub_files["reference"]),
+            "--alpha",
+            "0.75",
+            "--k",
+            "16",
+            "--methods",
+            "baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis",
+            "--bootstrap",
+            "50",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     for key in ("baseline", "nnn", "dn", "qbnorm", "dbnorm", "dbnorm_dis"):
@@ -179,42 +218,103 @@ def test_cli_eval_methods_json(hub_files):
 
 
 def test_cli_eval_methods_bad_input(hub_files):
-    base = ["eval", "--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),
-            "--truth", str(hub_files["truth"])]
+    base = [
+        "eval",
+        "--queries",
+        str(hub_files["queries"]),
+        "--gallery",
+        str(hub_files["gallery"]),
+        "--truth",
+        str(hub_files["truth"]),
+    ]
     runner = CliRunner()
     res = runner.invoke(app, base + ["--bias", "x.h5", "--methods", "nope"])
     assert res.exit_code == 2 and "unknown method" in res.output
-    res = runner.invoke(app, base + ["--reference", str(hub_files["reference"]), "--methods", "baseline,dn",
-                                     "--dn-lambda", "-1"])
+    res = runner.invoke(
+        app, base + ["--reference", str(hub_files["reference"]), "--methods", "baseline,dn", "--dn-lambda", "-1"]
+    )
     assert res.exit_code == 2
-    res = runner.invoke(app, base + ["--reference", str(hub_files["reference"]), "--methods", "dbnorm",
-                                     "--db-beta1", "0", "--db-beta2", "0"])
+    res = runner.invoke(
+        app,
+        base
+        + ["--reference", str(hub_files["reference"]), "--methods", "dbnorm", "--db-beta1", "0", "--db-beta2", "0"],
+    )
     assert res.exit_code == 2 and "both be 0" in res.output
     # comparison methods alone need no --alpha/--k
-    res = runner.invoke(app, base + ["--reference", str(hub_files["reference"]), "--methods", "baseline,dn",
-                                     "--json", "--quiet"])
+    res = runner.invoke(
+        app, base + ["--reference", str(hub_files["reference"]), "--methods", "baseline,dn", "--json", "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     assert set(json.loads(res.stdout)) >= {"baseline", "dn"}
 
 
 def test_cli_tune_method(hub_files, tmp_path):
     out_path = tmp_path / "p.json"
-    res = CliRunner().invoke(app, [
-        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
-        "-r", str(hub_files["reference"]), "-o", str(out_path), "--method", "dbnorm",
-        "--method-grid", "db_beta1=0,1;db_beta2=10,40", "--json", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "-Q",
+            str(hub_files["queries"]),
+            "-g",
+            str(hub_files["gallery"]),
+            "-t",
+            str(hub_files["truth"]),
+            "-r",
+            str(hub_files["reference"]),
+            "-o",
+            str(out_path),
+            "--method",
+            "dbnorm",
+            "--method-grid",
+            "db_beta1=0,1;db_beta2=10,40",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(out_path.read_text())
     assert doc["method"] == "dbnorm" and len(doc["grid"]) == 4
     assert doc["R@1"] == max(p["R@1"] for p in doc["grid"])
-    bad = CliRunner().invoke(app, [
-        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
-        "-r", str(hub_files["reference"]), "-o", str(tmp_path / "q.json"), "--method", "bogus"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "-Q",
+            str(hub_files["queries"]),
+            "-g",
+            str(hub_files["gallery"]),
+            "-t",
+            str(hub_files["truth"]),
+            "-r",
+            str(hub_files["reference"]),
+            "-o",
+            str(tmp_path / "q.json"),
+            "--method",
+            "bogus",
+        ],
+    )
     assert bad.exit_code == 2 and not (tmp_path / "q.json").exists()
-    bad = CliRunner().invoke(app, [
-        "tune", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"]),
-        "-r", str(hub_files["reference"]), "-o", str(tmp_path / "q.json"), "--method", "qbnorm",
-        "--method-grid", "nope=1"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            "-Q",
+            str(hub_files["queries"]),
+            "-g",
+            str(hub_files["gallery"]),
+            "-t",
+            str(hub_files["truth"]),
+            "-r",
+            str(hub_files["reference"]),
+            "-o",
+            str(tmp_path / "q.json"),
+            "--method",
+            "qbnorm",
+            "--method-grid",
+            "nope=1",
+        ],
+    )
     assert bad.exit_code == 2 and "method-grid" in bad.output
 
 
@@ -227,13 +327,35 @@ def test_eval_reads_tuned_method_params(tmp_path, hub_files):
     from nnn_cli.cli.application import app
 
     runner = CliRunner()
-    common = ["--queries", str(hub_files["queries"]), "--gallery", str(hub_files["gallery"]),
-              "--truth", str(hub_files["truth"]), "--reference", str(hub_files["reference"])]
-    res = runner.invoke(app, ["tune", "--method", "qbnorm", *common, "-o", str(tmp_path / "qb.json"),
-                              "--method-grid", "qb_beta=5,40", "--json"])
+    common = [
+        "--queries",
+        str(hub_files["queries"]),
+        "--gallery",
+        str(hub_files["gallery"]),
+        "--truth",
+        str(hub_files["truth"]),
+        "--reference",
+        str(hub_files["reference"]),
+    ]
+    res = runner.invoke(
+        app,
+        [
+            "tune",
+            "--method",
+            "qbnorm",
+            *common,
+            "-o",
+            str(tmp_path / "qb.json"),
+            "--method-grid",
+            "qb_beta=5,40",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     best = json.loads((tmp_path / "qb.json").read_text())["best"]["qb_beta"]
-    res = runner.invoke(app, ["eval", *common, "--methods", "qbnorm", "--method-params", str(tmp_path / "qb.json"), "--json"])
+    res = runner.invoke(
+        app, ["eval", *common, "--methods", "qbnorm", "--method-params", str(tmp_path / "qb.json"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["qbnorm"]["params"]["qb_beta"] == best
     (tmp_path / "bad.json").write_text(json.dumps({"best": {"nonsense": 1}}))

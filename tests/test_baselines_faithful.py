@@ -5,17 +5,27 @@ import pytest
 from scipy.stats import kurtosis
 
 from nnn_cli.core.attribute import compare_attribute_bias
-from nnn_cli.data.labels import check_explicit_groups
-from nnn_cli.core.baselines import (
-    DB_COARSE, DEFAULT_GRIDS, GALLERY_BANK_WARNING, BaselineParams, activation_set, parse_methods, rank_dualdis, rank_dualis, rank_inverted_softmax, rank_method, rank_qbnorm,
-)
 from nnn_cli.core.baseline_sweep import tune_baseline
+from nnn_cli.core.baselines import (
+    DB_COARSE,
+    DEFAULT_GRIDS,
+    GALLERY_BANK_WARNING,
+    BaselineParams,
+    activation_set,
+    parse_methods,
+    rank_dualdis,
+    rank_dualis,
+    rank_inverted_softmax,
+    rank_method,
+    rank_qbnorm,
+)
 from nnn_cli.core.compare import compare_methods
-from nnn_cli.errors import ParameterError
-from nnn_cli.core.truth import Truth
 from nnn_cli.core.metrics import hubness, recall_from_topk
 from nnn_cli.core.protocol import duplicate_rows, leak_check, paired_truth, reference_subsample
 from nnn_cli.core.synthetic import make_hub_data
+from nnn_cli.core.truth import Truth
+from nnn_cli.data.labels import check_explicit_groups
+from nnn_cli.errors import ParameterError
 from tests.oracles.dbnorm_oracle import db_norm, get_skewness
 from tests.oracles.qbnorm_oracle import qb_norm
 
@@ -71,8 +81,7 @@ def test_qbnorm_is_dynamic_inverted_softmax(data):
 def test_dualis_matches_dbnorm_code(data, b1, b2):
     d, bank = data
     # DBNorm's code: its beta1 is the query bank, beta2 the gallery bank (ours the other way round)
-    oracle = db_norm(s64(d.reference, d.gallery), s64(bank, d.gallery), s64(d.queries, d.gallery),
-                     beta1=b2, beta2=b1)
+    oracle = db_norm(s64(d.reference, d.gallery), s64(bank, d.gallery), s64(d.queries, d.gallery), beta1=b2, beta2=b1)
     agree(rank_dualis(d.queries, d.gallery, d.reference, b1, b2, bank), oracle)
 
 
@@ -80,8 +89,7 @@ def test_dualdis_raw_score_fallback_matches_dbnorm_code(data):
     d, bank = data
     b1, b2 = 3.0, 20.0
     s = s64(d.queries, d.gallery)
-    oracle = db_norm(s64(d.reference, d.gallery), s64(bank, d.gallery), s, beta1=b2, beta2=b1,
-                     dynamic_normalized=True)
+    oracle = db_norm(s64(d.reference, d.gallery), s64(bank, d.gallery), s, beta1=b2, beta2=b1, dynamic_normalized=True)
     top1 = oracle_rank(s, 1)[:, 0]
     act_q = activation_set(d.gallery, d.reference)[top1]
     act_r = activation_set(d.gallery, bank)[top1]
@@ -125,8 +133,10 @@ def test_dn_defaults_follow_zhou_et_al():
 def test_dn_gallery_bank_never_changes_rankings(data):
     d, bank = data
     from nnn_cli.core.baselines import rank_dn
-    np.testing.assert_array_equal(rank_dn(d.queries, d.gallery, d.reference, 0.25),
-                                  rank_dn(d.queries, d.gallery, d.reference, 0.25, bank))
+
+    np.testing.assert_array_equal(
+        rank_dn(d.queries, d.gallery, d.reference, 0.25), rank_dn(d.queries, d.gallery, d.reference, 0.25, bank)
+    )
 
 
 def test_dbnorm_sweep_is_appendix_b2(data):
@@ -188,11 +198,19 @@ def test_attribute_bias_paper_protocol():
     labels = np.array([1, 1, 0, 0, -1, 1], dtype=np.int8)
     # 4 queries: groups 0, 0, 1, -1; rankings set by the gallery geometry
     g = np.eye(6, dtype=np.float32)
-    q = np.array([[1, .9, .8, 0, 0, 0], [0, 0, 1, .9, .8, 0], [0, 0, 0, 0, 1, .9], [0, 0, 0, 1, 0, 0]], np.float32)
+    q = np.array([[1, 0.9, 0.8, 0, 0, 0], [0, 0, 1, 0.9, 0.8, 0], [0, 0, 0, 0, 1, 0.9], [0, 0, 0, 1, 0, 0]], np.float32)
     truth = Truth.from_array(np.array([0, 3, 5, 3]), 4, 6)
     groups = np.array([0, 0, 1, -1])
-    out = compare_attribute_bias(q, g, labels, np.zeros(6, np.float32), ns=(2,), truth=truth,
-                                 query_groups=groups, group_names=["doctor", "nurse"])
+    out = compare_attribute_bias(
+        q,
+        g,
+        labels,
+        np.zeros(6, np.float32),
+        ns=(2,),
+        truth=truth,
+        query_groups=groups,
+        group_names=["doctor", "nurse"],
+    )
     rec = out["at"]["2"]["baseline"]
     # per-query biases at n=2: q0 (+1+1)/2=1, q1 (-1-1)/2=-1, q2 (0+1)/2=.5; doctor=(1-1)/2=0, nurse=.5
     assert rec["per_group"] == {"doctor": 0.0, "nurse": 0.5}

@@ -34,8 +34,19 @@ def assert_clean_error(res, *needles, code=2):
 # ---------------------------------------------------------------------------
 def test_bias_search_eval_end_to_end(tmp_path, hub_files, hub_data):
     bias = tmp_path / "bias.h5"
-    res = run("bias", hub_files["gallery"], "--reference", hub_files["reference"], "--alpha", 0.75, "--k", 16,
-              "-o", bias, "--json")
+    res = run(
+        "bias",
+        hub_files["gallery"],
+        "--reference",
+        hub_files["reference"],
+        "--alpha",
+        0.75,
+        "--k",
+        16,
+        "-o",
+        bias,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["n_gallery"] == 300 and summary["k"] == 16
@@ -47,7 +58,9 @@ def test_bias_search_eval_end_to_end(tmp_path, hub_files, hub_data):
         assert f["ids"][0].decode() == "g0"
 
     out = tmp_path / "res.h5"
-    res = run("search", hub_files["queries"], "--gallery", hub_files["gallery"], "--bias", bias, "--top-k", 7, "-o", out)
+    res = run(
+        "search", hub_files["queries"], "--gallery", hub_files["gallery"], "--bias", bias, "--top-k", 7, "-o", out
+    )
     assert res.exit_code == 0, res.output
     with h5py.File(out) as f:
         assert f["indices"].shape == (600, 7) and f["indices"].dtype == np.int64
@@ -55,8 +68,18 @@ def test_bias_search_eval_end_to_end(tmp_path, hub_files, hub_data):
         assert np.all(np.diff(f["scores"][()], axis=1) <= 0)
         assert f["ids"][0, 0].decode() == f"g{f['indices'][0, 0]}"
 
-    res = run("eval", "--queries", hub_files["queries"], "--gallery", hub_files["gallery"], "--truth",
-              hub_files["truth"], "--bias", bias, "--json")
+    res = run(
+        "eval",
+        "--queries",
+        hub_files["queries"],
+        "--gallery",
+        hub_files["gallery"],
+        "--truth",
+        hub_files["truth"],
+        "--bias",
+        bias,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
     for key in ("baseline", "nnn"):
@@ -66,19 +89,53 @@ def test_bias_search_eval_end_to_end(tmp_path, hub_files, hub_data):
     assert ev["nnn"]["hubness"]["max"] < ev["baseline"]["hubness"]["max"]
 
     # eval computing the bias itself gives the same figures
-    res2 = run("eval", "--queries", hub_files["queries"], "--gallery", hub_files["gallery"], "--truth",
-               hub_files["truth"], "--reference", hub_files["reference"], "--alpha", 0.75, "--k", 16, "--json")
+    res2 = run(
+        "eval",
+        "--queries",
+        hub_files["queries"],
+        "--gallery",
+        hub_files["gallery"],
+        "--truth",
+        hub_files["truth"],
+        "--reference",
+        hub_files["reference"],
+        "--alpha",
+        0.75,
+        "--k",
+        16,
+        "--json",
+    )
     assert json.loads(res2.stdout)["nnn"]["R@1"] == ev["nnn"]["R@1"]
 
     # the rich table
-    res = run("eval", "--queries", hub_files["queries"], "--gallery", hub_files["gallery"], "--truth",
-              hub_files["truth"], "--bias", bias)
+    res = run(
+        "eval",
+        "--queries",
+        hub_files["queries"],
+        "--gallery",
+        hub_files["gallery"],
+        "--truth",
+        hub_files["truth"],
+        "--bias",
+        bias,
+    )
     assert res.exit_code == 0 and "R@1" in res.stdout and "baseline" in res.stdout and "NNN" in res.stdout
 
 
 def test_jsonl_to_stdout(hub_files, tmp_path):
-    res = run("bias", hub_files["gallery_npy"], "-r", hub_files["reference_npy"], "-a", 0.5, "-k", 4, "-o",
-              tmp_path / "b.npy", "-q")
+    res = run(
+        "bias",
+        hub_files["gallery_npy"],
+        "-r",
+        hub_files["reference_npy"],
+        "-a",
+        0.5,
+        "-k",
+        4,
+        "-o",
+        tmp_path / "b.npy",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert np.load(tmp_path / "b.npy").shape == (300,)
     res = run("search", hub_files["queries"], "-g", hub_files["gallery"], "-b", tmp_path / "b.npy", "-n", 3, "-o", "-")
@@ -97,8 +154,21 @@ def test_multi_positive_truth_and_csv(tmp_path, hub_files, hub_data):
         fh.write("query,gallery\n")
         for q, g in np.concatenate([pairs, extra]):
             fh.write(f"q{q},g{g}\n")
-    base = ["eval", "--queries", hub_files["queries"], "--gallery", hub_files["gallery"], "--reference",
-            hub_files["reference"], "-a", 0.75, "-k", 16, "--json", "--truth"]
+    base = [
+        "eval",
+        "--queries",
+        hub_files["queries"],
+        "--gallery",
+        hub_files["gallery"],
+        "--reference",
+        hub_files["reference"],
+        "-a",
+        0.75,
+        "-k",
+        16,
+        "--json",
+        "--truth",
+    ]
     single = json.loads(run(*base, hub_files["truth"]).stdout)
     multi = json.loads(run(*base, tmp_path / "pairs.npy").stdout)
     csv = json.loads(run(*base, tmp_path / "pairs.csv").stdout)
@@ -109,9 +179,20 @@ def test_multi_positive_truth_and_csv(tmp_path, hub_files, hub_data):
 
 def test_params_file(tmp_path, hub_files):
     (tmp_path / "p.json").write_text(json.dumps({"alpha": 0.75, "k": 16}))
-    a = run("bias", hub_files["gallery"], "-r", hub_files["reference"], "--params", tmp_path / "p.json", "-o",
-            tmp_path / "a.npy", "-q")
-    b = run("bias", hub_files["gallery"], "-r", hub_files["reference"], "-a", 0.75, "-k", 16, "-o", tmp_path / "b.npy", "-q")
+    a = run(
+        "bias",
+        hub_files["gallery"],
+        "-r",
+        hub_files["reference"],
+        "--params",
+        tmp_path / "p.json",
+        "-o",
+        tmp_path / "a.npy",
+        "-q",
+    )
+    b = run(
+        "bias", hub_files["gallery"], "-r", hub_files["reference"], "-a", 0.75, "-k", 16, "-o", tmp_path / "b.npy", "-q"
+    )
     assert a.exit_code == b.exit_code == 0
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
@@ -153,11 +234,14 @@ def bad(tmp_path):
     np.save(tmp_path / "one_d.npy", good[:, 0])
     np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.float32))
     np.save(tmp_path / "dim5.npy", good[:, :5])
-    nan = good.copy(); nan[3, 2] = np.nan
+    nan = good.copy()
+    nan[3, 2] = np.nan
     np.save(tmp_path / "nan.npy", nan)
-    inf = good.copy(); inf[4, 1] = np.inf
+    inf = good.copy()
+    inf[4, 1] = np.inf
     np.save(tmp_path / "inf.npy", inf)
-    zero = good.copy(); zero[7] = 0
+    zero = good.copy()
+    zero[7] = 0
     np.save(tmp_path / "zero.npy", zero)
     np.save(tmp_path / "ints.npy", np.ones((20, 8), dtype=np.int64))
     np.save(tmp_path / "bias_short.npy", np.zeros(19, dtype=np.float32))
@@ -200,8 +284,15 @@ def test_bias_bad_inputs(bad, gallery, reference, extra, needle):
         opts[extra[i]] = extra[i + 1]
     flat = [x for kv in opts.items() for x in kv]
     out = bad / "out.h5"
-    res = run("bias", bad / gallery if ":" not in gallery else f"{bad / gallery.split(':')[0]}:{gallery.split(':')[1]}",
-              "--reference", bad / reference, "-o", out, *flat)
+    res = run(
+        "bias",
+        bad / gallery if ":" not in gallery else f"{bad / gallery.split(':')[0]}:{gallery.split(':')[1]}",
+        "--reference",
+        bad / reference,
+        "-o",
+        out,
+        *flat,
+    )
     assert_clean_error(res, needle)
     assert not out.exists()
     assert not [p for p in os.listdir(bad) if p.endswith(".tmp")]
@@ -254,15 +345,48 @@ def test_search_dimension_mismatch(bad):
 
 
 def test_bias_metric_mismatch_refused(bad):
-    assert run("bias", bad / "good.npy", "-r", bad / "ref.npy", "-a", 0.5, "-k", 2, "-o", bad / "b.h5",
-               "--metric", "ip", "-q").exit_code == 0
+    assert (
+        run(
+            "bias",
+            bad / "good.npy",
+            "-r",
+            bad / "ref.npy",
+            "-a",
+            0.5,
+            "-k",
+            2,
+            "-o",
+            bad / "b.h5",
+            "--metric",
+            "ip",
+            "-q",
+        ).exit_code
+        == 0
+    )
     res = run("search", bad / "good.npy", "-g", bad / "good.npy", "-b", bad / "b.h5", "-o", bad / "r.h5")
     assert_clean_error(res, "metric")
 
 
 def test_real_process_exit_code_and_no_traceback(bad):
-    out = subprocess.run([sys.executable, "-m", "nnn_cli", "bias", str(bad / "nan.npy"), "-r", str(bad / "ref.npy"),
-                          "-a", "0.5", "-k", "2", "-o", str(bad / "o.h5")], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnn_cli",
+            "bias",
+            str(bad / "nan.npy"),
+            "-r",
+            str(bad / "ref.npy"),
+            "-a",
+            "0.5",
+            "-k",
+            "2",
+            "-o",
+            str(bad / "o.h5"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 

@@ -6,11 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nnn_cli import (
-    augment_gallery, augment_queries, bias_from_topk, compute_bias, hubness,
-    recall_from_topk, reference_topk, search,
+    augment_gallery,
+    augment_queries,
+    bias_from_topk,
+    compute_bias,
+    hubness,
+    recall_from_topk,
+    reference_topk,
+    search,
 )
-from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.truth import Truth
+from nnn_cli.errors import MismatchError, ParameterError
 
 
 def brute_bias(g, r, alpha, k):
@@ -110,13 +116,19 @@ def test_hubness_hand_computed():
     assert h["max"] == 3 and h["never_retrieved"] == 0.5
     assert h["mae"] == pytest.approx(1.0)
     c = np.array([3, 1, 0, 0]) - 1.0
-    assert h["skewness"] == pytest.approx(np.mean(c ** 3) / np.mean(c ** 2) ** 1.5)
-    assert h["kurtosis"] == pytest.approx(np.mean(c ** 4) / np.mean(c ** 2) ** 2 - 3)
+    assert h["skewness"] == pytest.approx(np.mean(c**3) / np.mean(c**2) ** 1.5)
+    assert h["kurtosis"] == pytest.approx(np.mean(c**4) / np.mean(c**2) ** 2 - 3)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 12), m=st.integers(1, 30), d=st.integers(1, 6), seed=st.integers(0, 10_000),
-       alpha=st.floats(0, 2), data=st.data())
+@given(
+    n=st.integers(1, 12),
+    m=st.integers(1, 30),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+    alpha=st.floats(0, 2),
+    data=st.data(),
+)
 def test_bias_property(n, m, d, seed, alpha, data):
     k = data.draw(st.integers(1, m))
     rng = np.random.default_rng(seed)

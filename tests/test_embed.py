@@ -23,11 +23,11 @@ pytest.importorskip("sentence_transformers")
 from typer.testing import CliRunner  # noqa: E402
 
 from nnn_cli.cli.application import app  # noqa: E402
+from nnn_cli.embed.encoders import Encoder, load_encoder  # noqa: E402
+from nnn_cli.embed.readers import open_input  # noqa: E402
 from nnn_cli.embed.run import embed_input, normalise_rows  # noqa: E402
 from nnn_cli.embed.store import partial_path, sidecar_path  # noqa: E402
-from nnn_cli.embed.encoders import Encoder, load_encoder  # noqa: E402
 from nnn_cli.errors import DependencyError, InputError, ParameterError  # noqa: E402
-from nnn_cli.embed.readers import open_input  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCES = [
@@ -52,8 +52,7 @@ def run_cli(*args):
 
 def read_h5(path):
     with h5py.File(path, "r") as f:
-        out = {"embeddings": f["embeddings"][()], "ids": [str(x) for x in f["ids"].asstr()[()]],
-               "attrs": dict(f.attrs)}
+        out = {"embeddings": f["embeddings"][()], "ids": [str(x) for x in f["ids"].asstr()[()]], "attrs": dict(f.attrs)}
         out["skipped"] = [str(x) for x in f["skipped_ids"].asstr()[()]]
     return out
 
@@ -123,8 +122,14 @@ def tiny_open_clip(tmp_path_factory):
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     _, _, preprocess = open_clip.create_model_and_transforms("nnn-tiny-clip", pretrained=None)
     tokenizer = open_clip.get_tokenizer("nnn-tiny-clip")
-    return {"model": model, "weights": weights, "config": config_file, "folder": folder,
-            "preprocess": preprocess, "tokenizer": tokenizer}
+    return {
+        "model": model,
+        "weights": weights,
+        "config": config_file,
+        "folder": folder,
+        "preprocess": preprocess,
+        "tokenizer": tokenizer,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +142,25 @@ def tiny_hf_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hfclip")
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=102,
-                         bos_token_id=101, pad_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            eos_token_id=102,
+            bos_token_id=101,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
         projection_dim=8,
     )
     model = CLIPModel(cfg).eval()
@@ -182,8 +201,12 @@ def torchscript_models(tmp_path_factory):
     torch.jit.script(image_net).save(str(root / "image_encoder.pt"))
     torch.jit.script(_TinyTextNet()).save(str(root / "text_encoder.pt"))
     (root / "not_a_module.pt").write_bytes(b"garbage")
-    return {"image": root / "image_encoder.pt", "text": root / "text_encoder.pt", "image_net": image_net,
-            "bad": root / "not_a_module.pt"}
+    return {
+        "image": root / "image_encoder.pt",
+        "text": root / "text_encoder.pt",
+        "image_net": image_net,
+        "bad": root / "not_a_module.pt",
+    }
 
 
 class CountingEncoder(Encoder):
@@ -213,7 +236,11 @@ def test_readers_text_jsonl_csv(tmp_path):
     (tmp_path / "t.txt").write_text("alpha\n\n  \nbeta\n")
     recs = list(open_input(tmp_path / "t.txt").records())
     assert [(r.id, r.value, r.problem is not None) for r in recs] == [
-        ("1", "alpha", False), ("2", None, True), ("3", None, True), ("4", "beta", False)]
+        ("1", "alpha", False),
+        ("2", None, True),
+        ("3", None, True),
+        ("4", "beta", False),
+    ]
     (tmp_path / "t.jsonl").write_text('{"id": "x1", "caption": "one"}\n\n{"id": 7, "caption": ""}\n')
     src = open_input(tmp_path / "t.jsonl", text_column="caption")
     assert [(r.id, r.value) for r in src.records()] == [("x1", "one"), ("7", None)]
@@ -233,11 +260,14 @@ def test_reader_folder_is_recursive_sorted_and_stays_inside(image_folder):
     assert "link_out.png" not in ids and "notes.txt" not in ids
 
 
-@pytest.mark.parametrize("content, column, message", [
-    ('{"text": "ok"}\nnot json\n', "text", "line 2 is not valid JSON"),
-    ('{"caption": "ok"}\n', "text", "no 'text' field"),
-    ('["a list"]\n', "text", "not a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, column, message",
+    [
+        ('{"text": "ok"}\nnot json\n', "text", "line 2 is not valid JSON"),
+        ('{"caption": "ok"}\n', "text", "no 'text' field"),
+        ('["a list"]\n', "text", "not a JSON object"),
+    ],
+)
 def test_reader_bad_jsonl(tmp_path, content, column, message):
     (tmp_path / "bad.jsonl").write_text(content)
     with pytest.raises(InputError, match=message):
@@ -296,8 +326,19 @@ def test_cli_default_model_no_flags_and_npy_float16(tmp_path):
     assert read_h5(tmp_path / "t.h5")["embeddings"].shape == (5, 384)
     assert not partial_path(tmp_path / "t.h5").exists()
     # the output feeds the other commands
-    res = run_cli("bias", tmp_path / "t.h5", "--reference", tmp_path / "t.h5", "--alpha", "0.5", "--k", "2",
-                  "-o", tmp_path / "b.h5", "-q")
+    res = run_cli(
+        "bias",
+        tmp_path / "t.h5",
+        "--reference",
+        tmp_path / "t.h5",
+        "--alpha",
+        "0.5",
+        "--k",
+        "2",
+        "-o",
+        tmp_path / "b.h5",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
 
     res = run_cli("embed", tmp_path / "texts.txt", "-o", tmp_path / "t.npy", "--dtype", "float16", "-q")
@@ -348,15 +389,18 @@ def test_open_clip_missing_is_one_line_exit_2(tmp_path):
         pytest.skip("open_clip imports here; the missing-library path cannot be reached")
     (tmp_path / "t.txt").write_text("hello\n")
     (tmp_path / "w.pt").write_bytes(b"x")
-    res = run_cli("embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", f"open_clip:ViT-B-32:{tmp_path / 'w.pt'}")
+    res = run_cli(
+        "embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", f"open_clip:ViT-B-32:{tmp_path / 'w.pt'}"
+    )
     assert res.exit_code == 2 and "nnn-cli[openclip]" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.h5").exists()
 
 
 def test_hf_clip_both_towers(tmp_path, image_folder, tiny_hf_clip):
     hc = tiny_hf_clip
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"id": f"c{i}", "text": s}) + "\n"
-                                              for i, s in enumerate(SENTENCES)))
+    (tmp_path / "c.jsonl").write_text(
+        "".join(json.dumps({"id": f"c{i}", "text": s}) + "\n" for i, s in enumerate(SENTENCES))
+    )
     res = run_cli("embed", tmp_path / "c.jsonl", "-o", tmp_path / "t.h5", "--model", hc["folder"], "-q")
     assert res.exit_code == 0, res.output
     got = read_h5(tmp_path / "t.h5")
@@ -386,10 +430,24 @@ def test_hf_siglip_both_towers(tmp_path, image_folder):
     folder = tmp_path / "siglip"
     torch.manual_seed(0)
     cfg = SiglipConfig(
-        text_config=dict(vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=102, pad_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            eos_token_id=102,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
     )
     model = SiglipModel(cfg).eval()
     model.save_pretrained(folder)
@@ -512,16 +570,21 @@ def test_cli_bad_inputs_exit_2(tmp_path, torchscript_models):
     cases = [
         (["embed", tmp_path / "missing.txt", "-o", tmp_path / "o.h5"], "no such file"),
         (["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", tmp_path / "nope"], "unknown model"),
-        (["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["bad"]],
-         "not a TorchScript module"),
+        (
+            ["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["bad"]],
+            "not a TorchScript module",
+        ),
         (["embed", tmp_path / "t.txt", "-o", tmp_path / "o.csv"], "must end in .h5"),
         (["embed", tmp_path / "t.txt", "-o", tmp_path / "nodir" / "o.h5"], "does not exist"),
-        (["embed", tmp_path / "empty.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["text"]],
-         "no items"),
-        (["embed", tmp_path / "blank.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["text"]],
-         "nothing could be embedded"),
-        (["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", "open_clip:ViT-B-32:/no/such.pt"],
-         "no such weights file"),
+        (["embed", tmp_path / "empty.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["text"]], "no items"),
+        (
+            ["embed", tmp_path / "blank.txt", "-o", tmp_path / "o.h5", "--model", torchscript_models["text"]],
+            "nothing could be embedded",
+        ),
+        (
+            ["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", "open_clip:ViT-B-32:/no/such.pt"],
+            "no such weights file",
+        ),
     ]
     if not torch.cuda.is_available():
         cases.append((["embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--device", "cuda"], "no CUDA GPU"))
@@ -541,10 +604,12 @@ def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 def test_without_torch_says_what_to_install(tmp_path):
     (tmp_path / "t.txt").write_text("hello\n")
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from nnn_cli.cli import main\n"
-            f"sys.argv = ['nnn', 'embed', {str(tmp_path / 't.txt')!r}, '-o', {str(tmp_path / 'o.h5')!r}]\n"
-            "main()\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from nnn_cli.cli import main\n"
+        f"sys.argv = ['nnn', 'embed', {str(tmp_path / 't.txt')!r}, '-o', {str(tmp_path / 'o.h5')!r}]\n"
+        "main()\n"
+    )
     proc = _run_python(code)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -552,7 +617,9 @@ def test_without_torch_says_what_to_install(tmp_path):
 
 
 def test_core_modules_do_not_import_torch():
-    proc = _run_python("import sys, nnn_cli, nnn_cli.cli, nnn_cli.embed.run, nnn_cli.embed.encoders, nnn_cli.embed.readers, "
-                       "nnn_cli.embed.store, nnn_cli.jobs\nprint('torch' in sys.modules)")
+    proc = _run_python(
+        "import sys, nnn_cli, nnn_cli.cli, nnn_cli.embed.run, nnn_cli.embed.encoders, nnn_cli.embed.readers, "
+        "nnn_cli.embed.store, nnn_cli.jobs\nprint('torch' in sys.modules)"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

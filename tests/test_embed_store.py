@@ -47,16 +47,34 @@ def wide_model(tmp_path_factory):
 
 
 def _texts(path: Path, n: int) -> Path:
-    path.write_text("".join(f"item {i} {'x' * (i % 53)} {'w ' * (i % 7)}\n" if i % 97 else "\n"
-                            for i in range(n)))
+    path.write_text("".join(f"item {i} {'x' * (i % 53)} {'w ' * (i % 7)}\n" if i % 97 else "\n" for i in range(n)))
     return path
 
 
 def _embed(inp, out, model, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "nnn_cli", "embed", str(inp), "-o", str(out), "--model", str(model),
-                           "-B", "64", "--device", "cpu", *map(str, extra)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnn_cli",
+            "embed",
+            str(inp),
+            "-o",
+            str(out),
+            "--model",
+            str(model),
+            "-B",
+            "64",
+            "--device",
+            "cpu",
+            *map(str, extra),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def _arrays(path: Path):
@@ -64,8 +82,11 @@ def _arrays(path: Path):
         side = json.loads(Path(str(path) + ".json").read_text())
         return np.load(path), side["ids"], [s["id"] for s in side["skipped"]]
     with h5py.File(path, "r") as f:
-        return (f["embeddings"][()], [str(x) for x in f["ids"].asstr()[()]],
-                [str(x) for x in f["skipped_ids"].asstr()[()]])
+        return (
+            f["embeddings"][()],
+            [str(x) for x in f["ids"].asstr()[()]],
+            [str(x) for x in f["skipped_ids"].asstr()[()]],
+        )
 
 
 def _same(a: Path, b: Path) -> None:
@@ -80,8 +101,9 @@ def _tmpfs(path: Path, size: str):
     path.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
@@ -194,16 +216,45 @@ def test_bias_and_search_outputs_on_a_full_disk(tmp_path):
     nnn = [sys.executable, "-m", "nnn_cli"]
     with _tmpfs(tmp_path / "mnt", "200k") as mnt:
         bias = mnt / "b.h5"
-        proc = subprocess.run(nnn + ["bias", tmp_path / "g.npy", "--reference", tmp_path / "r.npy", "--alpha", "0.5",
-                                     "--k", "32", "-o", bias], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            nnn
+            + [
+                "bias",
+                tmp_path / "g.npy",
+                "--reference",
+                tmp_path / "r.npy",
+                "--alpha",
+                "0.5",
+                "--k",
+                "32",
+                "-o",
+                bias,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert _one_error_line(proc) == f"Error: disk full writing {bias}"
         assert list(mnt.iterdir()) in ([], [mnt / ".b.h5.lock"])
         ok = tmp_path / "b.h5"
-        subprocess.run(nnn + ["bias", tmp_path / "g.npy", "--reference", tmp_path / "r.npy", "--alpha", "0.5",
-                              "--k", "32", "-o", ok], check=True, env=env, timeout=300, capture_output=True)
+        subprocess.run(
+            nnn
+            + ["bias", tmp_path / "g.npy", "--reference", tmp_path / "r.npy", "--alpha", "0.5", "--k", "32", "-o", ok],
+            check=True,
+            env=env,
+            timeout=300,
+            capture_output=True,
+        )
         res = mnt / "res.h5"
-        proc = subprocess.run(nnn + ["search", tmp_path / "q.npy", "--gallery", tmp_path / "g.npy", "--bias", ok,
-                                     "--top-k", "50", "-o", res], capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            nnn
+            + ["search", tmp_path / "q.npy", "--gallery", tmp_path / "g.npy", "--bias", ok, "--top-k", "50", "-o", res],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert _one_error_line(proc) == f"Error: disk full writing {res}"
         assert not res.exists() and not [p for p in mnt.iterdir() if p.name.endswith(".tmp")]
 

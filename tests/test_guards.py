@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli.cli.application import app
-from nnn_cli.errors import InputError
-from nnn_cli.data.outputs import atomic_output
-from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.biasfile import read_bias
+from nnn_cli.data.inputs import open_embeddings
+from nnn_cli.data.outputs import atomic_output
+from nnn_cli.errors import InputError
 
 runner = CliRunner()
 NNN = [sys.executable, "-m", "nnn_cli"]
@@ -42,8 +42,13 @@ def made(tmp_path, hub_files, hub_data):
     changed[17] = changed[18]
     np.save(tmp_path / "changed.npy", changed)
     np.save(tmp_path / "short.npy", hub_data.gallery[:-1])
-    return {**hub_files, "bias": bias, "changed": tmp_path / "changed.npy", "short": tmp_path / "short.npy",
-            "dir": tmp_path}
+    return {
+        **hub_files,
+        "bias": bias,
+        "changed": tmp_path / "changed.npy",
+        "short": tmp_path / "short.npy",
+        "dir": tmp_path,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -51,7 +56,9 @@ def made(tmp_path, hub_files, hub_data):
 # ---------------------------------------------------------------------------
 def test_same_content_in_another_format_is_accepted(made):
     # the .npy holds the same float32 rows as the .h5 the bias was made from: same fingerprint
-    res = run("search", made["queries"], "-g", made["gallery_npy"], "-b", made["bias"], "-o", made["dir"] / "r.h5", "-q")
+    res = run(
+        "search", made["queries"], "-g", made["gallery_npy"], "-b", made["bias"], "-o", made["dir"] / "r.h5", "-q"
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -118,12 +125,30 @@ def test_info_describes_every_kind_of_file(made):
     d = made["dir"]
     run("search", made["queries"], "-g", made["gallery"], "-b", made["bias"], "-o", d / "res.h5", "-q")
     run("search", made["queries"], "-g", made["gallery"], "-b", made["bias"], "-o", d / "res.npz", "-q")
-    run("search", made["queries"], "-g", made["gallery"], "-b", made["bias"], "-o", d / "res.jsonl",
-        "--format", "jsonl", "-q")
+    run(
+        "search",
+        made["queries"],
+        "-g",
+        made["gallery"],
+        "-b",
+        made["bias"],
+        "-o",
+        d / "res.jsonl",
+        "--format",
+        "jsonl",
+        "-q",
+    )
     (d / "params.json").write_text(json.dumps({"alpha": 0.5, "k": 4}))
-    expect = {made["gallery"]: "embeddings", made["gallery_npy"]: "embeddings", made["bias"]: "bias",
-              d / "res.h5": "search", d / "res.npz": "results", d / "res.jsonl": "results",
-              d / "params.json": "params", made["truth"]: "truth"}
+    expect = {
+        made["gallery"]: "embeddings",
+        made["gallery_npy"]: "embeddings",
+        made["bias"]: "bias",
+        d / "res.h5": "search",
+        d / "res.npz": "results",
+        d / "res.jsonl": "results",
+        d / "params.json": "params",
+        made["truth"]: "truth",
+    }
     for path, kind in expect.items():
         res = run("info", path, "--json")
         assert res.exit_code == 0, (path, res.output)
@@ -139,8 +164,9 @@ def test_info_describes_every_kind_of_file(made):
     assert desc["fingerprint"] == read_bias(made["bias"]).attrs["gallery_fingerprint"]
 
 
-@pytest.mark.parametrize("name, content", [("missing.h5", None), ("bad.h5", b"not hdf5"), ("x.txt", b"hi"),
-                                           ("bad.json", b"{")])
+@pytest.mark.parametrize(
+    "name, content", [("missing.h5", None), ("bad.h5", b"not hdf5"), ("x.txt", b"hi"), ("bad.json", b"{")]
+)
 def test_info_bad_files_exit_2(tmp_path, name, content):
     if content is not None:
         (tmp_path / name).write_bytes(content)
@@ -234,9 +260,27 @@ def test_two_concurrent_writers_leave_one_complete_file(made):
     d = made["dir"]
     out = d / "shared.h5"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([*NNN, "bias", str(made["gallery"]), "-r", str(made["reference"]), "--alpha", str(a),
-                               "--k", "8", "-o", str(out), "-q"], env=env, stderr=subprocess.PIPE)
-             for a in (0.5, 1.0)]
+    procs = [
+        subprocess.Popen(
+            [
+                *NNN,
+                "bias",
+                str(made["gallery"]),
+                "-r",
+                str(made["reference"]),
+                "--alpha",
+                str(a),
+                "--k",
+                "8",
+                "-o",
+                str(out),
+                "-q",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for a in (0.5, 1.0)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err.decode()
@@ -269,12 +313,31 @@ def test_byte_identical_across_runs_and_thread_counts(made):
     for threads in ("1", "2"):
         env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
         tag = str(d / f"t{threads}")
-        subprocess.run([sys.executable, "-c", _RUN_TWICE, str(made["gallery"]), str(made["reference"]),
-                        str(made["queries"]), tag, threads], env=env, check=True, timeout=120)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _RUN_TWICE,
+                str(made["gallery"]),
+                str(made["reference"]),
+                str(made["queries"]),
+                tag,
+                threads,
+            ],
+            env=env,
+            check=True,
+            timeout=120,
+        )
         for rep in ("a", "b"):
             with h5py.File(f"{tag}{rep}.b.h5") as fb, h5py.File(f"{tag}{rep}.r.h5") as fr:
-                arrays.append([fb["bias"][()].tobytes(), fb["topk"][()].tobytes(),
-                               fr["indices"][()].tobytes(), fr["scores"][()].tobytes()])
+                arrays.append(
+                    [
+                        fb["bias"][()].tobytes(),
+                        fb["topk"][()].tobytes(),
+                        fr["indices"][()].tobytes(),
+                        fr["scores"][()].tobytes(),
+                    ]
+                )
     assert all(a == arrays[0] for a in arrays[1:])
 
 

@@ -10,14 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from nnn_cli.core.nnn import bias_from_topk, reference_topk
 from nnn_cli.cli.application import app
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.core.nnn import merge_topk
+from nnn_cli.core.nnn import bias_from_topk, merge_topk, reference_topk
 from nnn_cli.data.biasfile import StoredBias, load_stored_bias
-from nnn_cli.scale.incremental import add_reference, append_items
-from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.data.provenance import base_attrs, bias_provenance, check_matches_parts, combined_fingerprint
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.scale.incremental import add_reference, append_items
 
 runner = CliRunner()
 
@@ -160,6 +159,7 @@ def test_library_refuses_wrong_reference_and_double_adds(hub_data):
 @pytest.fixture
 def split_files(tmp_path, hub_data):
     """Gallery and reference as whole files and as two parts each (HDF5 with ids)."""
+
     def save(name, arr, ids):
         p = tmp_path / f"{name}.h5"
         with h5py.File(p, "w") as f:
@@ -171,9 +171,14 @@ def split_files(tmp_path, hub_data):
     gids = [f"g{i}" for i in range(len(g))]
     rids = [f"r{i}" for i in range(len(r))]
     return {
-        "g": save("g", g, gids), "g1": save("g1", g[:200], gids[:200]), "g2": save("g2", g[200:], gids[200:]),
-        "r": save("r", r, rids), "r1": save("r1", r[:500], rids[:500]), "r2": save("r2", r[500:], rids[500:]),
-        "q": save("q", hub_data.queries[:50], [f"q{i}" for i in range(50)]), "dir": tmp_path,
+        "g": save("g", g, gids),
+        "g1": save("g1", g[:200], gids[:200]),
+        "g2": save("g2", g[200:], gids[200:]),
+        "r": save("r", r, rids),
+        "r1": save("r1", r[:500], rids[:500]),
+        "r2": save("r2", r[500:], rids[500:]),
+        "q": save("q", hub_data.queries[:50], [f"q{i}" for i in range(50)]),
+        "dir": tmp_path,
     }
 
 
@@ -224,11 +229,14 @@ def test_cli_update_reference_add_equals_full(split_files):
     assert res.exit_code == 2 and "reference" in res.output
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--k", "4"], "k=8"),
-    (["--alpha", "0.5"], "alpha=0.75"),
-    (["--metric", "ip"], "metric cosine"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--k", "4"], "k=8"),
+        (["--alpha", "0.5"], "alpha=0.75"),
+        (["--metric", "ip"], "metric cosine"),
+    ],
+)
 def test_cli_append_refuses_other_parameters(split_files, extra, message):
     f = split_files
     inc = f["dir"] / "inc.h5"
@@ -254,7 +262,9 @@ def test_cli_refuses_adding_the_same_data_twice(split_files):
 def test_no_store_topk_then_update_is_refused(split_files):
     f = split_files
     out = f["dir"] / "small.h5"
-    assert run("bias", f["g"], "-r", f["r1"], "--alpha", 0.5, "--k", 16, "-o", out, "--no-store-topk", "-q").exit_code == 0
+    assert (
+        run("bias", f["g"], "-r", f["r1"], "--alpha", 0.5, "--k", 16, "-o", out, "--no-store-topk", "-q").exit_code == 0
+    )
     assert "topk" not in read_h5(out)[0]
     res = run("bias", f["g"], "--update", out, "--reference-add", f["r2"])
     assert res.exit_code == 2 and "topk" in res.output
@@ -263,14 +273,17 @@ def test_no_store_topk_then_update_is_refused(split_files):
     assert res.exit_code == 0, res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--append-to", "{bias}", "--update", "{bias}", "-r", "{r}"], "either"),
-    (["--append-to", "{bias}"], "--reference"),
-    (["--update", "{bias}"], "--reference-add"),
-    (["--update", "{npy}", "--reference-add", "{r2}"], "HDF5"),
-    (["--update", "{missing}", "--reference-add", "{r2}"], "no such file"),
-    (["--append-to", "{bias}", "-r", "{r}", "-o", "{r}"], "input"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--append-to", "{bias}", "--update", "{bias}", "-r", "{r}"], "either"),
+        (["--append-to", "{bias}"], "--reference"),
+        (["--update", "{bias}"], "--reference-add"),
+        (["--update", "{npy}", "--reference-add", "{r2}"], "HDF5"),
+        (["--update", "{missing}", "--reference-add", "{r2}"], "no such file"),
+        (["--append-to", "{bias}", "-r", "{r}", "-o", "{r}"], "input"),
+    ],
+)
 def test_cli_incremental_bad_usage(split_files, args, message):
     f = split_files
     bias = f["dir"] / "b.h5"
@@ -315,9 +328,34 @@ def test_update_refuses_an_approximate_bias_file(tmp_path):
     for name, arr in (("g", g), ("r", r), ("new", new)):
         np.save(tmp_path / f"{name}.npy", arr)
     runner = CliRunner()
-    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "-r", str(tmp_path / "r.npy"), "-a", "0.5", "-k", "4",
-                              "--index", "hnsw", "-o", str(tmp_path / "b.h5"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "bias",
+            str(tmp_path / "g.npy"),
+            "-r",
+            str(tmp_path / "r.npy"),
+            "-a",
+            "0.5",
+            "-k",
+            "4",
+            "--index",
+            "hnsw",
+            "-o",
+            str(tmp_path / "b.h5"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "--update", str(tmp_path / "b.h5"),
-                              "--reference-add", str(tmp_path / "new.npy")])
+    res = runner.invoke(
+        app,
+        [
+            "bias",
+            str(tmp_path / "g.npy"),
+            "--update",
+            str(tmp_path / "b.h5"),
+            "--reference-add",
+            str(tmp_path / "new.npy"),
+        ],
+    )
     assert res.exit_code == 2 and "approximate index" in res.stderr

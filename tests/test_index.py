@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.scale.index.choose import choose_index, estimate_costs
-from nnn_cli.scale.index.steps import indexed_reference_topk
-from nnn_cli.scale.index.build import load_index
-from nnn_cli.scale.index.depth import score_recall, topk_recall
 from nnn_cli import open_embeddings
-from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.cli.application import app
-from nnn_cli.scale.device import NO_GPU_MESSAGE, resolve_device
-from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.core.search import search
 from nnn_cli.core.synthetic import make_hub_data
+from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.scale.device import NO_GPU_MESSAGE, resolve_device
+from nnn_cli.scale.index.build import load_index
+from nnn_cli.scale.index.choose import choose_index, estimate_costs
+from nnn_cli.scale.index.depth import score_recall, topk_recall
+from nnn_cli.scale.index.steps import indexed_reference_topk
 
 runner = CliRunner()
 K = 8
@@ -68,8 +68,21 @@ def test_every_index_approximates_exact_bias(tmp_path, files, index):
 
 def test_flat_index_is_exact(tmp_path, files, data):
     out = tmp_path / "flat.h5"
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K, "-o", out,
-              "--index", "flat", "-q")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        out,
+        "--index",
+        "flat",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     b, attrs = bias_of(out)
     g, r = open_embeddings(files["gallery"]).read(), open_embeddings(files["reference"]).read()
@@ -78,8 +91,21 @@ def test_flat_index_is_exact(tmp_path, files, data):
 
 
 def test_auto_says_what_it_chose(tmp_path, files):
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
-              "-o", tmp_path / "a.h5", "--index", "auto", "--json")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        tmp_path / "a.h5",
+        "--index",
+        "auto",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["index"] == "flat"
     assert "auto: exact" in res.stderr
@@ -95,8 +121,15 @@ def test_auto_cost_model():
     assert exact > 4 * ivf
 
 
-@pytest.mark.parametrize("kind,kw,needle", [("ivf", {"nlist": 0}, "--nlist"), ("ivf", {"nlist": 10**6}, "--nlist"),
-                                           ("hnsw", {"recall": 1.5}, "--recall"), ("ivf", {"nprobe": -1}, "--nprobe")])
+@pytest.mark.parametrize(
+    "kind,kw,needle",
+    [
+        ("ivf", {"nlist": 0}, "--nlist"),
+        ("ivf", {"nlist": 10**6}, "--nlist"),
+        ("hnsw", {"recall": 1.5}, "--recall"),
+        ("ivf", {"nprobe": -1}, "--nprobe"),
+    ],
+)
 def test_choose_index_bad_params(kind, kw, needle):
     with pytest.raises(ParameterError, match=needle):
         choose_index(kind, 100, 1000, 32, 4, **kw)
@@ -104,8 +137,20 @@ def test_choose_index_bad_params(kind, kw, needle):
 
 def test_bad_factory_string_exit_2(tmp_path, files):
     out = tmp_path / "x.h5"
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K, "-o", out,
-              "--index", "NotAnIndex42")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        out,
+        "--index",
+        "NotAnIndex42",
+    )
     assert res.exit_code == 2 and "NotAnIndex42" in res.stderr and "Traceback" not in res.output
     assert not out.exists()
 
@@ -113,12 +158,36 @@ def test_bad_factory_string_exit_2(tmp_path, files):
 def test_save_load_round_trip_and_mismatch(tmp_path, files, data):
     idx = tmp_path / "ref.faiss"
     common = ["--alpha", "0.5", "--k", K, "-q"]
-    res = run("bias", files["gallery"], "--reference", files["reference"], *common, "-o", tmp_path / "a.h5",
-              "--index", "ivf", "--nprobe", "4", "--save-index", idx)
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        *common,
+        "-o",
+        tmp_path / "a.h5",
+        "--index",
+        "ivf",
+        "--nprobe",
+        "4",
+        "--save-index",
+        idx,
+    )
     assert res.exit_code == 0, res.output
     assert idx.exists() and (tmp_path / "ref.faiss.json").exists()
-    res = run("bias", files["gallery"], "--reference", files["reference"], *common, "-o", tmp_path / "b.h5",
-              "--load-index", idx, "--nprobe", "4")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        *common,
+        "-o",
+        tmp_path / "b.h5",
+        "--load-index",
+        idx,
+        "--nprobe",
+        "4",
+    )
     assert res.exit_code == 0, res.output
     assert np.array_equal(bias_of(tmp_path / "a.h5")[0], bias_of(tmp_path / "b.h5")[0])
     # a reference with another row count: refused, nothing written
@@ -137,8 +206,17 @@ def test_save_load_round_trip_and_mismatch(tmp_path, files, data):
         load_index(idx, 16, 3000, "reference")
     garbage = tmp_path / "garbage.faiss"
     garbage.write_bytes(b"not an index")
-    res = run("bias", files["gallery"], "--reference", files["reference"], *common, "-o", tmp_path / "e.h5",
-              "--load-index", garbage)
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        *common,
+        "-o",
+        tmp_path / "e.h5",
+        "--load-index",
+        garbage,
+    )
     assert res.exit_code == 2 and "faiss index" in res.stderr
 
 
@@ -153,11 +231,41 @@ def test_library_indexed_topk_recall(data):
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
 def test_search_index_matches_exact_debiased(tmp_path, files, data, index):
     bias_path = tmp_path / "bias.h5"
-    assert run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.75", "--k", K,
-               "-o", bias_path, "-q").exit_code == 0
+    assert (
+        run(
+            "bias",
+            files["gallery"],
+            "--reference",
+            files["reference"],
+            "--alpha",
+            "0.75",
+            "--k",
+            K,
+            "-o",
+            bias_path,
+            "-q",
+        ).exit_code
+        == 0
+    )
     out = tmp_path / "res.h5"
-    res = run("search", files["queries"], "--gallery", files["gallery"], "--bias", bias_path, "--top-k", 5,
-              "-o", out, "--index", index, "--recall", "0.95", "--save-index", tmp_path / "g.faiss")
+    res = run(
+        "search",
+        files["queries"],
+        "--gallery",
+        files["gallery"],
+        "--bias",
+        bias_path,
+        "--top-k",
+        5,
+        "-o",
+        out,
+        "--index",
+        index,
+        "--recall",
+        "0.95",
+        "--save-index",
+        tmp_path / "g.faiss",
+    )
     assert res.exit_code == 0, res.output
     assert "recall" in res.stderr
     b = bias_of(bias_path)[0]
@@ -169,8 +277,21 @@ def test_search_index_matches_exact_debiased(tmp_path, files, data, index):
     # scores are exact debiased scores of the returned items
     expected = np.einsum("qd,qkd->qk", data.queries, data.gallery[got]) - b[got]
     np.testing.assert_allclose(scores, expected, atol=1e-5)
-    res = run("search", files["queries"], "--gallery", files["gallery"], "--bias", bias_path, "--top-k", 5,
-              "-o", tmp_path / "res2.h5", "--load-index", tmp_path / "g.faiss", "-q")
+    res = run(
+        "search",
+        files["queries"],
+        "--gallery",
+        files["gallery"],
+        "--bias",
+        bias_path,
+        "--top-k",
+        5,
+        "-o",
+        tmp_path / "res2.h5",
+        "--load-index",
+        tmp_path / "g.faiss",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "res2.h5") as f:
         assert np.array_equal(f["indices"][()], got)
@@ -178,8 +299,12 @@ def test_search_index_matches_exact_debiased(tmp_path, files, data, index):
 
 def test_search_flat_index_unchanged(tmp_path, files, data):
     out = tmp_path / "r.h5"
-    assert run("search", files["queries"], "--gallery", files["gallery"], "--top-k", 3, "-o", out,
-               "--index", "flat", "-q").exit_code == 0
+    assert (
+        run(
+            "search", files["queries"], "--gallery", files["gallery"], "--top-k", 3, "-o", out, "--index", "flat", "-q"
+        ).exit_code
+        == 0
+    )
     with h5py.File(out) as f:
         assert np.array_equal(f["indices"][()], search(data.queries, data.gallery, None, 3)[1])
 
@@ -190,25 +315,88 @@ def test_device_cuda_falls_back_to_cpu(tmp_path, files, monkeypatch):
     assert resolve_device("cuda") == ("cpu", NO_GPU_MESSAGE)
     assert resolve_device("cpu") == ("cpu", None)
     out = tmp_path / "b.h5"
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K, "-o", out,
-              "--device", "cuda", "--json")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        out,
+        "--device",
+        "cuda",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     assert NO_GPU_MESSAGE in res.stderr
     assert json.loads(res.stdout)["device"] == "cpu"
-    res = run("search", files["queries"], "--gallery", files["gallery"], "--top-k", 3, "-o", tmp_path / "s.h5",
-              "--device", "cuda")
+    res = run(
+        "search",
+        files["queries"],
+        "--gallery",
+        files["gallery"],
+        "--top-k",
+        3,
+        "-o",
+        tmp_path / "s.h5",
+        "--device",
+        "cuda",
+    )
     assert res.exit_code == 0 and NO_GPU_MESSAGE in res.stderr
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
-              "-o", tmp_path / "c.h5", "--device", "tpu")
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        tmp_path / "c.h5",
+        "--device",
+        "tpu",
+    )
     assert res.exit_code == 2 and "--device" in res.stderr
 
 
 def test_auto_with_save_index_choosing_exact_saves_nothing(tmp_path, files):
     idx = tmp_path / "ref.faiss"
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
-              "-o", tmp_path / "a.h5", "--index", "auto", "--save-index", idx)
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        tmp_path / "a.h5",
+        "--index",
+        "auto",
+        "--save-index",
+        idx,
+    )
     assert res.exit_code == 0, res.output
     assert "nothing saved" in res.stderr and not idx.exists()
-    res = run("bias", files["gallery"], "--reference", files["reference"], "--alpha", "0.5", "--k", K,
-              "-o", tmp_path / "b.h5", "--index", "flat", "--save-index", idx)
+    res = run(
+        "bias",
+        files["gallery"],
+        "--reference",
+        files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        K,
+        "-o",
+        tmp_path / "b.h5",
+        "--index",
+        "flat",
+        "--save-index",
+        idx,
+    )
     assert res.exit_code == 2 and "--save-index" in res.stderr

@@ -20,8 +20,14 @@ LINT = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([LINT, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(cwd), "PATH": str(Path(sys.executable).parent)})
+    return subprocess.run(
+        [LINT, "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(cwd), "PATH": str(Path(sys.executable).parent)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def test_a_layer_violation_or_cycle_is_caught(linter, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(ROOT / "nnn_cli", copy / "nnn_cli", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
-    nnn = (copy / "nnn_cli" / "core" / "nnn.py")
+    nnn = copy / "nnn_cli" / "core" / "nnn.py"
     nnn.write_text(nnn.read_text() + "\nfrom nnn_cli.data import h5  # noqa: E402,F401\n")
     h5 = copy / "nnn_cli" / "data" / "h5.py"
     h5.write_text(h5.read_text() + "\nfrom nnn_cli.data import biasfile  # noqa: E402,F401\n")
@@ -68,7 +74,7 @@ def test_no_module_level_import_cycles():
         stack.append(m)
         for n in edges.get(m, ()):
             if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         stack.pop()
@@ -82,6 +88,7 @@ def test_no_module_level_import_cycles():
 @pytest.fixture
 def no_full_reads(monkeypatch):
     """Any full read of an embedding input fails the test."""
+
     def refuse(self, *a, **k):
         raise AssertionError(f"{self.name} was read before the outputs were checked")
 
@@ -107,12 +114,49 @@ def _bad_output_cases(p: Path):
         (["bias", g, "-r", r, "-a", "0.5", "-k", "4", "-o", str(p / "missing" / "b.h5")], "does not exist"),
         (["search", q, "-g", g, "-o", str(p / "res.txt")], "must end in"),
         (["search", q, "-g", g, "-o", q], "is also an input"),
-        (["tune", "-g", g, "-r", r, "-Q", q, "-t", t, "-o", str(p / "p.json"), "--plot", str(p / "missing" / "x.png")],
-         "does not exist"),
-        (["tune", "-g", g, "-r", r, "-Q", q, "-t", t, "-o", str(p / "p.json"), "--plot", str(p / "x.jpg")], "must end in"),
+        (
+            [
+                "tune",
+                "-g",
+                g,
+                "-r",
+                r,
+                "-Q",
+                q,
+                "-t",
+                t,
+                "-o",
+                str(p / "p.json"),
+                "--plot",
+                str(p / "missing" / "x.png"),
+            ],
+            "does not exist",
+        ),
+        (
+            ["tune", "-g", g, "-r", r, "-Q", q, "-t", t, "-o", str(p / "p.json"), "--plot", str(p / "x.jpg")],
+            "must end in",
+        ),
         (["tune", "-g", g, "-r", r, "-Q", q, "-t", t, "-o", r], "is also an input"),
-        (["eval", "-Q", q, "-g", g, "-t", t, "-r", r, "-a", "0.5", "-k", "4", "--report", str(p / "missing" / "r.html")],
-         "does not exist"),
+        (
+            [
+                "eval",
+                "-Q",
+                q,
+                "-g",
+                g,
+                "-t",
+                t,
+                "-r",
+                r,
+                "-a",
+                "0.5",
+                "-k",
+                "4",
+                "--report",
+                str(p / "missing" / "r.html"),
+            ],
+            "does not exist",
+        ),
         (["eval", "-Q", q, "-g", g, "-t", t, "-r", r, "-a", "0.5", "-k", "4", "--report", g], "is also an input"),
     ]
 
@@ -140,8 +184,9 @@ def test_python_jobs_give_the_shell_guarantees(small):
     for key in ("alpha", "k", "metric", "nnn_version", "gallery_fingerprint", "reference_fingerprint"):
         assert key in attrs
     runner_out = small / "b_cli.h5"
-    res = CliRunner().invoke(app, ["bias", str(small / "g.npy"), "-r", str(small / "r.npy"), "-a", "0.5", "-k", "4",
-                                   "-o", str(runner_out)])
+    res = CliRunner().invoke(
+        app, ["bias", str(small / "g.npy"), "-r", str(small / "r.npy"), "-a", "0.5", "-k", "4", "-o", str(runner_out)]
+    )
     assert res.exit_code == 0, res.output
     assert np.array_equal(read_bias(out).bias, read_bias(runner_out).bias)
     with pytest.raises(ParameterError, match="is also an input"):

@@ -1,20 +1,20 @@
 """List-major IVF probing, GEMM k-means / IVF build, and the multi-threaded exact top-k accumulator."""
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import faiss
 from nnn_cli.core import topk as topk_mod
-from nnn_cli.scale.index.choose import IndexChoice, choose_index
-from nnn_cli.scale.index.steps import approximate_reference_topk
-from nnn_cli.scale.index.build import build_index, load_index, save_index
-from nnn_cli.scale.budget import plan_blocks
 from nnn_cli.core.kmeans import _grouped_sum, assign, spherical_kmeans
-from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk, probe_lists
 from nnn_cli.core.synthetic import make_hub_data
 from nnn_cli.core.topk import RunningTopScores, topk_scores
+from nnn_cli.scale.budget import plan_blocks
+from nnn_cli.scale.index.build import build_index, load_index, save_index
+from nnn_cli.scale.index.choose import IndexChoice, choose_index
+from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk, probe_lists
+from nnn_cli.scale.index.steps import approximate_reference_topk
 
 
 def unit(x):
@@ -146,9 +146,22 @@ def test_grouped_sum_equals_add_at(n, clusters, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 70), st.integers(1, 400), st.integers(1, 20), st.integers(1, 4),
-       st.lists(st.integers(1, 5), min_size=1, max_size=6), st.booleans())
-def test_running_top_scores_any_split_and_workers(nq, nd, k, workers, tiles_per_block, integer, ):
+@given(
+    st.integers(1, 70),
+    st.integers(1, 400),
+    st.integers(1, 20),
+    st.integers(1, 4),
+    st.lists(st.integers(1, 5), min_size=1, max_size=6),
+    st.booleans(),
+)
+def test_running_top_scores_any_split_and_workers(
+    nq,
+    nd,
+    k,
+    workers,
+    tiles_per_block,
+    integer,
+):
     """Bit-identical to one worker on one block, equal to a brute-force sort; integer data has many ties."""
     rng = np.random.default_rng(nq * 1000 + nd)
     if integer:
@@ -167,7 +180,7 @@ def test_running_top_scores_any_split_and_workers(nq, nd, k, workers, tiles_per_
         start, i = 0, 0
         while start < nd:
             rows = 16 * tiles_per_block[i % len(tiles_per_block)]
-            running.add(db[start:start + rows])
+            running.add(db[start : start + rows])
             start, i = start + rows, i + 1
         got = running.result()
     finally:
@@ -193,9 +206,14 @@ def test_indexed_bias_streams_the_gallery_with_the_same_result(tmp_path, data, m
     whole, run = indexed_reference_topk(gallery, ref, 8, "ip", IndexChoice("ivf", nlist=20, nprobe=3))
     monkeypatch.setattr(ann, "GALLERY_BLOCK", 64)  # 8 blocks
     seen = []
-    streamed, run2 = indexed_reference_topk(open_embeddings(tmp_path / "g.npy"), ref, 8, "ip",
-                                            IndexChoice("ivf", nlist=20, nprobe=3),
-                                            progress=lambda done, total: seen.append((done, total)))
+    streamed, run2 = indexed_reference_topk(
+        open_embeddings(tmp_path / "g.npy"),
+        ref,
+        8,
+        "ip",
+        IndexChoice("ivf", nlist=20, nprobe=3),
+        progress=lambda done, total: seen.append((done, total)),
+    )
     np.testing.assert_allclose(whole, streamed, atol=2e-6)  # GEMM shapes differ per block: rounding only
     assert run.info["index_sample_recall"] == run2.info["index_sample_recall"]
     assert seen and all(total == len(gallery) for _, total in seen) and max(d for d, _ in seen) <= len(gallery)

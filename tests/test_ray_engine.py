@@ -29,8 +29,12 @@ import pytest
 _AUTH_DIR = tempfile.mkdtemp(prefix="nnn-ray-auth-")
 with open(os.path.join(_AUTH_DIR, "token"), "w") as _fh:
     _fh.write(secrets.token_hex(32))  # the format of Ray's generate_new_authentication_token
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": os.path.join(_AUTH_DIR, "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN_PATH": os.path.join(_AUTH_DIR, "token"),
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 os.environ.update(RAY_ENV)
 try:
     ray = pytest.importorskip("ray")
@@ -44,12 +48,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa: E402
 
 from nnn_cli.core.nnn import compute_bias  # noqa: E402
-from nnn_cli.errors import InputError, MismatchError, ParameterError  # noqa: E402
-from nnn_cli.data.inputs import open_embeddings  # noqa: E402
-from nnn_cli.scale.ray import (ray_add_reference, ray_append, ray_bias, ray_search,  # noqa: E402
-                                      read_manifest, read_manifest_bias)
 from nnn_cli.core.search import search  # noqa: E402
 from nnn_cli.core.topk import topk_scores  # noqa: E402
+from nnn_cli.data.inputs import open_embeddings  # noqa: E402
+from nnn_cli.errors import InputError, MismatchError, ParameterError  # noqa: E402
+from nnn_cli.scale.ray import (
+    ray_add_reference,
+    ray_append,
+    ray_bias,
+    ray_search,
+    read_manifest,
+    read_manifest_bias,
+)
 
 ALPHA, K, D = 0.75, 16, 48
 N_GALLERY, N_REFERENCE, N_QUERIES = 5000, 20000, 2500
@@ -81,13 +91,12 @@ def data(tmp_path_factory):
     for name, arr, shard in (("gallery", g, 1700), ("reference", r, 7000)):
         (root / name).mkdir()
         for i, s in enumerate(range(0, len(arr), shard)):
-            np.save(root / name / f"{i}.npy", arr[s:s + shard])
+            np.save(root / name / f"{i}.npy", arr[s : s + shard])
     np.save(root / "queries.npy", q)
     G = open_embeddings(root / "gallery").read("cosine")
     R = open_embeddings(root / "reference").read("cosine")
     Q = open_embeddings(root / "queries.npy").read("cosine")
-    return {"root": root, "G": G, "R": R, "Q": Q,
-            "bias": compute_bias(G, R, ALPHA, K), "topk": topk_scores(G, R, K)}
+    return {"root": root, "G": G, "R": R, "Q": Q, "bias": compute_bias(G, R, ALPHA, K), "topk": topk_scores(G, R, K)}
 
 
 def assert_same_to_rounding(got, want):
@@ -119,8 +128,10 @@ def _check_ranged_reads(summary):
     """Each task fetched exactly the bytes of its gallery block and its reference partition."""
     plan = summary["plan"]
     blocks = [(s, min(plan["n_rows"], s + plan["block_rows"])) for s in range(0, plan["n_rows"], plan["block_rows"])]
-    parts = [(s, min(plan["n_stream"], s + plan["partition_rows"]))
-             for s in range(0, plan["n_stream"], plan["partition_rows"])]
+    parts = [
+        (s, min(plan["n_stream"], s + plan["partition_rows"]))
+        for s in range(0, plan["n_stream"], plan["partition_rows"])
+    ]
     want = sorted(((g1 - g0) + (r1 - r0)) * D * 4 for g0, g1 in blocks for r0, r1 in parts)
     assert sorted(summary["task_bytes_read"]) == want
 
@@ -160,8 +171,17 @@ def test_worker_killed_mid_job_is_retried(cluster, data, tmp_path):
 
     t = threading.Thread(target=killer)
     t.start()
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"),
-                 max_retries=3, _task_delay=0.5, **PLAN)
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "out"),
+        max_retries=3,
+        _task_delay=0.5,
+        **PLAN,
+    )
     t.join()
     assert killed, "no running task process was found to kill"
     assert killed[0] not in {w[0] for w in s["task_windows"]}  # the killed attempt did not report back
@@ -182,9 +202,13 @@ def test_driver_killed_then_resume(cluster, data, tmp_path):
     root, out = data["root"], tmp_path / "out"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(alpha=ALPHA, k=K))
-    proc = subprocess.Popen([sys.executable, str(script), str(root / "gallery"), str(root / "reference"), str(out),
-                             cluster.address], env={**os.environ}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(root / "gallery"), str(root / "reference"), str(out), cluster.address],
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 60
         done = {}
@@ -207,12 +231,32 @@ def test_driver_killed_then_resume(cluster, data, tmp_path):
         read_manifest_bias(str(out))
     mtimes = {b: os.stat(out / m["blocks_done"][b]["file"]).st_mtime_ns for b in finished}
     with pytest.raises(ParameterError, match="resume"):
-        ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), block_rows=1024, partition_rows=8192)
+        ray_bias(
+            root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), block_rows=1024, partition_rows=8192
+        )
     with pytest.raises(MismatchError, match="params"):
-        ray_bias(root / "gallery", root / "reference", 0.5, K, "cosine", str(out), resume=True,
-                 block_rows=1024, partition_rows=8192)
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(out), resume=True,
-                 block_rows=1024, partition_rows=8192)
+        ray_bias(
+            root / "gallery",
+            root / "reference",
+            0.5,
+            K,
+            "cosine",
+            str(out),
+            resume=True,
+            block_rows=1024,
+            partition_rows=8192,
+        )
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(out),
+        resume=True,
+        block_rows=1024,
+        partition_rows=8192,
+    )
     assert s["blocks_skipped"] == len(finished) and s["blocks_computed"] == 5 - len(finished)
     assert {b: os.stat(out / m["blocks_done"][b]["file"]).st_mtime_ns for b in finished} == mtimes
     m2 = read_manifest(str(out))
@@ -229,8 +273,12 @@ def s3(cluster):
         port = sock.getsockname()[1]
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing",
-            "client_kwargs": {"region_name": "us-east-1"}}
+    opts = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
     try:
         yield opts, port
     finally:
@@ -242,29 +290,45 @@ def test_inputs_and_outputs_on_s3(cluster, data, s3):
 
     opts, port = s3
     boto3 = pytest.importorskip("boto3")
-    boto3.client("s3", endpoint_url=opts["endpoint_url"], aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket="nnn-test")
+    boto3.client(
+        "s3",
+        endpoint_url=opts["endpoint_url"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket="nnn-test")
     fs = fsspec.filesystem("s3", **opts)
     root = data["root"]
     fs.put(str(root / "gallery"), "nnn-test/emb/gallery", recursive=True)
     fs.put(str(root / "reference"), "nnn-test/emb/reference", recursive=True)
     fs.put(str(root / "queries.npy"), "nnn-test/emb/queries.npy")
-    s = ray_bias("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", ALPHA, K, "cosine",
-                 "s3://nnn-test/out", storage_options=opts, **PLAN)
+    s = ray_bias(
+        "s3://nnn-test/emb/gallery",
+        "s3://nnn-test/emb/reference",
+        ALPHA,
+        K,
+        "cosine",
+        "s3://nnn-test/out",
+        storage_options=opts,
+        **PLAN,
+    )
     assert s["blocks_computed"] == 3
     assert fs.exists("nnn-test/out/manifest.json") and fs.exists("nnn-test/out/blocks/bias_000002.npy")
     _check_output("s3://nnn-test/out", data, storage_options=opts)
     _check_ranged_reads(s)
     want = search(data["Q"], data["G"], data["bias"], 5)
-    got = ray_search("s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/gallery", "s3://nnn-test/out", 5,
-                     storage_options=opts)
+    got = ray_search(
+        "s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/gallery", "s3://nnn-test/out", 5, storage_options=opts
+    )
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
     # incremental on the object store (no lock there): append the gallery again, then add the queries
-    s = ray_append("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", "s3://nnn-test/out",
-                   storage_options=opts)
+    s = ray_append(
+        "s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", "s3://nnn-test/out", storage_options=opts
+    )
     assert s["blocks_added"] == 3
-    s = ray_add_reference("s3://nnn-test/emb/gallery", "s3://nnn-test/emb/queries.npy", "s3://nnn-test/out",
-                          storage_options=opts)
+    s = ray_add_reference(
+        "s3://nnn-test/emb/gallery", "s3://nnn-test/emb/queries.npy", "s3://nnn-test/out", storage_options=opts
+    )
     assert s["blocks_rewritten"] == 6 and not fs.exists("nnn-test/out/blocks/bias_000000.npy")
     got = read_manifest_bias("s3://nnn-test/out", opts, with_topk=True)
     both_g, both_r = np.vstack([data["G"], data["G"]]), np.vstack([data["R"], data["Q"]])
@@ -277,12 +341,21 @@ def test_inputs_and_outputs_on_s3(cluster, data, s3):
 
 def test_logical_gpus_one_per_task(cluster, data, tmp_path):
     root = data["root"]
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"),
-                 gpus_per_task=1, _task_delay=0.3, **PLAN)
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "out"),
+        gpus_per_task=1,
+        _task_delay=0.3,
+        **PLAN,
+    )
     windows = s["task_windows"]
     assert {w[3] for w in windows} == {"0", "1"}
     for i, a in enumerate(windows):
-        for b in windows[i + 1:]:
+        for b in windows[i + 1 :]:
             if a[1] < b[2] and b[1] < a[2]:  # ran at the same time: different GPUs
                 assert a[3] != b[3], (a, b)
     _check_output(str(tmp_path / "out"), data)  # no CUDA here: the CPU path, still byte-identical
@@ -300,8 +373,21 @@ def test_cli_engine_ray_end_to_end(cluster, data, tmp_path):
 
     root, run = data["root"], CliRunner()
     args = ["bias", str(root / "gallery"), "-r", str(root / "reference"), "-a", str(ALPHA), "-k", str(K)]
-    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "--partition-rows", "8192",
-                                  "-o", str(tmp_path / "out"), "--json"])
+    res = run.invoke(
+        app,
+        args
+        + [
+            "--engine",
+            "ray",
+            "--block-rows",
+            "2048",
+            "--partition-rows",
+            "8192",
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["blocks_computed"] == 3
     res = run.invoke(app, args + ["-o", str(tmp_path / "local.h5")])
@@ -312,14 +398,44 @@ def test_cli_engine_ray_end_to_end(cluster, data, tmp_path):
     info = run.invoke(app, ["info", str(tmp_path / "out"), "--json"])
     assert info.exit_code == 0 and json.loads(info.stdout)["attrs"]["complete"] is True
     results = {}
-    for name, bias, engine in (("local", tmp_path / "local.h5", "local"), ("manifest", tmp_path / "out", "local"),
-                               ("ray", tmp_path / "out", "ray")):
+    for name, bias, engine in (
+        ("local", tmp_path / "local.h5", "local"),
+        ("manifest", tmp_path / "out", "local"),
+        ("ray", tmp_path / "out", "ray"),
+    ):
         out = tmp_path / f"res_{name}.h5"
-        res = run.invoke(app, ["search", str(root / "queries.npy"), "-g", str(root / "gallery"), "--bias", str(bias),
-                               "-n", "7", "-o", str(out), "--engine", engine, "--partition-rows", "8192"]
-                         if engine == "ray" else
-                         ["search", str(root / "queries.npy"), "-g", str(root / "gallery"), "--bias", str(bias),
-                          "-n", "7", "-o", str(out)])
+        res = run.invoke(
+            app,
+            [
+                "search",
+                str(root / "queries.npy"),
+                "-g",
+                str(root / "gallery"),
+                "--bias",
+                str(bias),
+                "-n",
+                "7",
+                "-o",
+                str(out),
+                "--engine",
+                engine,
+                "--partition-rows",
+                "8192",
+            ]
+            if engine == "ray"
+            else [
+                "search",
+                str(root / "queries.npy"),
+                "-g",
+                str(root / "gallery"),
+                "--bias",
+                str(bias),
+                "-n",
+                "7",
+                "-o",
+                str(out),
+            ],
+        )
         assert res.exit_code == 0, res.output
         with h5py.File(out) as f:
             results[name] = (f["scores"][()], f["indices"][()])
@@ -341,7 +457,7 @@ def _raw(root, name):
 def _shards(folder, arr, shard=1500):
     folder.mkdir()
     for i, s in enumerate(range(0, len(arr), shard)):
-        np.save(folder / f"{i}.npy", arr[s:s + shard])
+        np.save(folder / f"{i}.npy", arr[s : s + shard])
     return folder
 
 
@@ -354,8 +470,22 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     from nnn_cli.cli import app
 
     root, run = data["root"], CliRunner()
-    args = ["bias", str(root / "gallery"), "-r", str(root / "reference"), "-a", str(ALPHA), "-k", str(K),
-            "--index", "ivf", "--nlist", "64", "--nprobe", "8"]
+    args = [
+        "bias",
+        str(root / "gallery"),
+        "-r",
+        str(root / "reference"),
+        "-a",
+        str(ALPHA),
+        "-k",
+        str(K),
+        "--index",
+        "ivf",
+        "--nlist",
+        "64",
+        "--nprobe",
+        "8",
+    ]
     res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "out"), "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
@@ -374,21 +504,52 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     m = read_manifest(str(tmp_path / "out"))
     assert m["params"]["index"] == {"index": "ivf", "nlist": 64, "nprobe": 8, "ef_search": None, "recall": None}
     with pytest.raises(MismatchError, match="params"):  # --resume checks the index options
-        ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), resume=True,
-                 block_rows=4096, index={"index": "ivf", "nlist": 64, "nprobe": 16})
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), resume=True,
-                 block_rows=4096, index={"index": "ivf", "nlist": 64, "nprobe": 8})
+        ray_bias(
+            root / "gallery",
+            root / "reference",
+            ALPHA,
+            K,
+            "cosine",
+            str(tmp_path / "out"),
+            resume=True,
+            block_rows=4096,
+            index={"index": "ivf", "nlist": 64, "nprobe": 16},
+        )
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "out"),
+        resume=True,
+        block_rows=4096,
+        index={"index": "ivf", "nlist": 64, "nprobe": 8},
+    )
     assert s["blocks_skipped"] == 2 and s["blocks_computed"] == 0
     # --recall: nprobe tuned on the driver (the same gallery sample as locally), recorded, same result as local
     from nnn_cli.scale.index.choose import choose_index
     from nnn_cli.scale.index.steps import indexed_reference_topk
 
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "tuned"), block_rows=4096,
-                 index={"index": "ivf", "nlist": 64, "recall": 0.9})
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "tuned"),
+        block_rows=4096,
+        index={"index": "ivf", "nlist": 64, "recall": 0.9},
+    )
     tuned = s["index"]["index_tuned"]
     assert tuned["knob"] == "nprobe" and tuned["reached"] and s["index"]["index_nprobe"] == tuned["value"]
-    want, _ = indexed_reference_topk(open_embeddings(root / "gallery"), open_embeddings(root / "reference"), K,
-                                     "cosine", choose_index("ivf", N_GALLERY, N_REFERENCE, D, K, 64, recall=0.9))
+    want, _ = indexed_reference_topk(
+        open_embeddings(root / "gallery"),
+        open_embeddings(root / "reference"),
+        K,
+        "cosine",
+        choose_index("ivf", N_GALLERY, N_REFERENCE, D, K, 64, recall=0.9),
+    )
     assert np.array_equal(read_manifest_bias(str(tmp_path / "tuned"), with_topk=True).attrs["topk"], want)
     bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "4096" in bad.output
@@ -405,8 +566,16 @@ def test_index_hnsw_same_index_as_local(cluster, data, tmp_path):
     from nnn_cli.scale.index.steps import approximate_reference_topk
 
     root = data["root"]
-    s = ray_bias(root / "gallery", root / "reference", ALPHA, K, "cosine", str(tmp_path / "out"), block_rows=4096,
-                 index={"index": "hnsw", "ef_search": 32})
+    s = ray_bias(
+        root / "gallery",
+        root / "reference",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "out"),
+        block_rows=4096,
+        index={"index": "hnsw", "ef_search": 32},
+    )
     assert s["blocks_computed"] == 2 and s["index"]["index"] == "hnsw"
     assert s["index_deserializations"] == len({w[0] for w in s["task_windows"]})  # once per worker process
     index = faiss.read_index(str(tmp_path / "out" / "index.faiss"))
@@ -434,13 +603,14 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
 
     root, run, out = data["root"], CliRunner(), tmp_path / "run"
     g, r = _raw(root, "gallery"), _raw(root, "reference")
-    ga, gb = _shards(tmp_path / "ga", g[:3000]), _shards(tmp_path / "gb", g[3000:])    # 3000: off the tile grid
+    ga, gb = _shards(tmp_path / "ga", g[:3000]), _shards(tmp_path / "gb", g[3000:])  # 3000: off the tile grid
     ra, rb = _shards(tmp_path / "ra", r[:13000]), _shards(tmp_path / "rb", r[13000:])
     ray_bias(ga, ra, ALPHA, K, "cosine", str(out), **PLAN)
     before = read_manifest(str(out))
     # --update: every block's stored top-k merged with its top-k against the new queries
-    res = run.invoke(app, ["bias", str(ga), "--update", str(out), "--reference-add", str(rb), "--engine", "ray",
-                           "--json"])
+    res = run.invoke(
+        app, ["bias", str(ga), "--update", str(out), "--reference-add", str(rb), "--engine", "ray", "--json"]
+    )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["blocks_rewritten"] == 2
     m = read_manifest(str(out))

@@ -42,14 +42,45 @@ def _reset_sigint():
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_signal_while_writing_keeps_the_previous_output(big, tmp_path, sig, code):
     out = tmp_path / "bias.h5"
-    old = CliRunner().invoke(app, ["bias", str(big / "gallery.npy"), "-r", str(big / "reference.npy"),
-                                   "--alpha", "1", "--k", "1", "-o", str(out), "-q"])
+    old = CliRunner().invoke(
+        app,
+        [
+            "bias",
+            str(big / "gallery.npy"),
+            "-r",
+            str(big / "reference.npy"),
+            "--alpha",
+            "1",
+            "--k",
+            "1",
+            "-o",
+            str(out),
+            "-q",
+        ],
+    )
     assert old.exit_code == 0, old.output
     before = out.read_bytes()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*NNN, "bias", str(big / "gallery.npy"), "-r", str(big / "reference.npy"),
-                             "--alpha", "0.5", "--k", "256", "-o", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=_reset_sigint)
+    proc = subprocess.Popen(
+        [
+            *NNN,
+            "bias",
+            str(big / "gallery.npy"),
+            "-r",
+            str(big / "reference.npy"),
+            "--alpha",
+            "0.5",
+            "--k",
+            "256",
+            "-o",
+            str(out),
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=_reset_sigint,
+    )
     deadline = time.monotonic() + 90
     while not _temps(tmp_path, out.name):  # wait until the temporary output exists: it is being written
         assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
@@ -81,13 +112,19 @@ def search_inputs(tmp_path_factory, hub_data):
 
 def _pipeline(command: str, cwd):
     env = {**os.environ, "NNN": " ".join(NNN)}
-    return subprocess.run(["bash", "-c", f"set -o pipefail; {command}; echo \"status=${{PIPESTATUS[*]}}\" >&2"],
-                          cwd=cwd, env=env, capture_output=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", f'set -o pipefail; {command}; echo "status=${{PIPESTATUS[*]}}" >&2'],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_head_closing_the_pipe_ends_search_quietly(search_inputs):
-    res = _pipeline("$NNN search queries.npy -g gallery.npy -n 50 -o - --format jsonl 2>nnn_err.txt | head -1",
-                    search_inputs)
+    res = _pipeline(
+        "$NNN search queries.npy -g gallery.npy -n 50 -o - --format jsonl 2>nnn_err.txt | head -1", search_inputs
+    )
     lines = res.stdout.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith('{"query": 0')
     assert (search_inputs / "nnn_err.txt").read_text() == ""  # no traceback, no progress bar, nothing
@@ -98,7 +135,6 @@ def test_queries_from_a_pipe(search_inputs):
     res = _pipeline("cat queries.npy | $NNN search - -g gallery.npy -n 5 -o - 2>nnn_err.txt | wc -l", search_inputs)
     assert res.stdout.decode().strip() == "3000"
     assert (search_inputs / "nnn_err.txt").read_text() == ""
-    res = _pipeline("cat queries.npy | $NNN search - -g gallery.npy -n 5 -o - 2>nnn_err.txt | head -2",
-                    search_inputs)
+    res = _pipeline("cat queries.npy | $NNN search - -g gallery.npy -n 5 -o - 2>nnn_err.txt | head -2", search_inputs)
     assert len(res.stdout.decode().splitlines()) == 2
     assert (search_inputs / "nnn_err.txt").read_text() == ""

@@ -8,13 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli import open_embeddings
-from nnn_cli.core.nnn import compute_bias, reference_topk
-from nnn_cli.scale.budget import BlockPlan, parse_memory_budget, plan_blocks
 from nnn_cli.cli.application import app
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.data.shards import open_shard_folder
-from nnn_cli.scale.streaming import streamed_bias, streamed_reference_topk
+from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE
+from nnn_cli.data.shards import open_shard_folder
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.scale.budget import BlockPlan, parse_memory_budget, plan_blocks
+from nnn_cli.scale.streaming import streamed_bias, streamed_reference_topk
 
 runner = CliRunner()
 
@@ -36,7 +36,7 @@ def write_shards(folder, arr, sizes, prefix=""):
     folder.mkdir()
     start = 0
     for i, size in enumerate(sizes):
-        np.save(folder / f"{prefix}{i}.npy", arr[start:start + size])
+        np.save(folder / f"{prefix}{i}.npy", arr[start : start + size])
         start += size
     assert start == len(arr)
     return folder
@@ -98,8 +98,11 @@ def test_streamed_topk_identical_to_in_memory(tmp_path, big):
     g_src, r_src = open_embeddings(tmp_path / "g.h5"), open_embeddings(ref_folder)
     # the same arrays fully loaded (and normalised the library's way), one in-memory top-k
     in_memory = reference_topk(g_src.read("cosine"), r_src.read("cosine"), k)
-    np.testing.assert_allclose(in_memory, reference_topk(g / np.linalg.norm(g, axis=1, keepdims=True),
-                                                         r / np.linalg.norm(r, axis=1, keepdims=True), k), atol=1e-6)
+    np.testing.assert_allclose(
+        in_memory,
+        reference_topk(g / np.linalg.norm(g, axis=1, keepdims=True), r / np.linalg.norm(r, axis=1, keepdims=True), k),
+        atol=1e-6,
+    )
     streamed = streamed_reference_topk(g_src, r_src, k, "cosine", small_plan(k))
     assert np.array_equal(streamed, in_memory)
     bias, topk = streamed_bias(g_src, r_src, 0.5, k, "cosine", small_plan(k), keep_topk=True)
@@ -126,8 +129,17 @@ def test_cli_memory_budget_identical(tmp_path, big):
 
 
 # --- budgets -------------------------------------------------------------------
-@pytest.mark.parametrize("text,expected", [("1GB", 1024**3), ("512MB", 512 * 1024**2), ("1.5g", int(1.5 * 1024**3)),
-                                           ("300MiB", 300 * 1024**2), (" 2 GB ", 2 * 1024**3), (None, None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("1GB", 1024**3),
+        ("512MB", 512 * 1024**2),
+        ("1.5g", int(1.5 * 1024**3)),
+        ("300MiB", 300 * 1024**2),
+        (" 2 GB ", 2 * 1024**3),
+        (None, None),
+    ],
+)
 def test_parse_memory_budget(text, expected):
     assert parse_memory_budget(text) == expected
 
@@ -149,8 +161,20 @@ def test_plan_blocks_fits_budget():
 @pytest.mark.parametrize("value", ["lots", "12", "0.1GB"])
 def test_cli_bad_budget_exit_2(tmp_path, hub_files, value):
     out = tmp_path / "b.h5"
-    res = run("bias", hub_files["gallery"], "--reference", hub_files["reference"], "--alpha", "0.5", "--k", "4",
-              "-o", out, "--memory-budget", value)
+    res = run(
+        "bias",
+        hub_files["gallery"],
+        "--reference",
+        hub_files["reference"],
+        "--alpha",
+        "0.5",
+        "--k",
+        "4",
+        "-o",
+        out,
+        "--memory-budget",
+        value,
+    )
     assert res.exit_code == 2, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--memory-budget" in lines[0]
@@ -203,11 +227,11 @@ def test_take_rows_equals_full_read_and_fingerprints_agree(tmp_path, layout):
     for metric in ("cosine", "ip"):
         src = open_embeddings(path)
         np.testing.assert_array_equal(src.take_rows(pos, metric, block_rows=128), src.read(metric)[pos])
-    hash_only = open_embeddings(path).fingerprint()          # one pass that only hashes
+    hash_only = open_embeddings(path).fingerprint()  # one pass that only hashes
     src = open_embeddings(path)
-    src.read("cosine")                                        # recorded during a full read
+    src.read("cosine")  # recorded during a full read
     assert src.fingerprint() == hash_only
-    src.read("ip")                                            # later passes skip hashing, keep the value
+    src.read("ip")  # later passes skip hashing, keep the value
     assert src.fingerprint() == hash_only == open_embeddings(path).fingerprint_rows(0, 1000)
 
 

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.cli.application import app
-from nnn_cli.errors import ParameterError
-from nnn_cli.core.truth import Truth
 from nnn_cli.core.metrics import recall_from_topk
+from nnn_cli.core.nnn import compute_bias, reference_topk
 from nnn_cli.core.search import search
 from nnn_cli.core.synthetic import make_hub_data
+from nnn_cli.core.truth import Truth
 from nnn_cli.core.tune import (
     PAPER_ALPHAS,
     PAPER_KS,
@@ -25,6 +24,7 @@ from nnn_cli.core.tune import (
     tune_grid,
     tune_unsupervised,
 )
+from nnn_cli.errors import ParameterError
 
 runner = CliRunner()
 KEYS = ("R@1", "R@5", "R@10")
@@ -65,7 +65,9 @@ def test_grid_equals_brute_force_every_cell(hub_data):
     one_query = 100.0 / len(hub_data.queries)
     brute = {}
     for entry in result.grid:
-        r = brute_force_recall(hub_data.queries, hub_data.gallery, hub_data.reference, truth, entry["alpha"], entry["k"])
+        r = brute_force_recall(
+            hub_data.queries, hub_data.gallery, hub_data.reference, truth, entry["alpha"], entry["k"]
+        )
         brute[(entry["alpha"], entry["k"])] = r
         for key in KEYS:  # equal up to float32 rounding of a near-tie (never more than one query)
             assert abs(entry[key] - r[key]) <= one_query + 1e-6, (entry, r)
@@ -93,7 +95,9 @@ def test_multi_positive_truth_uses_best_ranked_item(small):
     rng = np.random.default_rng(0)
     nq, ng = len(small.queries), len(small.gallery)
     extra_q = rng.integers(0, nq, 200)
-    pairs = np.concatenate([np.stack([np.arange(nq), small.truth], 1), np.stack([extra_q, rng.integers(0, ng, 200)], 1)])
+    pairs = np.concatenate(
+        [np.stack([np.arange(nq), small.truth], 1), np.stack([extra_q, rng.integers(0, ng, 200)], 1)]
+    )
     pairs = pairs[(pairs[:, 0] % 7) != 0]  # some queries have no truth at all: not in the denominator
     truth = Truth.from_array(pairs, nq, ng)
     result = tune_grid(small.queries, small.gallery, small.reference, truth, [0.25, 1.0], [2, 64])
@@ -111,7 +115,9 @@ def test_duplicate_items_tie_to_lower_index():
     d = make_hub_data(n_gallery=60, n_queries=200, n_reference=300, dim=8, seed=5)
     # small integers: every score is exact in float32 on any BLAS kernel, so twins tie exactly
     # (with real-valued data a kernel may round the same dot product differently at another column)
-    d.gallery, d.queries, d.reference = (np.round(x * 8).astype(np.float32) for x in (d.gallery, d.queries, d.reference))
+    d.gallery, d.queries, d.reference = (
+        np.round(x * 8).astype(np.float32) for x in (d.gallery, d.queries, d.reference)
+    )
     gallery = np.vstack([d.gallery, d.gallery[:20]])  # rows 60..79 duplicate rows 0..19
     truth_items = np.where(d.truth < 20, d.truth + 60, d.truth)  # truth is the higher-index twin
     truth = Truth.from_array(truth_items, len(d.queries), len(gallery))
@@ -152,10 +158,17 @@ def test_k_larger_than_reference_is_skipped(small):
         tune_grid(small.queries, small.gallery, reference, truth, [0.75], [128, 512])
 
 
-@pytest.mark.parametrize("alphas, ks, match", [
-    ([], [1], "alpha grid is empty"), ([-0.5], [1], "alpha"), ([float("nan")], [1], "alpha"),
-    ([0.5], [], "k grid is empty"), ([0.5], [0], "k must be"), ([0.5], [2.5], "k must be"),
-])
+@pytest.mark.parametrize(
+    "alphas, ks, match",
+    [
+        ([], [1], "alpha grid is empty"),
+        ([-0.5], [1], "alpha"),
+        ([float("nan")], [1], "alpha"),
+        ([0.5], [], "k grid is empty"),
+        ([0.5], [0], "k must be"),
+        ([0.5], [2.5], "k must be"),
+    ],
+)
 def test_check_grid_rejects_bad_values(alphas, ks, match):
     with pytest.raises(ParameterError, match=match):
         check_grid(alphas, ks, 100)
@@ -193,8 +206,9 @@ def test_unsupervised_lands_near_supervised_choice(hub_data):
 
 def test_unsupervised_without_hubs_barely_moves():
     """Nothing to fix (no hubs, easy data): the guard keeps retrieval close to plain search."""
-    d = make_hub_data(n_gallery=200, n_queries=400, n_reference=2000, dim=64, n_hubs=0, hub_strength=0.0,
-                      noise=0.2, seed=2)
+    d = make_hub_data(
+        n_gallery=200, n_queries=400, n_reference=2000, dim=64, n_hubs=0, hub_strength=0.0, noise=0.2, seed=2
+    )
     truth = Truth.from_array(d.truth, len(d.queries), len(d.gallery))
     result = tune_unsupervised(d.gallery, d.reference, queries=d.queries, truth=truth)
     assert result.cell(result.alpha, result.k)["R@1"] >= result.baseline_metrics["R@1"] - 1.0
@@ -211,8 +225,24 @@ def test_unsupervised_bad_holdout(small):
 def test_cli_tune_then_bias_and_eval_use_params(hub_files, tmp_path):
     p = hub_files
     params = tmp_path / "params.json"
-    res = runner.invoke(app, ["tune", "-Q", str(p["queries"]), "-g", str(p["gallery"]), "-t", str(p["truth"]),
-                              "-r", str(p["reference"]), "-o", str(params), "--ks", "1,4,16,64,4096"])
+    res = runner.invoke(
+        app,
+        [
+            "tune",
+            "-Q",
+            str(p["queries"]),
+            "-g",
+            str(p["gallery"]),
+            "-t",
+            str(p["truth"]),
+            "-r",
+            str(p["reference"]),
+            "-o",
+            str(params),
+            "--ks",
+            "1,4,16,64,4096",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(params.read_text())
     for key in ("alpha", "k", "objective", "score", "baseline", "grid", "skipped_ks", "best"):
@@ -220,10 +250,27 @@ def test_cli_tune_then_bias_and_eval_use_params(hub_files, tmp_path):
     assert doc["objective"] == "R@1" and doc["skipped_ks"] == [4096] and len(doc["grid"]) == 44
     assert "*" in res.output and "skipped k=4096" in res.output
     bias = tmp_path / "bias.h5"
-    res = runner.invoke(app, ["bias", str(p["gallery"]), "-r", str(p["reference"]), "--params", str(params), "-o", str(bias)])
+    res = runner.invoke(
+        app, ["bias", str(p["gallery"]), "-r", str(p["reference"]), "--params", str(params), "-o", str(bias)]
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["eval", "-Q", str(p["queries"]), "-g", str(p["gallery"]), "-t", str(p["truth"]),
-                              "-r", str(p["reference"]), "--params", str(params), "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "-Q",
+            str(p["queries"]),
+            "-g",
+            str(p["gallery"]),
+            "-t",
+            str(p["truth"]),
+            "-r",
+            str(p["reference"]),
+            "--params",
+            str(params),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
     assert ev["params"] == {"alpha": doc["alpha"], "k": doc["k"]}
@@ -234,33 +281,85 @@ def test_cli_tune_then_bias_and_eval_use_params(hub_files, tmp_path):
 def test_cli_tune_json_and_unsupervised(hub_files, tmp_path):
     p = hub_files
     out = tmp_path / "u.json"
-    res = runner.invoke(app, ["tune", "-g", str(p["gallery_npy"]), "-r", str(p["reference_npy"]), "-o", str(out),
-                              "--alphas", "0.5,1", "--ks", "8,64", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "tune",
+            "-g",
+            str(p["gallery_npy"]),
+            "-r",
+            str(p["reference_npy"]),
+            "-o",
+            str(out),
+            "--alphas",
+            "0.5,1",
+            "--ks",
+            "8,64",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["mode"] == "unsupervised" and doc["objective"] == "entropy" and len(doc["grid"]) == 4
     assert json.loads(out.read_text())["alpha"] == doc["alpha"]
-    res = runner.invoke(app, ["tune", "-g", str(p["gallery"]), "-r", str(p["reference"]), "-Q", str(p["queries"]),
-                              "-t", str(p["truth"]), "--unsupervised", "-o", str(out), "--alphas", "0.5,1", "--ks", "8,64"])
+    res = runner.invoke(
+        app,
+        [
+            "tune",
+            "-g",
+            str(p["gallery"]),
+            "-r",
+            str(p["reference"]),
+            "-Q",
+            str(p["queries"]),
+            "-t",
+            str(p["truth"]),
+            "--unsupervised",
+            "-o",
+            str(out),
+            "--alphas",
+            "0.5,1",
+            "--ks",
+            "8,64",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "check against --truth" in res.output
     assert "R@1" in json.loads(out.read_text())["grid"][0]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--alphas", "0.5,abc"], "bad alpha"),
-    (["--alphas", "-1"], "alpha"),
-    (["--ks", "0,4"], "k must be"),
-    (["--ks", "2.5"], "bad k"),
-    (["--ks", "5000,9000"], "larger than the reference"),
-    (["--objective", "R@3"], ""),
-    (["--holdout", "1.5", "--unsupervised"], "holdout"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--alphas", "0.5,abc"], "bad alpha"),
+        (["--alphas", "-1"], "alpha"),
+        (["--ks", "0,4"], "k must be"),
+        (["--ks", "2.5"], "bad k"),
+        (["--ks", "5000,9000"], "larger than the reference"),
+        (["--objective", "R@3"], ""),
+        (["--holdout", "1.5", "--unsupervised"], "holdout"),
+    ],
+)
 def test_cli_bad_options_exit_2(hub_files, tmp_path, extra, message):
     p = hub_files
     out = tmp_path / "params.json"
-    res = runner.invoke(app, ["tune", "-Q", str(p["queries"]), "-g", str(p["gallery"]), "-t", str(p["truth"]),
-                              "-r", str(p["reference"]), "-o", str(out), *extra])
+    res = runner.invoke(
+        app,
+        [
+            "tune",
+            "-Q",
+            str(p["queries"]),
+            "-g",
+            str(p["gallery"]),
+            "-t",
+            str(p["truth"]),
+            "-r",
+            str(p["reference"]),
+            "-o",
+            str(out),
+            *extra,
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
     assert not out.exists()

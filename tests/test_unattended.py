@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nnn_cli.core import topk as T
-from nnn_cli.errors import BusyError, InputError, NNNError, OutputError, ParameterError
+from nnn_cli.errors import BusyError, InputError, OutputError, ParameterError
 
 
 def _rand(n, d, seed):
@@ -28,7 +28,7 @@ def test_running_top_scores_identical_for_any_blocks_and_workers():
     for workers, block in ((1, 20000), (2, 8192), (3, 5000), (2, 777)):
         run = T.RunningTopScores(q, 17, workers)
         for s in range(0, len(db), block):
-            run.add(db[s:s + block])
+            run.add(db[s : s + block])
         out = run.result()
         ref = out if ref is None else ref
         assert out.tobytes() == ref.tobytes()
@@ -99,8 +99,12 @@ def test_rankings_agree_across_blas_kernels(tmp_path):
 def _bias_file(path, n=4, k=2):
     from nnn_cli.data.biasfile import write_bias
 
-    write_bias(path, np.zeros(n, np.float32), {"alpha": 0.5, "k": k, "metric": "cosine", "nnn_kind": "bias"},
-               extra={"topk": np.zeros((n, k), np.float32)})
+    write_bias(
+        path,
+        np.zeros(n, np.float32),
+        {"alpha": 0.5, "k": k, "metric": "cosine", "nnn_kind": "bias"},
+        extra={"topk": np.zeros((n, k), np.float32)},
+    )
 
 
 def test_concurrent_updates_keep_both(tmp_path):
@@ -182,8 +186,9 @@ except KeyboardInterrupt as exc:
 
 def test_signal_after_rename_reports_publication(tmp_path):
     out = tmp_path / "o.txt"
-    r = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_RENAME, str(out)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AFTER_RENAME, str(out)], capture_output=True, text=True, timeout=60
+    )
     assert r.stdout.split()[:2] == ["Terminated", str(out)], r.stdout + r.stderr
     assert out.read_text() == "new"
 
@@ -244,8 +249,14 @@ def test_damaged_bias_files_refused(tmp_path):
 # ---------------------------------------------------------------- each bad input: exit 2, one line (CLI)
 def _nnn(*args, stdin=None, preexec=None):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
-    return subprocess.run([sys.executable, "-m", "nnn_cli", *map(str, args)], input=stdin, capture_output=True,
-                          env=env, timeout=300, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "nnn_cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        env=env,
+        timeout=300,
+        preexec_fn=preexec,
+    )
 
 
 def _one_line(proc, *words):
@@ -278,16 +289,29 @@ def test_soft_link_loop_and_truncated_stdin_h5(small_files):
         f["ids"] = np.array([str(i) for i in range(len(g))], dtype=object)
     data = (t / "whole.h5").read_bytes()
     for cut in (3000, len(data) // 2):
-        proc = _nnn("bias", "-", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4", "-o", t / "o.h5",
-                    stdin=data[:cut])
+        proc = _nnn(
+            "bias", "-", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4", "-o", t / "o.h5", stdin=data[:cut]
+        )
         _one_line(proc, "<stdin>", "truncated or damaged HDF5")
     assert not (t / "o.h5").exists()
 
 
 def test_faiss_factory_that_fails_in_training(small_files):
     t = small_files
-    proc = _nnn("bias", t / "g.npy", "--reference", t / "r.npy", "--alpha", "0.5", "--k", "4",
-                "--index", "IVF1024,Flat", "-o", t / "o.h5")
+    proc = _nnn(
+        "bias",
+        t / "g.npy",
+        "--reference",
+        t / "r.npy",
+        "--alpha",
+        "0.5",
+        "--k",
+        "4",
+        "--index",
+        "IVF1024,Flat",
+        "-o",
+        t / "o.h5",
+    )
     _one_line(proc, "--index 'IVF1024,Flat'", "300 rows")
     assert not (t / "o.h5").exists()
 
@@ -320,8 +344,19 @@ def test_shards_opened_lazily_beyond_ulimit(tmp_path):
     def low_nofile():
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
-    proc = _nnn("bias", tmp_path / "emb", "--reference", tmp_path / "r.npy", "--alpha", "0.5", "--k", "4",
-                "-o", tmp_path / "b.npy", preexec=low_nofile)
+    proc = _nnn(
+        "bias",
+        tmp_path / "emb",
+        "--reference",
+        tmp_path / "r.npy",
+        "--alpha",
+        "0.5",
+        "--k",
+        "4",
+        "-o",
+        tmp_path / "b.npy",
+        preexec=low_nofile,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     from nnn_cli.core.nnn import compute_bias
     from nnn_cli.data.inputs import open_embeddings

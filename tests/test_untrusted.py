@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from nnn_cli.cli.application import app
-from nnn_cli.errors import InputError
-from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.biasfile import read_bias
+from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.tables import read_truth
+from nnn_cli.errors import InputError
 
 runner = CliRunner()
 
@@ -44,8 +44,21 @@ def test_pickled_npy_embeddings_are_refused_never_loaded(tmp_path, hub_files):
     _pickled_object_array(evil, marker)
     with pytest.raises(InputError, match="pickles are refused"):
         open_embeddings(evil)
-    res = runner.invoke(app, ["bias", str(evil), "-r", str(hub_files["reference"]), "--alpha", "1", "--k", "2",
-                              "-o", str(tmp_path / "b.h5")])
+    res = runner.invoke(
+        app,
+        [
+            "bias",
+            str(evil),
+            "-r",
+            str(hub_files["reference"]),
+            "--alpha",
+            "1",
+            "--k",
+            "2",
+            "-o",
+            str(tmp_path / "b.h5"),
+        ],
+    )
     assert res.exit_code == 2 and "pickles are refused" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["search", "-", "-g", str(hub_files["gallery"]), "-o", "-"], input=evil.read_bytes())
     assert res.exit_code == 2 and "pickles are refused" in res.output

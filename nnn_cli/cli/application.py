@@ -16,8 +16,10 @@ from typing import Annotated
 import typer
 
 from nnn_cli._version import __version__
-from nnn_cli.cli.commands import attribute, bias, embed, eval as eval_, info, query, search, truth, tune
+from nnn_cli.cli.commands import attribute, bias, embed, info, query, search, truth, tune
+from nnn_cli.cli.commands import eval as eval_
 from nnn_cli.cli.render import silence_stdout
+
 
 def _hide_flag_type() -> None:
     """Typer's rich help labels flags that take no value `<bool>`; a flag shows no type, as click's plain help does."""
@@ -71,8 +73,9 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Nearest Neighbor Normalization for contrastive retrieval."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 
@@ -33,16 +33,16 @@ def handle_errors(func: Callable) -> Callable:
             fail(str(exc), 2)
         except BrokenPipeError:
             silence_stdout()
-            raise typer.Exit(0)
+            raise typer.Exit(0) from None
         except KeyboardInterrupt as exc:
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             done = getattr(exc, "nnn_published", None) or ", ".join(published_outputs())
             tail = f"{done} was already written in full." if done else "no output was written."
             err_console.print(f"{what}; {tail}", markup=False)
-            raise typer.Exit(exit_code(exc))
+            raise typer.Exit(exit_code(exc)) from None
         except MemoryError:
             fail("out of memory; use --memory-budget or smaller inputs", 1)
-        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        except Exception as exc:
             if os.environ.get("NNN_DEBUG"):
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc} (set NNN_DEBUG=1 for the traceback)", 1)

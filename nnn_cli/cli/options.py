@@ -15,6 +15,7 @@ import typer
 from nnn_cli.jobs import EngineOptions, IndexOptions
 from nnn_cli.jobs.common import parse_storage_options
 
+
 class Metric(str, Enum):
     cosine = "cosine"
     ip = "ip"
@@ -30,17 +31,28 @@ class OutFormat(str, Enum):
 # ---------------------------------------------------------------------------
 MetricOpt = Annotated[
     Metric,
-    typer.Option("--metric", envvar="NNN_METRIC",
-                 help="cosine: L2-normalise rows on load; ip: raw inner products (as nnn-retrieval)."),
+    typer.Option(
+        "--metric",
+        envvar="NNN_METRIC",
+        help="cosine: L2-normalise rows on load; ip: raw inner products (as nnn-retrieval).",
+    ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", envvar="NNN_QUIET", help="No progress bar or summary on stderr.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", envvar="NNN_QUIET", help="No progress bar or summary on stderr.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 ThreadsOpt = Annotated[
     int, typer.Option("--threads", envvar="NNN_THREADS", min=0, help="CPU threads for faiss/BLAS (0: all cores).")
 ]
 BlockOpt = Annotated[
-    Optional[int], typer.Option("--block-size", envvar="NNN_BLOCK_SIZE", min=1, hidden=True,
-                                help="Deprecated, no effect: memory is bounded by fixed tiles; use --memory-budget.")
+    Optional[int],
+    typer.Option(
+        "--block-size",
+        envvar="NNN_BLOCK_SIZE",
+        min=1,
+        hidden=True,
+        help="Deprecated, no effect: memory is bounded by fixed tiles; use --memory-budget.",
+    ),
 ]
 """Deprecated: accepted (so old cron lines keep working) and ignored with a note; see :func:`block_size_note`."""
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Bias weight alpha (paper grid: 0.25..1.5).")]
@@ -48,64 +60,156 @@ KOpt = Annotated[Optional[int], typer.Option("--k", "-k", help="Number of neares
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.json from `nnn tune` (gives alpha and k).")]
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")]
 BiasFileOpt = Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")]
-BiasReferenceOpt = Annotated[Optional[str], typer.Option(
-    "--reference", "-r", help="Reference queries, to compute the bias here (with --alpha/--k or --params).")]
-ForceOpt = Annotated[bool, typer.Option(
-    "--force", help="Use a bias file even if it records another gallery (content fingerprint) or metric.")]
+BiasReferenceOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--reference", "-r", help="Reference queries, to compute the bias here (with --alpha/--k or --params)."
+    ),
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Use a bias file even if it records another gallery (content fingerprint) or metric."),
+]
 
 
-IndexOpt = Annotated[str, typer.Option(
-    "--index", envvar="NNN_INDEX",
-    help="flat (exact), ivf, hnsw, auto (exact unless an index is predicted >= 4x cheaper; says which), "
-         "or a faiss index-factory string such as 'IVF4096,SQ8'.")]
+IndexOpt = Annotated[
+    str,
+    typer.Option(
+        "--index",
+        envvar="NNN_INDEX",
+        help="flat (exact), ivf, hnsw, auto (exact unless an index is predicted >= 4x cheaper; says which), "
+        "or a faiss index-factory string such as 'IVF4096,SQ8'.",
+    ),
+]
 NlistOpt = Annotated[Optional[int], typer.Option("--nlist", help="IVF lists (default about sqrt(rows)).")]
-NprobeOpt = Annotated[Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")]
-EfSearchOpt = Annotated[Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")]
-RecallOpt = Annotated[Optional[float], typer.Option(
-    "--recall", help="Tune nprobe/efSearch to reach this top-k recall on a sample of 1000 rows against exact (e.g. 0.95).")]
-SaveIndexOpt = Annotated[Optional[Path], typer.Option(
-    "--save-index", help="Write the built index (faiss format) and PATH.json for reuse with --load-index.")]
-LoadIndexOpt = Annotated[Optional[Path], typer.Option(
-    "--load-index", help="Reuse an index saved with --save-index (only load index files you trust); "
-                         "its size, dimension and input fingerprint must match.")]
-MemoryBudgetOpt = Annotated[Optional[str], typer.Option(
-    "--memory-budget", envvar="NNN_MEMORY_BUDGET",
-    help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.")]
-GalleryIdsOpt = Annotated[Optional[Path], typer.Option(
-    "--gallery-ids", help="Ids of the gallery rows: .txt (one a line), .npy, .json or .parquet (--ids-column).")]
-QueryIdsOpt = Annotated[Optional[Path], typer.Option(
-    "--query-ids", help="Ids of the query rows: .txt (one a line), .npy, .json or .parquet (--ids-column).")]
-IdsColumnOpt = Annotated[Optional[str], typer.Option(
-    "--ids-column", help="Column of the parquet metadata holding the ids (clip-retrieval folders; "
-                         "default: the first of image_path, url, key, id, caption); needs pyarrow.")]
-EngineOpt = Annotated[str, typer.Option(
-    "--engine", envvar="NNN_ENGINE",
-    help="local (this process) or ray (Ray tasks over gallery blocks x reference partitions, byte-identical "
-         "to local; inputs/outputs by path or URL: s3://, gs://, file://). Needs pip install 'nnn-cli[ray]'.")]
-AddressOpt = Annotated[Optional[str], typer.Option(
-    "--address", envvar="NNN_RAY_ADDRESS",
-    help="--engine ray: auto, HOST:PORT or ray://HEAD:10001 of an existing cluster (default: a private local Ray "
-         "started for this run and stopped after it).")]
-ResumeOpt = Annotated[bool, typer.Option(
-    "--resume", help="--engine ray: keep the blocks an interrupted run finished (inputs, parameters and plan must "
-                     "match its manifest.json) and compute the rest.")]
-GpusPerTaskOpt = Annotated[float, typer.Option(
-    "--gpus-per-task", min=0, help="--engine ray: GPUs per task (num_gpus); each task then uses its own GPU.")]
-BlockRowsOpt = Annotated[Optional[int], typer.Option(
-    "--block-rows", min=1, help="--engine ray: gallery (bias) or query (search) rows per task; a multiple of "
-                                "1024 (default 65536 for bias).")]
-PartitionRowsOpt = Annotated[Optional[int], typer.Option(
-    "--partition-rows", min=1, help="--engine ray: reference (bias) or gallery (search) rows per task; a multiple "
-                                    "of 8192 (default 1048576).")]
+NprobeOpt = Annotated[
+    Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")
+]
+EfSearchOpt = Annotated[
+    Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")
+]
+RecallOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--recall",
+        help="Tune nprobe/efSearch to reach this top-k recall on a sample of 1000 rows against exact (e.g. 0.95).",
+    ),
+]
+SaveIndexOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--save-index", help="Write the built index (faiss format) and PATH.json for reuse with --load-index."
+    ),
+]
+LoadIndexOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--load-index",
+        help="Reuse an index saved with --save-index (only load index files you trust); "
+        "its size, dimension and input fingerprint must match.",
+    ),
+]
+MemoryBudgetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--memory-budget",
+        envvar="NNN_MEMORY_BUDGET",
+        help="Bound resident memory, e.g. 2GB or 512MB: the exact bias streams the reference (and gallery) in blocks.",
+    ),
+]
+GalleryIdsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--gallery-ids", help="Ids of the gallery rows: .txt (one a line), .npy, .json or .parquet (--ids-column)."
+    ),
+]
+QueryIdsOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--query-ids", help="Ids of the query rows: .txt (one a line), .npy, .json or .parquet (--ids-column)."
+    ),
+]
+IdsColumnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ids-column",
+        help="Column of the parquet metadata holding the ids (clip-retrieval folders; "
+        "default: the first of image_path, url, key, id, caption); needs pyarrow.",
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        envvar="NNN_ENGINE",
+        help="local (this process) or ray (Ray tasks over gallery blocks x reference partitions, byte-identical "
+        "to local; inputs/outputs by path or URL: s3://, gs://, file://). Needs pip install 'nnn-cli[ray]'.",
+    ),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--address",
+        envvar="NNN_RAY_ADDRESS",
+        help="--engine ray: auto, HOST:PORT or ray://HEAD:10001 of an existing cluster (default: a private local Ray "
+        "started for this run and stopped after it).",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="--engine ray: keep the blocks an interrupted run finished (inputs, parameters and plan must "
+        "match its manifest.json) and compute the rest.",
+    ),
+]
+GpusPerTaskOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpus-per-task", min=0, help="--engine ray: GPUs per task (num_gpus); each task then uses its own GPU."
+    ),
+]
+BlockRowsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--block-rows",
+        min=1,
+        help="--engine ray: gallery (bias) or query (search) rows per task; a multiple of "
+        "1024 (default 65536 for bias).",
+    ),
+]
+PartitionRowsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--partition-rows",
+        min=1,
+        help="--engine ray: reference (bias) or gallery (search) rows per task; a multiple of 8192 (default 1048576).",
+    ),
+]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
-StorageOptionOpt = Annotated[Optional[list[str]], typer.Option(
-    "--storage-option", help="--engine ray: fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
-                             "endpoint_url=http://127.0.0.1:9000 or anon=true.")]
-WaitOpt = Annotated[float, typer.Option(
-    "--wait", envvar="NNN_WAIT", min=0,
-    help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.")]
-DeviceOpt = Annotated[str, typer.Option(
-    "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found).")]
+StorageOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--storage-option",
+        help="--engine ray: fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
+        "endpoint_url=http://127.0.0.1:9000 or anon=true.",
+    ),
+]
+WaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        envvar="NNN_WAIT",
+        min=0,
+        help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found)."
+    ),
+]
 
 
 class Modality(str, Enum):
@@ -136,10 +240,15 @@ class Objective(str, Enum):
     r10 = "R@10"
 
 
-
-
-def index_options(index: str, nlist: Optional[int], nprobe: Optional[int], ef_search: Optional[int],
-                  recall: Optional[float], save_index: Optional[Path], load_index: Optional[Path]) -> IndexOptions:
+def index_options(
+    index: str,
+    nlist: Optional[int],
+    nprobe: Optional[int],
+    ef_search: Optional[int],
+    recall: Optional[float],
+    save_index: Optional[Path],
+    load_index: Optional[Path],
+) -> IndexOptions:
     return IndexOptions(index, nlist, nprobe, ef_search, recall, save_index, load_index)
 
 
@@ -147,12 +256,29 @@ def block_size_note(block_size: Optional[int]) -> Optional[str]:
     """The deprecation line for ``--block-size`` (None when it was not given)."""
     if block_size is None:
         return None
-    return ("note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
-            "use --memory-budget to bound memory")
+    return (
+        "note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
+        "use --memory-budget to bound memory"
+    )
 
 
-def engine_options(engine: str, address: Optional[str], resume: bool, gpus_per_task: float,
-                   block_rows: Optional[int], partition_rows: Optional[int], max_retries: int,
-                   storage_option: Optional[list[str]]) -> EngineOptions:
-    return EngineOptions(engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries,
-                         parse_storage_options(storage_option))
+def engine_options(
+    engine: str,
+    address: Optional[str],
+    resume: bool,
+    gpus_per_task: float,
+    block_rows: Optional[int],
+    partition_rows: Optional[int],
+    max_retries: int,
+    storage_option: Optional[list[str]],
+) -> EngineOptions:
+    return EngineOptions(
+        engine,
+        address,
+        resume,
+        gpus_per_task,
+        block_rows,
+        partition_rows,
+        max_retries,
+        parse_storage_options(storage_option),
+    )

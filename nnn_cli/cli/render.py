@@ -6,7 +6,8 @@ import contextlib
 import json
 import os
 import sys
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Optional
 
 import numpy as np
 from rich.console import Console
@@ -48,8 +49,13 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Optional[Callable[[i
         yield None
         return
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         task = bar.add_task(description, total=None)
 
@@ -84,8 +90,14 @@ def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]
             return Text(f"{speed:,.1f} items/s" if speed else "- items/s")
 
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
     ) as bar:
         task = bar.add_task("embed", total=None)
         first: list[int] = []
@@ -116,8 +128,9 @@ def render_methods_table(result: dict) -> None:
     """A rich table with one row per method: recall (with 95% intervals when bootstrapped), hub max, seconds."""
     from nnn_cli.jobs.eval import METHOD_LABELS, METHODS
 
-    table = Table(title=f"Retrieval by method ({result['n_queries_with_truth']} queries, "
-                        f"{result['n_gallery']} gallery items)")
+    table = Table(
+        title=f"Retrieval by method ({result['n_queries_with_truth']} queries, {result['n_gallery']} gallery items)"
+    )
     table.add_column("method")
     for key in ("R@1", "R@5", "R@10"):
         table.add_column(key, justify="right")
@@ -133,8 +146,13 @@ def render_methods_table(result: dict) -> None:
             ci = r.get(f"{key}_ci")
             cells.append(f"{r[key]:.2f}" + (f"\n{ci[0]:.1f}-{ci[1]:.1f}" if ci else ""))
         p = r.get("params") or (result.get("params") if m == "nnn" else {}) or {}
-        table.add_row(METHOD_LABELS[m], *cells, str(r["hubness"]["max"]), f"{r['seconds']:.3f}",
-                      "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()))
+        table.add_row(
+            METHOD_LABELS[m],
+            *cells,
+            str(r["hubness"]["max"]),
+            f"{r['seconds']:.3f}",
+            "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()),
+        )
     if any("R@1_ci" in result.get(m, {}) for m in METHODS):
         table.caption = "under each recall: its 95% bootstrap interval"
     out_console.print(table)
@@ -161,8 +179,12 @@ def render_eval_table(result: dict) -> None:
     table.add_row("hub max (queries at rank 1)", str(hb["max"]), str(hn["max"]), f"{hn['max'] - hb['max']:+d}")
     for key, label in (("skewness", "hub skewness"), ("kurtosis", "hub kurtosis"), ("mae", "hub MAE")):
         table.add_row(label, f"{hb[key]:.2f}", f"{hn[key]:.2f}", f"{hn[key] - hb[key]:+.2f}")
-    table.add_row("never retrieved (share)", f"{hb['never_retrieved']:.3f}", f"{hn['never_retrieved']:.3f}",
-                  f"{hn['never_retrieved'] - hb['never_retrieved']:+.3f}")
+    table.add_row(
+        "never retrieved (share)",
+        f"{hb['never_retrieved']:.3f}",
+        f"{hn['never_retrieved']:.3f}",
+        f"{hn['never_retrieved'] - hb['never_retrieved']:+.3f}",
+    )
     out_console.print(table)
 
 
@@ -193,8 +215,13 @@ def render_info(desc: dict) -> None:
         for col in ("time", "op", "rows", "source", "fingerprint"):
             table.add_column(col)
         for entry in history:
-            table.add_row(str(entry.get("time", "")), str(entry.get("op", "")), str(entry.get("n_added", "")),
-                          str(entry.get("source", "")), str(entry.get("fingerprint", ""))[:12])
+            table.add_row(
+                str(entry.get("time", "")),
+                str(entry.get("op", "")),
+                str(entry.get("n_added", "")),
+                str(entry.get("source", "")),
+                str(entry.get("fingerprint", ""))[:12],
+            )
         out_console.print(table)
 
 
@@ -211,9 +238,13 @@ def render_tune_grid(result) -> None:
         return f"{v:.3f}".lstrip("0") if unsupervised and 0 <= v < 1 else f"{v:.1f}"
 
     what = "entropy of rank-1 retrievals, held-out reference queries" if unsupervised else result.objective
-    table = Table(title=f"nnn tune ({what}): baseline {fmt(result.baseline)}, "
-                        f"*best alpha={result.alpha:g}, k={result.k}: {fmt(result.score)}",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table = Table(
+        title=f"nnn tune ({what}): baseline {fmt(result.baseline)}, "
+        f"*best alpha={result.alpha:g}, k={result.k}: {fmt(result.score)}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+    )
     table.add_column("alpha\\k", justify="right", style="bold", no_wrap=True)
     for k in result.ks:
         table.add_column(str(k), justify="right", no_wrap=True)
@@ -234,9 +265,11 @@ def render_tune_grid(result) -> None:
     console.print(table)
     if unsupervised and "R@1" in result.baseline_metrics:
         best = result.cell(result.alpha, result.k)
-        out_console.print(f"check against --truth (not used for the choice): R@1 {best['R@1']:.2f} at the pick, "
-                          f"{max(e['R@1'] for e in result.grid):.2f} best in the grid, "
-                          f"{result.baseline_metrics['R@1']:.2f} baseline")
+        out_console.print(
+            f"check against --truth (not used for the choice): R@1 {best['R@1']:.2f} at the pick, "
+            f"{max(e['R@1'] for e in result.grid):.2f} best in the grid, "
+            f"{result.baseline_metrics['R@1']:.2f} baseline"
+        )
 
 
 def render_method_sweep(method: str, doc: dict) -> None:
@@ -248,16 +281,16 @@ def render_method_sweep(method: str, doc: dict) -> None:
         table.add_column(col, justify="right")
     for point in doc["grid"]:
         mark = "*" if all(point[n] == doc["best"][n] for n in names) else ""
-        table.add_row(*[f"{point[n]:g}" for n in names],
-                      *[f"{mark}{point[key]:.2f}" for key in ("R@1", "R@5", "R@10")])
+        table.add_row(*[f"{point[n]:g}" for n in names], *[f"{mark}{point[key]:.2f}" for key in ("R@1", "R@5", "R@10")])
     out_console.print(table)
 
 
 def render_attribute_table(result: dict) -> None:
     """`nnn attribute-bias`: bias (and precision) at each n, baseline and NNN."""
     with_precision = any("precision" in rec["baseline"] for rec in result["at"].values())
-    table = Table(title=f"Attribute bias (#{result['group_a']} - #{result['group_b']}) / n over "
-                        f"{result['n_queries']} queries")
+    table = Table(
+        title=f"Attribute bias (#{result['group_a']} - #{result['group_b']}) / n over {result['n_queries']} queries"
+    )
     for col in ("n", "bias baseline", "bias NNN"):
         table.add_column(col, justify="right")
     if with_precision:

@@ -14,13 +14,12 @@ bias depends on it (:func:`check_explicit_groups`).
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from nnn_cli.errors import ParameterError
-from nnn_cli.core.truth import Truth
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK
+from nnn_cli.core.truth import Truth
+from nnn_cli.errors import ParameterError
 
 LABEL_A, LABEL_B, LABEL_NONE = 1, 0, -1
 
@@ -67,8 +66,7 @@ def precision_per_query(topk: np.ndarray, truth: Truth, n: int) -> np.ndarray:
     return np.where(truth.has_truth(), per_query, np.nan)
 
 
-def grouped_attribute_bias(topk: np.ndarray, labels: np.ndarray, n: int, query_groups: np.ndarray,
-                           group_names) -> dict:
+def grouped_attribute_bias(topk: np.ndarray, labels: np.ndarray, n: int, query_groups: np.ndarray, group_names) -> dict:
     """Paper Section 3.3: bias per query group (e.g. occupation), their mean, and the mean over queries.
 
     ``{"bias": mean over groups, "bias_mean_over_queries", "per_group": {name: bias}}``;
@@ -77,15 +75,25 @@ def grouped_attribute_bias(topk: np.ndarray, labels: np.ndarray, n: int, query_g
     values = per_query_bias(topk, labels, n)
     per = group_means(values, np.asarray(query_groups, dtype=np.int64), len(group_names))
     present = ~np.isnan(per)
-    return {"bias": float(per[present].mean()) if present.any() else 0.0,
-            "bias_mean_over_queries": float(values.mean()) if len(values) else 0.0,
-            "per_group": {str(name): float(v) for name, v, ok in zip(group_names, per, present) if ok}}
+    return {
+        "bias": float(per[present].mean()) if present.any() else 0.0,
+        "bias_mean_over_queries": float(values.mean()) if len(values) else 0.0,
+        "per_group": {str(name): float(v) for name, v, ok in zip(group_names, per, present) if ok},
+    }
 
 
-def compare_attribute_bias(queries: np.ndarray, gallery: np.ndarray, labels: np.ndarray, bias: np.ndarray,
-                           ns=(6, 10), truth: Truth | None = None,
-                           block_rows: int = DEFAULT_QUERY_BLOCK, query_groups: np.ndarray | None = None,
-                           group_names=None, precision_ns=None) -> dict:
+def compare_attribute_bias(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    labels: np.ndarray,
+    bias: np.ndarray,
+    ns=(6, 10),
+    truth: Truth | None = None,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    query_groups: np.ndarray | None = None,
+    group_names=None,
+    precision_ns=None,
+) -> dict:
     """Bias (and precision@n with ``truth``) of the top n before and after NNN, for each n in ``ns``.
 
     Without ``query_groups`` this is the old output: ``at[n][method]`` holds
@@ -108,16 +116,21 @@ def compare_attribute_bias(queries: np.ndarray, gallery: np.ndarray, labels: np.
         query_groups = np.asarray(query_groups, dtype=np.int64)
         if query_groups.shape != (len(queries),):
             raise ParameterError(f"{len(query_groups)} query groups for {len(queries)} queries")
-        group_names = list(group_names) if group_names is not None else [str(i) for i in
-                                                                          range(int(query_groups.max(initial=-1)) + 1)]
+        group_names = (
+            list(group_names)
+            if group_names is not None
+            else [str(i) for i in range(int(query_groups.max(initial=-1)) + 1)]
+        )
         if query_groups.max(initial=-1) >= len(group_names):
             raise ParameterError("a query group index is beyond the group names")
     pns = sorted({int(m) for m in (precision_ns if precision_ns is not None else ((1, 5) if grouped else ()))})
     if pns and (pns[0] < 1 or pns[-1] > len(gallery)):
         raise ParameterError(f"precision n values must be between 1 and {len(gallery)}")
     depth = max(ns[-1], pns[-1] if pns else 1)
-    rankings = {"baseline": DebiasedIndex(gallery).search(queries, depth, block_rows)[1],
-                "nnn": DebiasedIndex(gallery, bias).search(queries, depth, block_rows)[1]}
+    rankings = {
+        "baseline": DebiasedIndex(gallery).search(queries, depth, block_rows)[1],
+        "nnn": DebiasedIndex(gallery, bias).search(queries, depth, block_rows)[1],
+    }
     out: dict = {"at": {}}
     for n in ns:
         rec = {}

@@ -10,12 +10,25 @@ import math
 
 import numpy as np
 
-from nnn_cli.core.baselines import (DEFAULT_GRIDS, DENSE_MODES, DENSE_POINTS, GALLERY_BANK_WARNING, METHOD_ALIASES,
-                                   PAPER_DENSE, DualDISState, _rows_per_block, activation_set, dualdis_groups,
-                                   inverted_softmax_bias, log_sum_exp_scores, plain_top1, product_key, rank_dn)
+from nnn_cli.core.baselines import (
+    DEFAULT_GRIDS,
+    DENSE_MODES,
+    DENSE_POINTS,
+    GALLERY_BANK_WARNING,
+    METHOD_ALIASES,
+    PAPER_DENSE,
+    DualDISState,
+    _rows_per_block,
+    activation_set,
+    dualdis_groups,
+    inverted_softmax_bias,
+    log_sum_exp_scores,
+    plain_top1,
+    product_key,
+    rank_dn,
+)
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
 from nnn_cli.errors import ParameterError
-
 
 # ---------------------------------------------------------------------------
 # Hyperparameter sweep (used by `nnn tune --method`)
@@ -45,13 +58,16 @@ def _bias_ranks(queries, gallery, truth, biases: np.ndarray, rows: np.ndarray, b
 
     sub = _subset_truth(truth, rows)
     q = np.ascontiguousarray(queries[rows], dtype=np.float32)
-    parts = [truth_ranks(q, gallery, sub, np.ascontiguousarray(biases[c0:c0 + CELL_CHUNK], dtype=np.float32),
-                         block_rows) for c0 in range(0, len(biases), CELL_CHUNK)]
+    parts = [
+        truth_ranks(q, gallery, sub, np.ascontiguousarray(biases[c0 : c0 + CELL_CHUNK], dtype=np.float32), block_rows)
+        for c0 in range(0, len(biases), CELL_CHUNK)
+    ]
     return np.concatenate(parts, axis=0)
 
 
-def _product_ranks(queries, gallery, truth, beta: float, lse: np.ndarray, rows: np.ndarray,
-                   block_rows: int) -> np.ndarray:
+def _product_ranks(
+    queries, gallery, truth, beta: float, lse: np.ndarray, rows: np.ndarray, block_rows: int
+) -> np.ndarray:
     """(len(rows),) uint8 capped first-hit ranks under :func:`product_key` (ties: lower index)."""
     from nnn_cli.core.tune import RANK_CAP
 
@@ -73,8 +89,9 @@ def _product_ranks(queries, gallery, truth, beta: float, lse: np.ndarray, rows: 
         pq, pi = pq_all[p0:p1] - start, pi_all[p0:p1]
         kr = key[pq]
         own = kr[np.arange(len(pq)), pi][:, None]
-        count = np.count_nonzero(kr > own, axis=1) + np.count_nonzero((kr == own) & (cols[None, :] < pi[:, None]),
-                                                                      axis=1)
+        count = np.count_nonzero(kr > own, axis=1) + np.count_nonzero(
+            (kr == own) & (cols[None, :] < pi[:, None]), axis=1
+        )
         np.minimum.at(first, pq + start, np.minimum(count, RANK_CAP).astype(np.uint8))
     return first
 
@@ -96,8 +113,9 @@ def _dense_axis(coarse: list[float], best: float) -> list[float]:
     return [0.0] + [_sig(v) for v in np.geomspace(lo, hi, DENSE_POINTS)]
 
 
-def _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k,
-               block_rows, stage) -> list[dict]:
+def _db_points(
+    method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k, block_rows, stage
+) -> list[dict]:
     from nnn_cli.core.tune import recall_from_ranks
 
     lse1 = log_sum_exp_scores(gallery, bank, b1s)
@@ -110,8 +128,12 @@ def _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1,
     if method == "dbnorm":
         ranks = _bias_ranks(queries, gallery, truth, biases, all_rows, block_rows)
     else:
-        state = DualDISState(lse1[0], lse2[0], activation_set(gallery, bank, activation_k),
-                             activation_set(gallery, reference, activation_k))
+        state = DualDISState(
+            lse1[0],
+            lse2[0],
+            activation_set(gallery, bank, activation_k),
+            activation_set(gallery, reference, activation_k),
+        )
         groups = dualdis_groups(top1, state)
         ranks = np.empty((len(pairs), len(queries)), dtype=np.uint8)
         if len(groups["both"]):
@@ -126,17 +148,34 @@ def _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1,
                 continue
             for v in np.unique(which):
                 cells = np.flatnonzero(which == v)
-                ranks[np.ix_(cells, rows)] = _product_ranks(queries, gallery, truth, betas[v], lse[v], rows,
-                                                            block_rows)[None, :]
+                ranks[np.ix_(cells, rows)] = _product_ranks(
+                    queries, gallery, truth, betas[v], lse[v], rows, block_rows
+                )[None, :]
     rec = recall_from_ranks(ranks, truth.has_truth())
-    return [{"db_beta1": b1s[i], "db_beta2": b2s[j], "stage": stage,
-             **{key: float(rec[key][c]) for key in ("R@1", "R@5", "R@10")}} for c, (i, j) in enumerate(pairs)]
+    return [
+        {
+            "db_beta1": b1s[i],
+            "db_beta2": b2s[j],
+            "stage": stage,
+            **{key: float(rec[key][c]) for key in ("R@1", "R@5", "R@10")},
+        }
+        for c, (i, j) in enumerate(pairs)
+    ]
 
 
-def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, reference: np.ndarray,
-                  grid: dict | None = None, gallery_bank: np.ndarray | None = None,
-                  block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None,
-                  dense: str = "around", activation_k: int = 1) -> dict:
+def tune_baseline(
+    method: str,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    truth,
+    reference: np.ndarray,
+    grid: dict | None = None,
+    gallery_bank: np.ndarray | None = None,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+    dense: str = "around",
+    activation_k: int = 1,
+) -> dict:
     """Sweep ``method``'s hyperparameters, optimising Recall@1 (ties: the earlier grid point).
 
     ``grid`` maps parameter names (``dn_lambda``, ``qb_beta``, ``db_beta1``,
@@ -198,8 +237,10 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
             extra["activation_k"] = int(activation_k)
             extra["share_renormalised"] = float(active.mean()) if len(active) else 0.0
         rec = recall_from_ranks(ranks, truth.has_truth())
-        points = [{"qb_beta": beta, **{key: float(rec[key][j]) for key in ("R@1", "R@5", "R@10")}}
-                  for j, beta in enumerate(betas)]
+        points = [
+            {"qb_beta": beta, **{key: float(rec[key][j]) for key in ("R@1", "R@5", "R@10")}}
+            for j, beta in enumerate(betas)
+        ]
         if progress:
             progress(1, 1)
     else:
@@ -207,8 +248,9 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
         top1 = plain_top1(queries, gallery, block_rows) if method == "dbnorm_dis" else None
         b1s = [_sig(b) for b in grid["db_beta1"]]
         b2s = [_sig(b) for b in grid["db_beta2"]]
-        points = _db_points(method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k,
-                            block_rows, "coarse")
+        points = _db_points(
+            method, queries, gallery, truth, reference, bank, b1s, b2s, top1, activation_k, block_rows, "coarse"
+        )
         stages = {"coarse": len(points)}
         if progress:
             progress(1, 1 if user_grid or dense == "none" else 2)
@@ -220,8 +262,9 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
                 top = max(range(len(points)), key=lambda p: (points[p]["R@1"], -p))
                 d1 = _dense_axis(b1s, points[top]["db_beta1"])
                 d2 = _dense_axis(b2s, points[top]["db_beta2"])
-            dense_points = _db_points(method, queries, gallery, truth, reference, bank, d1, d2, top1,
-                                      activation_k, block_rows, "dense")
+            dense_points = _db_points(
+                method, queries, gallery, truth, reference, bank, d1, d2, top1, activation_k, block_rows, "dense"
+            )
             points += dense_points
             stages["dense"] = len(dense_points)
             if progress:
@@ -236,8 +279,13 @@ def tune_baseline(method: str, queries: np.ndarray, gallery: np.ndarray, truth, 
     best = max(range(len(points)), key=lambda p: (points[p]["R@1"], -p))
     best_point = points[best]
     params = {k: v for k, v in best_point.items() if not k.startswith("R@") and k != "stage"}
-    return {"method": method, "best": params, **{k: v for k, v in best_point.items() if k.startswith("R@")},
-            "grid": points, **extra}
+    return {
+        "method": method,
+        "best": params,
+        **{k: v for k, v in best_point.items() if k.startswith("R@")},
+        "grid": points,
+        **extra,
+    }
 
 
 def parse_grid(text: str) -> dict[str, list[float]]:
@@ -250,8 +298,9 @@ def parse_grid(text: str) -> dict[str, list[float]]:
         name, sep, values = part.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in known:
-            raise ParameterError(f"bad --method-grid entry {part.strip()!r}: use NAME=V1,V2 with NAME one of "
-                                 f"{', '.join(sorted(known))}")
+            raise ParameterError(
+                f"bad --method-grid entry {part.strip()!r}: use NAME=V1,V2 with NAME one of {', '.join(sorted(known))}"
+            )
         try:
             out[name] = [float(v) for v in values.split(",") if v.strip()]
         except ValueError:

@@ -70,9 +70,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk_inner_product
+from nnn_cli.errors import MismatchError, ParameterError
 
 METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 """Method names accepted by ``nnn eval --methods`` (and the JSON keys they produce)."""
@@ -114,7 +114,8 @@ DEFAULT_GRIDS["dbnorm_dis"] = DEFAULT_GRIDS["dbnorm"]
 GALLERY_BANK_WARNING = (
     "no --gallery-bank: DBNorm's gallery-side bank is the test gallery itself, not separate training items as in "
     "the NNN paper (App. A1); every gallery item is then its own top-1, so DualDIS's gallery factor is always "
-    "active. Give --gallery-bank TRAIN_ITEMS for the published protocol.")
+    "active. Give --gallery-bank TRAIN_ITEMS for the published protocol."
+)
 
 
 def gallery_bank_warning(methods, gallery_bank) -> str | None:
@@ -139,7 +140,7 @@ class BaselineParams:
     db_beta2: float = 50.0
     activation_k: int = 1
 
-    def check(self) -> "BaselineParams":
+    def check(self) -> BaselineParams:
         for name, value in asdict(self).items():
             if not math.isfinite(value) or value < 0:
                 raise ParameterError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
@@ -154,9 +155,13 @@ class BaselineParams:
 
     def for_method(self, method: str) -> dict:
         """The hyperparameters ``method`` uses, by name."""
-        keys = {"dn": ("dn_lambda",), "qbnorm": ("qb_beta", "activation_k"), "is": ("qb_beta",),
-                "dbnorm": ("db_beta1", "db_beta2"),
-                "dbnorm_dis": ("db_beta1", "db_beta2", "activation_k")}.get(method, ())
+        keys = {
+            "dn": ("dn_lambda",),
+            "qbnorm": ("qb_beta", "activation_k"),
+            "is": ("qb_beta",),
+            "dbnorm": ("db_beta1", "db_beta2"),
+            "dbnorm_dis": ("db_beta1", "db_beta2", "activation_k"),
+        }.get(method, ())
         return {key: getattr(self, key) for key in keys}
 
 
@@ -168,8 +173,10 @@ def parse_methods(text: str) -> tuple[str, ...]:
     names = [METHOD_ALIASES.get(n, n) for n in names]
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise ParameterError(f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}"
-                             f" (or {', '.join(METHOD_ALIASES)})")
+        raise ParameterError(
+            f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}"
+            f" (or {', '.join(METHOD_ALIASES)})"
+        )
     return tuple(dict.fromkeys(names))
 
 
@@ -182,8 +189,14 @@ def _check_dims(*arrays: tuple[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------
-def log_sum_exp_scores(gallery: np.ndarray, bank: np.ndarray, betas, block_rows: int = 1024,
-                       bank_block: int = 8192, progress: ProgressFn | None = None) -> np.ndarray:
+def log_sum_exp_scores(
+    gallery: np.ndarray,
+    bank: np.ndarray,
+    betas,
+    block_rows: int = 1024,
+    bank_block: int = 8192,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(len(betas), N) float64: ``log sum_j exp(beta * s(bank_j, gallery_i))`` for each beta.
 
     One blocked GEMM pass over gallery x bank serves every beta; a running
@@ -200,11 +213,11 @@ def log_sum_exp_scores(gallery: np.ndarray, bank: np.ndarray, betas, block_rows:
         run_max = np.full((len(betas), stop - start), -np.inf)
         run_sum = np.zeros((len(betas), stop - start))
         for b0 in range(0, m, bank_block):
-            s = g @ bank[b0:b0 + bank_block].T  # (rows, chunk) float32
+            s = g @ bank[b0 : b0 + bank_block].T  # (rows, chunk) float32
             s_max = s.max(axis=1).astype(np.float64)
             for j, beta in enumerate(betas):
                 new_max = np.maximum(run_max[j], beta * s_max)
-                shifted = (np.float32(beta) * s - new_max[:, None].astype(np.float32))
+                shifted = np.float32(beta) * s - new_max[:, None].astype(np.float32)
                 run_sum[j] = run_sum[j] * np.exp(run_max[j] - new_max) + np.exp(shifted).sum(axis=1, dtype=np.float64)
                 run_max[j] = new_max
         out[:, start:stop] = run_max + np.log(run_sum)
@@ -213,8 +226,9 @@ def log_sum_exp_scores(gallery: np.ndarray, bank: np.ndarray, betas, block_rows:
     return out
 
 
-def activation_set(gallery: np.ndarray, bank: np.ndarray, k: int = 1,
-                   block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
+def activation_set(
+    gallery: np.ndarray, bank: np.ndarray, k: int = 1, block_rows: int = DEFAULT_QUERY_BLOCK
+) -> np.ndarray:
     """(N,) bool: gallery items in the top ``k`` (ties: lower index) of at least one bank row.
 
     QB-Norm's ``get_retrieved_videos(train_test, k)``.
@@ -231,8 +245,9 @@ def plain_top1(queries: np.ndarray, gallery: np.ndarray, block_rows: int = DEFAU
     return first[:, 0]
 
 
-def inverted_softmax_bias(lse_gallery_bank: np.ndarray | None, lse_query_bank: np.ndarray | None,
-                          beta1: float, beta2: float) -> np.ndarray:
+def inverted_softmax_bias(
+    lse_gallery_bank: np.ndarray | None, lse_query_bank: np.ndarray | None, beta1: float, beta2: float
+) -> np.ndarray:
     """(N,) float32 bias whose debiased ranking equals DualIS's (inverted softmax when ``beta1 == 0``).
 
     ``log s_hat = (b1 + b2) s - L1 - L2`` ranks like ``s - (L1 + L2) / (b1 + b2)``.
@@ -272,8 +287,14 @@ def _rows_per_block(block_rows: int, n_gallery: int) -> int:
     return max(1, min(int(block_rows), (1 << 22) // max(1, n_gallery)))
 
 
-def rank_product(queries: np.ndarray, gallery: np.ndarray, beta: float, lse: np.ndarray, top_k: int,
-                 block_rows: int = DEFAULT_QUERY_BLOCK) -> np.ndarray:
+def rank_product(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    beta: float,
+    lse: np.ndarray,
+    top_k: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+) -> np.ndarray:
     """(Q, top_k) ranking by ``s(q, r) * exp(beta s(q, r)) / exp(lse(r))``, ties by lower index."""
     k = min(top_k, len(gallery))
     out = np.empty((len(queries), k), dtype=np.int64)
@@ -289,9 +310,16 @@ def rank_product(queries: np.ndarray, gallery: np.ndarray, beta: float, lse: np.
 # ---------------------------------------------------------------------------
 # Rankers: each returns (Q, top_k) gallery indices, best first, ties by lower index
 # ---------------------------------------------------------------------------
-def rank_dn(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, dn_lambda: float,
-            gallery_bank: np.ndarray | None = None, top_k: int = 10,
-            block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
+def rank_dn(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    dn_lambda: float,
+    gallery_bank: np.ndarray | None = None,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """Distribution Normalization: zero-centre both sides by ``lam`` x the reference means, then rank.
 
     For ranking one query the gallery-side shift only adds ``-lam q . mean(Rhat)``,
@@ -308,9 +336,15 @@ def rank_dn(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, dn_
     return idx
 
 
-def dualis_bias(gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
-                gallery_bank: np.ndarray | None = None, block_rows: int = 1024,
-                progress: ProgressFn | None = None) -> np.ndarray:
+def dualis_bias(
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta1: float,
+    beta2: float,
+    gallery_bank: np.ndarray | None = None,
+    block_rows: int = 1024,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(N,) float32 DualIS bias (plain inverted softmax when ``beta1 == 0``)."""
     bank = gallery if gallery_bank is None else gallery_bank
     l1 = log_sum_exp_scores(gallery, bank, [beta1], block_rows)[0] if beta1 > 0 else None
@@ -318,9 +352,15 @@ def dualis_bias(gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2:
     return inverted_softmax_bias(l1, l2, beta1, beta2)
 
 
-def rank_inverted_softmax(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta: float,
-                          top_k: int = 10, block_rows: int = DEFAULT_QUERY_BLOCK,
-                          progress: ProgressFn | None = None) -> np.ndarray:
+def rank_inverted_softmax(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta: float,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """Plain querybank inverted softmax (method ``is``): every query renormalised."""
     if not beta > 0:
         raise ParameterError(f"inverted softmax beta must be > 0, got {beta}")
@@ -329,8 +369,9 @@ def rank_inverted_softmax(queries: np.ndarray, gallery: np.ndarray, reference: n
     return idx
 
 
-def _search_split(queries: np.ndarray, gallery: np.ndarray, active: np.ndarray, bias: np.ndarray,
-                  top_k: int, block_rows: int) -> np.ndarray:
+def _search_split(
+    queries: np.ndarray, gallery: np.ndarray, active: np.ndarray, bias: np.ndarray, top_k: int, block_rows: int
+) -> np.ndarray:
     """Rows with ``active`` ranked with ``bias``, the others by the raw score."""
     k = min(top_k, len(gallery))
     out = np.empty((len(queries), k), dtype=np.int64)
@@ -341,10 +382,17 @@ def _search_split(queries: np.ndarray, gallery: np.ndarray, active: np.ndarray, 
     return out
 
 
-def rank_qbnorm(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta: float,
-                top_k: int = 10, block_rows: int = DEFAULT_QUERY_BLOCK,
-                progress: ProgressFn | None = None, activation_k: int = 1,
-                top1: np.ndarray | None = None) -> np.ndarray:
+def rank_qbnorm(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta: float,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+    activation_k: int = 1,
+    top1: np.ndarray | None = None,
+) -> np.ndarray:
     """QB-Norm's Dynamic Inverted Softmax (``dynamic_inverted_softmax.py``).
 
     Activation set: gallery items in the top ``activation_k`` of some querybank
@@ -363,9 +411,17 @@ def rank_qbnorm(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray,
     return out
 
 
-def rank_dualis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
-                gallery_bank: np.ndarray | None = None, top_k: int = 10,
-                block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
+def rank_dualis(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta1: float,
+    beta2: float,
+    gallery_bank: np.ndarray | None = None,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """DBNorm DualIS ranking (NNN paper Eq. 3-5)."""
     bias = dualis_bias(gallery, reference, beta1, beta2, gallery_bank)
     _, idx = DebiasedIndex(gallery, bias).search(queries, top_k, block_rows, progress)
@@ -388,9 +444,15 @@ def _lse_or_const(gallery, bank, beta, block_rows):
     return np.full(len(gallery), math.log(len(bank)))
 
 
-def dualdis_state(gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
-                  gallery_bank: np.ndarray | None = None, block_rows: int = 1024,
-                  activation_k: int = 1) -> DualDISState:
+def dualdis_state(
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta1: float,
+    beta2: float,
+    gallery_bank: np.ndarray | None = None,
+    block_rows: int = 1024,
+    activation_k: int = 1,
+) -> DualDISState:
     bank = gallery if gallery_bank is None else gallery_bank
     return DualDISState(
         _lse_or_const(gallery, bank, beta1, block_rows),
@@ -404,15 +466,28 @@ def dualdis_groups(top1: np.ndarray, state: DualDISState) -> dict[str, np.ndarra
     """Query rows by which DualDIS factors are active: ``both``, ``gallery_only``, ``query_only``, ``neither``."""
     use_r = state.active_gallery_bank[top1]
     use_q = state.active_query_bank[top1]
-    return {"both": np.flatnonzero(use_r & use_q), "gallery_only": np.flatnonzero(use_r & ~use_q),
-            "query_only": np.flatnonzero(~use_r & use_q), "neither": np.flatnonzero(~use_r & ~use_q)}
+    return {
+        "both": np.flatnonzero(use_r & use_q),
+        "gallery_only": np.flatnonzero(use_r & ~use_q),
+        "query_only": np.flatnonzero(~use_r & use_q),
+        "neither": np.flatnonzero(~use_r & ~use_q),
+    }
 
 
-def rank_dualdis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, beta1: float, beta2: float,
-                 gallery_bank: np.ndarray | None = None, top_k: int = 10,
-                 block_rows: int = DEFAULT_QUERY_BLOCK, top1: np.ndarray | None = None,
-                 state: DualDISState | None = None, progress: ProgressFn | None = None,
-                 activation_k: int = 1) -> np.ndarray:
+def rank_dualdis(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    beta1: float,
+    beta2: float,
+    gallery_bank: np.ndarray | None = None,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    top1: np.ndarray | None = None,
+    state: DualDISState | None = None,
+    progress: ProgressFn | None = None,
+    activation_k: int = 1,
+) -> np.ndarray:
     """DBNorm DualDIS ranking (NNN paper App. A1), inactive factors replaced by the raw score.
 
     ``top1`` (the plain rank-1 item of each query) is computed when not given.
@@ -433,8 +508,10 @@ def rank_dualdis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray
     if len(rows):
         bias = inverted_softmax_bias(state.lse_gallery_bank, state.lse_query_bank, beta1, beta2)
         out[rows] = DebiasedIndex(gallery, bias).search(queries[rows], k, block_rows)[1]
-    for name, beta, lse in (("gallery_only", beta1, state.lse_gallery_bank),
-                            ("query_only", beta2, state.lse_query_bank)):
+    for name, beta, lse in (
+        ("gallery_only", beta1, state.lse_gallery_bank),
+        ("query_only", beta2, state.lse_query_bank),
+    ):
         rows = groups[name]
         if len(rows):
             out[rows] = rank_product(queries[rows], gallery, beta, lse, k, block_rows)
@@ -446,23 +523,52 @@ def rank_dualdis(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray
     return out
 
 
-def rank_method(method: str, queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray,
-                params: BaselineParams, gallery_bank: np.ndarray | None = None, top_k: int = 10,
-                block_rows: int = DEFAULT_QUERY_BLOCK, top1: np.ndarray | None = None,
-                progress: ProgressFn | None = None) -> np.ndarray:
+def rank_method(
+    method: str,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    params: BaselineParams,
+    gallery_bank: np.ndarray | None = None,
+    top_k: int = 10,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    top1: np.ndarray | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(Q, top_k) ranking of one comparison method (``dn``, ``qbnorm``, ``is``, ``dbnorm``, ``dbnorm_dis``)."""
     method = METHOD_ALIASES.get(method, method)
     if method == "dn":
         return rank_dn(queries, gallery, reference, params.dn_lambda, gallery_bank, top_k, block_rows, progress)
     if method == "qbnorm":
-        return rank_qbnorm(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress,
-                           activation_k=params.activation_k, top1=top1)
+        return rank_qbnorm(
+            queries,
+            gallery,
+            reference,
+            params.qb_beta,
+            top_k,
+            block_rows,
+            progress,
+            activation_k=params.activation_k,
+            top1=top1,
+        )
     if method == "is":
         return rank_inverted_softmax(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress)
     if method == "dbnorm":
-        return rank_dualis(queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank,
-                           top_k, block_rows, progress)
+        return rank_dualis(
+            queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank, top_k, block_rows, progress
+        )
     if method == "dbnorm_dis":
-        return rank_dualdis(queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank,
-                            top_k, block_rows, top1=top1, progress=progress, activation_k=params.activation_k)
+        return rank_dualdis(
+            queries,
+            gallery,
+            reference,
+            params.db_beta1,
+            params.db_beta2,
+            gallery_bank,
+            top_k,
+            block_rows,
+            top1=top1,
+            progress=progress,
+            activation_k=params.activation_k,
+        )
     raise ParameterError(f"unknown comparison method {method!r}; choose from {', '.join(BANK_METHODS)}")

@@ -13,15 +13,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnn_cli.core.baselines import (BANK_METHODS, GALLERY_BANK_WARNED, GALLERY_BANK_WARNING, METHOD_ALIASES,
-                                    BaselineParams, rank_method)
-from nnn_cli.core.nnn import compute_bias
-from nnn_cli.errors import ParameterError
+from nnn_cli.core.baselines import (
+    BANK_METHODS,
+    GALLERY_BANK_WARNED,
+    GALLERY_BANK_WARNING,
+    METHOD_ALIASES,
+    BaselineParams,
+    rank_method,
+)
 from nnn_cli.core.evaluate import MethodResult, evaluate_ranking
-from nnn_cli.core.truth import Truth
 from nnn_cli.core.metrics import DEFAULT_KS, hubness
+from nnn_cli.core.nnn import compute_bias
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
+from nnn_cli.core.truth import Truth
+from nnn_cli.errors import ParameterError
 
 TOP_K = max(DEFAULT_KS)
 
@@ -34,8 +40,15 @@ class MethodRun:
     topk: np.ndarray
 
 
-def bootstrap_recall(first_hit_rank: np.ndarray, has_truth: np.ndarray, n_resamples: int, seed: int = 0,
-                     ks=DEFAULT_KS, level: float = 0.95, max_cells: int = 4_000_000) -> dict[str, list[float]]:
+def bootstrap_recall(
+    first_hit_rank: np.ndarray,
+    has_truth: np.ndarray,
+    n_resamples: int,
+    seed: int = 0,
+    ks=DEFAULT_KS,
+    level: float = 0.95,
+    max_cells: int = 4_000_000,
+) -> dict[str, list[float]]:
     """``{"R@K_ci": [lo, hi]}``: percentile bootstrap interval of Recall@K (percent), resampling queries.
 
     Deterministic in ``seed``; resamples are drawn in chunks of at most
@@ -52,8 +65,7 @@ def bootstrap_recall(first_hit_rank: np.ndarray, has_truth: np.ndarray, n_resamp
     return {f"R@{k}_ci": ci for k, ci in zip(ks, cis)}
 
 
-def _percentile_cis(values: np.ndarray, n_resamples: int, seed: int, level: float,
-                    max_cells: int) -> list[list[float]]:
+def _percentile_cis(values: np.ndarray, n_resamples: int, seed: int, level: float, max_cells: int) -> list[list[float]]:
     """Percentile bootstrap interval (percent) of the mean of each row of ``values`` (rows, n): the same
     resampled queries for every row, drawn in chunks of at most ``max_cells`` indices."""
     n = values.shape[1]
@@ -73,9 +85,16 @@ def _percentile_cis(values: np.ndarray, n_resamples: int, seed: int, level: floa
     return out
 
 
-def bootstrap_gain(first_hit_rank: np.ndarray, base_first_hit_rank: np.ndarray, has_truth: np.ndarray,
-                   n_resamples: int, seed: int = 0, ks=DEFAULT_KS, level: float = 0.95,
-                   max_cells: int = 4_000_000) -> dict:
+def bootstrap_gain(
+    first_hit_rank: np.ndarray,
+    base_first_hit_rank: np.ndarray,
+    has_truth: np.ndarray,
+    n_resamples: int,
+    seed: int = 0,
+    ks=DEFAULT_KS,
+    level: float = 0.95,
+    max_cells: int = 4_000_000,
+) -> dict:
     """Gain over the baseline in Recall@K (percentage points) with a paired percentile bootstrap interval.
 
     ``{"R@K_gain": g, "R@K_gain_ci": [lo, hi]}``: both methods are scored on the same resampled
@@ -98,12 +117,23 @@ def bootstrap_gain(first_hit_rank: np.ndarray, base_first_hit_rank: np.ndarray, 
     return out
 
 
-def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, methods, *,
-                    reference: np.ndarray | None = None, bias: np.ndarray | None = None,
-                    nnn_alpha: float | None = None, nnn_k: int | None = None,
-                    params: BaselineParams | None = None, gallery_bank: np.ndarray | None = None,
-                    bootstrap: int = 0, seed: int = 0, block_rows: int = DEFAULT_QUERY_BLOCK,
-                    progress: ProgressFn | None = None) -> dict[str, MethodRun]:
+def compare_methods(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    truth: Truth,
+    methods,
+    *,
+    reference: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    nnn_alpha: float | None = None,
+    nnn_k: int | None = None,
+    params: BaselineParams | None = None,
+    gallery_bank: np.ndarray | None = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> dict[str, MethodRun]:
     """Rank with every method in ``methods`` and score each ranking.
 
     NNN uses ``bias`` when given, otherwise computes it from ``reference``
@@ -150,8 +180,9 @@ def compare_methods(queries: np.ndarray, gallery: np.ndarray, truth: Truth, meth
             if bias is None:
                 extra["params"] = {"alpha": nnn_alpha, "k": nnn_k}
         else:
-            idx = rank_method(method, queries, gallery, reference, params, gallery_bank, TOP_K, block_rows,
-                              top1=base_idx[:, 0])
+            idx = rank_method(
+                method, queries, gallery, reference, params, gallery_bank, TOP_K, block_rows, top1=base_idx[:, 0]
+            )
             extra["params"] = params.for_method(method)
             if method in GALLERY_BANK_WARNED and gallery_bank is None:
                 extra["gallery_bank"] = "gallery"

@@ -25,10 +25,10 @@ def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.nd
     best = np.empty(len(points), dtype=np.float32)
     rows = max(1, SCORE_TILE_ELEMENTS // max(1, len(centroids)))
     for start in range(0, len(points), rows):
-        scores = points[start:start + rows] @ centroids.T
+        scores = points[start : start + rows] @ centroids.T
         lab = scores.argmax(axis=1)  # first maximum: ties go to the lower centroid
-        labels[start:start + rows] = lab
-        best[start:start + rows] = scores[np.arange(len(lab)), lab]
+        labels[start : start + rows] = lab
+        best[start : start + rows] = scores[np.arange(len(lab)), lab]
     return labels, best
 
 
@@ -58,7 +58,7 @@ def spherical_kmeans(points: np.ndarray, n_clusters: int, iterations: int = 10) 
         empty = np.flatnonzero(counts == 0)
         if len(empty):
             # re-seed with the points their centroid serves worst (lowest best score), lower row first
-            worst = np.argsort(best, kind="stable")[:len(empty)]
+            worst = np.argsort(best, kind="stable")[: len(empty)]
             sums[empty] = points[worst]
         centroids = _normalise(sums)
     return centroids
@@ -75,4 +75,4 @@ def _grouped_sum(points: np.ndarray, labels: np.ndarray, out: np.ndarray) -> Non
     counts = np.bincount(labels, minlength=len(out))
     ends = np.cumsum(counts)
     for c in np.flatnonzero(counts):
-        out[c] += ordered[ends[c] - counts[c]:ends[c]].sum(axis=0, dtype=np.float64)
+        out[c] += ordered[ends[c] - counts[c] : ends[c]].sum(axis=0, dtype=np.float64)

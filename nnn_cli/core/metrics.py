@@ -51,10 +51,10 @@ def _moments(counts: np.ndarray) -> tuple[float, float, float]:
     if len(counts) == 0:
         return 0.0, 0.0, 0.0
     centred = counts - counts.mean()
-    var = float(np.mean(centred ** 2))
+    var = float(np.mean(centred**2))
     if var > 0:
-        skew = float(np.mean(centred ** 3) / var ** 1.5)
-        kurt = float(np.mean(centred ** 4) / var ** 2 - 3.0)
+        skew = float(np.mean(centred**3) / var**1.5)
+        kurt = float(np.mean(centred**4) / var**2 - 3.0)
     else:
         skew = kurt = 0.0
     return skew, kurt, float(np.mean(np.abs(centred)))
@@ -73,8 +73,13 @@ def hubness_at(topk: np.ndarray, n_gallery: int, k: int) -> dict[str, float]:
     counts = occurrence_counts(topk, n_gallery, k)
     skew, kurt, mae = _moments(counts)
     skew_db, _, _ = _moments(counts[counts > 0])
-    return {f"N{k}_kurtosis": kurt, f"N{k}_mae": mae, f"N{k}_max": int(counts.max(initial=0)),
-            f"N{k}_skewness": skew, f"N{k}_skewness_dbnorm": skew_db}
+    return {
+        f"N{k}_kurtosis": kurt,
+        f"N{k}_mae": mae,
+        f"N{k}_max": int(counts.max(initial=0)),
+        f"N{k}_skewness": skew,
+        f"N{k}_skewness_dbnorm": skew_db,
+    }
 
 
 def hubness(top: np.ndarray, n_gallery: int, ks=(1, 10)) -> dict[str, float]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, topk_scores
+from nnn_cli.errors import MismatchError, ParameterError
 
 
 def check_k(k: int, n_reference: int) -> int:
@@ -40,9 +40,13 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
-def reference_topk(gallery: np.ndarray, reference: np.ndarray, kmax: int,
-                   block_rows: int = DEFAULT_QUERY_BLOCK,
-                   progress: ProgressFn | None = None) -> np.ndarray:
+def reference_topk(
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    kmax: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(N, kmax) float32: for each gallery row, its kmax highest reference scores, descending.
 
     Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.topk.topk_scores`),
@@ -66,14 +70,21 @@ def bias_from_topk(topk_scores: np.ndarray, alpha: float, k: int) -> np.ndarray:
         from nnn_cli.errors import ParameterError
 
         row = int(np.argmin(np.isfinite(bias)))
-        raise ParameterError(f"gallery row {row}: its scores overflow float32 (inner products beyond 3.4e38); "
-                             "rescale the vectors or use --metric cosine")
+        raise ParameterError(
+            f"gallery row {row}: its scores overflow float32 (inner products beyond 3.4e38); "
+            "rescale the vectors or use --metric cosine"
+        )
     return bias
 
 
-def compute_bias(gallery: np.ndarray, reference: np.ndarray, alpha: float, k: int,
-                 block_rows: int = DEFAULT_QUERY_BLOCK,
-                 progress: ProgressFn | None = None) -> np.ndarray:
+def compute_bias(
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    alpha: float,
+    k: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(N,) float32 NNN bias of every gallery row against the reference queries (exact)."""
     check_alpha(alpha)
     check_k(k, len(reference))

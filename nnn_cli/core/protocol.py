@@ -30,10 +30,16 @@ def duplicate_rows(queries: np.ndarray, reference: np.ndarray, block_rows: int =
     """Sorted row indices of ``queries`` that equal some row of ``reference`` exactly (as float32)."""
     if queries.shape[1] != reference.shape[1]:
         raise ParameterError(f"dimension mismatch: queries d={queries.shape[1]}, reference d={reference.shape[1]}")
-    ref_keys = np.unique(np.concatenate([_row_keys(reference[s:s + block_rows])
-                                         for s in range(0, len(reference), block_rows)] or [_row_keys(reference)]))
-    hits = [s + np.flatnonzero(np.isin(_row_keys(queries[s:s + block_rows]), ref_keys))
-            for s in range(0, len(queries), block_rows)]
+    ref_keys = np.unique(
+        np.concatenate(
+            [_row_keys(reference[s : s + block_rows]) for s in range(0, len(reference), block_rows)]
+            or [_row_keys(reference)]
+        )
+    )
+    hits = [
+        s + np.flatnonzero(np.isin(_row_keys(queries[s : s + block_rows]), ref_keys))
+        for s in range(0, len(queries), block_rows)
+    ]
     return np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
 
 
@@ -44,8 +50,10 @@ def leak_check(queries: np.ndarray, reference: np.ndarray, strict: bool = False,
     share = n / max(1, len(queries))
     out = {"n_duplicates": n, "share": share, "rows": rows[:10].tolist(), "warning": None}
     if n:
-        out["warning"] = (f"{n} of {len(queries)} {what} ({100 * share:.1f}%) also appear in the reference set; "
-                          "their own scores enter the biases, so tuned settings and recall are optimistic")
+        out["warning"] = (
+            f"{n} of {len(queries)} {what} ({100 * share:.1f}%) also appear in the reference set; "
+            "their own scores enter the biases, so tuned settings and recall are optimistic"
+        )
         if strict:
             raise ParameterError(out["warning"] + " (--strict)")
     return out

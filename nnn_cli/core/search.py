@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnn_cli.errors import MismatchError
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, GemmIndex, ProgressFn, search_blocks
+from nnn_cli.errors import MismatchError
 
 
 def augment_gallery(gallery: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """(N, d+1) float32 ``[r, b]``."""
     bias = np.asarray(bias, dtype=np.float32)
     if bias.shape != (len(gallery),):
-        raise MismatchError(f"bias has {bias.shape[0] if bias.ndim else 0} entries but the gallery has {len(gallery)} rows")
+        raise MismatchError(
+            f"bias has {bias.shape[0] if bias.ndim else 0} entries but the gallery has {len(gallery)} rows"
+        )
     return np.hstack([np.asarray(gallery, dtype=np.float32), bias[:, None]])
 
 
@@ -41,8 +43,9 @@ class DebiasedIndex:
         self.dim = gallery.shape[1]
         self.index = GemmIndex(augment_gallery(gallery, bias) if self.debiased else gallery)
 
-    def search(self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
-               progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices), each (Q, min(k, N)), best first; scores are debiased when a bias was given."""
         if queries.shape[1] != self.dim:
             raise MismatchError(f"dimension mismatch: queries d={queries.shape[1]}, gallery d={self.dim}")
@@ -62,8 +65,13 @@ class _AugmentingIndex:
         return self.index.search(augment_queries(block), k)
 
 
-def search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, top_k: int,
-           block_rows: int = DEFAULT_QUERY_BLOCK,
-           progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    bias: np.ndarray | None,
+    top_k: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows for each query by ``q . r - b(r)`` (plain ``q . r`` if ``bias`` is None)."""
     return DebiasedIndex(gallery, bias).search(queries, top_k, block_rows, progress)

@@ -26,14 +26,24 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_hub_data(n_gallery: int = 500, n_queries: int = 1000, n_reference: int = 4000, dim: int = 64,
-                  n_hubs: int = 10, hub_strength: float = 1.0, noise: float = 0.5, n_clusters: int = 0,
-                  seed: int = 0) -> HubData:
+def make_hub_data(
+    n_gallery: int = 500,
+    n_queries: int = 1000,
+    n_reference: int = 4000,
+    dim: int = 64,
+    n_hubs: int = 10,
+    hub_strength: float = 1.0,
+    noise: float = 0.5,
+    n_clusters: int = 0,
+    seed: int = 0,
+) -> HubData:
     """Make gallery/queries/reference/truth with ``n_hubs`` planted hubs (deterministic in ``seed``)."""
     rng = np.random.default_rng(seed)
     if n_clusters:
         centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-        gallery = centres[rng.integers(0, n_clusters, n_gallery)] * 0.8 + rng.standard_normal((n_gallery, dim)).astype(np.float32)
+        gallery = centres[rng.integers(0, n_clusters, n_gallery)] * 0.8 + rng.standard_normal((n_gallery, dim)).astype(
+            np.float32
+        )
     else:
         gallery = rng.standard_normal((n_gallery, dim)).astype(np.float32)
     gallery = _unit(gallery)

@@ -16,8 +16,8 @@ scores only) and their thread scheduling must change together to keep results by
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import numpy as np
 
@@ -42,8 +42,9 @@ def sort_ties(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(scores, order, -1), np.take_along_axis(indices, order, -1)
 
 
-def search_blocks(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
-                  progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_blocks(
+    index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of an exact index (``ntotal``, ``search(x, k)``) for every query row, in query blocks
     (bounded memory, progress); returns (scores, indices), ties to the lower index.
 
@@ -89,14 +90,13 @@ def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
     n = int(np.prod(shape))
     raw = np.empty(n * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
     off = (-raw.ctypes.data) % ALIGNMENT
-    return raw[off:off + n * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[off : off + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def tile_operand(block: np.ndarray, copy: bool = False) -> np.ndarray:
     """``block`` as a C-contiguous, 64-byte aligned float32 array (copied when it is not one already,
     or always with ``copy=True``): every GEMM of a tile then sees the same operand layout."""
-    if (not copy and block.dtype == np.float32 and block.flags.c_contiguous
-            and block.ctypes.data % ALIGNMENT == 0):
+    if not copy and block.dtype == np.float32 and block.flags.c_contiguous and block.ctypes.data % ALIGNMENT == 0:
         return block
     out = aligned_empty(block.shape)
     np.copyto(out, block, casting="same_kind" if block.dtype.kind == "f" else "unsafe")
@@ -112,7 +112,7 @@ def tile_scores(query_tile: np.ndarray, database_tile: np.ndarray) -> np.ndarray
 
 def query_tiles(queries: np.ndarray) -> list[np.ndarray]:
     """Private aligned copies of the QUERY_TILE-row tiles of ``queries`` (which start at a tile boundary)."""
-    return [tile_operand(queries[t:t + QUERY_TILE], copy=True) for t in range(0, len(queries), QUERY_TILE)]
+    return [tile_operand(queries[t : t + QUERY_TILE], copy=True) for t in range(0, len(queries), QUERY_TILE)]
 
 
 _CONTROLLER = None
@@ -143,7 +143,7 @@ def top_k_exact(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == n:
         cand = np.broadcast_to(np.arange(n), (b, n)).copy()
     else:
-        cand = np.argpartition(scores, n - k, axis=1)[:, n - k:]
+        cand = np.argpartition(scores, n - k, axis=1)[:, n - k :]
     vals = np.take_along_axis(scores, cand, 1)
     order = np.lexsort((cand, -vals), axis=1)
     vals, cand = np.take_along_axis(vals, order, 1), np.take_along_axis(cand, order, 1)
@@ -163,8 +163,9 @@ def _top_k_with_ties(scores: np.ndarray, kth: np.ndarray, k: int) -> tuple[np.nd
     return vals[picked].reshape(-1, k), cols[picked].reshape(-1, k)
 
 
-def merge_top_k(a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray],
-                k: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_top_k(
+    a: tuple[np.ndarray, np.ndarray] | None, b: tuple[np.ndarray, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best (score desc, index asc) of two per-row candidate sets: a total order, so any
     merge order of the same candidates gives the same bytes."""
     if a is None:
@@ -216,7 +217,7 @@ class GemmIndex:
         best = None
         for j in tiles:
             s0 = self.db_starts[j]
-            vals, idx = top_k_exact(tile_scores(q, self.database[s0:s0 + DATABASE_TILE]), k)
+            vals, idx = top_k_exact(tile_scores(q, self.database[s0 : s0 + DATABASE_TILE]), k)
             best = merge_top_k(best, (vals, idx + s0), k)
         return best
 
@@ -238,14 +239,18 @@ class GemmIndex:
         for (i, _), part in zip(items, parts):
             merged[i] = merge_top_k(merged[i], part, k)
         for i, (vals, idx) in enumerate(merged):
-            scores[i * QUERY_TILE:i * QUERY_TILE + len(vals)] = vals + np.float32(0)  # -0.0 -> 0.0
-            indices[i * QUERY_TILE:i * QUERY_TILE + len(vals)] = idx
+            scores[i * QUERY_TILE : i * QUERY_TILE + len(vals)] = vals + np.float32(0)  # -0.0 -> 0.0
+            indices[i * QUERY_TILE : i * QUERY_TILE + len(vals)] = idx
         return scores, indices
 
 
-def topk_inner_product(queries: np.ndarray, database: np.ndarray, k: int,
-                       block_rows: int = DEFAULT_QUERY_BLOCK,
-                       progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def topk_inner_product(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` rows of ``database`` by inner product for each query row (scores, indices)."""
     return search_blocks(GemmIndex(database), queries, k, block_rows, progress)
 
@@ -258,7 +263,7 @@ def select_top(scores: np.ndarray, k: int) -> np.ndarray:
     if scores.shape[1] <= k:
         return scores
     scores.partition(scores.shape[1] - k, axis=1)
-    return scores[:, scores.shape[1] - k:]
+    return scores[:, scores.shape[1] - k :]
 
 
 def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.ndarray:
@@ -311,8 +316,7 @@ class RunningTopScores:
         for tile in tiles:
             parts[self._next_worker].append(tile_operand(tile))
             self._next_worker = (self._next_worker + 1) % self.workers
-        run_parallel(lambda w: self._fold(w, parts[w]), [w for w in range(self.workers) if parts[w]],
-                     self.workers)
+        run_parallel(lambda w: self._fold(w, parts[w]), [w for w in range(self.workers) if parts[w]], self.workers)
 
     def add(self, database: np.ndarray, last: bool = False) -> None:
         """Fold one database block (any number of rows; rows continue the previous block's).  ``last``:
@@ -332,7 +336,7 @@ class RunningTopScores:
             else:
                 tiles.append(head)
         full = len(database) // DATABASE_TILE * DATABASE_TILE
-        tiles += [database[s:s + DATABASE_TILE] for s in range(0, full, DATABASE_TILE)]
+        tiles += [database[s : s + DATABASE_TILE] for s in range(0, full, DATABASE_TILE)]
         if full < len(database):
             if last:
                 tiles.append(database[full:])
@@ -372,8 +376,7 @@ def run_parallel(fn: Callable, items: list, workers: int | None = None) -> list:
         return list(thread_pool(workers).map(fn, items))
 
 
-def topk_scores(queries: np.ndarray, database: np.ndarray, k: int,
-                progress: ProgressFn | None = None) -> np.ndarray:
+def topk_scores(queries: np.ndarray, database: np.ndarray, k: int, progress: ProgressFn | None = None) -> np.ndarray:
     """(Q, k) float32: the ``k`` highest inner products of each query with ``database``, descending.
 
     Exact.  A plain GEMM per (query tile, database tile) of the global grid
@@ -404,7 +407,7 @@ def score_rows(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
     out = np.empty((len(q), len(database)), dtype=np.float32)
 
     def one(start: int) -> None:
-        out[:, start:start + DATABASE_TILE] = tile_scores(q, database[start:start + DATABASE_TILE])
+        out[:, start : start + DATABASE_TILE] = tile_scores(q, database[start : start + DATABASE_TILE])
 
     run_parallel(one, list(range(0, len(database), DATABASE_TILE)))
     return out

@@ -19,7 +19,7 @@ class Truth:
     n_queries: int
 
     @classmethod
-    def from_array(cls, arr: np.ndarray, n_queries: int, n_gallery: int, name: str = "truth") -> "Truth":
+    def from_array(cls, arr: np.ndarray, n_queries: int, n_gallery: int, name: str = "truth") -> Truth:
         arr = np.asarray(arr)
         if arr.dtype.kind not in "iu":
             if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
@@ -37,7 +37,9 @@ class Truth:
             if len(q) == 0:
                 raise InputError(f"{name}: no (query, gallery) pairs")
             if q.min() < 0 or q.max() >= n_queries:
-                raise InputError(f"{name}: query row {int(q.max() if q.max() >= n_queries else q.min())} out of range [0, {n_queries})")
+                raise InputError(
+                    f"{name}: query row {int(q.max() if q.max() >= n_queries else q.min())} out of range [0, {n_queries})"
+                )
         else:
             raise InputError(f"{name}: expected shape (Q,) or (P, 2), got {arr.shape}")
         if len(g) and (g.min() < 0 or g.max() >= n_gallery):
@@ -60,5 +62,3 @@ class Truth:
         best = np.full(self.n_queries, k, dtype=np.int64)
         np.minimum.at(best, self.query, pos)
         return best
-
-

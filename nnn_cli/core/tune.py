@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nnn_cli.core.nnn import check_dims, bias_from_topk, check_alpha, reference_topk
-from nnn_cli.errors import MismatchError, ParameterError
-from nnn_cli.core.truth import Truth
+from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_dims, reference_topk
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn, score_rows, tile_operand
+from nnn_cli.core.truth import Truth
+from nnn_cli.errors import MismatchError, ParameterError
 
 PAPER_ALPHAS = tuple(0.25 + 0.125 * i for i in range(11))
 """The paper's alpha grid (Appendix B): 0.25, 0.375, ..., 1.5."""
-PAPER_KS = tuple(2 ** i for i in range(10))
+PAPER_KS = tuple(2**i for i in range(10))
 """The paper's k grid: 1, 2, 4, ..., 512."""
 OBJECTIVES = ("R@1", "R@5", "R@10")
 RANK_CAP = 10
@@ -93,13 +93,24 @@ class TuneResult:
 
     def to_dict(self) -> dict:
         return {
-            "alpha": self.alpha, "k": self.k, "objective": self.objective,
-            "score": self.score, "baseline": self.baseline, "mode": self.mode,
-            "best": self.cell(self.alpha, self.k), "baseline_metrics": self.baseline_metrics,
-            "alphas": self.alphas, "ks": self.ks, "skipped_ks": self.skipped_ks, "notes": self.notes,
+            "alpha": self.alpha,
+            "k": self.k,
+            "objective": self.objective,
+            "score": self.score,
+            "baseline": self.baseline,
+            "mode": self.mode,
+            "best": self.cell(self.alpha, self.k),
+            "baseline_metrics": self.baseline_metrics,
+            "alphas": self.alphas,
+            "ks": self.ks,
+            "skipped_ks": self.skipped_ks,
+            "notes": self.notes,
             "criterion": self.criterion,
-            "n_queries": self.n_queries, "n_gallery": self.n_gallery, "n_reference": self.n_reference,
-            "seconds": round(self.seconds, 3), "grid": self.grid,
+            "n_queries": self.n_queries,
+            "n_gallery": self.n_gallery,
+            "n_reference": self.n_reference,
+            "seconds": round(self.seconds, 3),
+            "grid": self.grid,
         }
 
 
@@ -137,8 +148,9 @@ def check_grid(alphas, ks, n_reference: int) -> tuple[list[float], list[int], li
     usable = [k for k in ks if k <= n_reference]
     skipped = [k for k in ks if k > n_reference]
     if not usable:
-        raise ParameterError(f"every k in the grid ({ks}) is larger than the reference set "
-                             f"({n_reference} rows); use k <= {n_reference}")
+        raise ParameterError(
+            f"every k in the grid ({ks}) is larger than the reference set ({n_reference} rows); use k <= {n_reference}"
+        )
     return sorted(set(alphas)), usable, skipped
 
 
@@ -178,8 +190,14 @@ def _margin(scores: np.ndarray, biases: np.ndarray) -> float:
 # ---------------------------------------------------------------------------
 # Supervised: rank of the best correct item, for every cell
 # ---------------------------------------------------------------------------
-def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: Truth, biases: np.ndarray,
-                block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
+def truth_ranks(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    truth: Truth,
+    biases: np.ndarray,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(C, Q) uint8: rank (0-based, capped at ``RANK_CAP``) of each query's best-ranked correct item.
 
     Row c ranks by ``q . r - biases[c]`` (give a zero row for the baseline);
@@ -205,8 +223,9 @@ def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: Truth, biases: 
             else:  # several (or no) correct items per query: one score row per pair, in bounded chunks
                 for c0 in range(p0, p1, rows_per_block):
                     c1 = min(p1, c0 + rows_per_block)
-                    pair_rank[:, c0:c1] = _pair_ranks(scores[local[c0 - p0:c1 - p0]], pair_item[c0:c1],
-                                                      biases, lo, hi)
+                    pair_rank[:, c0:c1] = _pair_ranks(
+                        scores[local[c0 - p0 : c1 - p0]], pair_item[c0:c1], biases, lo, hi
+                    )
         if progress:
             progress(stop, nq)
     first = np.full((n_cells, truth.n_queries), RANK_CAP, dtype=np.uint8)
@@ -216,8 +235,9 @@ def truth_ranks(queries: np.ndarray, gallery: np.ndarray, truth: Truth, biases: 
     return first
 
 
-def _pair_ranks(scores: np.ndarray, items: np.ndarray, biases: np.ndarray,
-                lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _pair_ranks(
+    scores: np.ndarray, items: np.ndarray, biases: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     """(C, P) uint8 capped ranks of ``items[p]`` in score row p, for every cell."""
     n = len(items)
     row = np.arange(n)
@@ -258,8 +278,13 @@ def recall_from_ranks(first_rank: np.ndarray, has_truth: np.ndarray) -> dict[str
 # ---------------------------------------------------------------------------
 # Unsupervised: the top-1 item of every cell
 # ---------------------------------------------------------------------------
-def top1_per_cell(queries: np.ndarray, gallery: np.ndarray, biases: np.ndarray,
-                  block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> np.ndarray:
+def top1_per_cell(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    biases: np.ndarray,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(C, Q) int64: the rank-1 gallery row of each query under each cell's bias (ties: lower index)."""
     n_cells, n_gallery = biases.shape
     lo, hi = bias_envelope(biases)
@@ -306,11 +331,11 @@ def retrieval_spread(top1: np.ndarray, n_gallery: int) -> dict[str, float]:
     p = counts[counts > 0] / counts.sum()
     ceiling = np.log(min(len(top1), n_gallery))
     centred = counts - counts.mean()
-    var = float(np.mean(centred ** 2))
+    var = float(np.mean(centred**2))
     return {
         "entropy": float(-(p * np.log(p)).sum() / ceiling) if ceiling > 0 else 1.0,
-        "skewness": float(np.mean(centred ** 3) / var ** 1.5) if var > 0 else 0.0,
-        "kurtosis": float(np.mean(centred ** 4) / var ** 2 - 3.0) if var > 0 else 0.0,
+        "skewness": float(np.mean(centred**3) / var**1.5) if var > 0 else 0.0,
+        "kurtosis": float(np.mean(centred**4) / var**2 - 3.0) if var > 0 else 0.0,
         "coverage": float(np.mean(counts > 0)),
         "max": int(counts.max()),
     }
@@ -333,8 +358,7 @@ def _grid_entries(alphas, ks, columns: dict[str, np.ndarray]) -> list[dict]:
     for ai, alpha in enumerate(alphas):
         for ki, k in enumerate(ks):
             c = ai * len(ks) + ki
-            entries.append({"alpha": alpha, "k": k,
-                            **{name: _plain(values[c]) for name, values in columns.items()}})
+            entries.append({"alpha": alpha, "k": k, **{name: _plain(values[c]) for name, values in columns.items()}})
     return entries
 
 
@@ -355,9 +379,17 @@ def _check_shapes(gallery, reference, queries=None):
 # ---------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------
-def tune_grid(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, truth: Truth,
-              alphas=PAPER_ALPHAS, ks=PAPER_KS, objective: str = "R@1",
-              block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> TuneResult:
+def tune_grid(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    truth: Truth,
+    alphas=PAPER_ALPHAS,
+    ks=PAPER_KS,
+    objective: str = "R@1",
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> TuneResult:
     """Sweep alpha x k on queries with known answers; pick the cell with the best ``objective``.
 
     Every cell's Recall@1/5/10 is exact (equal to ``compute_bias`` + ``search``
@@ -379,11 +411,21 @@ def tune_grid(queries: np.ndarray, gallery: np.ndarray, reference: np.ndarray, t
     cells = {name: values[1:] for name, values in recall.items()}
     best = pick_best(cells[objective])
     return TuneResult(
-        alpha=alphas[best // len(ks_used)], k=ks_used[best % len(ks_used)], objective=objective,
-        score=float(cells[objective][best]), baseline=baseline[objective],
-        alphas=alphas, ks=ks_used, grid=_grid_entries(alphas, ks_used, cells), baseline_metrics=baseline,
-        mode="supervised", skipped_ks=skipped, notes=_skip_note(skipped, len(reference)),
-        n_queries=len(queries), n_gallery=len(gallery), n_reference=len(reference),
+        alpha=alphas[best // len(ks_used)],
+        k=ks_used[best % len(ks_used)],
+        objective=objective,
+        score=float(cells[objective][best]),
+        baseline=baseline[objective],
+        alphas=alphas,
+        ks=ks_used,
+        grid=_grid_entries(alphas, ks_used, cells),
+        baseline_metrics=baseline,
+        mode="supervised",
+        skipped_ks=skipped,
+        notes=_skip_note(skipped, len(reference)),
+        n_queries=len(queries),
+        n_gallery=len(gallery),
+        n_reference=len(reference),
         seconds=time.perf_counter() - t0,
     )
 
@@ -400,10 +442,18 @@ def split_reference(n_reference: int, holdout: float = UNSUPERVISED_HOLDOUT) -> 
     return keep, held
 
 
-def tune_unsupervised(gallery: np.ndarray, reference: np.ndarray, alphas=PAPER_ALPHAS, ks=PAPER_KS,
-                      holdout: float = UNSUPERVISED_HOLDOUT, tolerance: float = UNSUPERVISED_TOLERANCE,
-                      queries: np.ndarray | None = None, truth: Truth | None = None,
-                      block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None) -> TuneResult:
+def tune_unsupervised(
+    gallery: np.ndarray,
+    reference: np.ndarray,
+    alphas=PAPER_ALPHAS,
+    ks=PAPER_KS,
+    holdout: float = UNSUPERVISED_HOLDOUT,
+    tolerance: float = UNSUPERVISED_TOLERANCE,
+    queries: np.ndarray | None = None,
+    truth: Truth | None = None,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> TuneResult:
     """Pick alpha and k without ground truth, from the reference queries alone.
 
     Criterion: hold out every 5th reference query; compute the biases from the
@@ -440,12 +490,27 @@ def tune_unsupervised(gallery: np.ndarray, reference: np.ndarray, alphas=PAPER_A
         baseline_metrics.update({name: float(values[0]) for name, values in recall.items()})
         columns.update({name: values[1:] for name, values in recall.items()})
     return TuneResult(
-        alpha=alphas[best // len(ks_used)], k=ks_used[best % len(ks_used)], objective=UNSUPERVISED_CRITERION,
-        score=float(entropy[best]), baseline=float(spread[0]["entropy"]),
-        alphas=alphas, ks=ks_used, grid=_grid_entries(alphas, ks_used, columns), baseline_metrics=baseline_metrics,
-        mode="unsupervised", skipped_ks=skipped, notes=_skip_note(skipped, len(keep)),
-        n_queries=len(held), n_gallery=len(gallery), n_reference=len(reference),
+        alpha=alphas[best // len(ks_used)],
+        k=ks_used[best % len(ks_used)],
+        objective=UNSUPERVISED_CRITERION,
+        score=float(entropy[best]),
+        baseline=float(spread[0]["entropy"]),
+        alphas=alphas,
+        ks=ks_used,
+        grid=_grid_entries(alphas, ks_used, columns),
+        baseline_metrics=baseline_metrics,
+        mode="unsupervised",
+        skipped_ks=skipped,
+        notes=_skip_note(skipped, len(keep)),
+        n_queries=len(held),
+        n_gallery=len(gallery),
+        n_reference=len(reference),
         seconds=time.perf_counter() - t0,
-        criterion={"name": UNSUPERVISED_CRITERION, "holdout": holdout, "tolerance": tolerance,
-                   "n_bias_queries": int(len(keep)), "n_heldout_queries": int(len(held))},
+        criterion={
+            "name": UNSUPERVISED_CRITERION,
+            "holdout": holdout,
+            "tolerance": tolerance,
+            "n_bias_queries": int(len(keep)),
+            "n_heldout_queries": int(len(held)),
+        },
     )

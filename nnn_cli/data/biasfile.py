@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from nnn_cli.errors import InputError, ParameterError
-from nnn_cli.data.h5 import write_strings, attr_value, create_h5, decode_strings, is_h5_path, open_h5_safe, set_attrs, short_error, split_spec
-from nnn_cli.data.npy import load_npy
+from nnn_cli.data.h5 import (
+    attr_value,
+    create_h5,
+    decode_strings,
+    is_h5_path,
+    open_h5_safe,
+    set_attrs,
+    short_error,
+    split_spec,
+    write_strings,
+)
 from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_locks
+from nnn_cli.data.npy import load_npy
 from nnn_cli.data.outputs import atomic_output
+from nnn_cli.errors import InputError, ParameterError
 
 
 # ---------------------------------------------------------------------------
@@ -57,8 +67,13 @@ def read_bias(spec: str | os.PathLike) -> BiasFile:
     return BiasFile(arr, attrs, ids)
 
 
-def write_bias(path: str | os.PathLike, bias: np.ndarray, attrs: dict, ids: np.ndarray | None = None,
-               extra: dict[str, np.ndarray] | None = None) -> Path:
+def write_bias(
+    path: str | os.PathLike,
+    bias: np.ndarray,
+    attrs: dict,
+    ids: np.ndarray | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
     """Write ``bias`` (N,) float32 atomically to HDF5 (with attributes, ids, extra datasets) or ``.npy``."""
     path = Path(path)
     bias = np.asarray(bias, dtype=np.float32)
@@ -107,16 +122,20 @@ def load_stored_bias(spec: str | os.PathLike) -> StoredBias:
     """Read an HDF5 bias file written by ``nnn bias`` with the attributes an update needs."""
     path, _ = split_spec(spec, "bias")
     if not is_h5_path(path):
-        raise InputError(f"{path}: only an HDF5 bias file (.h5) can be updated; a .npy bias records no alpha, k "
-                         "or top-k scores, so recompute it with `nnn bias ... -o BIAS.h5`")
+        raise InputError(
+            f"{path}: only an HDF5 bias file (.h5) can be updated; a .npy bias records no alpha, k "
+            "or top-k scores, so recompute it with `nnn bias ... -o BIAS.h5`"
+        )
     bf = read_bias(path)
     missing = [key for key in ("alpha", "k", "metric") if key not in bf.attrs]
     if missing:
         raise InputError(f"{path}: records no {', '.join(missing)}; only bias files made by `nnn bias` can be updated")
     kind = bf.attrs.get("index", "flat")
     if kind != "flat":
-        raise InputError(f"{path}: was computed with an approximate index ({bf.attrs.get('index_description', kind)}); "
-                         "updates merge exact scores into its top-k and would not be exact: recompute it with --index flat")
+        raise InputError(
+            f"{path}: was computed with an approximate index ({bf.attrs.get('index_description', kind)}); "
+            "updates merge exact scores into its top-k and would not be exact: recompute it with --index flat"
+        )
     topk = None
     with open_h5_safe(path, "bias file") as f:
         if "topk" in f:
@@ -128,19 +147,26 @@ def load_stored_bias(spec: str | os.PathLike) -> StoredBias:
     except (TypeError, ValueError):
         alpha, k_ok = float("nan"), False
     if not np.isfinite(alpha) or not k_ok:
-        raise InputError(f"{path}: attributes alpha={stored.attrs['alpha']!r}, k={stored.attrs['k']!r} are not a "
-                         "number and a positive integer; the file is damaged, recompute it with `nnn bias`")
+        raise InputError(
+            f"{path}: attributes alpha={stored.attrs['alpha']!r}, k={stored.attrs['k']!r} are not a "
+            "number and a positive integer; the file is damaged, recompute it with `nnn bias`"
+        )
     if topk is not None and not np.isfinite(topk).all():
-        raise InputError(f"{path}: dataset 'topk' contains NaN or Inf; the file is damaged, recompute it with `nnn bias`")
+        raise InputError(
+            f"{path}: dataset 'topk' contains NaN or Inf; the file is damaged, recompute it with `nnn bias`"
+        )
     if topk is not None and topk.shape != (len(bf.bias), stored.k):
-        raise InputError(f"{path}: dataset 'topk' has shape {topk.shape}, expected ({len(bf.bias)}, {stored.k}); "
-                         "the file is damaged, recompute it with `nnn bias`")
+        raise InputError(
+            f"{path}: dataset 'topk' has shape {topk.shape}, expected ({len(bf.bias)}, {stored.k}); "
+            "the file is damaged, recompute it with `nnn bias`"
+        )
     return stored
 
 
 @contextlib.contextmanager
-def locked_bias_update(target: str | os.PathLike, output: str | os.PathLike | None = None,
-                       wait: float = DEFAULT_WAIT) -> Iterator[StoredBias]:
+def locked_bias_update(
+    target: str | os.PathLike, output: str | os.PathLike | None = None, wait: float = DEFAULT_WAIT
+) -> Iterator[StoredBias]:
     """Read-modify-write of a bias file with no lost update (``--append-to``, ``--update``).
 
     Locks ``target`` (and ``output`` when it is another file; see :mod:`nnn_cli.data.locks`), then
@@ -153,8 +179,9 @@ def locked_bias_update(target: str | os.PathLike, output: str | os.PathLike | No
         yield load_stored_bias(target)
 
 
-def update_bias_file(target: str | os.PathLike, compute, output: str | os.PathLike | None = None,
-                     wait: float = DEFAULT_WAIT) -> Path:
+def update_bias_file(
+    target: str | os.PathLike, compute, output: str | os.PathLike | None = None, wait: float = DEFAULT_WAIT
+) -> Path:
     """``compute(stored) -> (bias, topk or None, ids, attrs)`` under the lock, written to ``output``
     (default: ``target``) before the lock is released."""
     out = Path(output) if output is not None else split_spec(target, "bias")[0]

@@ -31,8 +31,9 @@ def _rows(path: Path, columns: tuple[str, str], what: str) -> list[tuple[str, st
     return rows
 
 
-def read_query_groups(spec: str | os.PathLike, n_queries: int,
-                      query_ids: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+def read_query_groups(
+    spec: str | os.PathLike, n_queries: int, query_ids: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
     """((Q,) int64 group index of each query, -1 = none; group names, sorted).
 
     ``.csv``/``.tsv`` with header ``id,group`` (e.g. ``group`` = occupation); ids
@@ -41,8 +42,9 @@ def read_query_groups(spec: str | os.PathLike, n_queries: int,
     """
     path = Path(spec)
     rows = _rows(path, ("id", "group"), "the query groups")
-    table = {str(v): i for i, v in enumerate(query_ids)} if query_ids is not None else \
-        {str(i): i for i in range(n_queries)}
+    table = (
+        {str(v): i for i, v in enumerate(query_ids)} if query_ids is not None else {str(i): i for i in range(n_queries)}
+    )
     unknown = [i for i, _ in rows if i not in table]
     if unknown:
         raise InputError(f"{path}: unknown query id {unknown[0]!r} ({len(unknown)} unknown in all)")
@@ -59,7 +61,9 @@ def read_query_groups(spec: str | os.PathLike, n_queries: int,
     return groups, names
 
 
-def read_pairs(spec: str | os.PathLike, columns: tuple[str, str] = ("image_id", "caption_id")) -> tuple[np.ndarray, np.ndarray]:
+def read_pairs(
+    spec: str | os.PathLike, columns: tuple[str, str] = ("image_id", "caption_id")
+) -> tuple[np.ndarray, np.ndarray]:
     """Two (P,) str arrays from a csv/tsv of id pairs (default header ``image_id,caption_id``)."""
     rows = _rows(Path(spec), columns, "the paired ids")
     return np.array([a for a, _ in rows], dtype=str), np.array([b for _, b in rows], dtype=str)

@@ -6,8 +6,8 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -106,8 +106,10 @@ def check_h5_self_contained(f, path: str | os.PathLike) -> None:
     if problems:
         if "soft link" in problems[0]:
             raise InputError(f"{path}: {problems[0]}; the file is damaged")
-        raise InputError(f"{path}: {problems[0]}; refusing to follow data outside the file "
-                         "(copy the data into the file, e.g. with h5copy or h5py)")
+        raise InputError(
+            f"{path}: {problems[0]}; refusing to follow data outside the file "
+            "(copy the data into the file, e.g. with h5copy or h5py)"
+        )
 
 
 def short_error(exc: BaseException) -> str:
@@ -135,14 +137,15 @@ def set_attrs(obj, attrs: dict) -> None:
     for key, value in attrs.items():
         if value is None:
             continue
-        if isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value):
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in value)
+        ):
             value = np.asarray(value)  # shapes and other number lists stay numeric
         elif isinstance(value, (dict, list, tuple)):
             value = json.dumps(value)
         obj.attrs[key] = value
-
-
 
 
 class _GuardedFile(io.RawIOBase):

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError
 from nnn_cli.data.h5 import H5_SUFFIXES, attr_value, is_h5_path, open_h5_safe, split_spec
 from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.provenance import json_attr
+from nnn_cli.errors import InputError
 
-JSON_ATTRS = ("history", "gallery_parts", "reference_parts", "gallery_shape", "reference_shape",
-              "queries_shape")
+JSON_ATTRS = ("history", "gallery_parts", "reference_parts", "gallery_shape", "reference_shape", "queries_shape")
 
 
 def describe_file(spec: str | os.PathLike, fingerprint: bool = False) -> dict:
@@ -50,8 +49,10 @@ def describe_file(spec: str | os.PathLike, fingerprint: bool = False) -> dict:
     elif suffix == ".jsonl":
         out = _describe_jsonl(path)
     else:
-        raise InputError(f"{path}: unknown file type {suffix or '(none)'!r}; nnn files end in "
-                         f"{', '.join(H5_SUFFIXES)}, .npy, .npz, .json or .jsonl")
+        raise InputError(
+            f"{path}: unknown file type {suffix or '(none)'!r}; nnn files end in "
+            f"{', '.join(H5_SUFFIXES)}, .npy, .npz, .json or .jsonl"
+        )
     out = {"path": str(path), "bytes": path.stat().st_size, **out}
     if fingerprint and out["kind"] == "embeddings":
         out["fingerprint"] = open_embeddings(spec).fingerprint()
@@ -63,12 +64,22 @@ def _describe_folder(path: Path, spec, fingerprint: bool) -> dict:
     from nnn_cli.data.shards import open_shard_folder
 
     src = open_shard_folder(path)  # a parent folder gets an error naming img_emb/ or text_emb/
-    attrs: dict = {"shards": len(src.shard_paths), "first_shard": src.shard_paths[0].name,
-                   "last_shard": src.shard_paths[-1].name, "ids": src.ids_source or "none (row numbers)"}
+    attrs: dict = {
+        "shards": len(src.shard_paths),
+        "first_shard": src.shard_paths[0].name,
+        "last_shard": src.shard_paths[-1].name,
+        "ids": src.ids_source or "none (row numbers)",
+    }
     if src.notes:
         attrs["notes"] = list(src.notes)
-    out = {"path": str(path), "bytes": sum(p.stat().st_size for p in src.shard_paths), "format": "npy shards",
-           "kind": "embeddings", "datasets": {"embeddings": _array_entry(src.shape, src.dtype)}, "attrs": attrs}
+    out = {
+        "path": str(path),
+        "bytes": sum(p.stat().st_size for p in src.shard_paths),
+        "format": "npy shards",
+        "kind": "embeddings",
+        "datasets": {"embeddings": _array_entry(src.shape, src.dtype)},
+        "attrs": attrs,
+    }
     if src.ids() is not None:
         out["datasets"]["ids"] = _array_entry((src.n,), "str")
     if fingerprint:
@@ -97,6 +108,7 @@ def _describe_h5(path: Path) -> dict:
 
     datasets: dict[str, dict] = {}
     with open_h5_safe(path) as f:
+
         def visit(name, obj):
             if isinstance(obj, h5py.Dataset):
                 datasets[name] = _array_entry(obj.shape, obj.dtype)
@@ -144,8 +156,12 @@ def _describe_npy(path: Path) -> dict:
     attrs = sidecar_attrs(path)  # what `nnn embed` recorded in FILE.npy.json (model, modality, ...)
     if attrs:
         attrs["sidecar"] = str(sidecar_of(path))
-    return {"format": "npy", "kind": _npy_kind(shape, dtype), "datasets": {"": _array_entry(shape, dtype)},
-            "attrs": attrs}
+    return {
+        "format": "npy",
+        "kind": _npy_kind(shape, dtype),
+        "datasets": {"": _array_entry(shape, dtype)},
+        "attrs": attrs,
+    }
 
 
 def _describe_npz(path: Path) -> dict:
@@ -202,12 +218,25 @@ def _describe_manifest(path: Path) -> dict:
     n_blocks = int(m["plan"]["blocks"])
     done = len(m.get("blocks_done", {}))
     n_rows = sum(int(r["rows"][1]) - int(r["rows"][0]) for r in m.get("blocks_done", {}).values())
-    attrs = {**m.get("params", {}), "engine": "ray", "blocks_done": done, "blocks_total": n_blocks,
-             "complete": done == n_blocks, "plan": m["plan"], "inputs": m.get("inputs", {})}
+    attrs = {
+        **m.get("params", {}),
+        "engine": "ray",
+        "blocks_done": done,
+        "blocks_total": n_blocks,
+        "complete": done == n_blocks,
+        "plan": m["plan"],
+        "inputs": m.get("inputs", {}),
+    }
     if m.get("index"):  # --index: the index used (kind, depth, sample recall), kept as index.faiss
         attrs["index_used"] = {key: v for key, v in m["index"].items() if not isinstance(v, dict)}
     if m.get("history"):  # --append-to / --update operations
         attrs["history"] = m["history"]
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return {"path": str(path), "bytes": size, "kind": "bias", "format": "nnn bias manifest (--engine ray)",
-            "datasets": {"bias": {"shape": [n_rows], "dtype": "float32"}}, "attrs": attrs}
+    return {
+        "path": str(path),
+        "bytes": size,
+        "kind": "bias",
+        "format": "nnn bias manifest (--engine ray)",
+        "datasets": {"bias": {"shape": [n_rows], "dtype": "float32"}},
+        "attrs": attrs,
+    }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, split_spec
 from nnn_cli.data.npy import STDIN, load_npy, read_stdin_embeddings
 from nnn_cli.data.shards import open_shard_folder
@@ -14,8 +13,13 @@ from nnn_cli.data.sources import EmbeddingSource, read_ids_file, read_sidecar_id
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 
-def open_embeddings(spec: str | os.PathLike, label: str = "embeddings", *, ids_file: str | os.PathLike | None = None,
-                    ids_column: str | None = None) -> EmbeddingSource:
+def open_embeddings(
+    spec: str | os.PathLike,
+    label: str = "embeddings",
+    *,
+    ids_file: str | os.PathLike | None = None,
+    ids_column: str | None = None,
+) -> EmbeddingSource:
     """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy or HDF5 bytes on stdin) and check its header.
 
     A folder is read as ``.npy`` shards in numeric order (``0.npy, 1.npy, ...``;
@@ -65,9 +69,14 @@ def open_embeddings(spec: str | os.PathLike, label: str = "embeddings", *, ids_f
         raise InputError(f"{src.name}: empty array of shape {src.shape}")
     if src.dtype.kind != "f":
         raise InputError(f"{src.name}: dtype {src.dtype} is not floating point; store float16 or float32")
-    if ids_column is not None and not path.is_dir() and not (ids_file is not None and str(ids_file).endswith(".parquet")):
-        raise ParameterError("--ids-column picks a column of parquet metadata: use it with a shard folder "
-                             "or with --ids FILE.parquet")
+    if (
+        ids_column is not None
+        and not path.is_dir()
+        and not (ids_file is not None and str(ids_file).endswith(".parquet"))
+    ):
+        raise ParameterError(
+            "--ids-column picks a column of parquet metadata: use it with a shard folder or with --ids FILE.parquet"
+        )
     if ids_file is not None and not path.is_dir():
         ids = read_ids_file(ids_file, src.n, src.name, ids_column)
     src._ids = ids

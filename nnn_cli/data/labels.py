@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from nnn_cli.core.attribute import LABEL_A, LABEL_B, LABEL_NONE
-from nnn_cli.errors import InputError, ParameterError
 from nnn_cli.data.npy import load_npy
+from nnn_cli.errors import InputError, ParameterError
 
 
 def check_explicit_groups(labels_spec: str | os.PathLike, a: str | None, b: str | None) -> None:
@@ -21,12 +21,19 @@ def check_explicit_groups(labels_spec: str | os.PathLike, a: str | None, b: str 
     already say which rows are a (1) and b (0).
     """
     if Path(labels_spec).suffix.lower() in (".csv", ".tsv") and (a is None or b is None):
-        raise ParameterError("name both groups with --group-a and --group-b (the bias is #a - #b, so its sign "
-                             "depends on which label is a; e.g. --group-a male --group-b female as in the paper)")
+        raise ParameterError(
+            "name both groups with --group-a and --group-b (the bias is #a - #b, so its sign "
+            "depends on which label is a; e.g. --group-a male --group-b female as in the paper)"
+        )
 
 
-def read_labels(spec: str | os.PathLike, n_gallery: int, gallery_ids: np.ndarray | None = None,
-                a: str | None = None, b: str | None = None) -> tuple[np.ndarray, str, str]:
+def read_labels(
+    spec: str | os.PathLike,
+    n_gallery: int,
+    gallery_ids: np.ndarray | None = None,
+    a: str | None = None,
+    b: str | None = None,
+) -> tuple[np.ndarray, str, str]:
     """(labels (N,) int8 of 1 = a / 0 = b / -1 = neither, name of a, name of b).
 
     ``.npy``: a 1-D integer array of 1, 0, -1 (a, b, neither), one per gallery row.
@@ -42,7 +49,9 @@ def read_labels(spec: str | os.PathLike, n_gallery: int, gallery_ids: np.ndarray
     if suffix == ".npy":
         arr = load_npy(path, "labels")
         if arr.ndim != 1 or len(arr) != n_gallery:
-            raise InputError(f"{path}: labels must be a 1-D array of {n_gallery} entries (one per gallery row), got shape {arr.shape}")
+            raise InputError(
+                f"{path}: labels must be a 1-D array of {n_gallery} entries (one per gallery row), got shape {arr.shape}"
+            )
         if arr.dtype.kind not in "iub" or not np.isin(arr, (LABEL_A, LABEL_B, LABEL_NONE)).all():
             raise InputError(f"{path}: .npy labels must be integers 1 (group a), 0 (group b) or -1 (neither)")
         return arr.astype(np.int8), a or "a", b or "b"
@@ -58,8 +67,10 @@ def read_labels(spec: str | os.PathLike, n_gallery: int, gallery_ids: np.ndarray
     values = sorted({lab for _, lab in rows})
     if a is None and b is None:
         if len(values) != 2:
-            raise ParameterError(f"{path}: holds {len(values)} label values ({', '.join(values[:5])}); "
-                                 "name the two groups with --group-a and --group-b")
+            raise ParameterError(
+                f"{path}: holds {len(values)} label values ({', '.join(values[:5])}); "
+                "name the two groups with --group-a and --group-b"
+            )
         a, b = values
     elif a is None or b is None:
         raise ParameterError("give both --group-a and --group-b (or neither, for a file with exactly two values)")

@@ -17,8 +17,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from nnn_cli.errors import BusyError, OutputError
 
@@ -68,12 +68,16 @@ def exclusive_lock(target: str | os.PathLike, wait: float = DEFAULT_WAIT, what: 
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise OutputError(f"{target}: cannot lock {path} ({exc.strerror})") from None
                 if time.monotonic() >= deadline:
-                    raise BusyError(f"{target}: another nnn run is writing this {what} ({_holder(fd)}); "
-                                    f"waited {wait:g}s: try again later or give --wait a longer time") from None
+                    raise BusyError(
+                        f"{target}: another nnn run is writing this {what} ({_holder(fd)}); "
+                        f"waited {wait:g}s: try again later or give --wait a longer time"
+                    ) from None
                 time.sleep(POLL)
         with contextlib.suppress(OSError):
-            note = (f"pid {os.getpid()} on {socket.gethostname()} since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(os.path.basename(a) for a in sys.argv[:2])}")
+            note = (
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(os.path.basename(a) for a in sys.argv[:2])}"
+            )
             os.ftruncate(fd, 0)
             os.pwrite(fd, note.encode() + b"\n", 0)
         try:

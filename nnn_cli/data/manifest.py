@@ -17,7 +17,7 @@ def is_manifest(spec, storage_options: dict | None = None) -> bool:
     """True when ``spec`` is a folder/URL holding a ``manifest.json`` written by :func:`ray_bias`."""
     try:
         return objstore.exists(objstore.join(str(spec), MANIFEST), storage_options)
-    except Exception:  # noqa: BLE001 - not a URL fsspec understands: not a manifest
+    except Exception:
         return False
 
 
@@ -40,8 +40,10 @@ def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: boo
     n_blocks = m["plan"]["blocks"]
     missing = missing_blocks(m)
     if missing:
-        raise InputError(f"{spec}: unfinished: {len(missing)} of {n_blocks} blocks not done "
-                         f"(first: {missing[0]}); finish it with --resume")
+        raise InputError(
+            f"{spec}: unfinished: {len(missing)} of {n_blocks} blocks not done "
+            f"(first: {missing[0]}); finish it with --resume"
+        )
     parts, topk = [], []
     for b in range(n_blocks):
         rec = m["blocks_done"][str(b)]
@@ -51,18 +53,28 @@ def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: boo
         parts.append(arr)
         if with_topk:
             # an --update rewrites blocks under new names (``topk_file``); older runs use the plain name
-            topk.append(objstore.read_npy(objstore.join(str(spec), rec.get("topk_file", f"blocks/topk_{b:06d}.npy")),
-                                          storage_options))
+            topk.append(
+                objstore.read_npy(
+                    objstore.join(str(spec), rec.get("topk_file", f"blocks/topk_{b:06d}.npy")), storage_options
+                )
+            )
     bias = np.concatenate(parts).astype(np.float32, copy=False)
     # the engine's input fingerprints are sampled (shard table + first/last 64 KiB of each shard), not the
     # full-content hash that `nnn bias` records: named apart, so the local stale-file check does not
     # compare the two kinds (the row count and the metric are still checked)
-    attrs = {**m["params"], "engine": "ray", "gallery_sampled_fingerprint": m["inputs"]["gallery"]["fingerprint"],
-             "reference_sampled_fingerprint": m["inputs"]["reference"]["fingerprint"], "n": int(len(bias))}
+    attrs = {
+        **m["params"],
+        "engine": "ray",
+        "gallery_sampled_fingerprint": m["inputs"]["gallery"]["fingerprint"],
+        "reference_sampled_fingerprint": m["inputs"]["reference"]["fingerprint"],
+        "n": int(len(bias)),
+    }
     if isinstance(attrs.get("index"), dict):  # made through an index: the options asked for, flattened
         asked = attrs.pop("index")
-        attrs.update({"index": asked.get("index")}, **{f"index_{key}": v for key, v in asked.items()
-                                                        if key != "index" and v is not None})
+        attrs.update(
+            {"index": asked.get("index")},
+            **{f"index_{key}": v for key, v in asked.items() if key != "index" and v is not None},
+        )
     for part in ("gallery", "reference"):  # parts added by --append-to / --update
         if m["inputs"].get(f"{part}_parts"):
             attrs[f"{part}_parts"] = 1 + len(m["inputs"][f"{part}_parts"])
@@ -80,10 +92,14 @@ def load_bias(spec, storage_options: dict | None = None) -> BiasFile:
     text = str(spec)
     if objstore.is_url(text) or Path(text).is_dir():
         if Path(text).is_dir() and not (Path(text) / MANIFEST).exists():
-            raise InputError(f"{text}: is a folder without {MANIFEST}; give a bias file (.h5/.npy) or the output "
-                             "folder of `nnn bias --engine ray`")
+            raise InputError(
+                f"{text}: is a folder without {MANIFEST}; give a bias file (.h5/.npy) or the output "
+                "folder of `nnn bias --engine ray`"
+            )
         if objstore.is_url(text) and not is_manifest(text, storage_options):
-            raise InputError(f"{text}: no {MANIFEST} there (or it cannot be read); give the output of "
-                             "`nnn bias --engine ray` (needs pip install 'nnn-cli[ray]' for URLs)")
+            raise InputError(
+                f"{text}: no {MANIFEST} there (or it cannot be read); give the output of "
+                "`nnn bias --engine ray` (needs pip install 'nnn-cli[ray]' for URLs)"
+            )
         return read_manifest_bias(text, storage_options)
     return read_bias(spec)

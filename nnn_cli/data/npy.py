@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError
 from nnn_cli.data.h5 import check_h5_self_contained, h5py_module, short_error
+from nnn_cli.errors import InputError
 
 STDIN = "-"
 
@@ -27,7 +27,9 @@ def read_stdin_embeddings(label: str, stream=None) -> tuple[np.ndarray, np.ndarr
 
     data = (stream if stream is not None else sys.stdin.buffer).read()
     if not data:
-        raise InputError(f"<stdin>: no data on standard input (the {label}); pipe a .npy file, e.g. `cat q.npy | nnn ...`")
+        raise InputError(
+            f"<stdin>: no data on standard input (the {label}); pipe a .npy file, e.g. `cat q.npy | nnn ...`"
+        )
     if data.startswith(b"\x89HDF\r\n\x1a\n"):
         h5py = h5py_module()
         try:
@@ -39,15 +41,19 @@ def read_stdin_embeddings(label: str, stream=None) -> tuple[np.ndarray, np.ndarr
                 ids = None
                 if "ids" in f:
                     if f["ids"].shape != arr.shape[:1]:
-                        raise InputError(f"<stdin>: dataset 'ids' has shape {f['ids'].shape} but 'embeddings' "
-                                         f"has {arr.shape[0] if arr.ndim else 0} rows")
+                        raise InputError(
+                            f"<stdin>: dataset 'ids' has shape {f['ids'].shape} but 'embeddings' "
+                            f"has {arr.shape[0] if arr.ndim else 0} rows"
+                        )
                     ids = decode_strings(f["ids"][()])
                 return arr, ids
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             if isinstance(exc, InputError):
                 raise
-            raise InputError(f"<stdin>: truncated or damaged HDF5 data on standard input "
-                             f"({len(data)} bytes read; {short_error(exc)})") from None
+            raise InputError(
+                f"<stdin>: truncated or damaged HDF5 data on standard input "
+                f"({len(data)} bytes read; {short_error(exc)})"
+            ) from None
     if not data.startswith(b"\x93NUMPY"):
         raise InputError("<stdin>: not .npy data (no NumPy header); pipe a file written by numpy.save")
     try:

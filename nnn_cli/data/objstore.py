@@ -176,7 +176,7 @@ class _ConcatRanged:
             if lo >= stop:
                 break
             if hi > start:
-                out.append(self.parts[s][max(start, lo) - lo:min(stop, hi) - lo])
+                out.append(self.parts[s][max(start, lo) - lo : min(stop, hi) - lo])
         if len(out) == 1:
             return out[0]
         return np.concatenate(out, axis=0) if out else np.empty((0, self.parts[0].shape[1]), self.parts[0].dtype)
@@ -271,8 +271,18 @@ def open_url(url: str | os.PathLike, storage_options: dict | None = None, label:
     shape = (int(offsets[-1]), infos[0].shape[1])
     if shape[0] == 0:
         raise InputError(f"{url}: empty ({label})")
-    return UrlSource(Path(path), None, "url", shape, np.dtype(infos[0].dtype), label,
-                     url=url, storage_options=storage_options, infos=infos, offsets=offsets)
+    return UrlSource(
+        Path(path),
+        None,
+        "url",
+        shape,
+        np.dtype(infos[0].dtype),
+        label,
+        url=url,
+        storage_options=storage_options,
+        infos=infos,
+        offsets=offsets,
+    )
 
 
 # ---------------------------------------------------------------------------

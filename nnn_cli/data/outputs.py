@@ -7,12 +7,13 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from nnn_cli.data.h5 import split_spec
 from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
 from nnn_cli.signals import deferred_signals, mark_published, raise_if_interrupted
-from nnn_cli.data.h5 import split_spec
+
 
 # ---------------------------------------------------------------------------
 # Atomic outputs
@@ -99,8 +100,12 @@ def output_error(path: str | os.PathLike, exc: OSError) -> NNNError:
     return OutputError(f"cannot write {path}: {reason}")
 
 
-def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike | None],
-                      suffixes: tuple[str, ...] | None = None, what: str = "output") -> Path:
+def check_output_path(
+    output: str | os.PathLike,
+    inputs: list[str | os.PathLike | None],
+    suffixes: tuple[str, ...] | None = None,
+    what: str = "output",
+) -> Path:
     """Every check on an output path, done before any work: the suffix (when ``suffixes`` is given),
     the folder exists and is writable, it is not a folder, and it is none of the inputs."""
     out = Path(output)

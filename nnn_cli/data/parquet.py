@@ -23,8 +23,7 @@ def _pyarrow_parquet():
     return pq
 
 
-def parquet_ids(paths: list[Path], column: str | None, n: int, what: str,
-                rows: list[int] | None = None) -> np.ndarray:
+def parquet_ids(paths: list[Path], column: str | None, n: int, what: str, rows: list[int] | None = None) -> np.ndarray:
     """Ids (object array of str) from ``column`` of the parquet ``paths``, concatenated in order.
 
     ``column`` None picks the first of :data:`DEFAULT_ID_COLUMNS` present (else the first column).
@@ -36,13 +35,15 @@ def parquet_ids(paths: list[Path], column: str | None, n: int, what: str,
     for i, path in enumerate(paths):
         try:
             schema = pq.read_schema(path)
-        except Exception as exc:  # noqa: BLE001 - any pyarrow failure means an unreadable file
+        except Exception as exc:
             raise InputError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0][:120]})") from None
         names = list(schema.names)
         if chosen is None:
             chosen = next((c for c in DEFAULT_ID_COLUMNS if c in names), names[0] if names else None)
         if chosen not in names:
-            raise InputError(f"{path}: no column {chosen!r} (columns: {', '.join(names)}); choose one with --ids-column")
+            raise InputError(
+                f"{path}: no column {chosen!r} (columns: {', '.join(names)}); choose one with --ids-column"
+            )
         table = pq.read_table(path, columns=[chosen])
         if rows is not None and table.num_rows != rows[i]:
             raise MismatchError(f"{path}: holds {table.num_rows} rows but its shard holds {rows[i]}")

@@ -21,8 +21,8 @@ import json
 import math
 
 from nnn_cli._version import __version__
-from nnn_cli.errors import MismatchError
 from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import MismatchError
 
 
 def now_utc() -> str:
@@ -88,8 +88,14 @@ def recorded_parts(attrs: dict, prefix: str) -> list[dict]:
     fingerprint = attrs.get(f"{prefix}_fingerprint")
     shape = json_attr(attrs, f"{prefix}_shape", None)
     if fingerprint and shape:
-        return [{"path": attrs.get(f"{prefix}_path", "?"), "rows": int(list(shape)[0]),
-                 "dtype": attrs.get(f"{prefix}_dtype", "?"), "fingerprint": fingerprint}]
+        return [
+            {
+                "path": attrs.get(f"{prefix}_path", "?"),
+                "rows": int(list(shape)[0]),
+                "dtype": attrs.get(f"{prefix}_dtype", "?"),
+                "fingerprint": fingerprint,
+            }
+        ]
     return []
 
 
@@ -116,8 +122,10 @@ def bias_provenance(gallery: EmbeddingSource, reference: EmbeddingSource) -> dic
     out = {**source_attrs("gallery", gallery), **source_attrs("reference", reference)}
     out.update(parts_attrs("gallery", [part_record(gallery)], gallery.dim))
     out.update(parts_attrs("reference", [part_record(reference)], reference.dim))
-    out["history"] = [history_entry("create", gallery) | {"reference": reference.name,
-                                                          "reference_fingerprint": reference.fingerprint()}]
+    out["history"] = [
+        history_entry("create", gallery)
+        | {"reference": reference.name, "reference_fingerprint": reference.fingerprint()}
+    ]
     return out
 
 
@@ -137,7 +145,8 @@ def check_matches_parts(attrs: dict, prefix: str, src: EmbeddingSource, file_lab
     if src.n != total:
         raise MismatchError(
             f"{file_label} was made for a {prefix} of {total} rows ({_describe(parts)}), "
-            f"but {src.name} has {src.n} rows; {hint}")
+            f"but {src.name} has {src.n} rows; {hint}"
+        )
     start = 0
     for i, part in enumerate(parts):
         stop = start + int(part["rows"])
@@ -146,11 +155,13 @@ def check_matches_parts(attrs: dict, prefix: str, src: EmbeddingSource, file_lab
             if len(parts) == 1:
                 raise MismatchError(
                     f"{file_label} was made for {prefix} {part['path']} (fingerprint {part['fingerprint'][:12]}), "
-                    f"but {src.name} holds different data (fingerprint {got[:12]}); {hint}")
+                    f"but {src.name} holds different data (fingerprint {got[:12]}); {hint}"
+                )
             raise MismatchError(
                 f"{file_label} was made for a {prefix} of {len(parts)} parts, but rows {start}..{stop - 1} of "
                 f"{src.name} (fingerprint {got[:12]}) differ from part {i + 1}, {part['path']} "
-                f"(fingerprint {part['fingerprint'][:12]}); {hint}")
+                f"(fingerprint {part['fingerprint'][:12]}); {hint}"
+            )
         start = stop
 
 
@@ -160,8 +171,9 @@ def _describe(parts: list[dict]) -> str:
     return f"{len(parts)} parts: " + ", ".join(p["path"] for p in parts)
 
 
-def check_bias_matches(attrs: dict, n_bias: int, bias_label: str, gallery: EmbeddingSource,
-                       metric: str, force: bool = False) -> None:
+def check_bias_matches(
+    attrs: dict, n_bias: int, bias_label: str, gallery: EmbeddingSource, metric: str, force: bool = False
+) -> None:
     """Refuse a bias file made for another gallery (rows, fingerprint) or metric.
 
     ``force`` skips the fingerprint and metric checks, never the row count
@@ -170,16 +182,23 @@ def check_bias_matches(attrs: dict, n_bias: int, bias_label: str, gallery: Embed
     if n_bias != gallery.n:
         raise MismatchError(
             f"{bias_label} holds {n_bias} biases but the gallery {gallery.name} has {gallery.n} rows; "
-            "recompute it with `nnn bias` for this gallery (or grow it with `nnn bias --append-to`)")
+            "recompute it with `nnn bias` for this gallery (or grow it with `nnn bias --append-to`)"
+        )
     if force:
         return
     made_for = attrs.get("metric")
     if made_for and made_for != metric:
         raise MismatchError(
             f"{bias_label} was computed with --metric {made_for}, but this run uses --metric {metric}; "
-            f"pass --metric {made_for}, recompute the bias, or pass --force")
-    check_matches_parts(attrs, "gallery", gallery, bias_label,
-                        "recompute the bias with `nnn bias` for this gallery, or pass --force to use it anyway")
+            f"pass --metric {made_for}, recompute the bias, or pass --force"
+        )
+    check_matches_parts(
+        attrs,
+        "gallery",
+        gallery,
+        bias_label,
+        "recompute the bias with `nnn bias` for this gallery, or pass --force to use it anyway",
+    )
 
 
 def same_number(a, b) -> bool:

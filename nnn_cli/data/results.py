@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 
-from nnn_cli.errors import ParameterError
-from nnn_cli.data.h5 import write_strings, create_h5, is_h5_path, set_attrs
+from nnn_cli.data.h5 import create_h5, is_h5_path, set_attrs, write_strings
 from nnn_cli.data.outputs import atomic_output
+from nnn_cli.errors import ParameterError
 
 
 # ---------------------------------------------------------------------------
-def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarray,
-                  ids: np.ndarray | None, attrs: dict) -> Path:
+def write_results(
+    path: str | os.PathLike, indices: np.ndarray, scores: np.ndarray, ids: np.ndarray | None, attrs: dict
+) -> Path:
     """Write search results (``indices``, ``scores``, optional ``ids``) atomically to HDF5 or ``.npz``."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
@@ -39,10 +41,9 @@ def write_results(path: str | os.PathLike, indices: np.ndarray, scores: np.ndarr
     return path
 
 
-
-
-def jsonl_lines(scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None,
-                query_ids: np.ndarray | None) -> Iterator[str]:
+def jsonl_lines(
+    scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None, query_ids: np.ndarray | None
+) -> Iterator[str]:
     """One JSON object per query: ``{"query", "query_id"?, "results": [{"rank", "index", "id"?, "score"}]}``."""
     for qi in range(len(idx)):
         results = []
@@ -58,8 +59,13 @@ def jsonl_lines(scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None,
         yield json.dumps(rec)
 
 
-def write_jsonl(output: str | os.PathLike | TextIO, scores: np.ndarray, idx: np.ndarray, ids: np.ndarray | None,
-                query_ids: np.ndarray | None) -> None:
+def write_jsonl(
+    output: str | os.PathLike | TextIO,
+    scores: np.ndarray,
+    idx: np.ndarray,
+    ids: np.ndarray | None,
+    query_ids: np.ndarray | None,
+) -> None:
     """JSON lines to a text stream (flushed), or atomically to a file."""
     lines = jsonl_lines(scores, idx, ids, query_ids)
     if hasattr(output, "write"):

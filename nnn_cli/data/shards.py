@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import DependencyError, InputError, MismatchError
 from nnn_cli.data.npy import NpyRows, load_npy
 from nnn_cli.data.parquet import DEFAULT_ID_COLUMNS, PARQUET_HINT, _pyarrow_parquet, parquet_ids
 from nnn_cli.data.sources import EmbeddingSource, read_ids_file
+from nnn_cli.errors import DependencyError, InputError, MismatchError
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 ID_FILES = ("ids.txt", "ids.npy")
@@ -75,7 +75,7 @@ class _ConcatRows:
             lo, hi = int(self.offsets[s]), int(self.offsets[s + 1])
             if lo >= stop:
                 break
-            parts.append(self._shard(s)[max(start, lo) - lo:min(stop, hi) - lo])
+            parts.append(self._shard(s)[max(start, lo) - lo : min(stop, hi) - lo])
         if len(parts) == 1:
             return parts[0]
         return np.concatenate(parts, axis=0)
@@ -107,20 +107,26 @@ def shard_files(folder: Path) -> list[Path]:
             continue
         match = _NUMBERED.match(p.stem)
         if not match:
-            raise InputError(f"{folder}: shard {p.name} has no number at the end of its name; name shards "
-                             "0.npy, 1.npy, ... (or PREFIX_0.npy, ...) so their order is defined")
+            raise InputError(
+                f"{folder}: shard {p.name} has no number at the end of its name; name shards "
+                "0.npy, 1.npy, ... (or PREFIX_0.npy, ...) so their order is defined"
+            )
         numbered.append((match.group(1), int(match.group(2)), p))
     if not numbered:
         inner = _shard_subfolders(folder)
         if inner:
             listed = ", ".join(f"{p.relative_to(folder).as_posix()}/ ({n} shards)" for p, n in inner)
-            raise InputError(f"{folder}: holds no .npy shards itself, but {listed} "
-                             f"{'does' if len(inner) == 1 else 'do'}: give one of them, e.g. {inner[0][0]}")
+            raise InputError(
+                f"{folder}: holds no .npy shards itself, but {listed} "
+                f"{'does' if len(inner) == 1 else 'do'}: give one of them, e.g. {inner[0][0]}"
+            )
         raise InputError(f"{folder}: a folder, but it holds no .npy shards (expected 0.npy, 1.npy, ...)")
     prefixes = {prefix for prefix, _, _ in numbered}
     if len(prefixes) > 1:
-        raise InputError(f"{folder}: shards with different name prefixes ({', '.join(sorted(prefixes))}); "
-                         "keep one set of shards per folder")
+        raise InputError(
+            f"{folder}: shards with different name prefixes ({', '.join(sorted(prefixes))}); "
+            "keep one set of shards per folder"
+        )
     numbers = [n for _, n, _ in numbered]
     if len(set(numbers)) != len(numbers):
         raise InputError(f"{folder}: two shards carry the same number")
@@ -166,13 +172,16 @@ def metadata_files(folder: Path, shard_paths: list[Path]) -> list[Path] | None:
     numbers = [int(_NUMBERED.match(p.stem).group(2)) for p in shard_paths]
     missing = [n for n in numbers if n not in by_number]
     if missing:
-        raise InputError(f"{meta}: no metadata parquet file for shard number(s) {', '.join(map(str, missing[:5]))} "
-                         f"of {folder}; pass the ids with --ids FILE instead")
+        raise InputError(
+            f"{meta}: no metadata parquet file for shard number(s) {', '.join(map(str, missing[:5]))} "
+            f"of {folder}; pass the ids with --ids FILE instead"
+        )
     return [by_number[n] for n in numbers]
 
 
-def _read_ids(folder: Path, n: int, paths: list[Path], rows: list[int], ids_file, ids_column,
-              notes: list) -> tuple[np.ndarray | None, str | None]:
+def _read_ids(
+    folder: Path, n: int, paths: list[Path], rows: list[int], ids_file, ids_column, notes: list
+) -> tuple[np.ndarray | None, str | None]:
     if ids_file is not None:
         return read_ids_file(ids_file, n, f"{folder} (shards)", ids_column), str(ids_file)
     txt, npy = folder / "ids.txt", folder / "ids.npy"
@@ -182,16 +191,20 @@ def _read_ids(folder: Path, n: int, paths: list[Path], rows: list[int], ids_file
     meta = metadata_files(folder, paths)
     if meta is None:
         if ids_column is not None:
-            raise InputError(f"{folder}: --ids-column {ids_column!r} given, but there is no metadata/*.parquet "
-                             "for these shards (clip-retrieval writes OUT/metadata beside OUT/embeddings)")
+            raise InputError(
+                f"{folder}: --ids-column {ids_column!r} given, but there is no metadata/*.parquet "
+                "for these shards (clip-retrieval writes OUT/metadata beside OUT/embeddings)"
+            )
         return None, None
     try:
         ids = parquet_ids(meta, ids_column, n, str(folder), rows)
     except DependencyError:
         if ids_column is not None:
             raise
-        notes.append(f"note: {folder}: ids in {meta[0].parent}/*.parquet not read (needs pyarrow: {PARQUET_HINT}); "
-                     "using row numbers")
+        notes.append(
+            f"note: {folder}: ids in {meta[0].parent}/*.parquet not read (needs pyarrow: {PARQUET_HINT}); "
+            "using row numbers"
+        )
         return None, None
     column = ids_column or _first_column(meta[0])
     return ids, f"{meta[0].parent}/*.parquet column {column}"
@@ -202,8 +215,9 @@ def _first_column(path: Path) -> str:
     return next((c for c in DEFAULT_ID_COLUMNS if c in names), names[0] if names else "?")
 
 
-def open_shard_folder(folder: str | Path, label: str = "embeddings", ids_file: str | Path | None = None,
-                      ids_column: str | None = None) -> ShardedSource:
+def open_shard_folder(
+    folder: str | Path, label: str = "embeddings", ids_file: str | Path | None = None, ids_column: str | None = None
+) -> ShardedSource:
     """Open a folder of ``.npy`` shards as one (N, d) source; checks every shard's header.
 
     Ids: ``ids_file``, else ``ids.txt``/``ids.npy`` in the folder, else clip-retrieval's parquet
@@ -224,11 +238,12 @@ def open_shard_folder(folder: str | Path, label: str = "embeddings", ids_file: s
     if len(dims) > 1:
         raise MismatchError(f"{folder}: shards have different dimensions ({', '.join(map(str, sorted(dims)))})")
     if len(dtypes) > 1:
-        raise InputError(f"{folder}: shards have different dtypes ({', '.join(sorted(map(str, dtypes)))}); "
-                         "store them all as float16 or all as float32")
+        raise InputError(
+            f"{folder}: shards have different dtypes ({', '.join(sorted(map(str, dtypes)))}); "
+            "store them all as float16 or all as float32"
+        )
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
     shape = (int(offsets[-1]), dims.pop())
-    src = ShardedSource(folder, None, "shards", shape, dtypes.pop(), label,
-                        shard_paths=tuple(paths), offsets=offsets)
+    src = ShardedSource(folder, None, "shards", shape, dtypes.pop(), label, shard_paths=tuple(paths), offsets=offsets)
     src._ids, src.ids_source = _read_ids(folder, shape[0], paths, rows, ids_file, ids_column, src.notes)
     return src

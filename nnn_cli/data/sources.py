@@ -10,15 +10,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.data.h5 import open_h5_safe, short_error
 from nnn_cli.data.npy import NpyRows, load_npy  # block reads, not a memory map: RSS stays at one block
+from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 METRICS = ("cosine", "ip")
 DEFAULT_BLOCK_ROWS = 16384
@@ -71,7 +71,6 @@ class EmbeddingSource:
         elif self.kind == "mem":
             yield self._array
         else:
-
             with NpyRows(self.path) as rows:
                 yield rows
 
@@ -106,8 +105,9 @@ class EmbeddingSource:
         if hasher is not None:
             self._fingerprint = hasher.hexdigest()
 
-    def take_rows(self, positions: np.ndarray, metric: str = "cosine",
-                  block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarray:
+    def take_rows(
+        self, positions: np.ndarray, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS
+    ) -> np.ndarray:
         """Rows at sorted ``positions`` as float32 (len, d), checked and normalised (only those rows).
 
         One sequential pass over the raw data that keeps just the wanted rows:
@@ -268,8 +268,10 @@ def read_sidecar_ids(path: Path, n: int) -> np.ndarray | None:
     if not isinstance(data, dict) or not isinstance(data.get("ids"), list):
         return None
     if len(data["ids"]) != n:
-        raise MismatchError(f"{sidecar}: holds {len(data['ids'])} ids but {path} has {n} rows "
-                            "(a stale sidecar? remove it or re-run nnn embed)")
+        raise MismatchError(
+            f"{sidecar}: holds {len(data['ids'])} ids but {path} has {n} rows "
+            "(a stale sidecar? remove it or re-run nnn embed)"
+        )
     return np.asarray([str(v) for v in data["ids"]], dtype=object)
 
 

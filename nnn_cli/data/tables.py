@@ -5,21 +5,25 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from dataclasses import fields, replace
-
 from nnn_cli.core.baselines import BaselineParams
 from nnn_cli.core.truth import Truth
-from nnn_cli.errors import InputError
 from nnn_cli.data.h5 import is_h5_path, open_h5_safe, short_error, split_spec
 from nnn_cli.data.npy import load_npy
+from nnn_cli.errors import InputError
 
 
-def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
-               query_ids: np.ndarray | None = None, gallery_ids: np.ndarray | None = None) -> Truth:
+def read_truth(
+    spec: str | os.PathLike,
+    n_queries: int,
+    n_gallery: int,
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+) -> Truth:
     """Read ground truth from ``.npy``, ``.h5`` (dataset ``truth``) or ``.csv``/``.tsv`` of ids."""
     path, dataset = split_spec(spec, "truth")
     if not path.exists():
@@ -39,8 +43,9 @@ def read_truth(spec: str | os.PathLike, n_queries: int, n_gallery: int,
     return Truth.from_array(arr, n_queries, n_gallery, str(path))
 
 
-def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
-                      query_ids: np.ndarray | None, gallery_ids: np.ndarray | None) -> Truth:
+def _read_truth_table(
+    path: Path, n_queries: int, n_gallery: int, query_ids: np.ndarray | None, gallery_ids: np.ndarray | None
+) -> Truth:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -66,8 +71,10 @@ def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
         table = {}
         for i, v in enumerate(ids):
             if str(v) in table:
-                raise InputError(f"{path}: the {side} file's id {str(v)!r} appears twice (rows {table[str(v)]} "
-                                 f"and {i}), so the table's ids are ambiguous; make the ids unique")
+                raise InputError(
+                    f"{path}: the {side} file's id {str(v)!r} appears twice (rows {table[str(v)]} "
+                    f"and {i}), so the table's ids are ambiguous; make the ids unique"
+                )
             table[str(v)] = i
         missing = [v for v in values if v not in table]
         if missing:
@@ -77,7 +84,6 @@ def _read_truth_table(path: Path, n_queries: int, n_gallery: int,
     q = lookup([r[0] for r in rows], query_ids, n_queries, "query")
     g = lookup([r[1] for r in rows], gallery_ids, n_gallery, "gallery")
     return Truth.from_array(np.stack([q, g], axis=1), n_queries, n_gallery, str(path))
-
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +122,10 @@ def read_method_params(paths, params: BaselineParams) -> BaselineParams:
             raise InputError(f"{path}: not a readable JSON file ({exc})") from None
         best = doc.get("best") if isinstance(doc, dict) else None
         if not isinstance(best, dict) or not best or not set(best) <= known:
-            raise InputError(f"{path}: expected {{\"method\": ..., \"best\": {{...}}}} as written by `nnn tune --method`"
-                             f" with keys among {', '.join(sorted(known))}")
+            raise InputError(
+                f'{path}: expected {{"method": ..., "best": {{...}}}} as written by `nnn tune --method`'
+                f" with keys among {', '.join(sorted(known))}"
+            )
         try:
             params = replace(params, **{key: float(value) for key, value in best.items()})
         except (TypeError, ValueError):

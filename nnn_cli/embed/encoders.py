@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -46,7 +46,6 @@ DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2",
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16")
-
 
 
 def _offline() -> None:
@@ -129,8 +128,9 @@ class Encoder:
 
     def check_modality(self, modality: str) -> None:
         if modality not in self.modalities:
-            raise ParameterError(f"model {self.name} ({self.kind}) cannot embed {modality}s; "
-                                 f"it supports: {', '.join(self.modalities)}")
+            raise ParameterError(
+                f"model {self.name} ({self.kind}) cannot embed {modality}s; it supports: {', '.join(self.modalities)}"
+            )
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise ParameterError(f"model {self.name} ({self.kind}) cannot embed texts")
@@ -191,8 +191,13 @@ class SentenceTransformerEncoder(Encoder):
         self.path = folder
 
     def _encode(self, batch) -> np.ndarray:
-        out = self.model.encode(list(batch), batch_size=max(1, len(batch)), convert_to_numpy=True,
-                                show_progress_bar=False, normalize_embeddings=False)
+        out = self.model.encode(
+            list(batch),
+            batch_size=max(1, len(batch)),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+            normalize_embeddings=False,
+        )
         return self._to_numpy(out)
 
     def encode_texts(self, texts):
@@ -215,8 +220,9 @@ def _import_open_clip():
     except (ImportError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and "torchvision" not in str(exc):
             raise
-        raise DependencyError(f"open_clip models need open-clip-torch and a torchvision matching torch "
-                              f"({_short(exc)}): {OPEN_CLIP_HINT}") from None
+        raise DependencyError(
+            f"open_clip models need open-clip-torch and a torchvision matching torch ({_short(exc)}): {OPEN_CLIP_HINT}"
+        ) from None
     return open_clip
 
 
@@ -225,8 +231,15 @@ class OpenClipEncoder(Encoder):
 
     kind = "open_clip"
 
-    def __init__(self, name: str, device: str, precision: str, arch: str | None = None,
-                 weights: Path | None = None, folder: Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        device: str,
+        precision: str,
+        arch: str | None = None,
+        weights: Path | None = None,
+        folder: Path | None = None,
+    ):
         super().__init__(name, device, precision)
         import_torch()
         open_clip = _import_open_clip()
@@ -243,10 +256,13 @@ class OpenClipEncoder(Encoder):
                     open_clip.add_model_config(config)
                     model_name = config.stem
                 elif arch not in open_clip.list_models():
-                    raise InputError(f"open_clip has no architecture {arch!r}; give a built-in name "
-                                     "(open_clip.list_models()) or a model-config .json file")
+                    raise InputError(
+                        f"open_clip has no architecture {arch!r}; give a built-in name "
+                        "(open_clip.list_models()) or a model-config .json file"
+                    )
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    model_name, pretrained=str(weights), device=device)
+                    model_name, pretrained=str(weights), device=device
+                )
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except NNNError:
             raise
@@ -375,8 +391,10 @@ class TorchScriptEncoder(Encoder):
         try:
             self.module = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as exc:
-            raise InputError(f"{path}: not a TorchScript module ({_short(exc)}); for an open_clip state dict "
-                             "use --model open_clip:ARCH:WEIGHTS") from None
+            raise InputError(
+                f"{path}: not a TorchScript module ({_short(exc)}); for an open_clip state dict "
+                "use --model open_clip:ARCH:WEIGHTS"
+            ) from None
         if device == "cuda" and precision == "fp16":
             self.module = self.module.half()
         if image_size < 1:
@@ -392,8 +410,10 @@ class TorchScriptEncoder(Encoder):
             with torch.inference_mode(), self._autocast():
                 return self._to_numpy(self.module(arg))
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise InputError(f"{self.name}: the TorchScript module failed on a batch of {what} "
-                             f"({_short(exc)}); see `nnn embed --help` for the input convention") from None
+            raise InputError(
+                f"{self.name}: the TorchScript module failed on a batch of {what} "
+                f"({_short(exc)}); see `nnn embed --help` for the input convention"
+            ) from None
 
     def encode_texts(self, texts):
         return self._run(list(texts), "texts (it must take List[str])")
@@ -472,8 +492,9 @@ def _folder_kind(folder: Path) -> tuple[str, str | None]:
     raise InputError(f"{folder}: not a model folder (no modules.json, open_clip_config.json or config.json)")
 
 
-def load_encoder(model: str | None = None, device: str = "auto", precision: str = "auto",
-                 image_size: int = 224) -> Encoder:
+def load_encoder(
+    model: str | None = None, device: str = "auto", precision: str = "auto", image_size: int = 224
+) -> Encoder:
     """Load the adapter for ``model`` (see the module docstring); nothing is downloaded."""
     _offline()
     import_torch()
@@ -483,12 +504,14 @@ def load_encoder(model: str | None = None, device: str = "auto", precision: str 
     if spec.lower() in DEFAULT_ALIASES or spec == DEFAULT_MODEL:
         return SentenceTransformerEncoder(default_model_path(), DEFAULT_MODEL, dev, prec)
     if spec.startswith("open_clip:"):
-        rest = spec[len("open_clip:"):]
+        rest = spec[len("open_clip:") :]
         arch, sep, weights = rest.partition(":")
         if not sep:
             folder = Path(rest)
             if not folder.is_dir():
-                raise InputError(f"{spec}: give open_clip:FOLDER (with open_clip_config.json) or open_clip:ARCH:WEIGHTS")
+                raise InputError(
+                    f"{spec}: give open_clip:FOLDER (with open_clip_config.json) or open_clip:ARCH:WEIGHTS"
+                )
             return OpenClipEncoder(spec, dev, prec, folder=folder)
         wpath = Path(weights)
         if not wpath.is_file():
@@ -509,5 +532,7 @@ def load_encoder(model: str | None = None, device: str = "auto", precision: str 
     package_path = _package_model_path(spec)
     if package_path is not None:
         return SentenceTransformerEncoder(package_path, spec, dev, prec)
-    raise InputError(f"{spec}: unknown model: not a folder, a TorchScript file or an installed model package "
-                     "(nothing is downloaded; give a local path)")
+    raise InputError(
+        f"{spec}: unknown model: not a folder, a TorchScript file or an installed model package "
+        "(nothing is downloaded; give a local path)"
+    )

@@ -9,9 +9,9 @@ Nothing is written: a person can try a debiased search without making a query fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -68,8 +68,10 @@ def encoder_for_gallery(gallery, model: str | None = None, device: str = "auto",
     name = model or attrs.get("model")
     if not name:
         label = getattr(gallery, "name", str(gallery))
-        raise ParameterError(f"{label}: the gallery does not record which model made it "
-                             "(not written by `nnn embed`); name it with --model")
+        raise ParameterError(
+            f"{label}: the gallery does not record which model made it "
+            "(not written by `nnn embed`); name it with --model"
+        )
     return load_encoder(recorded_model_spec(str(name)), device, precision, int(attrs.get("image_size") or 224))
 
 
@@ -82,8 +84,18 @@ def recorded_model_spec(name: str) -> str:
     return match.group(1) if match else name
 
 
-def query_text(text: str | Sequence[str], gallery, bias=None, top_k: int = 10, model: str | None = None, *,
-               metric: str = "cosine", device: str = "auto", encoder=None, force: bool = False):
+def query_text(
+    text: str | Sequence[str],
+    gallery,
+    bias=None,
+    top_k: int = 10,
+    model: str | None = None,
+    *,
+    metric: str = "cosine",
+    device: str = "auto",
+    encoder=None,
+    force: bool = False,
+):
     """Rank ``gallery`` for ``text`` (one string, or a list of them) by the plain or debiased score.
 
     ``gallery``: a path/spec or an open :class:`EmbeddingSource`.  ``bias``: a bias file path
@@ -118,15 +130,28 @@ def query_text(text: str | Sequence[str], gallery, bias=None, top_k: int = 10, m
     encoder.check_modality("text")
     vectors, good = normalise_rows(encoder.encode_texts([str(t) for t in texts]))
     if not good.all():
-        raise InputError(f"model {encoder.name} returned a zero or non-finite vector for {texts[int(np.argmin(good))]!r}")
+        raise InputError(
+            f"model {encoder.name} returned a zero or non-finite vector for {texts[int(np.argmin(good))]!r}"
+        )
     if vectors.shape[1] != g_src.dim:
-        raise MismatchError(f"model {encoder.name} gives {vectors.shape[1]}-dimensional vectors but the gallery "
-                            f"{g_src.name} has d={g_src.dim}; name the model that made it with --model")
+        raise MismatchError(
+            f"model {encoder.name} gives {vectors.shape[1]}-dimensional vectors but the gallery "
+            f"{g_src.name} has d={g_src.dim}; name the model that made it with --model"
+        )
     g = g_src.read(metric)
     scores, idx = search(vectors, g, b, min(top_k, g_src.n))
     g_ids = g_src.ids()
-    out = [QueryResult(str(t), idx[i], scores[i], None if g_ids is None else [str(x) for x in g_ids[idx[i]]],
-                       b is not None, encoder.name) for i, t in enumerate(texts)]
+    out = [
+        QueryResult(
+            str(t),
+            idx[i],
+            scores[i],
+            None if g_ids is None else [str(x) for x in g_ids[idx[i]]],
+            b is not None,
+            encoder.name,
+        )
+        for i, t in enumerate(texts)
+    ]
     return out[0] if isinstance(text, str) else out
 
 

@@ -27,8 +27,8 @@ one item a line).  A regular file is read twice: one pass that counts, checks an
 from __future__ import annotations
 
 import csv
-import io
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -36,9 +36,9 @@ import stat
 import sys
 import tempfile
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from nnn_cli.errors import InputError, ParameterError
 
@@ -202,11 +202,14 @@ class InputSource:
 
     def _check_columns(self, header) -> None:
         if self.text_column not in header:
-            raise InputError(f"{self.name}: no column {self.text_column!r} (columns: {', '.join(header)}); "
-                             "choose one with --text-column")
+            raise InputError(
+                f"{self.name}: no column {self.text_column!r} (columns: {', '.join(header)}); "
+                "choose one with --text-column"
+            )
         if self.id_column is not None and self.id_column not in header:
-            raise InputError(f"{self.name}: no column {self.id_column!r} (columns: {', '.join(header)}); "
-                             "choose one with --id-column")
+            raise InputError(
+                f"{self.name}: no column {self.id_column!r} (columns: {', '.join(header)}); choose one with --id-column"
+            )
 
     def _from_row(self, obj: dict, row: int, line: int) -> Record:
         id_col = self.id_column if self.id_column is not None else ("id" if "id" in obj else None)
@@ -215,8 +218,10 @@ class InputSource:
         ident = str(obj[id_col]) if id_col is not None else str(row)
         if self.text_column not in obj:
             if self.kind == "jsonl":
-                raise InputError(f"{self.name}: line {line} has no {self.text_column!r} field "
-                                 f"(fields: {', '.join(map(str, obj))}); choose one with --text-column")
+                raise InputError(
+                    f"{self.name}: line {line} has no {self.text_column!r} field "
+                    f"(fields: {', '.join(map(str, obj))}); choose one with --text-column"
+                )
         value = obj.get(self.text_column)
         if value is None or not str(value).strip():
             return Record(ident, None, f"empty {self.text_column!r}")
@@ -320,9 +325,15 @@ def _folder_records(root: Path) -> Iterator[Record]:
         yield Record(rel, full)
 
 
-def open_input(path: str | os.PathLike, modality: str | None = None, text_column: str = "text",
-               id_column: str | None = None, input_format: str | None = None, stdin=None,
-               tmp_dir: str | os.PathLike | None = None) -> InputSource:
+def open_input(
+    path: str | os.PathLike,
+    modality: str | None = None,
+    text_column: str = "text",
+    id_column: str | None = None,
+    input_format: str | None = None,
+    stdin=None,
+    tmp_dir: str | os.PathLike | None = None,
+) -> InputSource:
     """Check ``path`` and say how to read it; ``modality`` None means image for a folder, else text.
 
     ``path`` may be ``-`` (``stdin``, default ``sys.stdin.buffer``), a pipe, a FIFO or a process

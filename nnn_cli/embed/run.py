@@ -24,18 +24,18 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from nnn_cli.data.locks import DEFAULT_WAIT
-from nnn_cli.embed.store import PartialStore, check_embed_output, partial_path, sidecar_path
 from nnn_cli.embed.encoders import Encoder
-from nnn_cli.errors import InputError, NNNError, ParameterError
 from nnn_cli.embed.readers import InputSource, Record
+from nnn_cli.embed.store import PartialStore, check_embed_output, partial_path, sidecar_path
+from nnn_cli.errors import InputError, NNNError, ParameterError
 
 SkipCallback = Callable[[str, str], None]
 ProgressCallback = Callable[[int, int], None]
@@ -64,11 +64,18 @@ class EmbedSummary:
 
     def to_dict(self) -> dict:
         return {
-            "output": self.output, "complete": self.complete, "n_records": self.n_records,
-            "n_embedded": self.n_embedded, "n_skipped": self.n_skipped, "dim": self.dim,
-            "resumed_records": self.resumed_records, "encoded_now": self.encoded_now,
-            "seconds": round(self.seconds, 3), "items_per_second": round(self.items_per_second, 2),
-            "model": self.attrs.get("model"), "modality": self.attrs.get("modality"),
+            "output": self.output,
+            "complete": self.complete,
+            "n_records": self.n_records,
+            "n_embedded": self.n_embedded,
+            "n_skipped": self.n_skipped,
+            "dim": self.dim,
+            "resumed_records": self.resumed_records,
+            "encoded_now": self.encoded_now,
+            "seconds": round(self.seconds, 3),
+            "items_per_second": round(self.items_per_second, 2),
+            "model": self.attrs.get("model"),
+            "modality": self.attrs.get("modality"),
             "dtype": self.attrs.get("dtype"),
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
             "discarded_partial": self.discarded_partial,
@@ -79,9 +86,14 @@ def resume_key(source: InputSource, encoder: Encoder, dtype: str) -> dict:
     """What must be equal for a partial file to be continued (device and batch size may change)."""
     desc = encoder.describe()
     return {
-        "input": source.identity(), "input_kind": source.kind, "input_fingerprint": source.fingerprint(),
-        "modality": source.modality, "model": desc["model"], "model_kind": desc["model_kind"],
-        "image_size": desc.get("image_size"), "dtype": dtype,
+        "input": source.identity(),
+        "input_kind": source.kind,
+        "input_fingerprint": source.fingerprint(),
+        "modality": source.modality,
+        "model": desc["model"],
+        "model_kind": desc["model_kind"],
+        "image_size": desc.get("image_size"),
+        "dtype": dtype,
     }
 
 
@@ -96,7 +108,7 @@ def _decode(encoder: Encoder, record: Record):
         return encoder.load_image(Path(record.value)), None
     except FileNotFoundError:
         return None, "no such image file"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means a corrupt image: skip it
+    except Exception as exc:
         return None, f"unreadable image ({type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''})"
 
 
@@ -137,8 +149,9 @@ def embed_input(
     ``sys.stdout.buffer``): an HDF5 file with ``embeddings`` and ``ids`` (``stream_format="h5"``)
     or ``.npy`` bytes without ids (``"npy"``).  Nothing is written to the stream unless complete.
     """
-    kwargs = dict(batch_size=batch_size, dtype=dtype, progress=progress, on_skip=on_skip,
-                  max_batches=max_batches, workers=workers)
+    kwargs = dict(
+        batch_size=batch_size, dtype=dtype, progress=progress, on_skip=on_skip, max_batches=max_batches, workers=workers
+    )
     if str(output) == "-":
         return _embed_to_stream(source, encoder, stream, stream_format, tmp_dir, kwargs)
     output = Path(output)
@@ -147,7 +160,12 @@ def embed_input(
         raise ParameterError(f"--batch-size must be at least 1, got {batch_size}")
     if output.is_dir():
         raise ParameterError(f"{output}: is a directory; give a file name for the output")
-    if output.exists() and source.kind != "folder" and not source.streamed and output.resolve() == source.path.resolve():
+    if (
+        output.exists()
+        and source.kind != "folder"
+        and not source.streamed
+        and output.resolve() == source.path.resolve()
+    ):
         raise ParameterError(f"{output}: is also the input; refusing to overwrite it")
     encoder.check_modality(source.modality)
     total, _ = source.scan()  # one pass: count, check every row, hash (for the resume key)
@@ -174,14 +192,24 @@ def embed_input(
                     progress(store.records_done, total)
         complete = store.records_done >= total
         if not complete and not stopped:
-            raise InputError(f"{source.name}: ended after {store.records_done} of {total} items; "
-                             "the input changed while it was being read")
+            raise InputError(
+                f"{source.name}: ended after {store.records_done} of {total} items; "
+                "the input changed while it was being read"
+            )
         seconds = time.perf_counter() - t0
         attrs = _output_attrs(source, encoder, store, dtype, batch_size)
         summary = EmbedSummary(
-            output=str(output), complete=complete, n_records=total, n_embedded=store.rows,
-            n_skipped=store.n_skipped, dim=store.dim, resumed_records=resumed, encoded_now=encoded_now,
-            seconds=seconds, attrs=attrs, skipped=store.skipped_items(limit=1000),
+            output=str(output),
+            complete=complete,
+            n_records=total,
+            n_embedded=store.rows,
+            n_skipped=store.n_skipped,
+            dim=store.dim,
+            resumed_records=resumed,
+            encoded_now=encoded_now,
+            seconds=seconds,
+            attrs=attrs,
+            skipped=store.skipped_items(limit=1000),
             discarded_partial=store.discarded,
         )
         if not complete:
@@ -190,8 +218,10 @@ def embed_input(
         if store.rows == 0:
             first = summary.skipped[0] if summary.skipped else ("?", "?")
             store.discard()
-            raise InputError(f"{source.name}: nothing could be embedded: all {total} items were skipped "
-                             f"(first: {first[0]!r}, {first[1]})")
+            raise InputError(
+                f"{source.name}: nothing could be embedded: all {total} items were skipped "
+                f"(first: {first[0]!r}, {first[1]})"
+            )
         store.finish(output, attrs)
         return summary
     except NNNError:
@@ -205,7 +235,9 @@ def embed_input(
         raise
 
 
-def _embed_to_stream(source: InputSource, encoder: Encoder, stream, stream_format: str, tmp_dir, kwargs) -> EmbedSummary:
+def _embed_to_stream(
+    source: InputSource, encoder: Encoder, stream, stream_format: str, tmp_dir, kwargs
+) -> EmbedSummary:
     """``embed_input(..., output="-")``: build the file in a private temporary folder, then copy it out."""
     if stream_format not in ("h5", "npy"):
         raise ParameterError(f"unknown output format {stream_format!r} for '-': use h5 or npy")
@@ -224,8 +256,14 @@ def _embed_to_stream(source: InputSource, encoder: Encoder, stream, stream_forma
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _embed_batch(batch: list[Record], modality: str, encoder: Encoder, store: PartialStore,
-                 pool: ThreadPoolExecutor, on_skip: SkipCallback | None) -> int:
+def _embed_batch(
+    batch: list[Record],
+    modality: str,
+    encoder: Encoder,
+    store: PartialStore,
+    pool: ThreadPoolExecutor,
+    on_skip: SkipCallback | None,
+) -> int:
     """Encode one batch, append its rows and skipped items, commit; returns how many were encoded."""
     skipped: list[tuple[str, str]] = []
     ids: list[str] = []
@@ -268,11 +306,21 @@ def _output_attrs(source: InputSource, encoder: Encoder, store: PartialStore, dt
     desc = encoder.describe()
     return base_attrs(
         "embeddings",
-        model=desc["model"], model_kind=desc["model_kind"], modality=source.modality,
-        dim=store.dim, normalization="l2", dtype=dtype, device=desc["device"], precision=desc["precision"],
-        image_size=desc.get("image_size"), batch_size=batch_size,
-        input_path=source.name, input_kind=source.kind, input_fingerprint=store.key["input_fingerprint"],
-        n_embedded=store.rows, n_skipped=store.n_skipped,
+        model=desc["model"],
+        model_kind=desc["model_kind"],
+        modality=source.modality,
+        dim=store.dim,
+        normalization="l2",
+        dtype=dtype,
+        device=desc["device"],
+        precision=desc["precision"],
+        image_size=desc.get("image_size"),
+        batch_size=batch_size,
+        input_path=source.name,
+        input_kind=source.kind,
+        input_fingerprint=store.key["input_fingerprint"],
+        n_embedded=store.rows,
+        n_skipped=store.n_skipped,
     )
 
 

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
+from nnn_cli.data.h5 import is_h5_path
 from nnn_cli.data.locks import DEFAULT_WAIT, exclusive_lock
 from nnn_cli.data.outputs import atomic_output, fsync_dir, output_error
-from nnn_cli.data.h5 import is_h5_path
+from nnn_cli.errors import InputError, NNNError, OutputError, ParameterError
 
 RESUME_KEY_ATTR = "nnn_resume_key"
 OUTPUT_DTYPES = ("float32", "float16")
@@ -105,14 +105,15 @@ class PartialStore:
         self.resumed = resumed
         self.discarded = discarded  # why an old partial was thrown away, if one was
         self.state = {"records_done": 0, "rows": 0, "skipped": 0, "dim": None}
-        self.lengths = {name: 0 for name in DATA_FILES}
+        self.lengths = dict.fromkeys(DATA_FILES, 0)
         self.hashes = {name: _new_hash() for name in DATA_FILES}
         self.files: dict[str, object] = {}
 
     # -- opening ---------------------------------------------------------
     @classmethod
-    def open(cls, output: Path, key: dict, dtype: str = "float32", restart: bool = False,
-             wait: float = DEFAULT_WAIT) -> "PartialStore":
+    def open(
+        cls, output: Path, key: dict, dtype: str = "float32", restart: bool = False, wait: float = DEFAULT_WAIT
+    ) -> PartialStore:
         """Open (resume, after verifying) or create the partial folder of ``output`` for ``key``.
 
         The partial folder is locked for the store's life (:mod:`nnn_cli.data.locks`): a second run
@@ -138,7 +139,7 @@ class PartialStore:
         return store
 
     @classmethod
-    def _open_locked(cls, output: Path, key: dict, dtype: str, restart: bool) -> "PartialStore":
+    def _open_locked(cls, output: Path, key: dict, dtype: str, restart: bool) -> PartialStore:
         path = partial_path(output)
         discarded = None
         if (path.exists() or path.is_symlink()) and restart:
@@ -160,7 +161,7 @@ class PartialStore:
         store = cls(path, key, dtype, False, discarded)
         try:
             path.mkdir()
-            for name, fname in DATA_FILES.items():
+            for fname in DATA_FILES.values():
                 (path / fname).touch()
             store._open_files()
             store._write_manifest()
@@ -183,7 +184,8 @@ class PartialStore:
         if manifest.get("key") != self.key_json:
             raise ParameterError(
                 f"{self.path}: an unfinished run for a different input, model or options is stored here; "
-                "rerun the same command to resume it, or add --restart to discard it")
+                "rerun the same command to resume it, or add --restart to discard it"
+            )
         try:
             state = {k: manifest[k] for k in ("records_done", "rows", "skipped", "dim")}
             files = manifest["files"]
@@ -258,12 +260,19 @@ class PartialStore:
         return self.state["dim"]
 
     # -- writing ---------------------------------------------------------
-    def _write_manifest(self, state: dict | None = None, lengths: dict | None = None, hashes: dict | None = None) -> None:
+    def _write_manifest(
+        self, state: dict | None = None, lengths: dict | None = None, hashes: dict | None = None
+    ) -> None:
         state = self.state if state is None else state
         lengths = self.lengths if lengths is None else lengths
         hashes = self.hashes if hashes is None else hashes
-        doc = {"format": FORMAT, "key": self.key_json, "dtype": self.dtype, **state,
-               "files": {name: {"bytes": lengths[name], "blake2b": _digest(hashes[name])} for name in DATA_FILES}}
+        doc = {
+            "format": FORMAT,
+            "key": self.key_json,
+            "dtype": self.dtype,
+            **state,
+            "files": {name: {"bytes": lengths[name], "blake2b": _digest(hashes[name])} for name in DATA_FILES},
+        }
         tmp = self.path / f".{MANIFEST}.tmp"
         try:
             with open(tmp, "wb") as fh:
@@ -284,13 +293,16 @@ class PartialStore:
         batches committed before stay, the uncommitted tail is cut off (now, or on resume)."""
         n = len(ids)
         if n and vectors.ndim == 2 and self.dim is not None and vectors.shape[1] != self.dim:
-            raise InputError(f"the model returned {vectors.shape[1]}-dimensional vectors, "
-                             f"but {self.path} holds {self.dim}-dimensional ones")
+            raise InputError(
+                f"the model returned {vectors.shape[1]}-dimensional vectors, "
+                f"but {self.path} holds {self.dim}-dimensional ones"
+            )
         blobs = {
             "embeddings": np.ascontiguousarray(vectors[:n], dtype=self.dtype).tobytes() if n else b"",
             "ids": "".join(json.dumps(str(i), ensure_ascii=False) + "\n" for i in ids).encode("utf-8"),
-            "skipped": "".join(json.dumps([str(i), str(r)], ensure_ascii=False) + "\n"
-                               for i, r in skipped).encode("utf-8"),
+            "skipped": "".join(json.dumps([str(i), str(r)], ensure_ascii=False) + "\n" for i, r in skipped).encode(
+                "utf-8"
+            ),
         }
         state = dict(self.state)
         if n and state["dim"] is None:
@@ -348,8 +360,7 @@ class PartialStore:
         """The committed rows, memory-mapped read-only (the folder is locked: nobody truncates it)."""
         if not self.rows:
             return np.zeros((0, self.dim or 0), dtype=self.dtype)
-        return np.memmap(self.path / DATA_FILES["embeddings"], dtype=self.dtype, mode="r",
-                         shape=(self.rows, self.dim))
+        return np.memmap(self.path / DATA_FILES["embeddings"], dtype=self.dtype, mode="r", shape=(self.rows, self.dim))
 
     # -- closing ---------------------------------------------------------
     def close(self) -> None:
@@ -402,8 +413,14 @@ class PartialStore:
                 raise OutputError(f"disk full writing {output}")
 
     def _final_attrs(self, attrs: dict) -> dict:
-        return {RESUME_KEY_ATTR: self.key_json, "records_done": self.records_done, "rows": self.rows,
-                "skipped": self.n_skipped, "complete": True, **attrs}
+        return {
+            RESUME_KEY_ATTR: self.key_json,
+            "records_done": self.records_done,
+            "rows": self.rows,
+            "skipped": self.n_skipped,
+            "complete": True,
+            **attrs,
+        }
 
     def _write_h5(self, output: Path, attrs: dict) -> None:
         import h5py
@@ -417,15 +434,29 @@ class PartialStore:
         with atomic_output(output) as tmp:
             with create_h5(tmp) as f:  # a full disk is an OSError here, never a crash in HDF5
                 set_attrs(f, self._final_attrs(attrs))
-                ds = f.create_dataset("embeddings", shape=(self.rows, d), maxshape=(None, d), dtype=self.dtype,
-                                      chunks=(max(1, min(256, (1 << 20) // (4 * max(d, 1)))), max(d, 1)))
+                ds = f.create_dataset(
+                    "embeddings",
+                    shape=(self.rows, d),
+                    maxshape=(None, d),
+                    dtype=self.dtype,
+                    chunks=(max(1, min(256, (1 << 20) // (4 * max(d, 1)))), max(d, 1)),
+                )
                 step = 65536
                 for start in range(0, self.rows, step):
-                    ds[start:start + step] = emb[start:start + step]
-                for name, values in (("ids", self.ids()), ("skipped_ids", [i for i, _ in skipped]),
-                                     ("skipped_reasons", [r for _, r in skipped])):
-                    f.create_dataset(name, data=np.asarray(values, dtype=object), shape=(len(values),),
-                                     maxshape=(None,), dtype=str_dtype, chunks=(1024,))
+                    ds[start : start + step] = emb[start : start + step]
+                for name, values in (
+                    ("ids", self.ids()),
+                    ("skipped_ids", [i for i, _ in skipped]),
+                    ("skipped_reasons", [r for _, r in skipped]),
+                ):
+                    f.create_dataset(
+                        name,
+                        data=np.asarray(values, dtype=object),
+                        shape=(len(values),),
+                        maxshape=(None,),
+                        dtype=str_dtype,
+                        chunks=(1024,),
+                    )
             del emb
 
     def _write_npy(self, output: Path, attrs: dict) -> None:
@@ -436,7 +467,7 @@ class PartialStore:
                 np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(emb))
                 step = 65536
                 for start in range(0, self.rows, step):
-                    fh.write(np.ascontiguousarray(emb[start:start + step]).tobytes())
+                    fh.write(np.ascontiguousarray(emb[start : start + step]).tobytes())
         del emb
         sidecar = {
             **{k: v for k, v in attrs.items() if v is not None},

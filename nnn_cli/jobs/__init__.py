@@ -17,4 +17,17 @@ from nnn_cli.jobs.search import search
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
-__all__ = ["attribute_bias", "bias", "embed", "evaluate", "info", "query", "search", "truth_from_pairs", "tune", "EngineOptions", "IndexOptions", "JobResult"]
+__all__ = [
+    "attribute_bias",
+    "bias",
+    "embed",
+    "evaluate",
+    "info",
+    "query",
+    "search",
+    "truth_from_pairs",
+    "tune",
+    "EngineOptions",
+    "IndexOptions",
+    "JobResult",
+]

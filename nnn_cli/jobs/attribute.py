@@ -7,12 +7,21 @@ from typing import Optional
 from nnn_cli.core.attribute import compare_attribute_bias
 from nnn_cli.core.nnn import check_k, compute_bias
 from nnn_cli.data.groups import read_query_groups
-from nnn_cli.data.outputs import check_output_path
-from nnn_cli.data.labels import check_explicit_groups, read_labels
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
+from nnn_cli.data.labels import check_explicit_groups, read_labels
+from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.tables import read_truth
 from nnn_cli.errors import ParameterError
-from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn, read_checked_bias, resolve_params, setup_threads
+from nnn_cli.jobs.common import (
+    JobResult,
+    NoteFn,
+    Notes,
+    PathLike,
+    ProgressFn,
+    read_checked_bias,
+    resolve_params,
+    setup_threads,
+)
 
 
 def parse_ns(text: str) -> list[int]:
@@ -22,13 +31,29 @@ def parse_ns(text: str) -> list[int]:
         raise ParameterError(f"--n must be a comma list of integers, got {text!r}") from None
 
 
-def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bias: Optional[PathLike] = None,
-                   reference: Optional[PathLike] = None, alpha: Optional[float] = None, k: Optional[int] = None,
-                   params: Optional[PathLike] = None, truth: Optional[PathLike] = None, ns: str = "6,10",
-                   precision_ns: str = "1,5", query_groups: Optional[PathLike] = None,
-                   group_a: Optional[str] = None, group_b: Optional[str] = None, metric: str = "cosine",
-                   threads: int = 0, force: bool = False, plot: Optional[PathLike] = None, progress: ProgressFn | None = None,
-                   on_note: NoteFn | None = None) -> JobResult:
+def attribute_bias(
+    queries: PathLike,
+    gallery: PathLike,
+    labels: PathLike,
+    *,
+    bias: Optional[PathLike] = None,
+    reference: Optional[PathLike] = None,
+    alpha: Optional[float] = None,
+    k: Optional[int] = None,
+    params: Optional[PathLike] = None,
+    truth: Optional[PathLike] = None,
+    ns: str = "6,10",
+    precision_ns: str = "1,5",
+    query_groups: Optional[PathLike] = None,
+    group_a: Optional[str] = None,
+    group_b: Optional[str] = None,
+    metric: str = "cosine",
+    threads: int = 0,
+    force: bool = False,
+    plot: Optional[PathLike] = None,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+) -> JobResult:
     """Attribute bias at each n, baseline and NNN; ``summary`` is the `--json` document."""
     notes = Notes(on_note)
     if (bias is None) == (reference is None):
@@ -51,8 +76,9 @@ def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bi
         check_k(k, r_src.n)
     lab, name_a, name_b = read_labels(labels, g_src.n, g_src.ids(), group_a, group_b)
     tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids()) if truth is not None else None
-    groups, group_names = (read_query_groups(query_groups, q_src.n, q_src.ids()) if query_groups is not None
-                           else (None, None))
+    groups, group_names = (
+        read_query_groups(query_groups, q_src.n, q_src.ids()) if query_groups is not None else (None, None)
+    )
     setup_threads(threads)
     q = q_src.read(metric)
     g = g_src.read(metric)
@@ -60,10 +86,10 @@ def attribute_bias(queries: PathLike, gallery: PathLike, labels: PathLike, *, bi
         b = read_checked_bias(bias, g_src, metric, force).bias
     else:
         b = compute_bias(g, r_src.read(metric), alpha, k, progress=progress)
-    result = compare_attribute_bias(q, g, lab, b, n_list, tr, query_groups=groups, group_names=group_names,
-                                    precision_ns=p_list)
-    result.update({"group_a": name_a, "group_b": name_b, "n_queries": q_src.n, "n_gallery": g_src.n,
-                   "metric": metric})
+    result = compare_attribute_bias(
+        q, g, lab, b, n_list, tr, query_groups=groups, group_names=group_names, precision_ns=p_list
+    )
+    result.update({"group_a": name_a, "group_b": name_b, "n_queries": q_src.n, "n_gallery": g_src.n, "metric": metric})
     if plot is not None:
         from nnn_cli.report.attribute_plot import plot_attribute_groups
 

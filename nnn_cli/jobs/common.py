@@ -11,15 +11,16 @@ everything else.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from nnn_cli.core.nnn import check_alpha
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.biasfile import BiasFile
-from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.inputs import open_embeddings
+from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
@@ -84,14 +85,21 @@ class EngineOptions:
     max_retries: int = 3
     storage_options: dict = field(default_factory=dict)
 
-    def check(self) -> "EngineOptions":
+    def check(self) -> EngineOptions:
         if self.engine not in ("local", "ray"):
             raise ParameterError(f"unknown --engine {self.engine!r}: use local or ray")
         if self.engine == "local":
-            used = [name for name, on in (("--address", self.address is not None), ("--resume", self.resume),
-                                          ("--gpus-per-task", bool(self.gpus_per_task)),
-                                          ("--partition-rows", self.partition_rows is not None),
-                                          ("--storage-option", bool(self.storage_options))) if on]
+            used = [
+                name
+                for name, on in (
+                    ("--address", self.address is not None),
+                    ("--resume", self.resume),
+                    ("--gpus-per-task", bool(self.gpus_per_task)),
+                    ("--partition-rows", self.partition_rows is not None),
+                    ("--storage-option", bool(self.storage_options)),
+                )
+                if on
+            ]
             if used:
                 raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
         if self.gpus_per_task < 0 or self.max_retries < 0:
@@ -99,8 +107,12 @@ class EngineOptions:
         return self
 
     def ray_kwargs(self) -> dict:
-        kw = {"address": self.address, "gpus_per_task": self.gpus_per_task, "max_retries": self.max_retries,
-              "storage_options": self.storage_options or None}
+        kw = {
+            "address": self.address,
+            "gpus_per_task": self.gpus_per_task,
+            "max_retries": self.max_retries,
+            "storage_options": self.storage_options or None,
+        }
         if self.block_rows is not None:
             kw["block_rows"] = self.block_rows
         if self.partition_rows is not None:
@@ -129,8 +141,9 @@ def _number_or_text(value: str):
     return value
 
 
-def open_source(spec: PathLike, label: str, notes: "Notes", ids_file: Optional[PathLike] = None,
-                ids_column: Optional[str] = None):
+def open_source(
+    spec: PathLike, label: str, notes: Notes, ids_file: Optional[PathLike] = None, ids_column: Optional[str] = None
+):
     """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
     folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
     src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column)
@@ -163,7 +176,17 @@ def setup_threads(threads: int | None) -> None:
     set_threads(threads)
 
 
-
-
-__all__ = ["EngineOptions", "IndexOptions", "JobResult", "parse_storage_options", "open_source", "Notes", "NoteFn", "PathLike", "ProgressFn", "resolve_params", "read_checked_bias",
-           "setup_threads"]
+__all__ = [
+    "EngineOptions",
+    "IndexOptions",
+    "JobResult",
+    "parse_storage_options",
+    "open_source",
+    "Notes",
+    "NoteFn",
+    "PathLike",
+    "ProgressFn",
+    "resolve_params",
+    "read_checked_bias",
+    "setup_threads",
+]

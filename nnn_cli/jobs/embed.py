@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Optional
 
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.embed.encoders import load_encoder, set_torch_threads
 from nnn_cli.embed.readers import open_input
 from nnn_cli.embed.run import EmbedSummary, embed_input
 from nnn_cli.embed.store import check_embed_output
-from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn
 
 MAX_SKIP_NOTES = 20
 
 
-def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None, modality: Optional[str] = None,
-          text_column: str = "text", id_column: Optional[str] = None, batch_size: int = 64, device: str = "auto",
-          precision: str = "auto", dtype: str = "float32", image_size: int = 224, restart: bool = False,
-          threads: int = 0, max_batches: Optional[int] = None, input_format: Optional[str] = None,
-          output_format: str = "h5", stream: BinaryIO | None = None, stdin: BinaryIO | None = None,
-          wait: float = DEFAULT_WAIT, progress: ProgressFn | None = None,
-          on_note: NoteFn | None = None, on_skip: Callable[[str, str], None] | None = None) -> JobResult:
+def embed(
+    input_path: PathLike,
+    output: PathLike,
+    *,
+    model: Optional[str] = None,
+    modality: Optional[str] = None,
+    text_column: str = "text",
+    id_column: Optional[str] = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    dtype: str = "float32",
+    image_size: int = 224,
+    restart: bool = False,
+    threads: int = 0,
+    max_batches: Optional[int] = None,
+    input_format: Optional[str] = None,
+    output_format: str = "h5",
+    stream: BinaryIO | None = None,
+    stdin: BinaryIO | None = None,
+    wait: float = DEFAULT_WAIT,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> JobResult:
     """Embed and write ``output`` (``summary`` is `nnn embed --json`'s document; ``summary["_summary"]``
     the :class:`~nnn_cli.embed.run.EmbedSummary`).  A KeyboardInterrupt leaves ``OUT.partial`` to resume from.
 
@@ -54,9 +73,20 @@ def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None
         elif len(skipped) <= MAX_SKIP_NOTES:
             notes(f"warning: skipped {ident}: {reason}")
 
-    summary: EmbedSummary = embed_input(source, encoder, output, batch_size=batch_size, dtype=dtype,
-                                        restart=restart, progress=progress, on_skip=skip, max_batches=max_batches,
-                                        stream=stream, stream_format=output_format, wait=wait)
+    summary: EmbedSummary = embed_input(
+        source,
+        encoder,
+        output,
+        batch_size=batch_size,
+        dtype=dtype,
+        restart=restart,
+        progress=progress,
+        on_skip=skip,
+        max_batches=max_batches,
+        stream=stream,
+        stream_format=output_format,
+        wait=wait,
+    )
     if len(skipped) > MAX_SKIP_NOTES and on_skip is None:
         notes(f"warning: ... and {len(skipped) - MAX_SKIP_NOTES} more skipped")
     result = summary.to_dict()
@@ -65,14 +95,20 @@ def embed(input_path: PathLike, output: PathLike, *, model: Optional[str] = None
         notes(f"note: started over ({summary.discarded_partial})")
     resumed = f", resumed after {summary.resumed_records} items" if summary.resumed_records else ""
     if not summary.complete:
-        message = (f"stopped after {summary.encoded_now} items ({summary.n_embedded} rows so far{resumed}); "
-                   f"rerun the same command to finish {output}")
+        message = (
+            f"stopped after {summary.encoded_now} items ({summary.n_embedded} rows so far{resumed}); "
+            f"rerun the same command to finish {output}"
+        )
     else:
-        where = ("skipped_ids in the file" if to_stream or Path(output).suffix.lower() != ".npy"
-                 else f"{output}.json")
+        where = "skipped_ids in the file" if to_stream or Path(output).suffix.lower() != ".npy" else f"{output}.json"
         skipped_text = f"; {summary.n_skipped} skipped (see {where})" if summary.n_skipped else ""
-        message = (f"wrote {'<stdout>' if to_stream else output}: {summary.n_embedded} x {summary.dim} {summary.attrs['modality']} embeddings "
-                   f"({summary.attrs['model']}, {summary.attrs['device']}) in {summary.seconds:.1f}s, "
-                   f"{summary.items_per_second:.1f} items/s{resumed}{skipped_text}")
-    return JobResult({**result, "message": message, "_summary": summary},
-                     Path(output) if summary.complete and not to_stream else None, notes.lines)
+        message = (
+            f"wrote {'<stdout>' if to_stream else output}: {summary.n_embedded} x {summary.dim} {summary.attrs['modality']} embeddings "
+            f"({summary.attrs['model']}, {summary.attrs['device']}) in {summary.seconds:.1f}s, "
+            f"{summary.items_per_second:.1f} items/s{resumed}{skipped_text}"
+        )
+    return JobResult(
+        {**result, "message": message, "_summary": summary},
+        Path(output) if summary.complete and not to_stream else None,
+        notes.lines,
+    )

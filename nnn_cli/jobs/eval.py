@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from nnn_cli.core.baselines import BANK_METHODS, METHODS, BaselineParams, gallery_bank_warning, parse_methods
-from nnn_cli.core.protocol import leak_check
-from nnn_cli.report.html import METHOD_LABELS
 from nnn_cli.core.compare import compare_methods
 from nnn_cli.core.nnn import check_k
+from nnn_cli.core.protocol import leak_check
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import bias_source_attrs, run_provenance
-from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_method_params, read_truth
 from nnn_cli.errors import ParameterError
+from nnn_cli.report.html import METHOD_LABELS
+
 __all__ = ["METHODS", "METHOD_LABELS", "BaselineParams", "evaluate", "eval_pictures"]
 
-from nnn_cli.jobs.common import (JobResult, NoteFn, Notes, PathLike, ProgressFn, open_source, read_checked_bias,
-                                 resolve_params, setup_threads)
+from nnn_cli.jobs.common import (
+    JobResult,
+    NoteFn,
+    Notes,
+    PathLike,
+    ProgressFn,
+    open_source,
+    read_checked_bias,
+    resolve_params,
+    setup_threads,
+)
 
 
 def check_plots_folder(plots: Optional[PathLike]) -> None:
@@ -33,19 +44,38 @@ def check_plots_folder(plots: Optional[PathLike]) -> None:
         raise ParameterError(f"{plots}: --plots folder's parent {parent} does not exist")
 
 
-def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Optional[PathLike] = None,
-             reference: Optional[PathLike] = None, alpha: Optional[float] = None, k: Optional[int] = None,
-             params: Optional[PathLike] = None, metric: str = "cosine", threads: int = 0, force: bool = False,
-             methods: str | Sequence[str] = "baseline,nnn", method_params: Optional[Sequence[PathLike]] = None,
-             baseline_params: BaselineParams | None = None, gallery_bank: Optional[PathLike] = None,
-             bootstrap: int = 0, seed: int = 0, plots: Optional[PathLike] = None, report: Optional[PathLike] = None,
-             query_ids: Optional[PathLike] = None, gallery_ids: Optional[PathLike] = None,
-             ids_column: Optional[str] = None,
-             progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
+def evaluate(
+    queries: PathLike,
+    gallery: PathLike,
+    truth: PathLike,
+    *,
+    bias: Optional[PathLike] = None,
+    reference: Optional[PathLike] = None,
+    alpha: Optional[float] = None,
+    k: Optional[int] = None,
+    params: Optional[PathLike] = None,
+    metric: str = "cosine",
+    threads: int = 0,
+    force: bool = False,
+    methods: str | Sequence[str] = "baseline,nnn",
+    method_params: Optional[Sequence[PathLike]] = None,
+    baseline_params: BaselineParams | None = None,
+    gallery_bank: Optional[PathLike] = None,
+    bootstrap: int = 0,
+    seed: int = 0,
+    plots: Optional[PathLike] = None,
+    report: Optional[PathLike] = None,
+    query_ids: Optional[PathLike] = None,
+    gallery_ids: Optional[PathLike] = None,
+    ids_column: Optional[str] = None,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+) -> JobResult:
     """Evaluate every requested method; ``summary`` is the `nnn eval --json` document."""
     notes = Notes(on_note)
-    method_list = tuple(dict.fromkeys(("baseline",) + tuple(
-        parse_methods(methods) if isinstance(methods, str) else methods)))
+    method_list = tuple(
+        dict.fromkeys(("baseline",) + tuple(parse_methods(methods) if isinstance(methods, str) else methods))
+    )
     tuned_params = read_method_params(method_params, baseline_params or BaselineParams())
     want_nnn = "nnn" in method_list
     need_bank = any(m in BANK_METHODS for m in method_list)
@@ -94,17 +124,36 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     if leak and leak.get("warning"):
         notes(f"warning: {leak['warning']}")
     runs = compare_methods(
-        q, g, tr, method_list, reference=ref, bias=b, nnn_alpha=alpha, nnn_k=k, params=tuned_params,
+        q,
+        g,
+        tr,
+        method_list,
+        reference=ref,
+        bias=b,
+        nnn_alpha=alpha,
+        nnn_k=k,
+        params=tuned_params,
         gallery_bank=gb_src.read(metric) if gb_src is not None else None,
-        bootstrap=bootstrap, seed=seed, progress=progress)
+        bootstrap=bootstrap,
+        seed=seed,
+        progress=progress,
+    )
     result: dict = {name: run.result.to_dict() for name, run in runs.items()}
-    result.update({"params": params_used, "metric": metric, "n_queries": q_src.n,
-                   "n_queries_with_truth": int(tr.has_truth().sum()), "n_gallery": g_src.n})
+    result.update(
+        {
+            "params": params_used,
+            "metric": metric,
+            "n_queries": q_src.n,
+            "n_queries_with_truth": int(tr.has_truth().sum()),
+            "n_gallery": g_src.n,
+        }
+    )
     if need_bank:
         result["gallery_bank"] = gb_src.name if gb_src is not None else "gallery"
     result["provenance"] = run_provenance(
         {"queries": q_src, "gallery": g_src, "reference": r_src, "gallery_bank": gb_src},
-        bias_source_attrs(bf.attrs, b, str(bias)) if bf is not None else None)
+        bias_source_attrs(bf.attrs, b, str(bias)) if bf is not None else None,
+    )
     if leak is not None:
         result["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if bootstrap:
@@ -114,12 +163,14 @@ def evaluate(queries: PathLike, gallery: PathLike, truth: PathLike, *, bias: Opt
     return JobResult(result, Path(report) if report is not None else None, notes.lines)
 
 
-def eval_pictures(runs, result: dict, plots: Optional[PathLike], report: Optional[PathLike], n_gallery: int,
-                  notes: Notes) -> list[str]:
+def eval_pictures(
+    runs, result: dict, plots: Optional[PathLike], report: Optional[PathLike], n_gallery: int, notes: Notes
+) -> list[str]:
     """Write the eval PNGs (into ``plots``, or a temporary folder) and the ``report`` page; return PNG paths kept.
     Without matplotlib: no pictures and no empty ``plots`` folder, a tables-only report, and one note."""
     from nnn_cli.report.html import write_report
-    from nnn_cli.report.pictures import eval_pictures as draw, plots_unavailable
+    from nnn_cli.report.pictures import eval_pictures as draw
+    from nnn_cli.report.pictures import plots_unavailable
 
     missing = plots_unavailable()
     with tempfile.TemporaryDirectory(prefix="nnn-plots-") as tmp:

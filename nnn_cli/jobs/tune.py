@@ -8,12 +8,12 @@ from typing import Optional
 
 from nnn_cli.core.baseline_sweep import parse_grid, tune_baseline
 from nnn_cli.core.baselines import DEFAULT_GRIDS, DENSE_MODES, METHOD_ALIASES
-from nnn_cli.core.protocol import leak_check, reference_subsample
 from nnn_cli.core.nnn import check_alpha
+from nnn_cli.core.protocol import leak_check, reference_subsample
 from nnn_cli.core.tune import OBJECTIVES, check_grid, parse_list, split_reference, tune_grid, tune_unsupervised
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.outputs import check_output_path, write_json
 from nnn_cli.data.provenance import run_provenance
-from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.tables import read_truth
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, ProgressFn, setup_threads
@@ -22,13 +22,33 @@ PAPER_ALPHAS_TEXT = "0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5"
 PAPER_KS_TEXT = "1,2,4,8,16,32,64,128,256,512"
 
 
-def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: Optional[PathLike] = None,
-         truth: Optional[PathLike] = None, alphas: str = PAPER_ALPHAS_TEXT, ks: str = PAPER_KS_TEXT,
-         objective: str = "R@1", unsupervised: bool = False, holdout: float = 0.2, tolerance: float = 0.001,
-         metric: str = "cosine", threads: int = 0, method: str = "nnn", method_grid: Optional[str] = None,
-         gallery_bank: Optional[PathLike] = None, plot: Optional[PathLike] = None,
-         db_dense: str = "around", activation_k: int = 1, reference_fraction: float = 1.0, seed: int = 0,
-         strict: bool = False, progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> JobResult:
+def tune(
+    gallery: PathLike,
+    reference: PathLike,
+    output: PathLike,
+    *,
+    queries: Optional[PathLike] = None,
+    truth: Optional[PathLike] = None,
+    alphas: str = PAPER_ALPHAS_TEXT,
+    ks: str = PAPER_KS_TEXT,
+    objective: str = "R@1",
+    unsupervised: bool = False,
+    holdout: float = 0.2,
+    tolerance: float = 0.001,
+    metric: str = "cosine",
+    threads: int = 0,
+    method: str = "nnn",
+    method_grid: Optional[str] = None,
+    gallery_bank: Optional[PathLike] = None,
+    plot: Optional[PathLike] = None,
+    db_dense: str = "around",
+    activation_k: int = 1,
+    reference_fraction: float = 1.0,
+    seed: int = 0,
+    strict: bool = False,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+) -> JobResult:
     """Sweep and write params.json (with provenance); ``summary`` is that document,
     ``summary["_result"]`` the :class:`~nnn_cli.core.tune.TuneResult` (NNN only)."""
     notes = Notes(on_note)
@@ -76,8 +96,10 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
     if reference_fraction < 1:
         r = r[reference_subsample(len(r), reference_fraction, seed)]
         protocol.update({"reference_fraction": reference_fraction, "seed": seed, "n_reference_used": len(r)})
-        notes(f"note: using {len(r)} of {r_src.n} reference queries (--reference-fraction {reference_fraction:g}, "
-              f"--seed {seed})")
+        notes(
+            f"note: using {len(r)} of {r_src.n} reference queries (--reference-fraction {reference_fraction:g}, "
+            f"--seed {seed})"
+        )
     if q is not None:
         leak = leak_check(q, r, strict=strict)
         if leak["warning"]:
@@ -85,20 +107,37 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
         protocol["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if method != "nnn":
         start = time.perf_counter()
-        doc = tune_baseline(method, q, g, tr, r, grid, gallery_bank=gb_src.read(metric) if gb_src else None,
-                            progress=progress, dense=db_dense, activation_k=activation_k)
+        doc = tune_baseline(
+            method,
+            q,
+            g,
+            tr,
+            r,
+            grid,
+            gallery_bank=gb_src.read(metric) if gb_src else None,
+            progress=progress,
+            dense=db_dense,
+            activation_k=activation_k,
+        )
         for warning in doc.get("warnings", []):
             notes(f"warning: {warning}")
-        doc.update({"metric": metric, "seconds": round(time.perf_counter() - start, 3),
-                    "gallery_bank": str(gallery_bank) if gallery_bank else "gallery", "provenance": provenance,
-                    **protocol})
+        doc.update(
+            {
+                "metric": metric,
+                "seconds": round(time.perf_counter() - start, 3),
+                "gallery_bank": str(gallery_bank) if gallery_bank else "gallery",
+                "provenance": provenance,
+                **protocol,
+            }
+        )
         write_json(output, doc)
         flags = " ".join(f"--{n.replace('_', '-')} {v:g}" for n, v in doc["best"].items())
         doc["message"] = f"wrote {output}; use it with `nnn eval --methods {method} --method-params {output}` ({flags})"
         return JobResult(doc, Path(output), notes.lines)
     if mode_unsupervised:
-        result = tune_unsupervised(g, r, alpha_list, k_list, holdout=holdout, tolerance=tolerance,
-                                   queries=q, truth=tr, progress=progress)
+        result = tune_unsupervised(
+            g, r, alpha_list, k_list, holdout=holdout, tolerance=tolerance, queries=q, truth=tr, progress=progress
+        )
     else:
         result = tune_grid(q, g, r, tr, alpha_list, k_list, objective=objective, progress=progress)
     doc = result.to_dict()
@@ -112,11 +151,20 @@ def tune(gallery: PathLike, reference: PathLike, output: PathLike, *, queries: O
         from nnn_cli.report.plots import plot_tune_grid
 
         key = result.objective
-        plot_tune_grid(result.alphas, result.ks, result.matrix(key), plot, metric=key,
-                       best=(result.alpha, result.k), title=f"nnn tune ({result.mode}): {key}")
+        plot_tune_grid(
+            result.alphas,
+            result.ks,
+            result.matrix(key),
+            plot,
+            metric=key,
+            best=(result.alpha, result.k),
+            title=f"nnn tune ({result.mode}): {key}",
+        )
         notes(f"wrote {plot}")
     summary = dict(doc)
-    summary["message"] = (f"wrote {output}: alpha={result.alpha}, k={result.k} ({result.mode}, {len(result.grid)} "
-                          f"cells in {result.seconds:.2f}s); use it with `nnn bias --params {output}`")
+    summary["message"] = (
+        f"wrote {output}: alpha={result.alpha}, k={result.k} ({result.mode}, {len(result.grid)} "
+        f"cells in {result.seconds:.2f}s); use it with `nnn bias --params {output}`"
+    )
     summary["_result"] = result
     return JobResult(summary, Path(output), notes.lines)

@@ -9,13 +9,20 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from nnn_cli.data.outputs import atomic_output
 
-METHOD_LABELS = {"baseline": "Baseline", "nnn": "NNN", "dn": "DN", "qbnorm": "QB-Norm (DIS)",
-                 "is": "Inverted softmax", "dbnorm": "DBNorm (DualIS)", "dbnorm_dis": "DBNorm (DualDIS)"}
+METHOD_LABELS = {
+    "baseline": "Baseline",
+    "nnn": "NNN",
+    "dn": "DN",
+    "qbnorm": "QB-Norm (DIS)",
+    "is": "Inverted softmax",
+    "dbnorm": "DBNorm (DualIS)",
+    "dbnorm_dis": "DBNorm (DualDIS)",
+}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -41,8 +48,11 @@ def _methods_table(result: Mapping) -> str:
     # as many decimals as the numbers need to stay distinct (82.55 vs 82.45), at least 2
     digits = label_decimals([result[m][k] for m in methods for k in ks if k in result[m]], min_digits=2)
     gain = any("R@1_gain" in result[m] for m in methods)
-    head = ("".join(f"<th>{k}</th>" for k in ks) + ("<th>R@1 gain (95%)</th>" if gain else "")
-            + "<th>seconds</th><th>parameters</th>")
+    head = (
+        "".join(f"<th>{k}</th>" for k in ks)
+        + ("<th>R@1 gain (95%)</th>" if gain else "")
+        + "<th>seconds</th><th>parameters</th>"
+    )
     rows = []
     for m in methods:
         r = result[m]
@@ -59,19 +69,26 @@ def _methods_table(result: Mapping) -> str:
             if gci:
                 text += f' <span class="ci">[{gci[0]:+.{digits}f}, {gci[1]:+.{digits}f}]</span>'
             cells.append(f"<td>{text}</td>")
-        params = r.get("params") or ({"alpha": result["params"].get("alpha"), "k": result["params"].get("k")}
-                                     if m == "nnn" and result.get("params") else {})
+        params = r.get("params") or (
+            {"alpha": result["params"].get("alpha"), "k": result["params"].get("k")}
+            if m == "nnn" and result.get("params")
+            else {}
+        )
         ptext = ", ".join(f"{html.escape(str(a))}={html.escape(str(b))}" for a, b in params.items())
         cells.append(f"<td>{_fmt(float(r.get('seconds', 0.0)), 3)}</td><td>{ptext}</td>")
         rows.append(f"<tr><td>{html.escape(METHOD_LABELS[m])}</td>{''.join(cells)}</tr>")
-    return (f'<table id="recall"><thead><tr><th>method</th>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return f'<table id="recall"><thead><tr><th>method</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _hubness_table(result: Mapping) -> str:
     methods = [m for m in METHOD_LABELS if isinstance(result.get(m), Mapping) and "hubness" in result[m]]
-    keys = (("max", "max"), ("skewness", "skewness"), ("kurtosis", "kurtosis"), ("mae", "MAE"),
-            ("never_retrieved", "never retrieved (share)"))
+    keys = (
+        ("max", "max"),
+        ("skewness", "skewness"),
+        ("kurtosis", "kurtosis"),
+        ("mae", "MAE"),
+        ("never_retrieved", "never retrieved (share)"),
+    )
     head = "".join(f"<th>{html.escape(METHOD_LABELS[m])}</th>" for m in methods)
     rows = []
     for key, label in keys:
@@ -82,42 +99,65 @@ def _hubness_table(result: Mapping) -> str:
 
 def _image(path: str | Path, caption: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
-def render_report(result: Mapping, images: Mapping[str, str | Path] | None = None,
-                  title: str = "NNN evaluation report",
-                  note: str | None = None) -> str:
+def render_report(
+    result: Mapping,
+    images: Mapping[str, str | Path] | None = None,
+    title: str = "NNN evaluation report",
+    note: str | None = None,
+) -> str:
     """The HTML text: run facts, recall table (with 95% intervals), hubness table, pictures, raw JSON.
 
     ``note`` (e.g. :data:`nnn_cli.report.pictures.PICTURES_MISSING`) is shown as one line where the
     pictures would be: a tables-only page.
     """
-    meta = [f"{result.get('n_queries_with_truth', result.get('n_queries', '?'))} queries with ground truth",
-            f"{result.get('n_gallery', '?')} gallery items", f"metric {result.get('metric', '?')}"]
+    meta = [
+        f"{result.get('n_queries_with_truth', result.get('n_queries', '?'))} queries with ground truth",
+        f"{result.get('n_gallery', '?')} gallery items",
+        f"metric {result.get('metric', '?')}",
+    ]
     if result.get("gallery_bank"):
         meta.append(f"gallery bank: {result['gallery_bank']}")
     if result.get("bootstrap"):
         meta.append(f"95% bootstrap intervals from {result['bootstrap']} resamples of the queries")
-    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{html.escape("; ".join(meta))}</p>',
-             "<h2>Retrieval accuracy (percent) and time</h2>", _methods_table(result),
-             "<h2>Hubness</h2>", _hubness_table(result)]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape("; ".join(meta))}</p>',
+        "<h2>Retrieval accuracy (percent) and time</h2>",
+        _methods_table(result),
+        "<h2>Hubness</h2>",
+        _hubness_table(result),
+    ]
     if images or note:
         parts.append("<h2>Pictures</h2>")
     if note:
         parts.append(f'<p class="note" id="note">{html.escape(note)}</p>')
     if images:
         parts += [_image(p, caption) for caption, p in images.items()]
-    parts.append("<h2>Raw results</h2><details><summary>JSON</summary><pre>"
-                 + html.escape(json.dumps(result, indent=2)) + "</pre></details>")
+    parts.append(
+        "<h2>Raw results</h2><details><summary>JSON</summary><pre>"
+        + html.escape(json.dumps(result, indent=2))
+        + "</pre></details>"
+    )
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>\n"
+    )
 
 
-def write_report(path: str | Path, result: Mapping, images: Mapping[str, str | Path] | None = None,
-                 title: str = "NNN evaluation report", note: str | None = None) -> Path:
+def write_report(
+    path: str | Path,
+    result: Mapping,
+    images: Mapping[str, str | Path] | None = None,
+    title: str = "NNN evaluation report",
+    note: str | None = None,
+) -> Path:
     """Write :func:`render_report`'s page atomically to ``path``."""
     path = Path(path)
     text = render_report(result, images, title, note)

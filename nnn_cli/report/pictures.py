@@ -10,9 +10,9 @@ tables-only report (and should not create an empty ``--plots`` folder: check
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -38,8 +38,9 @@ def plots_unavailable() -> str | None:
     return None
 
 
-def eval_pictures(result: Mapping, top1: Mapping[str, np.ndarray], n_gallery: int, folder: str | Path,
-                  key: str = "R@1") -> Pictures:
+def eval_pictures(
+    result: Mapping, top1: Mapping[str, np.ndarray], n_gallery: int, folder: str | Path, key: str = "R@1"
+) -> Pictures:
     """Draw the eval pictures into ``folder`` (created); a :class:`Pictures` with a note without matplotlib.
 
     ``top1`` maps a method (``baseline``, ``nnn``, ``dn``...) to its (Q,) rank-1 gallery rows;
@@ -57,17 +58,23 @@ def eval_pictures(result: Mapping, top1: Mapping[str, np.ndarray], n_gallery: in
     label = lambda m: METHOD_LABELS.get(m, m)  # noqa: E731
     shown = [m for m in ("baseline", "nnn") if m in top1] if "nnn" in top1 else list(top1)
     try:
-        images = {"Queries retrieved (rank 1) per gallery item, before and after": plot_hubness(
-            {label(m): retrieval_counts(top1[m], n_gallery) for m in shown}, folder / "hubness.png")}
+        images = {
+            "Queries retrieved (rank 1) per gallery item, before and after": plot_hubness(
+                {label(m): retrieval_counts(top1[m], n_gallery) for m in shown}, folder / "hubness.png"
+            )
+        }
         if len(top1) > 2:
             images["Hubness, every method"] = plot_hubness(
-                {label(m): retrieval_counts(t, n_gallery) for m, t in top1.items()}, folder / "hubness_all.png",
-                title="Hubness: every method")
+                {label(m): retrieval_counts(t, n_gallery) for m, t in top1.items()},
+                folder / "hubness_all.png",
+                title="Hubness: every method",
+            )
         methods = {m: result[m] for m in top1 if isinstance(result.get(m), Mapping)}
         if "baseline" in methods and len(methods) > 1:
             ci = all(f"{key}_gain_ci" in r for m, r in methods.items() if m != "baseline")
-            caption = (f"{key} gain over the baseline, percentage points"
-                       + (" (95% paired bootstrap intervals)" if ci else " (no intervals: run with --bootstrap N)"))
+            caption = f"{key} gain over the baseline, percentage points" + (
+                " (95% paired bootstrap intervals)" if ci else " (no intervals: run with --bootstrap N)"
+            )
             images[caption] = plot_gain(methods, folder / "gain.png", key, labels={m: label(m) for m in methods})
     except DependencyError as exc:  # matplotlib importable but broken (e.g. a missing backend)
         return Pictures({}, f"pictures left out: {exc}")

@@ -6,8 +6,8 @@ them.  matplotlib is the optional extra ``plots``: ``pip install '.[plots]'``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +19,9 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise DependencyError("plots need matplotlib: pip install 'nnn-cli[plots]' (or pip install matplotlib)") from None
+        raise DependencyError(
+            "plots need matplotlib: pip install 'nnn-cli[plots]' (or pip install matplotlib)"
+        ) from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -65,9 +67,15 @@ def plot_hubness(counts: Mapping[str, np.ndarray], path: str | Path, title: str 
     fig, ax = plt.subplots(figsize=(7, 4))
     colours = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
     for i, (label, a) in enumerate(arrays.items()):
-        ax.hist(a, bins=bins, histtype="stepfilled" if i == 0 else "step", alpha=0.45 if i == 0 else 1.0,
-                linewidth=1.8, color=colours[i % len(colours)],
-                label=f"{label} (max {int(a.max())}, never retrieved {np.mean(a == 0):.0%})")
+        ax.hist(
+            a,
+            bins=bins,
+            histtype="stepfilled" if i == 0 else "step",
+            alpha=0.45 if i == 0 else 1.0,
+            linewidth=1.8,
+            color=colours[i % len(colours)],
+            label=f"{label} (max {int(a.max())}, never retrieved {np.mean(a == 0):.0%})",
+        )
     ax.set_yscale("log")
     ax.set_xlabel("queries retrieving the item at rank 1")
     ax.set_ylabel("gallery items (log scale)")
@@ -93,16 +101,28 @@ def plot_recall_bars(results: Mapping[str, Mapping], path: str | Path, key: str 
         ax.errorbar(names, values, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4)
     digits = label_decimals(values)
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:.{digits}f}", (bar.get_x() + bar.get_width() / 2, v / 2), ha="center", va="center",
-                    fontsize=9, color="white", fontweight="bold")
+        ax.annotate(
+            f"{v:.{digits}f}",
+            (bar.get_x() + bar.get_width() / 2, v / 2),
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="white",
+            fontweight="bold",
+        )
     ax.set_ylabel(f"{key} (%)")
     ax.set_title(f"{key} by method")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 
-def plot_gain(results: Mapping[str, Mapping], path: str | Path, key: str = "R@1",
-              baseline: str = "baseline", labels: Mapping[str, str] | None = None) -> Path:
+def plot_gain(
+    results: Mapping[str, Mapping],
+    path: str | Path,
+    key: str = "R@1",
+    baseline: str = "baseline",
+    labels: Mapping[str, str] | None = None,
+) -> Path:
     """Each method's gain over the baseline in ``key`` (percentage points), with its 95% interval.
 
     ``results`` maps a method to its eval result (``key``, and ``key + '_gain_ci'`` from the
@@ -130,24 +150,36 @@ def plot_gain(results: Mapping[str, Mapping], path: str | Path, key: str = "R@1"
         ax.errorbar(gains, y, xerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4, linewidth=1.2)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [labels.get(m, m) for m in names])
-    digits = label_decimals(np.concatenate([gains, np.ravel([ci for ci in cis if ci is not None])]) if have_ci
-                            else gains)
+    digits = label_decimals(
+        np.concatenate([gains, np.ravel([ci for ci in cis if ci is not None])]) if have_ci else gains
+    )
     span = max(1e-9, float(np.max(np.abs(np.concatenate([gains, np.ravel(cis)]) if have_ci else gains))))
     for yi, g, ci in zip(y, gains, cis):
         text = f"{g:+.{digits}f}" + (f"  [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if ci is not None else "")
         edge = max(g, ci[1]) if ci is not None else g
         ax.annotate(text, (max(edge, 0) + 0.03 * span, yi), va="center", fontsize=8)
-    ax.set_xlim(min(0.0, float(np.min(np.ravel(cis)) if have_ci else gains.min())) - 0.1 * span,
-                max(0.0, float(np.max(np.ravel(cis)) if have_ci else gains.max())) + 0.6 * span)
-    ax.set_xlabel(f"{key} gain over the baseline ({base:.{label_decimals([base])}f}), percentage points"
-                  + (" with 95% interval" if have_ci else ""))
+    ax.set_xlim(
+        min(0.0, float(np.min(np.ravel(cis)) if have_ci else gains.min())) - 0.1 * span,
+        max(0.0, float(np.max(np.ravel(cis)) if have_ci else gains.max())) + 0.6 * span,
+    )
+    ax.set_xlabel(
+        f"{key} gain over the baseline ({base:.{label_decimals([base])}f}), percentage points"
+        + (" with 95% interval" if have_ci else "")
+    )
     ax.set_title(f"{key}: gain over the baseline" + ("" if have_ci else " (run with --bootstrap N for 95% intervals)"))
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
-def plot_tune_grid(alphas: Sequence[float], ks: Sequence[int], values, path: str | Path,
-                   metric: str = "R@1", best: tuple[float, int] | None = None, title: str | None = None) -> Path:
+def plot_tune_grid(
+    alphas: Sequence[float],
+    ks: Sequence[int],
+    values,
+    path: str | Path,
+    metric: str = "R@1",
+    best: tuple[float, int] | None = None,
+    title: str | None = None,
+) -> Path:
     """Heatmap of ``values[i][j]`` (metric at alpha ``alphas[i]``, k ``ks[j]``), best cell outlined.
 
     ``values`` is any (len(alphas), len(ks)) array-like, e.g. from ``nnn tune``'s
@@ -171,8 +203,15 @@ def plot_tune_grid(alphas: Sequence[float], ks: Sequence[int], values, path: str
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                            color="black" if grid[i, j] > mid else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if grid[i, j] > mid else "white",
+                    )
     if best is not None and best[0] in list(alphas) and best[1] in list(ks):
         i, j = list(alphas).index(best[0]), list(ks).index(best[1])
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))

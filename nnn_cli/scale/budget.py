@@ -10,11 +10,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nnn_cli.errors import ParameterError
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE
+from nnn_cli.errors import ParameterError
 
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
 _BUDGET_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 MIN_BUDGET = 256 * 1024**2
@@ -35,8 +49,9 @@ def parse_memory_budget(text: str | int | None) -> int | None:
         raise ParameterError(f"--memory-budget {text!r}: expected a size such as 2GB, 512MB or 1.5G")
     size = int(float(match.group(1)) * _UNITS[unit])
     if size < MIN_BUDGET:
-        raise ParameterError(f"--memory-budget {text!r} is below the minimum of 256MB "
-                             "(one score tile and one reference block must fit)")
+        raise ParameterError(
+            f"--memory-budget {text!r} is below the minimum of 256MB (one score tile and one reference block must fit)"
+        )
     return size
 
 
@@ -82,9 +97,15 @@ def plan_blocks(budget: int, dim: int, k: int, n_gallery: int, workers: int | No
     per_row = dim * 4 * 2 + k * 4 * (2 + workers)
     room = budget - fixed
     if room < per_row * QUERY_TILE:
-        raise ParameterError(f"--memory-budget {format_bytes(budget)} is too small for d={dim}, k={k}: "
-                             f"need at least {format_bytes(fixed + per_row * QUERY_TILE)}")
+        raise ParameterError(
+            f"--memory-budget {format_bytes(budget)} is too small for d={dim}, k={k}: "
+            f"need at least {format_bytes(fixed + per_row * QUERY_TILE)}"
+        )
     rows = (room // per_row) // QUERY_TILE * QUERY_TILE
     rows = int(min(rows, -(-n_gallery // QUERY_TILE) * QUERY_TILE))
-    return BlockPlan(gallery_rows=max(QUERY_TILE, rows), reference_rows=DATABASE_TILE * workers,
-                     fixed_bytes=fixed, per_gallery_row_bytes=per_row)
+    return BlockPlan(
+        gallery_rows=max(QUERY_TILE, rows),
+        reference_rows=DATABASE_TILE * workers,
+        fixed_bytes=fixed,
+        per_gallery_row_bytes=per_row,
+    )

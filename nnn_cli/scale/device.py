@@ -64,8 +64,8 @@ def cuda_topk_scores(queries: np.ndarray, database: np.ndarray, k: int, block_ro
     k = int(min(k, db.shape[0]))
     out = np.empty((len(queries), k), dtype=np.float32)
     for start in range(0, len(queries), block_rows):
-        q = torch.from_numpy(np.ascontiguousarray(queries[start:start + block_rows], dtype=np.float32)).cuda()
-        out[start:start + len(q)] = torch.topk(q @ db.T, k, dim=1, sorted=True).values.cpu().numpy()
+        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + block_rows], dtype=np.float32)).cuda()
+        out[start : start + len(q)] = torch.topk(q @ db.T, k, dim=1, sorted=True).values.cpu().numpy()
     return out
 
 

@@ -17,12 +17,10 @@ what was added in the file's ``history`` and ``*_parts`` attributes (see
 
 from __future__ import annotations
 
-
 import numpy as np
 
-from nnn_cli.core.nnn import merge_topk, bias_from_topk, check_alpha, check_k, reference_topk
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, merge_topk, reference_topk
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
 from nnn_cli.data.biasfile import StoredBias
 from nnn_cli.data.provenance import (
     check_matches_parts,
@@ -34,27 +32,36 @@ from nnn_cli.data.provenance import (
     recorded_parts,
     same_number,
 )
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 
 def _check_options(stored: StoredBias, metric: str, alpha: float | None, k: int | None) -> None:
     name = stored.path
     if metric != stored.metric:
-        raise MismatchError(f"{name} was computed with --metric {stored.metric}, but this run uses --metric {metric}; "
-                            f"pass --metric {stored.metric}")
+        raise MismatchError(
+            f"{name} was computed with --metric {stored.metric}, but this run uses --metric {metric}; "
+            f"pass --metric {stored.metric}"
+        )
     if alpha is not None and not same_number(check_alpha(alpha), stored.alpha):
-        raise MismatchError(f"{name} was computed with alpha={stored.alpha}, not {alpha}; "
-                            "drop --alpha (it is taken from the file) or recompute with `nnn bias`")
+        raise MismatchError(
+            f"{name} was computed with alpha={stored.alpha}, not {alpha}; "
+            "drop --alpha (it is taken from the file) or recompute with `nnn bias`"
+        )
     if k is not None and int(k) != stored.k:
-        raise MismatchError(f"{name} was computed with k={stored.k}, not {k}; "
-                            "drop --k (it is taken from the file) or recompute with `nnn bias`")
+        raise MismatchError(
+            f"{name} was computed with k={stored.k}, not {k}; "
+            "drop --k (it is taken from the file) or recompute with `nnn bias`"
+        )
 
 
 def _check_dim(stored: StoredBias, prefix: str, src: EmbeddingSource) -> None:
     shape = json_attr(stored.attrs, f"{prefix}_shape", None)
     if shape is not None and len(list(shape)) == 2 and int(list(shape)[1]) != src.dim:
-        raise MismatchError(f"dimension mismatch: {stored.path} was made from {prefix} vectors of d={list(shape)[1]}, "
-                            f"but {src.name} has d={src.dim}")
+        raise MismatchError(
+            f"dimension mismatch: {stored.path} was made from {prefix} vectors of d={list(shape)[1]}, "
+            f"but {src.name} has d={src.dim}"
+        )
 
 
 def _check_not_added(stored: StoredBias, prefix: str, src: EmbeddingSource) -> None:
@@ -62,8 +69,10 @@ def _check_not_added(stored: StoredBias, prefix: str, src: EmbeddingSource) -> N
     fingerprint = src.fingerprint()
     for part in recorded_parts(stored.attrs, prefix):
         if part["fingerprint"] == fingerprint:
-            raise ParameterError(f"{src.name}: these {src.n} rows are already part of {stored.path}'s {prefix} "
-                                 f"(added from {part['path']}); nothing to do")
+            raise ParameterError(
+                f"{src.name}: these {src.n} rows are already part of {stored.path}'s {prefix} "
+                f"(added from {part['path']}); nothing to do"
+            )
 
 
 def _updated_attrs(stored: StoredBias, prefix: str, src: EmbeddingSource, op: str) -> dict:
@@ -76,9 +85,16 @@ def _updated_attrs(stored: StoredBias, prefix: str, src: EmbeddingSource, op: st
     return attrs
 
 
-def append_items(stored: StoredBias, new_items: EmbeddingSource, reference: EmbeddingSource, metric: str,
-                 alpha: float | None = None, k: int | None = None, block_rows: int = DEFAULT_QUERY_BLOCK,
-                 progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict]:
+def append_items(
+    stored: StoredBias,
+    new_items: EmbeddingSource,
+    reference: EmbeddingSource,
+    metric: str,
+    alpha: float | None = None,
+    k: int | None = None,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict]:
     """Bias (and top-k) of ``new_items`` against the file's reference, appended to the stored rows.
 
     ``reference`` must hold the reference recorded in the file (all its parts,
@@ -90,10 +106,13 @@ def append_items(stored: StoredBias, new_items: EmbeddingSource, reference: Embe
     _check_dim(stored, "reference", reference)
     check_k(stored.k, reference.n)
     if stored.ids is not None and new_items.ids() is None:
-        raise MismatchError(f"{stored.path} has gallery ids but {new_items.name} has none; "
-                            "give the new items an 'ids' dataset (HDF5) so the ids stay aligned")
-    check_matches_parts(stored.attrs, "reference", reference, str(stored.path),
-                        "pass the same --reference the file was computed with")
+        raise MismatchError(
+            f"{stored.path} has gallery ids but {new_items.name} has none; "
+            "give the new items an 'ids' dataset (HDF5) so the ids stay aligned"
+        )
+    check_matches_parts(
+        stored.attrs, "reference", reference, str(stored.path), "pass the same --reference the file was computed with"
+    )
     items = new_items.read(metric)
     _check_not_added(stored, "gallery", new_items)
     topk_new = reference_topk(items, reference.read(metric), stored.k, block_rows, progress)
@@ -104,9 +123,16 @@ def append_items(stored: StoredBias, new_items: EmbeddingSource, reference: Embe
     return bias, topk, ids, _updated_attrs(stored, "gallery", new_items, "append")
 
 
-def add_reference(stored: StoredBias, gallery: EmbeddingSource, new_reference: EmbeddingSource, metric: str,
-                  alpha: float | None = None, k: int | None = None, block_rows: int = DEFAULT_QUERY_BLOCK,
-                  progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
+def add_reference(
+    stored: StoredBias,
+    gallery: EmbeddingSource,
+    new_reference: EmbeddingSource,
+    metric: str,
+    alpha: float | None = None,
+    k: int | None = None,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict]:
     """Every item's bias after adding ``new_reference`` queries to the reference (cost N x M_new).
 
     ``gallery`` must be the gallery recorded in the file; the file must hold
@@ -115,16 +141,21 @@ def add_reference(stored: StoredBias, gallery: EmbeddingSource, new_reference: E
     """
     _check_options(stored, metric, alpha, k)
     if stored.topk is None:
-        raise InputError(f"{stored.path}: has no 'topk' dataset (made with --no-store-topk or by an older nnn), "
-                         "so it cannot be updated; recompute it once with `nnn bias` (it stores topk by default)")
+        raise InputError(
+            f"{stored.path}: has no 'topk' dataset (made with --no-store-topk or by an older nnn), "
+            "so it cannot be updated; recompute it once with `nnn bias` (it stores topk by default)"
+        )
     _check_dim(stored, "gallery", gallery)
     _check_dim(stored, "reference", new_reference)
     if gallery.dim != new_reference.dim:
-        raise MismatchError(f"dimension mismatch: gallery {gallery.name} has d={gallery.dim}, "
-                            f"new reference {new_reference.name} has d={new_reference.dim}")
+        raise MismatchError(
+            f"dimension mismatch: gallery {gallery.name} has d={gallery.dim}, "
+            f"new reference {new_reference.name} has d={new_reference.dim}"
+        )
     g = gallery.read(metric)
-    check_matches_parts(stored.attrs, "gallery", gallery, str(stored.path),
-                        "pass the gallery the bias file was computed for")
+    check_matches_parts(
+        stored.attrs, "gallery", gallery, str(stored.path), "pass the gallery the bias file was computed for"
+    )
     new_r = new_reference.read(metric)
     _check_not_added(stored, "reference", new_reference)
     k_new = min(stored.k, new_reference.n)

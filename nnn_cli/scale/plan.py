@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.scale.index.choose import IndexChoice, choose_index
-from nnn_cli.scale.index.build import index_meta
-from nnn_cli.scale.index.steps import indexed_reference_topk
 from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, reference_topk
+from nnn_cli.core.topk import ProgressFn
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import ParameterError
 from nnn_cli.scale.budget import BlockPlan, format_bytes, plan_blocks
 from nnn_cli.scale.device import resolve_device
-from nnn_cli.errors import ParameterError
-from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.scale.index.build import index_meta
+from nnn_cli.scale.index.choose import IndexChoice, choose_index
+from nnn_cli.scale.index.steps import indexed_reference_topk
 from nnn_cli.scale.streaming import streamed_bias
-from nnn_cli.core.topk import ProgressFn
-
 
 STREAM_REFERENCE_ABOVE = 128 * 2**20
 """Without --memory-budget, an exact bias streams a reference larger than this (as float32)."""
@@ -59,8 +58,10 @@ class BiasPlan:
             return text
         text = f"index: flat (exact); {self.choice.reason}"
         if self.blocks is not None:
-            text += (f"; streaming the reference in blocks of {self.blocks.reference_rows} rows with "
-                     f"{self.blocks.gallery_rows} gallery rows resident")
+            text += (
+                f"; streaming the reference in blocks of {self.blocks.reference_rows} rows with "
+                f"{self.blocks.gallery_rows} gallery rows resident"
+            )
         if self.device == "cuda":
             text += "; on the GPU (torch)"
         return text
@@ -73,29 +74,51 @@ class BiasPlan:
         return out
 
 
-def plan_bias(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, index: str = "flat",
-              nlist: int | None = None, nprobe: int | None = None, ef_search: int | None = None,
-              recall: float | None = None, memory_budget: int | None = None, device: str = "cpu",
-              load_index: str | Path | None = None, save_index: str | Path | None = None,
-              store_topk: bool = True) -> BiasPlan:
+def plan_bias(
+    gallery: EmbeddingSource,
+    reference: EmbeddingSource,
+    k: int,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    recall: float | None = None,
+    memory_budget: int | None = None,
+    device: str = "cpu",
+    load_index: str | Path | None = None,
+    save_index: str | Path | None = None,
+    store_topk: bool = True,
+) -> BiasPlan:
     """Validate the scale options and decide how to compute the bias (nothing is read yet)."""
     k = check_k(k, reference.n)
     choice = choose_index(index, gallery.n, reference.n, reference.dim, k, nlist, nprobe, ef_search, recall)
     if load_index is not None:
-        choice = IndexChoice("loaded", factory=str(load_index), nprobe=nprobe, ef_search=ef_search,
-                             recall_target=choice.recall_target, reason=f"--load-index {load_index}")
+        choice = IndexChoice(
+            "loaded",
+            factory=str(load_index),
+            nprobe=nprobe,
+            ef_search=ef_search,
+            recall_target=choice.recall_target,
+            reason=f"--load-index {load_index}",
+        )
     used, message = resolve_device(device)
-    plan = BiasPlan(choice, used, keep_topk=store_topk,
-                    load_index=Path(load_index) if load_index else None,
-                    save_index=Path(save_index) if save_index else None)
+    plan = BiasPlan(
+        choice,
+        used,
+        keep_topk=store_topk,
+        load_index=Path(load_index) if load_index else None,
+        save_index=Path(save_index) if save_index else None,
+    )
     if message:
         plan.notes.append(message)
     if plan.load_index is not None and plan.save_index is not None:
         raise ParameterError("give --load-index or --save-index, not both")
     if choice.exact and plan.save_index is not None:
         if index != "auto":
-            raise ParameterError("--save-index needs an approximate index (--index ivf|hnsw|FACTORY, or auto "
-                                 "choosing one); the exact path has nothing worth saving")
+            raise ParameterError(
+                "--save-index needs an approximate index (--index ivf|hnsw|FACTORY, or auto "
+                "choosing one); the exact path has nothing worth saving"
+            )
         plan.notes.append(f"--save-index {plan.save_index}: nothing saved, auto chose the exact path")
         plan.save_index = None
     if plan.mode == "indexed" and used == "cuda":
@@ -107,8 +130,10 @@ def plan_bias(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, inde
         topk_bytes = gallery.n * k * 4
         if store_topk and topk_bytes > memory_budget // 4:
             plan.keep_topk = False
-            plan.notes.append(f"top-k scores ({format_bytes(topk_bytes)}) not stored: more than a quarter of "
-                              f"--memory-budget {format_bytes(memory_budget)}")
+            plan.notes.append(
+                f"top-k scores ({format_bytes(topk_bytes)}) not stored: more than a quarter of "
+                f"--memory-budget {format_bytes(memory_budget)}"
+            )
     elif memory_budget is not None:
         plan.notes.append("--memory-budget bounds the exact path; an index over the reference is held in memory")
     elif plan.mode == "exact" and reference.n * reference.dim * 4 > STREAM_REFERENCE_ABOVE:
@@ -119,8 +144,15 @@ def plan_bias(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, inde
     return plan
 
 
-def run_bias_plan(plan: BiasPlan, gallery: EmbeddingSource, reference: EmbeddingSource, alpha: float, k: int,
-                  metric: str, progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def run_bias_plan(
+    plan: BiasPlan,
+    gallery: EmbeddingSource,
+    reference: EmbeddingSource,
+    alpha: float,
+    k: int,
+    metric: str,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan``."""
     alpha = check_alpha(alpha)
     info: dict = {}
@@ -130,8 +162,9 @@ def run_bias_plan(plan: BiasPlan, gallery: EmbeddingSource, reference: Embedding
     if plan.mode == "indexed":
         # the gallery is streamed: only the index and the (N, k) top-k are held whole
         meta = index_meta(reference.fingerprint(), metric, plan.choice, "reference")
-        topk, run = indexed_reference_topk(gallery, reference, k, metric, plan.choice, plan.load_index,
-                                           plan.save_index, meta, progress)
+        topk, run = indexed_reference_topk(
+            gallery, reference, k, metric, plan.choice, plan.load_index, plan.save_index, meta, progress
+        )
         info.update(run.info)
         return bias_from_topk(topk, alpha, k), (topk if plan.keep_topk else None), info
     g = gallery.read(metric)
@@ -162,26 +195,46 @@ class SearchPlan:
         if not self.indexed:
             return f"index: flat (exact); {self.choice.reason}"
         fetch = f"x{self.overfetch}" if self.overfetch else "(x1, or x4 for quantized indexes)"
-        text = (f"index: {self.choice.describe()}; {self.choice.reason}; candidates {fetch} "
-                "re-ranked by exact debiased score")
+        text = (
+            f"index: {self.choice.describe()}; {self.choice.reason}; candidates {fetch} "
+            "re-ranked by exact debiased score"
+        )
         if self.choice.recall_target:
             text += f"; tuning for top-k recall >= {self.choice.recall_target}"
         return text
 
 
-def plan_search(n_queries: int, n_gallery: int, dim: int, top_k: int, index: str = "flat",
-                nlist: int | None = None, nprobe: int | None = None, ef_search: int | None = None,
-                recall: float | None = None, overfetch: int | None = None, device: str = "cpu",
-                load_index: str | Path | None = None, save_index: str | Path | None = None) -> SearchPlan:
+def plan_search(
+    n_queries: int,
+    n_gallery: int,
+    dim: int,
+    top_k: int,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    recall: float | None = None,
+    overfetch: int | None = None,
+    device: str = "cpu",
+    load_index: str | Path | None = None,
+    save_index: str | Path | None = None,
+) -> SearchPlan:
     """Validate the index options of `nnn search` and decide (nothing is read yet)."""
     if overfetch is not None and overfetch < 1:
         raise ParameterError(f"--overfetch must be >= 1, got {overfetch}")
     choice = choose_index(index, n_queries, n_gallery, dim + 1, min(top_k, n_gallery), nlist, nprobe, ef_search, recall)
     if load_index is not None:
-        choice = IndexChoice("loaded", factory=str(load_index), nprobe=nprobe, ef_search=ef_search,
-                             recall_target=choice.recall_target, reason=f"--load-index {load_index}")
-    plan = SearchPlan(choice, overfetch, Path(load_index) if load_index else None,
-                      Path(save_index) if save_index else None)
+        choice = IndexChoice(
+            "loaded",
+            factory=str(load_index),
+            nprobe=nprobe,
+            ef_search=ef_search,
+            recall_target=choice.recall_target,
+            reason=f"--load-index {load_index}",
+        )
+    plan = SearchPlan(
+        choice, overfetch, Path(load_index) if load_index else None, Path(save_index) if save_index else None
+    )
     if plan.load_index is not None and plan.save_index is not None:
         raise ParameterError("give --load-index or --save-index, not both")
     if choice.exact and plan.save_index is not None:
@@ -194,12 +247,20 @@ def plan_search(n_queries: int, n_gallery: int, dim: int, top_k: int, index: str
     return plan
 
 
-def run_search_plan(plan: SearchPlan, queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None,
-                    top_k: int, gallery_fingerprint: str, metric: str, block_rows: int = 4096,
-                    progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def run_search_plan(
+    plan: SearchPlan,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    bias: np.ndarray | None,
+    top_k: int,
+    gallery_fingerprint: str,
+    metric: str,
+    block_rows: int = 4096,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(scores, indices, info): debiased top-k, exact or through the planned index."""
-    from nnn_cli.scale.index.steps import indexed_search
     from nnn_cli.core.search import DebiasedIndex
+    from nnn_cli.scale.index.steps import indexed_search
 
     if not plan.indexed:
         scores, idx = DebiasedIndex(gallery, bias).search(queries, top_k, block_rows=block_rows, progress=progress)
@@ -208,6 +269,7 @@ def run_search_plan(plan: SearchPlan, queries: np.ndarray, gallery: np.ndarray, 
 
     bias_hash = hashlib.blake2b(bias.tobytes(), digest_size=16).hexdigest() if bias is not None else None
     meta = {**index_meta(gallery_fingerprint, metric, plan.choice, "gallery"), "bias": bias_hash}
-    scores, idx, run = indexed_search(queries, gallery, bias, top_k, plan.choice, plan.overfetch,
-                                      plan.load_index, plan.save_index, meta, progress)
+    scores, idx, run = indexed_search(
+        queries, gallery, bias, top_k, plan.choice, plan.overfetch, plan.load_index, plan.save_index, meta, progress
+    )
     return scores, idx, run.to_dict()

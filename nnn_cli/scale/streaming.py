@@ -8,23 +8,30 @@ bit-identical to ``reference_topk`` on fully loaded arrays.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k
-from nnn_cli.scale.budget import BlockPlan
-from nnn_cli.errors import MismatchError
-from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn, RunningTopScores
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import MismatchError
+from nnn_cli.scale.budget import BlockPlan
 
 
-def iter_streamed_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, metric: str,
-                       plan: BlockPlan, progress: ProgressFn | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_streamed_topk(
+    gallery: EmbeddingSource,
+    reference: EmbeddingSource,
+    k: int,
+    metric: str,
+    plan: BlockPlan,
+    progress: ProgressFn | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_row, topk)`` per gallery chunk, ``topk`` (rows, k) float32 descending."""
     if gallery.dim != reference.dim:
-        raise MismatchError(f"dimension mismatch: gallery {gallery.name} d={gallery.dim}, "
-                            f"reference {reference.name} d={reference.dim}")
+        raise MismatchError(
+            f"dimension mismatch: gallery {gallery.name} d={gallery.dim}, reference {reference.name} d={reference.dim}"
+        )
     k = check_k(k, reference.n)
     if plan.gallery_rows % QUERY_TILE or plan.reference_rows % DATABASE_TILE:
         raise ValueError("block plan must use multiples of the GEMM tiles")
@@ -41,18 +48,31 @@ def iter_streamed_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: 
         yield g_start, running.result()
 
 
-def streamed_reference_topk(gallery: EmbeddingSource, reference: EmbeddingSource, k: int, metric: str,
-                            plan: BlockPlan, progress: ProgressFn | None = None) -> np.ndarray:
+def streamed_reference_topk(
+    gallery: EmbeddingSource,
+    reference: EmbeddingSource,
+    k: int,
+    metric: str,
+    plan: BlockPlan,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(N, k) float32 top-k reference scores, streamed; identical to the in-memory result."""
     out = np.empty((gallery.n, min(k, reference.n)), dtype=np.float32)
     for start, topk in iter_streamed_topk(gallery, reference, k, metric, plan, progress):
-        out[start:start + len(topk)] = topk
+        out[start : start + len(topk)] = topk
     return out
 
 
-def streamed_bias(gallery: EmbeddingSource, reference: EmbeddingSource, alpha: float, k: int, metric: str,
-                  plan: BlockPlan, keep_topk: bool = False,
-                  progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def streamed_bias(
+    gallery: EmbeddingSource,
+    reference: EmbeddingSource,
+    alpha: float,
+    k: int,
+    metric: str,
+    plan: BlockPlan,
+    keep_topk: bool = False,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(bias (N,), topk (N, k) or None): the exact NNN bias computed out of core.
 
     ``keep_topk=False`` holds only the (N,) biases, so memory does not grow with N x k.
@@ -62,9 +82,9 @@ def streamed_bias(gallery: EmbeddingSource, reference: EmbeddingSource, alpha: f
     bias = np.empty(gallery.n, dtype=np.float32)
     topk_all = np.empty((gallery.n, k), dtype=np.float32) if keep_topk else None
     for start, topk in iter_streamed_topk(gallery, reference, k, metric, plan, progress):
-        bias[start:start + len(topk)] = bias_from_topk(topk, alpha, k)
+        bias[start : start + len(topk)] = bias_from_topk(topk, alpha, k)
         if topk_all is not None:
-            topk_all[start:start + len(topk)] = topk
+            topk_all[start : start + len(topk)] = topk
     return bias, topk_all
 
 

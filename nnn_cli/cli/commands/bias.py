@@ -9,9 +9,40 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (AddressOpt, BlockRowsOpt, EngineOpt, GpusPerTaskOpt, MaxRetriesOpt, PartitionRowsOpt, StorageOptionOpt, engine_options, ResumeOpt, GalleryIdsOpt, IdsColumnOpt, AlphaOpt, BlockOpt, DeviceOpt, EfSearchOpt, IndexOpt, JsonOpt, KOpt, LoadIndexOpt,
-                                 MemoryBudgetOpt, Metric, MetricOpt, NlistOpt, NprobeOpt, ParamsOpt, QuietOpt,
-                                 RecallOpt, SaveIndexOpt, ThreadsOpt, WaitOpt, block_size_note, index_options)
+from nnn_cli.cli.options import (
+    AddressOpt,
+    AlphaOpt,
+    BlockOpt,
+    BlockRowsOpt,
+    DeviceOpt,
+    EfSearchOpt,
+    EngineOpt,
+    GalleryIdsOpt,
+    GpusPerTaskOpt,
+    IdsColumnOpt,
+    IndexOpt,
+    JsonOpt,
+    KOpt,
+    LoadIndexOpt,
+    MaxRetriesOpt,
+    MemoryBudgetOpt,
+    Metric,
+    MetricOpt,
+    NlistOpt,
+    NprobeOpt,
+    ParamsOpt,
+    PartitionRowsOpt,
+    QuietOpt,
+    RecallOpt,
+    ResumeOpt,
+    SaveIndexOpt,
+    StorageOptionOpt,
+    ThreadsOpt,
+    WaitOpt,
+    block_size_note,
+    engine_options,
+    index_options,
+)
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar
 
 EPILOG = (
@@ -27,11 +58,22 @@ EPILOG = (
 
 @handle_errors
 def bias_cmd(
-    gallery: Annotated[str, typer.Argument(help="Gallery embeddings (.h5, FILE.h5:DATASET, .npy or a folder of "
-                                               ".npy shards), shape (N, d); with --append-to: only the NEW items.")],
-    reference: Annotated[Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Bias file to write (.h5 or .npy); "
-                                                   "with --append-to/--update defaults to that file.")] = None,
+    gallery: Annotated[
+        str,
+        typer.Argument(
+            help="Gallery embeddings (.h5, FILE.h5:DATASET, .npy or a folder of "
+            ".npy shards), shape (N, d); with --append-to: only the NEW items."
+        ),
+    ],
+    reference: Annotated[
+        Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")
+    ] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output", "-o", help="Bias file to write (.h5 or .npy); with --append-to/--update defaults to that file."
+        ),
+    ] = None,
     alpha: AlphaOpt = None,
     k: KOpt = None,
     params: ParamsOpt = None,
@@ -40,18 +82,34 @@ def bias_cmd(
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
-    append_to: Annotated[Optional[str], typer.Option(
-        "--append-to", help="Existing bias .h5 (or, with --engine ray, its run folder/URL): compute only the NEW "
-                            "gallery items given as GALLERY and append them (checks --reference/alpha/k/metric "
-                            "match).")] = None,
-    update: Annotated[Optional[str], typer.Option(
-        "--update", help="Existing bias .h5 (or, with --engine ray, its run folder/URL) for GALLERY: merge in "
-                         "--reference-add queries (cost N x M_new).")] = None,
-    reference_add: Annotated[Optional[str], typer.Option(
-        "--reference-add", help="New reference queries to fold into --update's bias file.")] = None,
-    store_topk: Annotated[bool, typer.Option(
-        "--store-topk/--no-store-topk", help="Store each item's top-k reference scores (dataset 'topk', N x k "
-                                             "float32) so `--update` can add reference queries later.")] = True,
+    append_to: Annotated[
+        Optional[str],
+        typer.Option(
+            "--append-to",
+            help="Existing bias .h5 (or, with --engine ray, its run folder/URL): compute only the NEW "
+            "gallery items given as GALLERY and append them (checks --reference/alpha/k/metric "
+            "match).",
+        ),
+    ] = None,
+    update: Annotated[
+        Optional[str],
+        typer.Option(
+            "--update",
+            help="Existing bias .h5 (or, with --engine ray, its run folder/URL) for GALLERY: merge in "
+            "--reference-add queries (cost N x M_new).",
+        ),
+    ] = None,
+    reference_add: Annotated[
+        Optional[str], typer.Option("--reference-add", help="New reference queries to fold into --update's bias file.")
+    ] = None,
+    store_topk: Annotated[
+        bool,
+        typer.Option(
+            "--store-topk/--no-store-topk",
+            help="Store each item's top-k reference scores (dataset 'topk', N x k "
+            "float32) so `--update` can add reference queries later.",
+        ),
+    ] = True,
     index: IndexOpt = "flat",
     nlist: NlistOpt = None,
     nprobe: NprobeOpt = None,
@@ -87,12 +145,30 @@ def bias_cmd(
         note(block_size_note(block_size))
     with progress_bar("bias", quiet) as progress:
         result = jobs.bias(
-            gallery, reference, output, alpha=alpha, k=k, params=params, metric=metric.value, threads=threads,
-            store_topk=store_topk, append_to=append_to, update=update, reference_add=reference_add,
-            engine=engine_options(engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries,
-                                  storage_option),
+            gallery,
+            reference,
+            output,
+            alpha=alpha,
+            k=k,
+            params=params,
+            metric=metric.value,
+            threads=threads,
+            store_topk=store_topk,
+            append_to=append_to,
+            update=update,
+            reference_add=reference_add,
+            engine=engine_options(
+                engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+            ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            memory_budget=memory_budget, device=device, wait=wait, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
+            memory_budget=memory_budget,
+            device=device,
+            wait=wait,
+            gallery_ids=gallery_ids,
+            ids_column=ids_column,
+            progress=progress,
+            on_note=note,
+        )
     if json_out:
         print_json({key: v for key, v in result.summary.items() if key != "message"})
     info(result.summary["message"], quiet)

@@ -9,8 +9,25 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, AlphaOpt, BiasFileOpt, BiasReferenceOpt, BlockOpt, ForceOpt, GalleryOpt, JsonOpt, KOpt,
-                                 Metric, MetricOpt, ParamsOpt, QuietOpt, ThreadsOpt, block_size_note)
+from nnn_cli.cli.options import (
+    AlphaOpt,
+    BiasFileOpt,
+    BiasReferenceOpt,
+    BlockOpt,
+    ForceOpt,
+    GalleryIdsOpt,
+    GalleryOpt,
+    IdsColumnOpt,
+    JsonOpt,
+    KOpt,
+    Metric,
+    MetricOpt,
+    ParamsOpt,
+    QueryIdsOpt,
+    QuietOpt,
+    ThreadsOpt,
+    block_size_note,
+)
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
 from nnn_cli.jobs.eval import BaselineParams
 
@@ -28,7 +45,9 @@ EPILOG = (
 def eval_cmd(
     queries: Annotated[str, typer.Option("--queries", "-Q", help="Query embeddings (Q, d).")],
     gallery: GalleryOpt,
-    truth: Annotated[str, typer.Option("--truth", "-t", help="Ground truth: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids.")],
+    truth: Annotated[
+        str, typer.Option("--truth", "-t", help="Ground truth: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids.")
+    ],
     bias: BiasFileOpt = None,
     reference: BiasReferenceOpt = None,
     alpha: AlphaOpt = None,
@@ -40,26 +59,71 @@ def eval_cmd(
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
     force: ForceOpt = False,
-    methods: Annotated[str, typer.Option(
-        "--methods", "-m", envvar="NNN_METHODS",
-        help="Comma list of: baseline, nnn, dn, qbnorm (QB-Norm dynamic inverted softmax), is (plain inverted softmax; "
-             "alias qbnorm_is), dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.")] = "baseline,nnn",
-    dn_lambda: Annotated[float, typer.Option("--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25).")] = BaselineParams.dn_lambda,
-    qb_beta: Annotated[float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")] = BaselineParams.qb_beta,
-    db_beta1: Annotated[float, typer.Option("--db-beta1", help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
-                                                    "0 = the inverted softmax over the query bank.")] = BaselineParams.db_beta1,
-    db_beta2: Annotated[float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")] = BaselineParams.db_beta2,
-    gallery_bank: Annotated[Optional[str], typer.Option(
-        "--gallery-bank", help="DBNorm gallery-side bank (N', d): separate training items, as in the NNN paper (App. A1). "
-                               "Default: the gallery itself, with a warning (not the published protocol). No effect on DN rankings.")] = None,
-    activation_k: Annotated[int, typer.Option("--activation-k", min=1, help="QB-Norm/DualDIS activation set: items in the top k of some bank row (QB-Norm's k).")] = 1,
-    method_params: Annotated[Optional[list[Path]], typer.Option(
-        "--method-params", help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
-        "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.")] = None,
-    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples of the queries for 95% intervals (0: none).")] = 0,
+    methods: Annotated[
+        str,
+        typer.Option(
+            "--methods",
+            "-m",
+            envvar="NNN_METHODS",
+            help="Comma list of: baseline, nnn, dn, qbnorm (QB-Norm dynamic inverted softmax), is (plain inverted softmax; "
+            "alias qbnorm_is), dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.",
+        ),
+    ] = "baseline,nnn",
+    dn_lambda: Annotated[
+        float,
+        typer.Option(
+            "--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25)."
+        ),
+    ] = BaselineParams.dn_lambda,
+    qb_beta: Annotated[
+        float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")
+    ] = BaselineParams.qb_beta,
+    db_beta1: Annotated[
+        float,
+        typer.Option(
+            "--db-beta1",
+            help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
+            "0 = the inverted softmax over the query bank.",
+        ),
+    ] = BaselineParams.db_beta1,
+    db_beta2: Annotated[
+        float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")
+    ] = BaselineParams.db_beta2,
+    gallery_bank: Annotated[
+        Optional[str],
+        typer.Option(
+            "--gallery-bank",
+            help="DBNorm gallery-side bank (N', d): separate training items, as in the NNN paper (App. A1). "
+            "Default: the gallery itself, with a warning (not the published protocol). No effect on DN rankings.",
+        ),
+    ] = None,
+    activation_k: Annotated[
+        int,
+        typer.Option(
+            "--activation-k",
+            min=1,
+            help="QB-Norm/DualDIS activation set: items in the top k of some bank row (QB-Norm's k).",
+        ),
+    ] = 1,
+    method_params: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--method-params",
+            help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
+            "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples of the queries for 95% intervals (0: none).")
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap.")] = 0,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder to write PNG pictures into (hubness, recall); needs matplotlib.")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write one self-contained HTML page with tables and pictures.")] = None,
+    plots: Annotated[
+        Optional[Path],
+        typer.Option("--plots", help="Folder to write PNG pictures into (hubness, recall); needs matplotlib."),
+    ] = None,
+    report: Annotated[
+        Optional[Path], typer.Option("--report", help="Write one self-contained HTML page with tables and pictures.")
+    ] = None,
     query_ids: QueryIdsOpt = None,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
@@ -81,14 +145,38 @@ def eval_cmd(
         note(block_size_note(block_size))
     with progress_bar("eval", quiet) as progress:
         result = jobs.evaluate(
-            queries, gallery, truth, bias=bias, reference=reference, alpha=alpha, k=k, params=params,
-            metric=metric.value, threads=threads, force=force, methods=methods, method_params=method_params,
-            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k), gallery_bank=gallery_bank,
-            bootstrap=bootstrap, seed=seed, plots=plots, report=report, query_ids=query_ids, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note).summary
+            queries,
+            gallery,
+            truth,
+            bias=bias,
+            reference=reference,
+            alpha=alpha,
+            k=k,
+            params=params,
+            metric=metric.value,
+            threads=threads,
+            force=force,
+            methods=methods,
+            method_params=method_params,
+            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k),
+            gallery_bank=gallery_bank,
+            bootstrap=bootstrap,
+            seed=seed,
+            plots=plots,
+            report=report,
+            query_ids=query_ids,
+            gallery_ids=gallery_ids,
+            ids_column=ids_column,
+            progress=progress,
+            on_note=note,
+        ).summary
     if json_out:
         print_json(result)
-    elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(
-            m in result for m in ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")):
+    elif (
+        {"baseline", "nnn"} <= set(result)
+        and not bootstrap
+        and not any(m in result for m in ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis"))
+    ):
         render_eval_table(result)
     else:
         render_methods_table(result)

@@ -11,18 +11,20 @@ from nnn_cli.cli.errors import handle_errors
 from nnn_cli.cli.options import JsonOpt
 from nnn_cli.cli.render import print_json, render_info
 
-EPILOG = (
-    "Examples:\n\n"
-    "  nnn info bias.h5\n\n"
-    "  nnn info gallery.h5 --fingerprint --json | jq -r .fingerprint"
-)
+EPILOG = "Examples:\n\n  nnn info bias.h5\n\n  nnn info gallery.h5 --fingerprint --json | jq -r .fingerprint"
 
 
 @handle_errors
 def info_cmd(
-    file: Annotated[str, typer.Argument(help="Any nnn file: embeddings, bias, results (.h5/.npz/.jsonl), params .json.")],
-    fingerprint: Annotated[bool, typer.Option(
-        "--fingerprint", help="Also compute an embedding file's content fingerprint (reads the whole file).")] = False,
+    file: Annotated[
+        str, typer.Argument(help="Any nnn file: embeddings, bias, results (.h5/.npz/.jsonl), params .json.")
+    ],
+    fingerprint: Annotated[
+        bool,
+        typer.Option(
+            "--fingerprint", help="Also compute an embedding file's content fingerprint (reads the whole file)."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show **what a file holds and how it was made**: arrays, parameters, inputs and their fingerprints, history.

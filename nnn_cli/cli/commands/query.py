@@ -13,8 +13,8 @@ from nnn_cli.cli.render import print_json_lines, render_query
 
 EPILOG = (
     "Examples:\n\n"
-    "  nnn query \"a text editor for the terminal\" --gallery sample_data/gallery.h5 --bias bias.h5\n\n"
-    "  nnn query \"image viewer\" \"mail client\" -g gallery.h5 -b bias.h5 --top-k 3 --json"
+    '  nnn query "a text editor for the terminal" --gallery sample_data/gallery.h5 --bias bias.h5\n\n'
+    '  nnn query "image viewer" "mail client" -g gallery.h5 -b bias.h5 --top-k 3 --json'
 )
 
 
@@ -24,8 +24,12 @@ def query_cmd(
     gallery: GalleryOpt,
     bias: BiasFileOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-n", min=1, help="Results per query.")] = 10,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Model to embed with (default: the one recorded in the gallery file by `nnn embed`).")] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model", "-m", help="Model to embed with (default: the one recorded in the gallery file by `nnn embed`)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (for the model).")] = "auto",
     metric: MetricOpt = Metric.cosine,
     threads: ThreadsOpt = 0,
@@ -33,8 +37,17 @@ def query_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Embed TEXT with the model recorded in the gallery and **show the debiased ranking**, without writing a file."""
-    result = jobs.query(texts, gallery, bias=bias, top_k=top_k, model=model, metric=metric.value, device=device,
-                        force=force, threads=threads).summary
+    result = jobs.query(
+        texts,
+        gallery,
+        bias=bias,
+        top_k=top_k,
+        model=model,
+        metric=metric.value,
+        device=device,
+        force=force,
+        threads=threads,
+    ).summary
     if json_out:
         print_json_lines(result["results"])
     else:

@@ -9,9 +9,37 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import (AddressOpt, BlockRowsOpt, EngineOpt, GpusPerTaskOpt, MaxRetriesOpt, PartitionRowsOpt, StorageOptionOpt, engine_options, GalleryIdsOpt, IdsColumnOpt, QueryIdsOpt, BlockOpt, DeviceOpt, EfSearchOpt, ForceOpt, GalleryOpt, IndexOpt, LoadIndexOpt, Metric,
-                                 MetricOpt, NlistOpt, NprobeOpt, OutFormat, QuietOpt, RecallOpt, SaveIndexOpt,
-                                 ThreadsOpt, block_size_note, index_options)
+from nnn_cli.cli.options import (
+    AddressOpt,
+    BlockOpt,
+    BlockRowsOpt,
+    DeviceOpt,
+    EfSearchOpt,
+    EngineOpt,
+    ForceOpt,
+    GalleryIdsOpt,
+    GalleryOpt,
+    GpusPerTaskOpt,
+    IdsColumnOpt,
+    IndexOpt,
+    LoadIndexOpt,
+    MaxRetriesOpt,
+    Metric,
+    MetricOpt,
+    NlistOpt,
+    NprobeOpt,
+    OutFormat,
+    PartitionRowsOpt,
+    QueryIdsOpt,
+    QuietOpt,
+    RecallOpt,
+    SaveIndexOpt,
+    StorageOptionOpt,
+    ThreadsOpt,
+    block_size_note,
+    engine_options,
+    index_options,
+)
 from nnn_cli.cli.render import info, note_printer, progress_bar
 
 EPILOG = (
@@ -26,13 +54,24 @@ EPILOG = (
 
 @handle_errors
 def search_cmd(
-    queries: Annotated[str, typer.Argument(help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
-                                               "or - for .npy/HDF5 bytes on stdin), shape (Q, d).")],
+    queries: Annotated[
+        str,
+        typer.Argument(
+            help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
+            "or - for .npy/HDF5 bytes on stdin), shape (Q, d)."
+        ),
+    ],
     gallery: GalleryOpt,
-    output: Annotated[str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")],
-    bias: Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")
+    ],
+    bias: Annotated[
+        Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-n", min=1, help="Results per query.")] = 10,
-    out_format: Annotated[Optional[OutFormat], typer.Option("--format", help="h5 or jsonl (default: from the file name; jsonl for -).")] = None,
+    out_format: Annotated[
+        Optional[OutFormat], typer.Option("--format", help="h5 or jsonl (default: from the file name; jsonl for -).")
+    ] = None,
     metric: MetricOpt = Metric.cosine,
     block_size: BlockOpt = None,
     threads: ThreadsOpt = 0,
@@ -43,9 +82,15 @@ def search_cmd(
     nprobe: NprobeOpt = None,
     ef_search: EfSearchOpt = None,
     recall: RecallOpt = None,
-    overfetch: Annotated[Optional[int], typer.Option(
-        "--overfetch", min=1, help="With an approximate index: fetch top-k x this many candidates and re-rank "
-                                   "them by exact debiased score (default 1; 4 for quantized indexes).")] = None,
+    overfetch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--overfetch",
+            min=1,
+            help="With an approximate index: fetch top-k x this many candidates and re-rank "
+            "them by exact debiased score (default 1; 4 for quantized indexes).",
+        ),
+    ] = None,
     save_index: SaveIndexOpt = None,
     load_index: LoadIndexOpt = None,
     device: DeviceOpt = "cpu",
@@ -71,11 +116,27 @@ def search_cmd(
         note(block_size_note(block_size))
     with progress_bar("search", quiet) as progress:
         result = jobs.search(
-            queries, gallery, output, bias=bias, top_k=top_k, fmt=out_format.value if out_format else None,
-            metric=metric.value, threads=threads, force=force, overfetch=overfetch, device=device,
-            engine=engine_options(engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries,
-                                  storage_option),
+            queries,
+            gallery,
+            output,
+            bias=bias,
+            top_k=top_k,
+            fmt=out_format.value if out_format else None,
+            metric=metric.value,
+            threads=threads,
+            force=force,
+            overfetch=overfetch,
+            device=device,
+            engine=engine_options(
+                engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+            ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            stream=sys.stdout, query_ids=query_ids, gallery_ids=gallery_ids, ids_column=ids_column, progress=progress, on_note=note)
+            stream=sys.stdout,
+            query_ids=query_ids,
+            gallery_ids=gallery_ids,
+            ids_column=ids_column,
+            progress=progress,
+            on_note=note,
+        )
     if "message" in result.summary:
         info(result.summary["message"], quiet)

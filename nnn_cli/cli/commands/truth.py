@@ -21,10 +21,15 @@ EPILOG = (
 
 @handle_errors
 def truth_cmd(
-    pairs: Annotated[Path, typer.Option("--pairs", help="csv/tsv with header image_id,caption_id: one row per correct pair.")],
+    pairs: Annotated[
+        Path, typer.Option("--pairs", help="csv/tsv with header image_id,caption_id: one row per correct pair.")
+    ],
     images: Annotated[str, typer.Option("--images", help="Image embeddings with ids (.h5 from `nnn embed`).")],
     captions: Annotated[str, typer.Option("--captions", help="Caption embeddings with ids.")],
-    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Existing folder for text_to_image_truth.npy and image_to_text_truth.npy.")],
+    output_dir: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="Existing folder for text_to_image_truth.npy and image_to_text_truth.npy."),
+    ],
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

@@ -9,7 +9,17 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import BlockOpt, GalleryOpt, JsonOpt, Metric, MetricOpt, Objective, QuietOpt, ThreadsOpt, block_size_note
+from nnn_cli.cli.options import (
+    BlockOpt,
+    GalleryOpt,
+    JsonOpt,
+    Metric,
+    MetricOpt,
+    Objective,
+    QuietOpt,
+    ThreadsOpt,
+    block_size_note,
+)
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar, render_method_sweep, render_tune_grid
 from nnn_cli.jobs.tune import PAPER_ALPHAS_TEXT, PAPER_KS_TEXT
 
@@ -25,30 +35,110 @@ EPILOG = (
 @handle_errors
 def tune_cmd(
     gallery: GalleryOpt,
-    reference: Annotated[str, typer.Option("--reference", "-r", help="Reference query embeddings (M, d): the biases come from these.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="params.json to write (alpha, k, score, the whole grid).")],
-    queries: Annotated[Optional[str], typer.Option("--queries", "-Q", help="Held-out query embeddings (Q, d) with known answers.")] = None,
-    truth: Annotated[Optional[str], typer.Option("--truth", "-t", help="Ground truth of --queries: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids. Omit to tune unsupervised.")] = None,
-    alphas: Annotated[str, typer.Option("--alphas", envvar="NNN_ALPHAS", help="Comma list of alphas (default: the paper's 0.25..1.5 by 0.125).")] = PAPER_ALPHAS_TEXT,
-    ks: Annotated[str, typer.Option("--ks", envvar="NNN_KS", help="Comma list of k (default: the paper's 1..512, powers of 2); k above the reference size is skipped.")] = PAPER_KS_TEXT,
-    objective: Annotated[Objective, typer.Option("--objective", help="Recall to maximise (supervised mode).")] = Objective.r1,
-    unsupervised: Annotated[bool, typer.Option("--unsupervised", help="Choose from the reference queries alone (automatic when --truth is omitted); with --queries/--truth, recall is reported but not used.")] = False,
-    holdout: Annotated[float, typer.Option("--holdout", help="Unsupervised: share of reference queries held out for the retrieval test.")] = 0.2,
-    tolerance: Annotated[float, typer.Option("--tolerance", help="Unsupervised: cells within this of the best entropy count as tied; the one closest to plain retrieval wins.")] = 0.001,
+    reference: Annotated[
+        str, typer.Option("--reference", "-r", help="Reference query embeddings (M, d): the biases come from these.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="params.json to write (alpha, k, score, the whole grid).")
+    ],
+    queries: Annotated[
+        Optional[str], typer.Option("--queries", "-Q", help="Held-out query embeddings (Q, d) with known answers.")
+    ] = None,
+    truth: Annotated[
+        Optional[str],
+        typer.Option(
+            "--truth",
+            "-t",
+            help="Ground truth of --queries: .npy (Q,) or (P, 2), .h5 'truth', or .csv/.tsv of ids. Omit to tune unsupervised.",
+        ),
+    ] = None,
+    alphas: Annotated[
+        str,
+        typer.Option(
+            "--alphas", envvar="NNN_ALPHAS", help="Comma list of alphas (default: the paper's 0.25..1.5 by 0.125)."
+        ),
+    ] = PAPER_ALPHAS_TEXT,
+    ks: Annotated[
+        str,
+        typer.Option(
+            "--ks",
+            envvar="NNN_KS",
+            help="Comma list of k (default: the paper's 1..512, powers of 2); k above the reference size is skipped.",
+        ),
+    ] = PAPER_KS_TEXT,
+    objective: Annotated[
+        Objective, typer.Option("--objective", help="Recall to maximise (supervised mode).")
+    ] = Objective.r1,
+    unsupervised: Annotated[
+        bool,
+        typer.Option(
+            "--unsupervised",
+            help="Choose from the reference queries alone (automatic when --truth is omitted); with --queries/--truth, recall is reported but not used.",
+        ),
+    ] = False,
+    holdout: Annotated[
+        float,
+        typer.Option("--holdout", help="Unsupervised: share of reference queries held out for the retrieval test."),
+    ] = 0.2,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            "--tolerance",
+            help="Unsupervised: cells within this of the best entropy count as tied; the one closest to plain retrieval wins.",
+        ),
+    ] = 0.001,
     metric: MetricOpt = Metric.cosine,
     block_size: BlockOpt = None,
     threads: ThreadsOpt = 0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
-    method: Annotated[str, typer.Option("--method", help="nnn (default), or a comparison method to tune instead: dn, qbnorm, is, dbnorm, dbnorm_dis (supervised only).")] = "nnn",
-    method_grid: Annotated[Optional[str], typer.Option("--method-grid", help="Grid of a comparison method, e.g. 'db_beta1=0,1,5;db_beta2=25,50,100' (default: a sweep spanning the paper's Appendix B2 ranges).")] = None,
-    gallery_bank: Annotated[Optional[str], typer.Option("--gallery-bank", help="Gallery-side reference bank for dn/dbnorm (default: the gallery itself).")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the alpha x k heatmap of the sweep to this PNG (needs matplotlib).")] = None,
-    db_dense: Annotated[str, typer.Option("--db-dense", help="DBNorm sweep (App. B2): coarse 0 + 20 log values over [0.001, 400] per beta, then a dense 21x21 around the best (around), the paper's fixed ranges beta1 in [0.001, 15], beta2 in [25, 200] (paper), or none.")] = "around",
-    activation_k: Annotated[int, typer.Option("--activation-k", min=1, help="QB-Norm/DualDIS activation set size k.")] = 1,
-    reference_fraction: Annotated[float, typer.Option("--reference-fraction", help="Use a seeded random share of the reference queries (the paper's reference-size ablation, Tables A12-A15).")] = 1.0,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="nnn (default), or a comparison method to tune instead: dn, qbnorm, is, dbnorm, dbnorm_dis (supervised only).",
+        ),
+    ] = "nnn",
+    method_grid: Annotated[
+        Optional[str],
+        typer.Option(
+            "--method-grid",
+            help="Grid of a comparison method, e.g. 'db_beta1=0,1,5;db_beta2=25,50,100' (default: a sweep spanning the paper's Appendix B2 ranges).",
+        ),
+    ] = None,
+    gallery_bank: Annotated[
+        Optional[str],
+        typer.Option("--gallery-bank", help="Gallery-side reference bank for dn/dbnorm (default: the gallery itself)."),
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Write the alpha x k heatmap of the sweep to this PNG (needs matplotlib)."),
+    ] = None,
+    db_dense: Annotated[
+        str,
+        typer.Option(
+            "--db-dense",
+            help="DBNorm sweep (App. B2): coarse 0 + 20 log values over [0.001, 400] per beta, then a dense 21x21 around the best (around), the paper's fixed ranges beta1 in [0.001, 15], beta2 in [25, 200] (paper), or none.",
+        ),
+    ] = "around",
+    activation_k: Annotated[
+        int, typer.Option("--activation-k", min=1, help="QB-Norm/DualDIS activation set size k.")
+    ] = 1,
+    reference_fraction: Annotated[
+        float,
+        typer.Option(
+            "--reference-fraction",
+            help="Use a seeded random share of the reference queries (the paper's reference-size ablation, Tables A12-A15).",
+        ),
+    ] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --reference-fraction.")] = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 2) when tuning queries also appear in the reference set (a leak); default: warn.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) when tuning queries also appear in the reference set (a leak); default: warn.",
+        ),
+    ] = False,
 ) -> None:
     """Choose **alpha and k** by sweeping a grid; writes params.json for `nnn bias/eval --params`.
 
@@ -72,11 +162,31 @@ def tune_cmd(
         note(block_size_note(block_size))
     with progress_bar("tune" if method == "nnn" else f"tune {method}", quiet) as progress:
         result = jobs.tune(
-            gallery, reference, output, queries=queries, truth=truth, alphas=alphas, ks=ks,
-            objective=objective.value, unsupervised=unsupervised, holdout=holdout, tolerance=tolerance,
-            metric=metric.value, threads=threads, method=method, method_grid=method_grid,
-            gallery_bank=gallery_bank, plot=plot, db_dense=db_dense, activation_k=activation_k,
-            reference_fraction=reference_fraction, seed=seed, strict=strict, progress=progress, on_note=None)
+            gallery,
+            reference,
+            output,
+            queries=queries,
+            truth=truth,
+            alphas=alphas,
+            ks=ks,
+            objective=objective.value,
+            unsupervised=unsupervised,
+            holdout=holdout,
+            tolerance=tolerance,
+            metric=metric.value,
+            threads=threads,
+            method=method,
+            method_grid=method_grid,
+            gallery_bank=gallery_bank,
+            plot=plot,
+            db_dense=db_dense,
+            activation_k=activation_k,
+            reference_fraction=reference_fraction,
+            seed=seed,
+            strict=strict,
+            progress=progress,
+            on_note=None,
+        )
     doc = {key: v for key, v in result.summary.items() if key not in ("message", "_result")}
     if json_out:
         print_json(doc)

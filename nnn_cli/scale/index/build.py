@@ -13,12 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
-from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.data.outputs import atomic_output
 from nnn_cli.core.topk import ProgressFn
+from nnn_cli.data.outputs import atomic_output
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.scale.device import faiss_module
-from nnn_cli.scale.index.choose import INDEX_KINDS, HNSW_EF_CONSTRUCTION, HNSW_M, KMEANS_ITERATIONS, TRAIN_POINTS_PER_LIST, IndexChoice
+from nnn_cli.scale.index.choose import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_M,
+    INDEX_KINDS,
+    KMEANS_ITERATIONS,
+    TRAIN_POINTS_PER_LIST,
+    IndexChoice,
+)
 
 
 def _n_rows(data) -> int:
@@ -34,7 +41,7 @@ def _blocks(data, metric: str, block_rows: int):
         yield from data.iter_blocks(metric, block_rows)
     else:
         for start in range(0, len(data), block_rows):
-            yield start, np.ascontiguousarray(data[start:start + block_rows], dtype=np.float32)
+            yield start, np.ascontiguousarray(data[start : start + block_rows], dtype=np.float32)
 
 
 def _reused_chunks(data, metric: str, chunk_rows: int, read_rows: int = 16384):
@@ -44,10 +51,10 @@ def _reused_chunks(data, metric: str, chunk_rows: int, read_rows: int = 16384):
     n = _n_rows(data)
     buf = np.empty((min(chunk_rows, n), _dim(data)), dtype=np.float32)
     fill, chunk_start = 0, 0
-    for start, block in _blocks(data, metric, read_rows):
+    for _start, block in _blocks(data, metric, read_rows):
         while len(block):
             take = min(len(block), len(buf) - fill)
-            buf[fill:fill + take] = block[:take]
+            buf[fill : fill + take] = block[:take]
             fill, block = fill + take, block[take:]
             if fill == len(buf) or chunk_start + fill == n:
                 yield chunk_start, buf[:fill]
@@ -82,12 +89,14 @@ def new_index(choice: IndexChoice, dim: int):
         return faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else "invalid"
-        raise ParameterError(f"--index {choice.factory!r}: not a faiss index factory string or one of "
-                             f"{', '.join(INDEX_KINDS)} ({first})") from None
+        raise ParameterError(
+            f"--index {choice.factory!r}: not a faiss index factory string or one of {', '.join(INDEX_KINDS)} ({first})"
+        ) from None
 
 
-def build_index(data, choice: IndexChoice, metric: str = "cosine", block_rows: int = 65536,
-                progress: ProgressFn | None = None):
+def build_index(
+    data, choice: IndexChoice, metric: str = "cosine", block_rows: int = 65536, progress: ProgressFn | None = None
+):
     """Train (on a deterministic sample) and fill an index from an array or a streamed source."""
     dim, n = _dim(data), _n_rows(data)
     if choice.kind == "ivf":
@@ -102,15 +111,18 @@ def build_index(data, choice: IndexChoice, metric: str = "cosine", block_rows: i
         try:
             index.train(train)
         except RuntimeError as exc:
-            raise ParameterError(f"--index {choice.factory or choice.kind!r}: faiss could not train it on "
-                                 f"{len(train)} rows of {n} ({_faiss_reason(exc)}); use fewer lists or more rows") from None
+            raise ParameterError(
+                f"--index {choice.factory or choice.kind!r}: faiss could not train it on "
+                f"{len(train)} rows of {n} ({_faiss_reason(exc)}); use fewer lists or more rows"
+            ) from None
         del train
     for start, block in _blocks(data, metric, block_rows):
         try:
             index.add(block)
         except RuntimeError as exc:
-            raise ParameterError(f"--index {choice.factory or choice.kind!r}: faiss could not add rows to it "
-                                 f"({_faiss_reason(exc)})") from None
+            raise ParameterError(
+                f"--index {choice.factory or choice.kind!r}: faiss could not add rows to it ({_faiss_reason(exc)})"
+            ) from None
         if progress:
             progress(start + len(block), n)
     return index
@@ -126,8 +138,7 @@ def _faiss_reason(exc: BaseException) -> str:
     return text[:200] or type(exc).__name__
 
 
-def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int,
-                    progress: ProgressFn | None = None):
+def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, progress: ProgressFn | None = None):
     """An ``IndexIVFFlat`` trained and filled with GEMM assignment (:mod:`nnn_cli.kmeans`).
 
     The same index type as ``IVF{nlist},Flat`` from faiss (saved, loaded and
@@ -203,8 +214,9 @@ def load_index(path: str | Path, dim: int, ntotal: int, what: str, meta: dict | 
     if index.d != dim:
         raise MismatchError(f"{path}: index has d={index.d} but the {what} needs d={dim}; rebuild it with --save-index")
     if index.ntotal != ntotal:
-        raise MismatchError(f"{path}: index holds {index.ntotal} vectors but the {what} has {ntotal} rows; "
-                            "rebuild it with --save-index")
+        raise MismatchError(
+            f"{path}: index holds {index.ntotal} vectors but the {what} has {ntotal} rows; rebuild it with --save-index"
+        )
     if index.metric_type != faiss.METRIC_INNER_PRODUCT:
         raise MismatchError(f"{path}: index does not use inner product; rebuild it with nnn --save-index")
     side = Path(str(path) + ".json")
@@ -215,11 +227,12 @@ def load_index(path: str | Path, dim: int, ntotal: int, what: str, meta: dict | 
             raise InputError(f"{side}: not valid JSON; delete it or rebuild the index") from None
         for key, value in meta.items():
             if key in ("side", "metric", "fingerprint", "bias") and key in saved and saved[key] != value:
-                raise MismatchError(f"{path}: index was built with {key}={saved[key]!r}, but this run has "
-                                    f"{key}={value!r}; rebuild it with --save-index")
+                raise MismatchError(
+                    f"{path}: index was built with {key}={saved[key]!r}, but this run has "
+                    f"{key}={value!r}; rebuild it with --save-index"
+                )
     return index
 
 
 def index_meta(data_fingerprint: str, metric: str, choice: IndexChoice, side: str) -> dict:
     return {"side": side, "metric": metric, "fingerprint": data_fingerprint, "index": choice.describe()}
-

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-
 from nnn_cli.errors import ParameterError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "auto")
@@ -100,9 +99,17 @@ def estimate_costs(n_queries: int, n_database: int, dim: int, k: int) -> tuple[f
     return exact, train + add + probe + tune
 
 
-def choose_index(kind: str, n_queries: int, n_database: int, dim: int, k: int,
-                 nlist: int | None = None, nprobe: int | None = None, ef_search: int | None = None,
-                 recall: float | None = None) -> IndexChoice:
+def choose_index(
+    kind: str,
+    n_queries: int,
+    n_database: int,
+    dim: int,
+    k: int,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+    recall: float | None = None,
+) -> IndexChoice:
     """Validate ``--index`` and its parameters; resolve ``auto`` with the cost model."""
     recall = check_recall_target(recall)
     for name, value in (("--nlist", nlist), ("--nprobe", nprobe), ("--ef-search", ef_search)):
@@ -113,12 +120,22 @@ def choose_index(kind: str, n_queries: int, n_database: int, dim: int, k: int,
         exact, ivf = estimate_costs(n_queries, n_database, dim, k)
         gain = exact / max(ivf, 1.0)
         if gain >= AUTO_MIN_GAIN:
-            kind, reason = "ivf", (f"auto: predicted {gain:.1f}x cheaper than exact for {n_queries} x {n_database} "
-                                   f"(>= {AUTO_MIN_GAIN:g}x needed)")
+            kind, reason = (
+                "ivf",
+                (
+                    f"auto: predicted {gain:.1f}x cheaper than exact for {n_queries} x {n_database} "
+                    f"(>= {AUTO_MIN_GAIN:g}x needed)"
+                ),
+            )
             recall = recall if recall is not None else 0.95
         else:
-            kind, reason = "flat", (f"auto: exact, since an approximate index would be at most {gain:.1f}x cheaper "
-                                    f"for {n_queries} x {n_database} (training does not pay below {AUTO_MIN_GAIN:g}x)")
+            kind, reason = (
+                "flat",
+                (
+                    f"auto: exact, since an approximate index would be at most {gain:.1f}x cheaper "
+                    f"for {n_queries} x {n_database} (training does not pay below {AUTO_MIN_GAIN:g}x)"
+                ),
+            )
     else:
         reason = f"--index {kind}"
     if kind == "flat":
@@ -127,11 +144,18 @@ def choose_index(kind: str, n_queries: int, n_database: int, dim: int, k: int,
         nl = nlist or default_nlist(n_database)
         if nl > n_database:
             raise ParameterError(f"--nlist {nl} is larger than the {n_database} indexed rows")
-        return IndexChoice("ivf", nlist=nl, nprobe=nprobe or (None if recall else min(nl, 32)),
-                           recall_target=recall, reason=reason)
+        return IndexChoice(
+            "ivf", nlist=nl, nprobe=nprobe or (None if recall else min(nl, 32)), recall_target=recall, reason=reason
+        )
     if kind == "hnsw":
-        return IndexChoice("hnsw", ef_search=ef_search or (None if recall else max(128, 2 * k)),
-                           recall_target=recall, reason=reason)
-    return IndexChoice("factory", factory=kind, nprobe=nprobe, ef_search=ef_search,
-                       recall_target=recall, reason=f"faiss index factory string {kind!r}")
-
+        return IndexChoice(
+            "hnsw", ef_search=ef_search or (None if recall else max(128, 2 * k)), recall_target=recall, reason=reason
+        )
+    return IndexChoice(
+        "factory",
+        factory=kind,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        recall_target=recall,
+        reason=f"faiss index factory string {kind!r}",
+    )

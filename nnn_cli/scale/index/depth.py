@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties
 from nnn_cli.scale.index.build import _as_hnsw, _as_ivf
 
 
-def index_topk(index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK,
-               progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def index_topk(
+    index, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) (Q, k) from ``index``, best first, ties by lower id; missing results have id -1."""
     nq = len(queries)
     scores = np.empty((nq, k), dtype=np.float32)
@@ -50,7 +50,7 @@ def depth_values(index, k: int) -> list[int]:
         # steps of sqrt(2) (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, ...): each probed list costs a full
         # share of the scan, so overshooting the target by a doubling is expensive at scale
         limit = int(_as_ivf(index).nlist)
-        return sorted({min(limit, int(round(2 ** (i / 2)))) for i in range(0, 62) if 2 ** ((i - 1) / 2) < limit})
+        return sorted({min(limit, int(round(2 ** (i / 2)))) for i in range(62) if 2 ** ((i - 1) / 2) < limit})
     if knob == "ef_search":
         return [v for v in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if v >= k] or [4096]
     return []

@@ -21,10 +21,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnn_cli.core.topk import (
+    SCORE_TILE_ELEMENTS,
+    GemmIndex,
+    ProgressFn,
+    merge_top_scores,
+    run_parallel,
+    search_blocks,
+    select_top,
+    selection_threads,
+    sort_descending,
+    tile_operand,
+    tile_scores,
+)
 from nnn_cli.scale.device import faiss_module
-from nnn_cli.core.topk import (SCORE_TILE_ELEMENTS, GemmIndex, ProgressFn, merge_top_scores, run_parallel,
-                               search_blocks, select_top, selection_threads, sort_descending, tile_operand,
-                               tile_scores)
 
 PROBE_BLOCK = 65536
 """Query rows assigned to their ``nprobe`` lists per quantizer search call."""
@@ -80,8 +90,8 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
         return search_blocks(GemmIndex(centroids), queries, nprobe, PROBE_BLOCK)[1]
     out = np.empty((len(queries), nprobe), dtype=np.int64)
     for start in range(0, len(queries), PROBE_BLOCK):
-        block = np.ascontiguousarray(queries[start:start + PROBE_BLOCK], dtype=np.float32)
-        out[start:start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
+        block = np.ascontiguousarray(queries[start : start + PROBE_BLOCK], dtype=np.float32)
+        out[start : start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
     return out
 
 
@@ -92,7 +102,7 @@ def _scan(queries: np.ndarray, best: np.ndarray, lists: list[tuple[np.ndarray, n
     for rows_all, vecs in lists:
         chunk = max(1, SCORE_TILE_ELEMENTS // len(vecs))
         for start in range(0, len(rows_all), chunk):
-            rows = rows_all[start:start + chunk]
+            rows = rows_all[start : start + chunk]
             scores = tile_scores(tile_operand(queries[rows], copy=True), vecs)
             best[rows] = merge_top_scores(best[rows], select_top(scores, k), k)
 
@@ -105,8 +115,14 @@ LISTS_PER_STEP = 32
 """Lists scanned between progress reports (and between the workers' joins)."""
 
 
-def list_major_topk(index, queries: np.ndarray, k: int, nprobe: int | None = None, threads: int | None = None,
-                    progress: ProgressFn | None = None) -> np.ndarray:
+def list_major_topk(
+    index,
+    queries: np.ndarray,
+    k: int,
+    nprobe: int | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
     """(Q, k) float32: top-k inner products of each query within its ``nprobe`` probed lists, descending.
 
     ``index`` must be an ``IndexIVFFlat`` (see :func:`flat_ivf`); ``nprobe``
@@ -139,12 +155,12 @@ def list_major_topk(index, queries: np.ndarray, k: int, nprobe: int | None = Non
     total, done = int(counts.sum()), 0
     for step in range(0, len(todo), LISTS_PER_STEP):
         parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(bounds) - 1)]
-        for lst in todo[step:step + LISTS_PER_STEP]:
-            rows_all = rows_by_list[ends[lst] - counts[lst]:ends[lst]]
+        for lst in todo[step : step + LISTS_PER_STEP]:
+            rows_all = rows_by_list[ends[lst] - counts[lst] : ends[lst]]
             cuts = np.searchsorted(rows_all, bounds)
             vecs = tile_operand(vectors[lst])
             for b in np.flatnonzero(cuts[1:] > cuts[:-1]):
-                parts[b].append((rows_all[cuts[b]:cuts[b + 1]], vecs))
+                parts[b].append((rows_all[cuts[b] : cuts[b + 1]], vecs))
             done += len(rows_all)
         run_parallel(lambda part: _scan(queries, best, part, k), [part for part in parts if part], workers)
         if progress:

@@ -15,11 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties
+from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.scale.device import faiss_module
+from nnn_cli.scale.index.build import (
+    _as_hnsw,
+    _as_ivf,
+    _dim,
+    _n_rows,
+    _reused_chunks,
+    build_index,
+    load_index,
+    sample_rows,
+    save_index,
+)
 from nnn_cli.scale.index.choose import OVERFETCH_QUANTIZED, TUNE_SAMPLE, IndexChoice
-from nnn_cli.scale.index.build import _as_hnsw, _as_ivf, _dim, _n_rows, _reused_chunks, build_index, load_index, sample_rows, save_index
 from nnn_cli.scale.index.depth import depth_knob, index_topk, score_recall, set_search_depth, topk_recall, tune_depth
 
 
@@ -32,10 +42,15 @@ def stores_exact_vectors(index) -> bool:
     return isinstance(base, (faiss.IndexFlat, faiss.IndexIVFFlat))
 
 
-def approximate_reference_topk(index, gallery: np.ndarray, reference_exact, k: int,
-                               block_rows: int = DEFAULT_QUERY_BLOCK,
-                               progress: ProgressFn | None = None,
-                               rescore=None) -> tuple[np.ndarray, int]:
+def approximate_reference_topk(
+    index,
+    gallery: np.ndarray,
+    reference_exact,
+    k: int,
+    block_rows: int = DEFAULT_QUERY_BLOCK,
+    progress: ProgressFn | None = None,
+    rescore=None,
+) -> tuple[np.ndarray, int]:
     """((N, k) top-k reference scores from ``index``, rows recomputed exactly).
 
     An IVF-Flat index is probed list by list with GEMM
@@ -63,8 +78,9 @@ def approximate_reference_topk(index, gallery: np.ndarray, reference_exact, k: i
     return scores, int(len(short))
 
 
-def rerank_debiased(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None,
-                    candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank_debiased(
+    queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``q . r - b(r)`` for each query's candidate ids; the best ``k``, ties by lower id."""
     valid = candidates >= 0
     safe = np.where(valid, candidates, 0)
@@ -78,9 +94,16 @@ def rerank_debiased(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray |
     return s[:, :k], i[:, :k]
 
 
-def debiased_search(index, queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, k: int,
-                    overfetch: int = 1, block_rows: int = 1024,
-                    progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def debiased_search(
+    index,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    bias: np.ndarray | None,
+    k: int,
+    overfetch: int = 1,
+    block_rows: int = 1024,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` by exact debiased score from an index over ``[r, b]`` (or ``r`` when ``bias`` is None).
 
     The index is searched with ``[q, -1]`` for ``k x overfetch`` candidates,
@@ -97,16 +120,17 @@ def debiased_search(index, queries: np.ndarray, gallery: np.ndarray, bias: np.nd
     out_s = np.empty((nq, min(k, index.ntotal)), dtype=np.float32)
     out_i = np.empty_like(out_s, dtype=np.int64)
     for start in range(0, nq, block_rows):
-        q = np.ascontiguousarray(queries[start:start + block_rows], dtype=np.float32)
+        q = np.ascontiguousarray(queries[start : start + block_rows], dtype=np.float32)
         probe = np.hstack([q, -np.ones((len(q), 1), dtype=np.float32)]) if debias else q
         dist, cand = index.search(probe, fetch)
         if scores_exact:
             missing = cand < 0
-            s, i = sort_ties(np.where(missing, -np.inf, dist).astype(np.float32),
-                             np.where(missing, np.iinfo(np.int64).max, cand))
-            out_s[start:start + len(q)], out_i[start:start + len(q)] = s, np.where(np.isfinite(s), i, -1)
+            s, i = sort_ties(
+                np.where(missing, -np.inf, dist).astype(np.float32), np.where(missing, np.iinfo(np.int64).max, cand)
+            )
+            out_s[start : start + len(q)], out_i[start : start + len(q)] = s, np.where(np.isfinite(s), i, -1)
         else:
-            out_s[start:start + len(q)], out_i[start:start + len(q)] = rerank_debiased(q, gallery, bias, cand, k)
+            out_s[start : start + len(q)], out_i[start : start + len(q)] = rerank_debiased(q, gallery, bias, cand, k)
         if progress:
             progress(min(nq, start + block_rows), nq)
     return out_s, out_i
@@ -150,8 +174,9 @@ def _current_depth(index) -> dict:
     return {}
 
 
-def _tune_then_save(index, measure, k: int, choice: IndexChoice, save_path: str | Path | None,
-                    meta: dict | None, info: dict) -> None:
+def _tune_then_save(
+    index, measure, k: int, choice: IndexChoice, save_path: str | Path | None, meta: dict | None, info: dict
+) -> None:
     """Tune the search depth to ``choice.recall_target`` (if asked), then save the index (if asked).
 
     Saving comes after tuning, so the file carries the tuned nprobe / efSearch.
@@ -160,8 +185,10 @@ def _tune_then_save(index, measure, k: int, choice: IndexChoice, save_path: str 
         tuned = tune_depth(index, measure, k, choice.recall_target)
         info["index_tuned"] = tuned
         if not tuned["reached"]:
-            info["index_warning"] = (f"recall target {choice.recall_target} not reached: best "
-                                     f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}")
+            info["index_warning"] = (
+                f"recall target {choice.recall_target} not reached: best "
+                f"{tuned['recall']:.3f} at {tuned['knob']}={tuned['value']}"
+            )
     if save_path is not None:
         save_index(index, save_path, meta or {})
         info["index_saved_to"] = str(save_path)
@@ -174,10 +201,17 @@ the rows that probe each list into one GEMM: measured at 200k x 200k, 8 blocks i
 cost 15-30% more time."""
 
 
-def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: IndexChoice,
-                           load_path: str | Path | None = None, save_path: str | Path | None = None,
-                           meta: dict | None = None, progress: ProgressFn | None = None,
-                           ) -> tuple[np.ndarray, ApproximateRun]:
+def indexed_reference_topk(
+    gallery,
+    reference,
+    k: int,
+    metric: str,
+    choice: IndexChoice,
+    load_path: str | Path | None = None,
+    save_path: str | Path | None = None,
+    meta: dict | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, ApproximateRun]:
     """(N, k) top-k reference scores through an index over ``reference`` (array or streamed source).
 
     Builds (or loads) the index, applies or tunes its search depth on a
@@ -192,19 +226,34 @@ def indexed_reference_topk(gallery, reference, k: int, metric: str, choice: Inde
     topk = np.empty((n_gallery, min(k, index.ntotal)), dtype=np.float32)
     n_short = 0
     for start, block in _reused_chunks(gallery, metric, GALLERY_BLOCK):
-        part_progress = (lambda done, total, s=start: progress(s + done * len(block) // max(total, 1), n_gallery)) \
-            if progress else None
-        topk[start:start + len(block)], short = approximate_reference_topk(
-            index, block, lambda rows: topk_scores_vs(rows, reference, k, metric), k,
-            progress=part_progress, rescore=rescore)
+        part_progress = (
+            (lambda done, total, s=start, m=len(block): progress(s + done * m // max(total, 1), n_gallery))
+            if progress
+            else None
+        )
+        topk[start : start + len(block)], short = approximate_reference_topk(
+            index,
+            block,
+            lambda rows: topk_scores_vs(rows, reference, k, metric),
+            k,
+            progress=part_progress,
+            rescore=rescore,
+        )
         n_short += short
     info["index_rows_recomputed_exactly"] = n_short
     return topk, ApproximateRun(choice, info)
 
 
-def prepare_reference_index(gallery, reference, k: int, metric: str, choice: IndexChoice,
-                            load_path: str | Path | None = None, save_path: str | Path | None = None,
-                            meta: dict | None = None):
+def prepare_reference_index(
+    gallery,
+    reference,
+    k: int,
+    metric: str,
+    choice: IndexChoice,
+    load_path: str | Path | None = None,
+    save_path: str | Path | None = None,
+    meta: dict | None = None,
+):
     """(index, rescore, info): the reference index built (or loaded), its depth set or tuned on a
     deterministic gallery sample, the sample's recall measured; ``choice`` gets the depth used.
 
@@ -244,8 +293,9 @@ def prepare_reference_index(gallery, reference, k: int, metric: str, choice: Ind
         def rescore(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
             out = np.empty((len(rows), k), dtype=np.float32)
             for start in range(0, len(rows), 1024):
-                out[start:start + 1024] = rerank_debiased(rows[start:start + 1024], ref_rows, None,
-                                                          ids[start:start + 1024], k)[0]
+                out[start : start + 1024] = rerank_debiased(
+                    rows[start : start + 1024], ref_rows, None, ids[start : start + 1024], k
+                )[0]
             return out
 
     def search_sample() -> np.ndarray:
@@ -263,15 +313,25 @@ def prepare_reference_index(gallery, reference, k: int, metric: str, choice: Ind
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(score_recall(approx_sample, exact), 4)
     approx_mean = np.where(np.isfinite(approx_sample), approx_sample, exact).astype(np.float64).mean(axis=1)
-    info["index_sample_mean_abs_topk_mean_error"] = float(np.abs(approx_mean - exact.astype(np.float64).mean(axis=1)).mean())
+    info["index_sample_mean_abs_topk_mean_error"] = float(
+        np.abs(approx_mean - exact.astype(np.float64).mean(axis=1)).mean()
+    )
     _record_depth(index, choice)
     return index, rescore, info
 
 
-def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | None, k: int,
-                   choice: IndexChoice, overfetch: int | None = None, load_path: str | Path | None = None,
-                   save_path: str | Path | None = None, meta: dict | None = None,
-                   progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, ApproximateRun]:
+def indexed_search(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    bias: np.ndarray | None,
+    k: int,
+    choice: IndexChoice,
+    overfetch: int | None = None,
+    load_path: str | Path | None = None,
+    save_path: str | Path | None = None,
+    meta: dict | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray, ApproximateRun]:
     """(scores, ids, run): debiased top-k through an index over ``[r, b]``, re-ranked exactly.
 
     Depth is set or tuned (``choice.recall_target``) on a sample of the
@@ -285,7 +345,9 @@ def indexed_search(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarray | 
     vectors = augment_gallery(gallery, bias) if bias is not None else gallery
     t0 = time.perf_counter()
     if load_path is not None:
-        index = load_index(load_path, vectors.shape[1], len(vectors), "gallery" + (" with bias" if bias is not None else ""), meta)
+        index = load_index(
+            load_path, vectors.shape[1], len(vectors), "gallery" + (" with bias" if bias is not None else ""), meta
+        )
         info["index_loaded_from"] = str(load_path)
     else:
         index = build_index(vectors, choice)

@@ -30,5 +30,13 @@ from nnn_cli.scale.ray.incremental import ray_add_reference, ray_append
 from nnn_cli.scale.ray.search import ray_search
 from nnn_cli.scale.ray.session import ray_session
 
-__all__ = ["is_manifest", "read_manifest", "read_manifest_bias", "ray_add_reference", "ray_append", "ray_bias",
-           "ray_search", "ray_session"]
+__all__ = [
+    "is_manifest",
+    "read_manifest",
+    "read_manifest_bias",
+    "ray_add_reference",
+    "ray_append",
+    "ray_bias",
+    "ray_search",
+    "ray_session",
+]

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnn_cli.core.topk import (DATABASE_TILE, QUERY_TILE, ProgressFn)
+from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.errors import InputError, ParameterError
 
-DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
+DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE  # 65,536 gallery rows per task
 DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
-STREAM_ROWS = 8 * DATABASE_TILE               # reference rows fetched per ranged read inside a task
+STREAM_ROWS = 8 * DATABASE_TILE  # reference rows fetched per ranged read inside a task
 
 
 def _ray():
@@ -33,8 +33,8 @@ def _ray():
 # ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
-    n_rows: int          # gallery rows (bias) or query rows (search): the blocked side
-    n_stream: int        # reference rows (bias) or gallery rows (search): the partitioned side
+    n_rows: int  # gallery rows (bias) or query rows (search): the blocked side
+    n_stream: int  # reference rows (bias) or gallery rows (search): the partitioned side
     block_rows: int
     partition_rows: int
 
@@ -47,19 +47,33 @@ class Plan:
         return [(s, min(self.n_stream, s + self.partition_rows)) for s in range(0, self.n_stream, self.partition_rows)]
 
     def as_dict(self) -> dict:
-        return {"n_rows": self.n_rows, "n_stream": self.n_stream, "block_rows": self.block_rows,
-                "partition_rows": self.partition_rows, "blocks": len(self.blocks),
-                "partitions": len(self.partitions), "tasks": len(self.blocks) * len(self.partitions)}
+        return {
+            "n_rows": self.n_rows,
+            "n_stream": self.n_stream,
+            "block_rows": self.block_rows,
+            "partition_rows": self.partition_rows,
+            "blocks": len(self.blocks),
+            "partitions": len(self.partitions),
+            "tasks": len(self.blocks) * len(self.partitions),
+        }
 
 
-def make_plan(n_rows: int, n_stream: int, block_rows: int, partition_rows: int,
-              block_multiple: int = QUERY_TILE, partition_multiple: int = DATABASE_TILE) -> Plan:
+def make_plan(
+    n_rows: int,
+    n_stream: int,
+    block_rows: int,
+    partition_rows: int,
+    block_multiple: int = QUERY_TILE,
+    partition_multiple: int = DATABASE_TILE,
+) -> Plan:
     """A plan on the fixed tile grid: block sizes a multiple of ``block_multiple``, partitions of ``partition_multiple``."""
     block_rows, partition_rows = int(block_rows), int(partition_rows)
     if block_rows < 1 or block_rows % block_multiple:
         raise ParameterError(f"block_rows must be a positive multiple of {block_multiple}, got {block_rows}")
     if partition_rows < 1 or partition_rows % partition_multiple:
-        raise ParameterError(f"partition_rows must be a positive multiple of {partition_multiple}, got {partition_rows}")
+        raise ParameterError(
+            f"partition_rows must be a positive multiple of {partition_multiple}, got {partition_rows}"
+        )
     return Plan(int(n_rows), int(n_stream), block_rows, partition_rows)
 
 
@@ -67,8 +81,12 @@ def make_plan(n_rows: int, n_stream: int, block_rows: int, partition_rows: int,
 # Ray session: a private local cluster, or a connection to an existing one
 # ---------------------------------------------------------------------------
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-                init_kwargs: dict | None = None):
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    init_kwargs: dict | None = None,
+):
     """Yield with Ray initialised.  Reuses a connection the caller already holds (and leaves it);
     ``address=None`` starts a private cluster bound to 127.0.0.1 and shuts it down after."""
     if address is None:  # read by Ray at import: keeps a private cluster's addresses on 127.0.0.1
@@ -80,9 +98,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
         return
     kwargs = {"configure_logging": False, "log_to_driver": False, **(init_kwargs or {})}
     if address is None:
-        kwargs = {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
-                  "_node_ip_address": "127.0.0.1", **({"num_gpus": num_gpus} if num_gpus is not None else {}),
-                  **kwargs}
+        kwargs = {
+            "num_cpus": num_cpus or os.cpu_count(),
+            "include_dashboard": False,
+            "_node_ip_address": "127.0.0.1",
+            **({"num_gpus": num_gpus} if num_gpus is not None else {}),
+            **kwargs,
+        }
         ray.init(**kwargs)
     else:
         ray.init(address=address, **kwargs)
@@ -96,9 +118,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, num_gpu
 # Tasks (plain functions; wrapped with ray.remote(...) at submission)
 # ---------------------------------------------------------------------------
 def _task_info(t0: float, nbytes: int) -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "t0": t0, "t1": time.time(),
-            "seconds": time.time() - t0, "bytes_read": int(nbytes),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "t0": t0,
+        "t1": time.time(),
+        "seconds": time.time() - t0,
+        "bytes_read": int(nbytes),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
 
 
 def _use_cuda(gpus: float) -> bool:
@@ -116,18 +144,26 @@ def open_input(spec, storage_options: dict | None = None, label: str = "embeddin
     """A URL or plain path of a ``.npy`` shard folder or one ``.npy``, as a picklable ranged-read source."""
     s = str(spec)
     if not objstore.is_url(s) and s.lower().endswith((".h5", ".hdf5", ".he5")) or ".h5:" in s:
-        raise InputError(f"{s}: --engine ray reads .npy shard folders or .npy files (HDF5 is not range-readable "
-                         "from object stores); convert with `nnn` to a folder of .npy shards")
+        raise InputError(
+            f"{s}: --engine ray reads .npy shard folders or .npy files (HDF5 is not range-readable "
+            "from object stores); convert with `nnn` to a folder of .npy shards"
+        )
     return objstore.open_url(s, storage_options, label)
 
 
 def _input_record(src: objstore.UrlSource) -> dict:
-    return {"url": src.url, "shape": list(src.shape), "dtype": np.dtype(src.dtype).str,
-            "shards": len(src.infos), "fingerprint": src.cheap_fingerprint()}
+    return {
+        "url": src.url,
+        "shape": list(src.shape),
+        "dtype": np.dtype(src.dtype).str,
+        "shards": len(src.infos),
+        "fingerprint": src.cheap_fingerprint(),
+    }
 
 
-def _run_windowed(ray, items, submit, window: int, on_done, progress: ProgressFn | None, total: int,
-                  done: int = 0) -> None:
+def _run_windowed(
+    ray, items, submit, window: int, on_done, progress: ProgressFn | None, total: int, done: int = 0
+) -> None:
     """Submit ``submit(item)`` for each item with at most ``window`` in flight; ``on_done(item, result)``
     on the driver as each finishes (in completion order)."""
     pending: dict = {}

@@ -10,18 +10,28 @@ import numpy as np
 
 from nnn_cli.core.nnn import bias_from_topk
 from nnn_cli.core.search import augment_gallery, augment_queries
-from nnn_cli.core.topk import (DATABASE_TILE, QUERY_TILE, GemmIndex, RunningTopScores, merge_top_k, merge_top_scores, search_blocks, sort_descending)
+from nnn_cli.core.topk import (
+    DATABASE_TILE,
+    QUERY_TILE,
+    GemmIndex,
+    RunningTopScores,
+    merge_top_k,
+    merge_top_scores,
+    search_blocks,
+    sort_descending,
+)
 from nnn_cli.data import objstore
 from nnn_cli.errors import InputError
 from nnn_cli.scale.ray.session import _task_info, _use_cuda
 
-DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE          # 65,536 gallery rows per task
+DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE  # 65,536 gallery rows per task
 DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
-STREAM_ROWS = 8 * DATABASE_TILE               # reference rows fetched per ranged read inside a task
+STREAM_ROWS = 8 * DATABASE_TILE  # reference rows fetched per ranged read inside a task
 
 
-def partial_topk_task(gallery, g0: int, g1: int, reference, r0: int, r1: int, k: int, metric: str,
-                      gpus: float = 0, delay: float = 0.0):
+def partial_topk_task(
+    gallery, g0: int, g1: int, reference, r0: int, r1: int, k: int, metric: str, gpus: float = 0, delay: float = 0.0
+):
     """Top-``k`` score values of gallery rows ``[g0, g1)`` against reference rows ``[r0, r1)``.
 
     CPU: single-threaded BLAS, one GEMM per (1024-row gallery tile, 8192-row reference tile) at global
@@ -39,7 +49,9 @@ def partial_topk_task(gallery, g0: int, g1: int, reference, r0: int, r1: int, k:
 
         best = None
         for s in range(r0, r1, STREAM_ROWS):
-            best = merge_top_scores(best, cuda_topk_scores(g, reference.rows(s, min(r1, s + STREAM_ROWS), metric), k), k)
+            best = merge_top_scores(
+                best, cuda_topk_scores(g, reference.rows(s, min(r1, s + STREAM_ROWS), metric), k), k
+            )
         values = best
     else:
         # the local engine itself, on one thread: the same 1024 x 8192 tiles of the global grid (g0 and
@@ -53,8 +65,17 @@ def partial_topk_task(gallery, g0: int, g1: int, reference, r0: int, r1: int, k:
     return values, info
 
 
-def merge_bias_task(block: int, g0: int, g1: int, alpha: float, k: int, output_url: str,
-                    storage_options: dict, save_topk: bool, *partials):
+def merge_bias_task(
+    block: int,
+    g0: int,
+    g1: int,
+    alpha: float,
+    k: int,
+    output_url: str,
+    storage_options: dict,
+    save_topk: bool,
+    *partials,
+):
     """Merge the partials of one gallery block, write its bias (and top-k) file, return its record."""
     t0 = time.time()
     merged = None
@@ -66,8 +87,13 @@ def merge_bias_task(block: int, g0: int, g1: int, alpha: float, k: int, output_u
     if save_topk:
         objstore.write_npy(objstore.join(output_url, "blocks", f"topk_{block:06d}.npy"), topk, storage_options)
     tasks = [info for _, info in partials]
-    return {"block": block, "rows": [g0, g1], "merge_seconds": time.time() - t0, "tasks": tasks,
-            "bias_sum": float(bias.astype(np.float64).sum())}
+    return {
+        "block": block,
+        "rows": [g0, g1],
+        "merge_seconds": time.time() - t0,
+        "tasks": tasks,
+        "bias_sum": float(bias.astype(np.float64).sum()),
+    }
 
 
 # the index each worker process deserialized, by key (one deserialization per worker and index)
@@ -89,9 +115,23 @@ def worker_index(key: str, blob: np.ndarray):
     return index
 
 
-def index_bias_task(key: str, blob: np.ndarray, block: int, *, gallery, g0: int, g1: int, reference, k: int,
-                    metric: str, alpha: float, output_url: str, storage_options: dict, save_topk: bool,
-                    delay: float = 0.0) -> dict:
+def index_bias_task(
+    key: str,
+    blob: np.ndarray,
+    block: int,
+    *,
+    gallery,
+    g0: int,
+    g1: int,
+    reference,
+    k: int,
+    metric: str,
+    alpha: float,
+    output_url: str,
+    storage_options: dict,
+    save_topk: bool,
+    delay: float = 0.0,
+) -> dict:
     """Top-``k`` of gallery rows ``[g0, g1)`` through the shipped index, on one thread (IVF-Flat probed
     list-major at the same row grid as locally: ``g0`` is a multiple of 4096), then bias and files.
 
@@ -118,12 +158,19 @@ def index_bias_task(key: str, blob: np.ndarray, block: int, *, gallery, g0: int,
         objstore.write_npy(objstore.join(output_url, "blocks", f"topk_{block:06d}.npy"), topk, storage_options)
     info = _task_info(t0, gallery.bytes_read + reference.bytes_read)
     info.update(block=(g0, g1), partition=None, cuda=False, flop=0.0, index_deserialized=deserialized)
-    return {"block": block, "rows": [g0, g1], "merge_seconds": 0.0, "tasks": [info],
-            "rows_recomputed_exactly": int(short), "bias_sum": float(bias.astype(np.float64).sum())}
+    return {
+        "block": block,
+        "rows": [g0, g1],
+        "merge_seconds": 0.0,
+        "tasks": [info],
+        "rows_recomputed_exactly": int(short),
+        "bias_sum": float(bias.astype(np.float64).sum()),
+    }
 
 
-def partial_search_task(queries, q0: int, q1: int, gallery, r0: int, r1: int, bias, top_k: int,
-                        metric: str, n_gallery: int, gpus: float = 0):
+def partial_search_task(
+    queries, q0: int, q1: int, gallery, r0: int, r1: int, bias, top_k: int, metric: str, n_gallery: int, gpus: float = 0
+):
     """(scores, global indices) top-``top_k`` of query rows ``[q0, q1)`` in gallery rows ``[r0, r1)``.
 
     The local engine itself (:class:`nnn_cli.core.topk.GemmIndex`) on one thread over this partition: the
@@ -156,8 +203,19 @@ def merge_search(parts: list[tuple[np.ndarray, np.ndarray]], top_k: int) -> tupl
 # ---------------------------------------------------------------------------
 # Incremental: --append-to (new gallery rows as new blocks), --update --reference-add (new queries)
 # ---------------------------------------------------------------------------
-def merge_update_task(block: int, g0: int, g1: int, alpha: float, k: int, output_url: str, storage_options: dict,
-                      old_topk_file: str, bias_file: str, topk_file: str, *partials):
+def merge_update_task(
+    block: int,
+    g0: int,
+    g1: int,
+    alpha: float,
+    k: int,
+    output_url: str,
+    storage_options: dict,
+    old_topk_file: str,
+    bias_file: str,
+    topk_file: str,
+    *partials,
+):
     """Merge a block's stored top-k with its top-k against the new reference queries; write the block's
     new bias and top-k under new names (the manifest, rewritten once at the end, is the commit)."""
     t0 = time.time()
@@ -170,5 +228,9 @@ def merge_update_task(block: int, g0: int, g1: int, alpha: float, k: int, output
     bias = bias_from_topk(topk, alpha, k)
     objstore.write_npy(objstore.join(output_url, bias_file), bias, storage_options)
     objstore.write_npy(objstore.join(output_url, topk_file), topk, storage_options)
-    return {"block": block, "rows": [g0, g1], "merge_seconds": time.time() - t0,
-            "tasks": [info for _, info in partials]}
+    return {
+        "block": block,
+        "rows": [g0, g1],
+        "merge_seconds": time.time() - t0,
+        "tasks": [info for _, info in partials],
+    }
