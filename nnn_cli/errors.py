@@ -33,3 +33,9 @@ class OutputError(NNNError, OSError):
 
 class BusyError(NNNError):
     """Another process holds the lock on a file this run must update; the message names the holder."""
+
+
+def install_hint(extra: str) -> str:
+    """How to add an optional extra, as a command that works from a checkout (``nnn-cli`` is not published)."""
+    make = {"embed": "make setup-embed, or "}.get(extra, "")
+    return f"{make}.venv/bin/pip install -e '.[{extra}]' in the nnn checkout"

@@ -352,7 +352,7 @@ def test_parquet_without_pyarrow_is_a_note_or_one_line_error(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     src = open_embeddings(root / "embeddings" / "img_emb")
     assert src.ids() is None and "pyarrow" in src.notes[0]
-    with pytest.raises(DependencyError, match="nnn-cli\\[parquet\\]"):
+    with pytest.raises(DependencyError, match=r"\[parquet\]"):
         open_embeddings(root / "embeddings" / "img_emb", ids_column="image_path")
 
 

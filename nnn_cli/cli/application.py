@@ -18,6 +18,7 @@ import typer
 from nnn_cli._version import __version__
 from nnn_cli.cli.commands import attribute, bias, embed, info, query, search, truth, tune
 from nnn_cli.cli.commands import eval as eval_
+from nnn_cli.cli.errors import NNNGroup
 from nnn_cli.cli.render import silence_stdout
 
 
@@ -40,6 +41,7 @@ _hide_flag_type()
 
 app = typer.Typer(
     name="nnn",
+    cls=NNNGroup,
     help=(
         "Nearest Neighbor Normalization for contrastive retrieval (Chowdhury et al., EMNLP 2024).\n\n"
         "Debias any model's retrieval from embedding files: compute per-item biases from reference "

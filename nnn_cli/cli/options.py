@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from nnn_cli.errors import ParameterError
 from nnn_cli.jobs import EngineOptions, IndexOptions
-from nnn_cli.jobs.common import parse_storage_options
+from nnn_cli.jobs.common import IdsColumns, parse_storage_options
 
 
 class Metric(str, Enum):
@@ -59,6 +60,14 @@ AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", "-a", help="Bias w
 KOpt = Annotated[Optional[int], typer.Option("--k", "-k", help="Number of nearest reference queries averaged.")]
 ParamsOpt = Annotated[Optional[Path], typer.Option("--params", help="params.json from `nnn tune` (gives alpha and k).")]
 GalleryOpt = Annotated[str, typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")]
+GalleryInputOpt = Annotated[
+    Optional[str],
+    typer.Option("--gallery", "-g", help="Gallery embeddings (N, d); the same as the positional GALLERY."),
+]
+QueriesInputOpt = Annotated[
+    Optional[str],
+    typer.Option("--queries", "-Q", help="Query embeddings (Q, d); the same as the positional QUERIES."),
+]
 BiasFileOpt = Annotated[Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`.")]
 BiasReferenceOpt = Annotated[
     Optional[str],
@@ -133,9 +142,22 @@ IdsColumnOpt = Annotated[
     Optional[str],
     typer.Option(
         "--ids-column",
-        help="Column of the parquet metadata holding the ids (clip-retrieval folders; "
-        "default: the first of image_path, url, key, id, caption); needs pyarrow.",
+        help="Column of the parquet metadata holding the ids, for every input that has parquet metadata "
+        "(clip-retrieval folders, --*-ids FILE.parquet; default: the first of image_path, url, key, id, caption); "
+        "needs pyarrow. Per input: --gallery-ids-column, --queries-ids-column, --reference-ids-column.",
     ),
+]
+GalleryIdsColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--gallery-ids-column", help="Parquet ids column of the gallery only (overrides --ids-column)."),
+]
+QueriesIdsColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--queries-ids-column", help="Parquet ids column of the queries only (overrides --ids-column)."),
+]
+ReferenceIdsColumnOpt = Annotated[
+    Optional[str],
+    typer.Option("--reference-ids-column", help="Parquet ids column of the reference only (overrides --ids-column)."),
 ]
 EngineOpt = Annotated[
     str,
@@ -204,10 +226,23 @@ WaitOpt = Annotated[
         help="Seconds to wait for another nnn run holding the same bias file or partial embedding; then exit 2 naming it.",
     ),
 ]
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DEVICE_DEFAULT = Device.auto
+"""One ``--device`` default for every command: a GPU when one is visible, else the CPU."""
 DeviceOpt = Annotated[
-    str,
+    Device,
     typer.Option(
-        "--device", envvar="NNN_DEVICE", help="cpu or cuda (falls back to the CPU with a message when no GPU is found)."
+        "--device",
+        envvar="NNN_DEVICE",
+        help="auto (default): cuda when a GPU is visible, else cpu; cpu; or cuda (falls back to the CPU with a "
+        "message when no GPU is found; nnn embed exits 2 instead).",
     ),
 ]
 
@@ -215,12 +250,6 @@ DeviceOpt = Annotated[
 class Modality(str, Enum):
     text = "text"
     image = "image"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Precision(str, Enum):
@@ -282,3 +311,25 @@ def engine_options(
         max_retries,
         parse_storage_options(storage_option),
     )
+
+
+def one_input(positional: Optional[str], option: Optional[str], flag: str) -> str:
+    """An input given as a positional shorthand or as its option (``nnn bias G`` = ``nnn bias --gallery G``)."""
+    if positional is not None and option is not None and positional != option:
+        raise ParameterError(f"given twice, as {positional!r} and {flag} {option!r}: give one ({flag})")
+    value = option if option is not None else positional
+    if value is None:
+        raise ParameterError(f"missing option ({flag})")
+    return value
+
+
+def ids_columns(
+    ids_column: Optional[str],
+    gallery: Optional[str] = None,
+    queries: Optional[str] = None,
+    reference: Optional[str] = None,
+) -> IdsColumns | None:
+    """The jobs' per-input parquet ids columns from --ids-column and --{gallery,queries,reference}-ids-column."""
+    if ids_column is None and gallery is None and queries is None and reference is None:
+        return None
+    return IdsColumns(ids_column, gallery=gallery, queries=queries, reference=reference)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, split_spec
-from nnn_cli.data.npy import STDIN, load_npy, read_stdin_embeddings
+from nnn_cli.data.npy import STDIN, is_read_once, load_npy, read_pipe_embeddings, read_stdin_embeddings
 from nnn_cli.data.shards import open_shard_folder
 from nnn_cli.data.sources import EmbeddingSource, read_ids_file, read_sidecar_ids
 from nnn_cli.errors import InputError, MismatchError, ParameterError
@@ -37,6 +37,9 @@ def open_embeddings(
         src = EmbeddingSource(Path(STDIN), None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
     elif not path.exists():
         raise InputError(f"{path}: no such file (the {label})")
+    elif is_read_once(path):  # /dev/stdin, /dev/fd/N, a named pipe: read whole, once, like -
+        arr, ids = read_pipe_embeddings(path, label)
+        src = EmbeddingSource(path, None, "mem", tuple(arr.shape), arr.dtype, label, _array=arr)
     elif path.is_dir():
         src = open_shard_folder(path, label, ids_file=ids_file, ids_column=ids_column)
         ids = src.ids()
@@ -75,7 +78,8 @@ def open_embeddings(
         and not (ids_file is not None and str(ids_file).endswith(".parquet"))
     ):
         raise ParameterError(
-            "--ids-column picks a column of parquet metadata: use it with a shard folder or with --ids FILE.parquet"
+            f"{src.name}: --ids-column picks a column of parquet metadata: use it with a clip-retrieval shard folder "
+            "or with an ids file .parquet (--gallery-ids/--query-ids FILE.parquet)"
         )
     if ids_file is not None and not path.is_dir():
         ids = read_ids_file(ids_file, src.n, src.name, ids_column)

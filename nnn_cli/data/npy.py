@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -11,6 +13,31 @@ from nnn_cli.data.h5 import check_h5_self_contained, h5py_module, short_error
 from nnn_cli.errors import InputError
 
 STDIN = "-"
+_FD_PATHS = ("/dev/stdin", "/dev/fd/", "/proc/self/fd/")
+
+
+def is_read_once(path: str | os.PathLike) -> bool:
+    """True for ``-`` and for anything that is not a regular file or folder: ``/dev/stdin``, ``/dev/fd/N``
+    of a pipe or a process substitution ``<(...)``, a named pipe, a character device.  Such an input can be
+    read only once, so every reader takes it whole, once (the one place this is decided)."""
+    if str(path) == STDIN or str(path).startswith(_FD_PATHS):  # a descriptor, whatever it points at
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def read_pipe_embeddings(path: Path, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_stdin_embeddings` for a read-once path (``/dev/fd/N``, a FIFO): messages name the path."""
+    try:
+        with open(path, "rb") as fh:
+            return read_stdin_embeddings(label, fh)
+    except InputError as exc:
+        raise InputError(str(exc).replace("<stdin>", str(path)).replace("standard input", "the pipe")) from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {label} ({exc.strerror or exc})") from None
 
 
 def read_stdin_array(label: str) -> np.ndarray:

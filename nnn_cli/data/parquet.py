@@ -1,6 +1,8 @@
 """Ids from parquet metadata (clip-retrieval / img2dataset write ``metadata_N.parquet`` beside the shards).
 
-pyarrow is the optional extra ``parquet``: ``pip install 'nnn-cli[parquet]'``.
+pyarrow is the optional extra ``parquet`` (from a checkout: ``.venv/bin/pip install -e '.[parquet]'``).
+A null id is refused with one line naming the file, the column and the row: an empty string would pass
+silently and make two items look alike.
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import DependencyError, InputError, MismatchError
+from nnn_cli.errors import DependencyError, InputError, MismatchError, install_hint
 
 DEFAULT_ID_COLUMNS = ("image_path", "url", "key", "id", "caption")
-PARQUET_HINT = "pip install 'nnn-cli[parquet]' (or pip install pyarrow)"
+PARQUET_HINT = install_hint("parquet")
 
 
 def _pyarrow_parquet():
@@ -47,7 +49,14 @@ def parquet_ids(paths: list[Path], column: str | None, n: int, what: str, rows: 
         table = pq.read_table(path, columns=[chosen])
         if rows is not None and table.num_rows != rows[i]:
             raise MismatchError(f"{path}: holds {table.num_rows} rows but its shard holds {rows[i]}")
-        out.extend("" if v is None else str(v) for v in table.column(chosen).to_pylist())
+        column_values = table.column(chosen)
+        if column_values.null_count:
+            row = next(r for r, v in enumerate(column_values.to_pylist()) if v is None)
+            raise InputError(
+                f"{path}: column {chosen!r} has {column_values.null_count} null id(s), the first at row {row}; "
+                "fill them or choose another column with --ids-column"
+            )
+        out.extend(str(v) for v in column_values.to_pylist())
     if len(out) != n:
         raise MismatchError(f"{what}: the parquet metadata holds {len(out)} ids but the shards hold {n} rows")
     return np.asarray(out, dtype=object)

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import sys
 import tempfile
 import weakref
@@ -40,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nnn_cli.data.npy import is_read_once
 from nnn_cli.errors import InputError, ParameterError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -291,17 +291,6 @@ def spool_stream(stream, name: str, tmp_dir: str | os.PathLike | None = None) ->
         _remove_spool(path)
         raise
     return path, h.hexdigest()
-
-
-def is_read_once(path: str | os.PathLike) -> bool:
-    """True for ``-`` and for anything that is not a regular file or folder (pipe, FIFO, character device)."""
-    if str(path) == STDIN:
-        return True
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _walk_images(root: Path) -> Iterator[tuple[str, Path]]:

@@ -21,6 +21,7 @@ from nnn_cli.data.provenance import base_attrs, bias_provenance
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import (
     EngineOptions,
+    IdsColumns,
     IndexOptions,
     JobResult,
     NoteFn,
@@ -57,7 +58,7 @@ def bias(
     device: str = "cpu",
     wait: float = DEFAULT_WAIT,
     gallery_ids: Optional[PathLike] = None,
-    ids_column: Optional[str] = None,
+    ids_column: Optional[str | IdsColumns] = None,
     engine: EngineOptions | None = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,

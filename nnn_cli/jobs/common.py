@@ -141,11 +141,43 @@ def _number_or_text(value: str):
     return value
 
 
+@dataclass(frozen=True)
+class IdsColumns:
+    """Parquet ids columns per input.  ``default`` (``--ids-column``) applies to every input that has
+    parquet metadata (a clip-retrieval folder, or an ids file ``.parquet``) and is left out for the others;
+    ``gallery``/``queries``/``reference`` (``--gallery-ids-column``...) name one input's column, override
+    ``default`` and are refused for an input without parquet metadata."""
+
+    default: Optional[str] = None
+    gallery: Optional[str] = None
+    queries: Optional[str] = None
+    reference: Optional[str] = None
+
+    def for_input(self, label: str, spec: PathLike, ids_file: Optional[PathLike]) -> Optional[str]:
+        has_parquet = str(ids_file or "").endswith(".parquet") or Path(str(spec)).is_dir()
+        own = getattr(self, label, None) if label in ("gallery", "queries", "reference") else None
+        if own is not None and not has_parquet:
+            raise ParameterError(
+                f"{spec}: the {label} has no parquet metadata to take ids column {own!r} from; it needs a "
+                f"clip-retrieval folder or an ids file .parquet (--{label}-ids-column)"
+            )
+        return own if own is not None else self.default if has_parquet else None
+
+
 def open_source(
-    spec: PathLike, label: str, notes: Notes, ids_file: Optional[PathLike] = None, ids_column: Optional[str] = None
+    spec: PathLike,
+    label: str,
+    notes: Notes,
+    ids_file: Optional[PathLike] = None,
+    ids_column: Optional[str] | IdsColumns = None,
 ):
     """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
-    folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
+    folders; :class:`IdsColumns` picks this input's) and pass on what the opening noticed (e.g. parquet
+    ids not read without pyarrow)."""
+    if isinstance(ids_column, str):
+        ids_column = IdsColumns(ids_column)
+    if isinstance(ids_column, IdsColumns):
+        ids_column = ids_column.for_input(label, spec, ids_file)
     src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column)
     for line in getattr(src, "notes", None) or []:
         notes(line)
@@ -178,6 +210,7 @@ def setup_threads(threads: int | None) -> None:
 
 __all__ = [
     "EngineOptions",
+    "IdsColumns",
     "IndexOptions",
     "JobResult",
     "parse_storage_options",

@@ -21,6 +21,7 @@ from nnn_cli.report.html import METHOD_LABELS
 __all__ = ["METHODS", "METHOD_LABELS", "BaselineParams", "evaluate", "eval_pictures"]
 
 from nnn_cli.jobs.common import (
+    IdsColumns,
     JobResult,
     NoteFn,
     Notes,
@@ -67,7 +68,7 @@ def evaluate(
     report: Optional[PathLike] = None,
     query_ids: Optional[PathLike] = None,
     gallery_ids: Optional[PathLike] = None,
-    ids_column: Optional[str] = None,
+    ids_column: Optional[str | IdsColumns] = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
 ) -> JobResult:

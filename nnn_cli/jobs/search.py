@@ -13,6 +13,7 @@ from nnn_cli.data.results import write_jsonl, write_results
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import (
     EngineOptions,
+    IdsColumns,
     IndexOptions,
     JobResult,
     NoteFn,
@@ -54,7 +55,7 @@ def search(
     stream: TextIO | None = None,
     query_ids: Optional[PathLike] = None,
     gallery_ids: Optional[PathLike] = None,
-    ids_column: Optional[str] = None,
+    ids_column: Optional[str | IdsColumns] = None,
     engine: EngineOptions | None = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 NO_GPU_MESSAGE = "no GPU found (torch/faiss-gpu), using CPU"
@@ -29,6 +32,13 @@ def torch_cuda() -> bool:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+_GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_driver_present() -> bool:
+    """False when this Linux machine shows no GPU driver at all: ``--device auto`` (the default) then
+    decides for the CPU without importing torch (seconds per run)."""
+    return sys.platform != "linux" or any(os.path.exists(node) for node in _GPU_NODES)
 
 
 def resolve_device(device: str, strict: bool = False, torch_only: bool = False) -> tuple[str, str | None]:
@@ -46,7 +56,7 @@ def resolve_device(device: str, strict: bool = False, torch_only: bool = False) 
         raise ParameterError(f"unknown --device {device!r}: use auto, cpu or cuda")
     if device == "cpu":
         return "cpu", None
-    has_gpu = torch_cuda() or (not torch_only and faiss_gpus() > 0)
+    has_gpu = gpu_driver_present() and (torch_cuda() or (not torch_only and faiss_gpus() > 0))
     if has_gpu:
         return "cuda", None
     if device == "auto":

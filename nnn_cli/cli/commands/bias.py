@@ -10,6 +10,7 @@ import typer
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
 from nnn_cli.cli.options import (
+    DEVICE_DEFAULT,
     AddressOpt,
     AlphaOpt,
     BlockOpt,
@@ -17,7 +18,9 @@ from nnn_cli.cli.options import (
     DeviceOpt,
     EfSearchOpt,
     EngineOpt,
+    GalleryIdsColumnOpt,
     GalleryIdsOpt,
+    GalleryInputOpt,
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
@@ -34,6 +37,7 @@ from nnn_cli.cli.options import (
     PartitionRowsOpt,
     QuietOpt,
     RecallOpt,
+    ReferenceIdsColumnOpt,
     ResumeOpt,
     SaveIndexOpt,
     StorageOptionOpt,
@@ -41,7 +45,9 @@ from nnn_cli.cli.options import (
     WaitOpt,
     block_size_note,
     engine_options,
+    ids_columns,
     index_options,
+    one_input,
 )
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar
 
@@ -58,13 +64,15 @@ EPILOG = (
 
 @handle_errors
 def bias_cmd(
-    gallery: Annotated[
-        str,
+    gallery_arg: Annotated[
+        Optional[str],
         typer.Argument(
+            metavar="[GALLERY]",
             help="Gallery embeddings (.h5, FILE.h5:DATASET, .npy or a folder of "
-            ".npy shards), shape (N, d); with --append-to: only the NEW items."
+            ".npy shards), shape (N, d); with --append-to: only the NEW items. Shorthand of --gallery.",
         ),
-    ],
+    ] = None,
+    gallery_opt: GalleryInputOpt = None,
     reference: Annotated[
         Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")
     ] = None,
@@ -118,10 +126,12 @@ def bias_cmd(
     save_index: SaveIndexOpt = None,
     load_index: LoadIndexOpt = None,
     memory_budget: MemoryBudgetOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = DEVICE_DEFAULT,
     wait: WaitOpt = 10.0,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    gallery_ids_column: GalleryIdsColumnOpt = None,
+    reference_ids_column: ReferenceIdsColumnOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     resume: ResumeOpt = False,
@@ -140,6 +150,7 @@ def bias_cmd(
     Incremental, still exact: `--append-to BIAS.h5` adds new gallery items,
     `--update BIAS.h5 --reference-add NEW.h5` adds new reference queries.
     """
+    gallery = one_input(gallery_arg, gallery_opt, "--gallery")
     note = note_printer(quiet)
     if block_size_note(block_size):
         note(block_size_note(block_size))
@@ -162,10 +173,10 @@ def bias_cmd(
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             memory_budget=memory_budget,
-            device=device,
+            device=device.value,
             wait=wait,
             gallery_ids=gallery_ids,
-            ids_column=ids_column,
+            ids_column=ids_columns(ids_column, gallery=gallery_ids_column, reference=reference_ids_column),
             progress=progress,
             on_note=note,
         )

@@ -10,7 +10,17 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import Device, JsonOpt, Modality, OutDtype, Precision, QuietOpt, ThreadsOpt, WaitOpt
+from nnn_cli.cli.options import (
+    DEVICE_DEFAULT,
+    DeviceOpt,
+    JsonOpt,
+    Modality,
+    OutDtype,
+    Precision,
+    QuietOpt,
+    ThreadsOpt,
+    WaitOpt,
+)
 from nnn_cli.cli.render import embed_progress, err_console, info, note_printer, print_json
 from nnn_cli.signals import exit_code
 
@@ -25,7 +35,7 @@ EPILOG = (
     "Interrupted runs keep their finished batches in OUT.partial; the same command resumes there "
     "(--restart starts over). TorchScript modules take images as a float tensor (B, 3, S, S), RGB "
     "in [0, 1], resized and centre-cropped to S = --image-size (normalise inside the module), and "
-    "texts as a List[str]; they return (B, d). Needs: pip install 'nnn-cli[embed]'."
+    "texts as a List[str]; they return (B, d). Needs the embed extra: make setup-embed (from the checkout)."
 )
 
 
@@ -86,14 +96,7 @@ def embed_cmd(
             help="Items per model call (and per resumable commit).",
         ),
     ] = 64,
-    device: Annotated[
-        Device,
-        typer.Option(
-            "--device",
-            envvar="NNN_DEVICE",
-            help="auto: cuda when torch sees a GPU, else cpu. cuda without a GPU exits 2.",
-        ),
-    ] = Device.auto,
+    device: DeviceOpt = DEVICE_DEFAULT,
     precision: Annotated[
         Precision, typer.Option("--precision", help="Model arithmetic: auto = fp16 on cuda, fp32 on cpu.")
     ] = Precision.auto,

@@ -15,6 +15,7 @@ from nnn_cli.cli.options import (
     BiasReferenceOpt,
     BlockOpt,
     ForceOpt,
+    GalleryIdsColumnOpt,
     GalleryIdsOpt,
     GalleryOpt,
     IdsColumnOpt,
@@ -23,10 +24,12 @@ from nnn_cli.cli.options import (
     Metric,
     MetricOpt,
     ParamsOpt,
+    QueriesIdsColumnOpt,
     QueryIdsOpt,
     QuietOpt,
     ThreadsOpt,
     block_size_note,
+    ids_columns,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
 from nnn_cli.jobs.eval import BaselineParams
@@ -63,7 +66,6 @@ def eval_cmd(
         str,
         typer.Option(
             "--methods",
-            "-m",
             envvar="NNN_METHODS",
             help="Comma list of: baseline, nnn, dn, qbnorm (QB-Norm dynamic inverted softmax), is (plain inverted softmax; "
             "alias qbnorm_is), dbnorm (DualIS), dbnorm_dis (DualDIS); baseline always runs.",
@@ -127,6 +129,8 @@ def eval_cmd(
     query_ids: QueryIdsOpt = None,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    queries_ids_column: QueriesIdsColumnOpt = None,
+    gallery_ids_column: GalleryIdsColumnOpt = None,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -166,7 +170,7 @@ def eval_cmd(
             report=report,
             query_ids=query_ids,
             gallery_ids=gallery_ids,
-            ids_column=ids_column,
+            ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
             progress=progress,
             on_note=note,
         ).summary

@@ -8,8 +8,19 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import BiasFileOpt, ForceOpt, GalleryOpt, JsonOpt, Metric, MetricOpt, ThreadsOpt
+from nnn_cli.cli.options import (
+    DEVICE_DEFAULT,
+    BiasFileOpt,
+    DeviceOpt,
+    ForceOpt,
+    GalleryOpt,
+    JsonOpt,
+    Metric,
+    MetricOpt,
+    ThreadsOpt,
+)
 from nnn_cli.cli.render import print_json_lines, render_query
+from nnn_cli.errors import ParameterError
 
 EPILOG = (
     "Examples:\n\n"
@@ -30,13 +41,20 @@ def query_cmd(
             "--model", "-m", help="Model to embed with (default: the one recorded in the gallery file by `nnn embed`)."
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (for the model).")] = "auto",
+    device: DeviceOpt = DEVICE_DEFAULT,
     metric: MetricOpt = Metric.cosine,
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Embed TEXT with the model recorded in the gallery and **show the debiased ranking**, without writing a file."""
+    for i, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # argv bytes that are not UTF-8 arrive as lone surrogates
+            raise ParameterError(f"query text {i} is not valid UTF-8 text (TEXT)") from None
+        if not text.strip():
+            raise ParameterError(f"query text {i} is empty (TEXT)")
     result = jobs.query(
         texts,
         gallery,
@@ -44,7 +62,7 @@ def query_cmd(
         top_k=top_k,
         model=model,
         metric=metric.value,
-        device=device,
+        device=device.value,
         force=force,
         threads=threads,
     ).summary

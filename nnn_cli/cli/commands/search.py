@@ -10,6 +10,7 @@ import typer
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
 from nnn_cli.cli.options import (
+    DEVICE_DEFAULT,
     AddressOpt,
     BlockOpt,
     BlockRowsOpt,
@@ -17,6 +18,7 @@ from nnn_cli.cli.options import (
     EfSearchOpt,
     EngineOpt,
     ForceOpt,
+    GalleryIdsColumnOpt,
     GalleryIdsOpt,
     GalleryOpt,
     GpusPerTaskOpt,
@@ -30,6 +32,8 @@ from nnn_cli.cli.options import (
     NprobeOpt,
     OutFormat,
     PartitionRowsOpt,
+    QueriesIdsColumnOpt,
+    QueriesInputOpt,
     QueryIdsOpt,
     QuietOpt,
     RecallOpt,
@@ -38,7 +42,9 @@ from nnn_cli.cli.options import (
     ThreadsOpt,
     block_size_note,
     engine_options,
+    ids_columns,
     index_options,
+    one_input,
 )
 from nnn_cli.cli.render import info, note_printer, progress_bar
 
@@ -54,17 +60,19 @@ EPILOG = (
 
 @handle_errors
 def search_cmd(
-    queries: Annotated[
-        str,
-        typer.Argument(
-            help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
-            "or - for .npy/HDF5 bytes on stdin), shape (Q, d)."
-        ),
-    ],
     gallery: GalleryOpt,
     output: Annotated[
         str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")
     ],
+    queries_arg: Annotated[
+        Optional[str],
+        typer.Argument(
+            metavar="[QUERIES]",
+            help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
+            "or - for .npy/HDF5 bytes on stdin), shape (Q, d). Shorthand of --queries.",
+        ),
+    ] = None,
+    queries_opt: QueriesInputOpt = None,
     bias: Annotated[
         Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")
     ] = None,
@@ -93,10 +101,12 @@ def search_cmd(
     ] = None,
     save_index: SaveIndexOpt = None,
     load_index: LoadIndexOpt = None,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = DEVICE_DEFAULT,
     query_ids: QueryIdsOpt = None,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    queries_ids_column: QueriesIdsColumnOpt = None,
+    gallery_ids_column: GalleryIdsColumnOpt = None,
     engine: EngineOpt = "local",
     address: AddressOpt = None,
     gpus_per_task: GpusPerTaskOpt = 0.0,
@@ -111,6 +121,7 @@ def search_cmd(
     inner-product index: debiased search costs what plain search costs.
     Ties are broken by the lower gallery index.
     """
+    queries = one_input(queries_arg, queries_opt, "--queries")
     note = note_printer(quiet)
     if block_size_note(block_size):
         note(block_size_note(block_size))
@@ -126,7 +137,7 @@ def search_cmd(
             threads=threads,
             force=force,
             overfetch=overfetch,
-            device=device,
+            device=device.value,
             engine=engine_options(
                 engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
             ),
@@ -134,7 +145,7 @@ def search_cmd(
             stream=sys.stdout,
             query_ids=query_ids,
             gallery_ids=gallery_ids,
-            ids_column=ids_column,
+            ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
             progress=progress,
             on_note=note,
         )
