@@ -18,11 +18,14 @@ delete once no ``nnn`` job is running.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 
 class Terminated(KeyboardInterrupt):
@@ -110,6 +113,31 @@ def install_handlers() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
     sys.unraisablehook = _quiet_unraisable
+
+
+def exit_process(code: int, say: Callable[[str], None]) -> NoReturn:
+    """End the process after the command, never leaving a window where a signal kills it silently.
+
+    The interpreter's own teardown restores the default handlers early, so SIGTERM or Ctrl-C arriving
+    just after an output was renamed into place would kill the process with no line.  Here a signal is
+    only recorded from now on; one received while the command still ended 0 gets its truthful line
+    through ``say`` ("Terminated; OUT was already written in full.") and exit 130/143; then the exit
+    callbacks run and the process ends without the teardown."""
+    global _defer_depth
+    _defer_depth += 1  # from here on a signal is recorded, never raised
+    for check in range(2):  # after the exit callbacks too: they take a while (Ray, temporary files)
+        if code == 0 and _received is not None:
+            done = ", ".join(_published)
+            what = "Terminated" if _received == signal.SIGTERM else "Interrupted"
+            say(f"{what}; {done} was already written in full." if done else f"{what}; no output was written.")
+            code = EXIT_TERMINATED if _received == signal.SIGTERM else EXIT_INTERRUPTED
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        if check == 0:
+            with contextlib.suppress(Exception):
+                atexit._run_exitcallbacks()  # what the teardown would have run (weakref.finalize, Ray)
+    os._exit(code)
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:

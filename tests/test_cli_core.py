@@ -272,7 +272,7 @@ BIAS_CASES = [
     ("good.npy", "zero.npy", [], "zero vector"),
     ("ints.npy", "ref.npy", [], "not floating point"),
     ("good.npy", "ref.npy", ["--k", "0"], "k must be"),
-    ("good.npy", "ref.npy", ["--k", "31"], "larger than the reference set (30 rows)"),
+    ("good.npy", "ref.npy", ["--k", "31"], "ref.npy (30 rows)"),
     ("good.npy", "ref.npy", ["--alpha", "-1"], "alpha"),
 ]
 

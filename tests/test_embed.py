@@ -392,7 +392,7 @@ def test_open_clip_missing_is_one_line_exit_2(tmp_path):
     res = run_cli(
         "embed", tmp_path / "t.txt", "-o", tmp_path / "o.h5", "--model", f"open_clip:ViT-B-32:{tmp_path / 'w.pt'}"
     )
-    assert res.exit_code == 2 and "nnn-cli[openclip]" in res.stderr
+    assert res.exit_code == 2 and "[openclip]" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.h5").exists()
 
 
@@ -613,7 +613,7 @@ def test_without_torch_says_what_to_install(tmp_path):
     proc = _run_python(code)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "pip install 'nnn-cli[embed]'" in lines[0]
+    assert len(lines) == 1 and "make setup-embed" in lines[0]
 
 
 def test_core_modules_do_not_import_torch():

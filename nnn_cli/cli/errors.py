@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - older Typer on the click package
     from click.core import ParameterSource  # type: ignore[no-redef,assignment]
     from click.globals import get_current_context  # type: ignore[no-redef,assignment]
 
-from nnn_cli.cli.render import err_console, silence_stdout
+from nnn_cli.cli.render import drop_notes, err_console, flush_stdout, release_notes, silence_stdout
 from nnn_cli.errors import NNNError, ParameterError
 from nnn_cli.signals import Terminated, exit_code, published_outputs
 
@@ -152,7 +152,7 @@ class NNNGroup(TyperGroup):
         except typer.Abort:
             if not standalone_mode:
                 raise
-            err_console.print("Interrupted; no output was written.", markup=False)
+            err_console.print("Interrupted; no output was written.", markup=False, soft_wrap=True)
             sys.exit(130)
         if not standalone_mode:
             return rv
@@ -164,27 +164,36 @@ def handle_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        drop_notes()
         try:
             _refuse_non_finite(kwargs)
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            release_notes()
+            flush_stdout()
+            return result
         except (typer.Exit, typer.Abort, SystemExit, click_exceptions.ClickException):
             raise
         except NNNError as exc:
+            drop_notes()
             fail(str(exc), 2)
         except BrokenPipeError:
             silence_stdout()
             raise typer.Exit(0) from None
         except KeyboardInterrupt as exc:
+            drop_notes()
             what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
             done = getattr(exc, "nnn_published", None) or ", ".join(published_outputs())
             tail = f"{done} was already written in full." if done else "no output was written."
-            err_console.print(f"{what}; {tail}", markup=False)
+            err_console.print(f"{what}; {tail}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(exit_code(exc)) from None
         except MemoryError:
             fail("out of memory; use --memory-budget or smaller inputs", 1)
         except Exception as exc:
+            drop_notes()
             if os.environ.get("NNN_DEBUG"):
                 raise
             fail(f"unexpected {type(exc).__name__}: {exc} (set NNN_DEBUG=1 for the traceback)", 1)
+        finally:
+            drop_notes()  # a command that ended otherwise (typer.Exit) leaves nothing for the next one
 
     return wrapper

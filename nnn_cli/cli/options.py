@@ -27,6 +27,13 @@ class OutFormat(str, Enum):
     jsonl = "jsonl"
 
 
+class StreamFormat(str, Enum):
+    """``nnn embed -o -``: what goes to stdout."""
+
+    h5 = "h5"
+    npy = "npy"
+
+
 # ---------------------------------------------------------------------------
 # Shared options
 # ---------------------------------------------------------------------------
@@ -165,7 +172,7 @@ EngineOpt = Annotated[
         "--engine",
         envvar="NNN_ENGINE",
         help="local (this process) or ray (Ray tasks over gallery blocks x reference partitions, byte-identical "
-        "to local; inputs/outputs by path or URL: s3://, gs://, file://). Needs pip install 'nnn-cli[ray]'.",
+        "to local; inputs/outputs by path or URL: s3://, gs://, file://). Needs the ray extra: .venv/bin/pip install -e '.[ray]' in the checkout.",
     ),
 ]
 AddressOpt = Annotated[

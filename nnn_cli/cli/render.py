@@ -33,6 +33,15 @@ class _Console(Console):
         silence_stdout()
         raise SystemExit(0)
 
+    def _check_buffer(self) -> None:
+        """A full disk under a table or a note: one line naming the stream (exit 2), not an OSError."""
+        try:
+            super()._check_buffer()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutSink(self.file, "<stderr>" if self.stderr else "<stdout>")._failed(exc) from None
+
 
 err_console = _Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
 out_console = _Console(highlight=False, width=_pipe_width(sys.stdout))
@@ -60,19 +69,36 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Optional[Callable[[i
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
+            release_notes()
             bar.update(task, completed=done, total=total)
 
         yield update
 
 
+_held_notes: list[str] = []
+
+
+def release_notes() -> None:
+    """Print the notes held so far (see :func:`note_printer`)."""
+    while _held_notes:
+        err_console.print(_held_notes.pop(0), markup=False, highlight=False, soft_wrap=True)
+
+
+def drop_notes() -> None:
+    """Forget the held notes: the command failed, and its one error line is all stderr gets."""
+    _held_notes.clear()
+
+
 def info(message: str, quiet: bool) -> None:
+    release_notes()
     if not quiet:
         err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
-    sys.stdout.flush()
+    out = StdoutSink(sys.stdout, "<stdout>")
+    out.write(json.dumps(obj, indent=2) + "\n")
+    out.flush()
 
 
 @contextlib.contextmanager
@@ -103,6 +129,7 @@ def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]
         first: list[int] = []
 
         def update(done: int, total: int) -> None:
+            release_notes()
             if not first:  # start the bar at the resumed position so the rate counts new work only
                 first.append(done)
                 bar.reset(task, total=total, completed=done)
@@ -113,8 +140,56 @@ def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]
 
 
 def note_printer(quiet: bool) -> Callable[[str], None]:
-    """A job's ``on_note``: each note one line on stderr, unless quiet."""
-    return lambda line: info(line, quiet)
+    """A job's ``on_note``: each note one line on stderr, unless quiet.  Notes are held until the job
+    succeeds (or its progress bar starts): a command refused for bad input prints its one error line
+    only, never a plan it did not run ("index: ...") above it."""
+
+    def note(line: str) -> None:
+        if not quiet:
+            _held_notes.append(line)
+
+    return note
+
+
+class StdoutSink:
+    """Standard output for ``-o -``: an OS error while writing (a full disk, an I/O error) becomes the
+    one-line :class:`~nnn_cli.errors.OutputError` naming the output (exit 2); a closed pipe stays a
+    BrokenPipeError (exit 0).  Text or binary, as the stream it wraps."""
+
+    def __init__(self, raw, name: str = "<stdout> (-o -)") -> None:
+        self._raw = raw
+        self._name = name
+
+    def _failed(self, exc: OSError) -> Exception:
+        from nnn_cli.data.outputs import output_error
+
+        silence_stdout()  # the interpreter's last flush must not print a second error
+        return output_error(self._name, exc)
+
+    def write(self, data):
+        try:
+            return self._raw.write(data)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._raw, name)
+
+
+def flush_stdout() -> None:
+    """Flush stdout at the end of a command: a full disk there is one line naming it (exit 2), not a
+    traceback at interpreter exit."""
+    StdoutSink(sys.stdout, "<stdout>").flush()
 
 
 def silence_stdout() -> None:
@@ -315,9 +390,10 @@ def render_attribute_table(result: dict) -> None:
 
 def print_json_lines(records) -> None:
     """One compact JSON object per line on stdout (as `nnn search -o -`)."""
+    out = StdoutSink(sys.stdout, "<stdout>")
     for rec in records:
-        sys.stdout.write(json.dumps(rec) + "\n")
-    sys.stdout.flush()
+        out.write(json.dumps(rec) + "\n")
+    out.flush()
 
 
 def render_query(result: dict) -> None:

@@ -107,7 +107,8 @@ def tile_scores(query_tile: np.ndarray, database_tile: np.ndarray) -> np.ndarray
     """The scores of one tile: ONE BLAS GEMM (``query_tile @ database_tile.T``), to be called under
     :func:`single_threaded_blas`, with operands from :func:`tile_operand` (the query tile a private copy:
     numpy would take a different BLAS routine, SYRK, for ``a @ a.T``)."""
-    return query_tile @ database_tile.T
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by the caller, in one line
+        return query_tile @ database_tile.T
 
 
 def query_tiles(queries: np.ndarray) -> list[np.ndarray]:

@@ -99,7 +99,7 @@ def load_bias(spec, storage_options: dict | None = None) -> BiasFile:
         if objstore.is_url(text) and not is_manifest(text, storage_options):
             raise InputError(
                 f"{text}: no {MANIFEST} there (or it cannot be read); give the output of "
-                "`nnn bias --engine ray` (needs pip install 'nnn-cli[ray]' for URLs)"
+                "`nnn bias --engine ray` (URLs need the ray extra: .venv/bin/pip install -e '.[ray]' in the checkout)"
             )
         return read_manifest_bias(text, storage_options)
     return read_bias(spec)

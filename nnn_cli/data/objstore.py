@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.errors import InputError
+from nnn_cli.errors import InputError, install_hint
 
 HEADER_PROBE = 4096
 """Bytes fetched to parse a ``.npy`` header (a v1/v2 header is almost always shorter; refetched if not)."""
@@ -46,7 +46,7 @@ def _fsspec():
     try:
         import fsspec
     except ImportError:  # pragma: no cover - exercised only without the extra
-        raise InputError("URL inputs need fsspec: pip install 'nnn-cli[ray]'") from None
+        raise InputError(f"URL inputs need fsspec: {install_hint('ray')}") from None
     return fsspec
 
 

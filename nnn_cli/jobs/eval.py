@@ -9,7 +9,6 @@ from typing import Optional
 
 from nnn_cli.core.baselines import BANK_METHODS, METHODS, BaselineParams, gallery_bank_warning, parse_methods
 from nnn_cli.core.compare import compare_methods
-from nnn_cli.core.nnn import check_k
 from nnn_cli.core.protocol import leak_check
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.outputs import check_output_path
@@ -27,6 +26,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    check_reference_k,
     open_source,
     read_checked_bias,
     resolve_params,
@@ -103,7 +103,7 @@ def evaluate(
         check_same_dim(q_src, g_src, r_src)
     if want_nnn and bias is None:
         alpha, k = resolve_params(alpha, k, params)
-        check_k(k, r_src.n)
+        check_reference_k(k, r_src, params)
     tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
     setup_threads(threads)
 

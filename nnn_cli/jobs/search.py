@@ -10,7 +10,7 @@ from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_source_attrs, check_bias_matches, source_attrs
 from nnn_cli.data.results import write_jsonl, write_results
-from nnn_cli.errors import ParameterError
+from nnn_cli.errors import ParameterError, install_hint
 from nnn_cli.jobs.common import (
     EngineOptions,
     IdsColumns,
@@ -187,7 +187,7 @@ def _search_ray(queries, gallery, bias, top_k, metric, force, engine: EngineOpti
     except ImportError as exc:  # pragma: no cover - the optional extra
         from nnn_cli.errors import DependencyError
 
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
+        raise DependencyError(f"--engine ray needs the ray extra: {install_hint('ray')} ({exc})") from None
     local = not objstore.is_url(str(gallery)) and Path(str(gallery)).exists()
     q_ids = g_ids = None
     g_src = open_source(gallery, "gallery", notes) if local else None

@@ -76,6 +76,9 @@ def tune(
     check_output_path(output, [gallery, reference, queries, truth, gallery_bank], None, "params output")
     if plot is not None:
         check_output_path(plot, [gallery, reference, queries, truth, output], (".png",), "--plot")
+        from nnn_cli.report.plots import pyplot
+
+        pyplot()  # matplotlib missing: refused now, before params.json is written or replaced
     g_src = open_embeddings(gallery, "gallery")
     r_src = open_embeddings(reference, "reference")
     q_src = open_embeddings(queries, "queries") if queries is not None else None

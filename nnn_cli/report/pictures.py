@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import DependencyError
+from nnn_cli.errors import DependencyError, install_hint
 
-PICTURES_MISSING = "pictures left out: matplotlib is not installed (pip install 'nnn-cli[plots]')"
+PICTURES_MISSING = f"pictures left out: matplotlib is not installed ({install_hint('plots')})"
 
 
 @dataclass

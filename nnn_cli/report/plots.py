@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import DependencyError, ParameterError
+from nnn_cli.errors import DependencyError, ParameterError, install_hint
 
 
 def pyplot():
@@ -19,9 +19,7 @@ def pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise DependencyError(
-            "plots need matplotlib: pip install 'nnn-cli[plots]' (or pip install matplotlib)"
-        ) from None
+        raise DependencyError(f"plots need matplotlib: {install_hint('plots')}") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

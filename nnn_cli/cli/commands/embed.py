@@ -18,10 +18,11 @@ from nnn_cli.cli.options import (
     OutDtype,
     Precision,
     QuietOpt,
+    StreamFormat,
     ThreadsOpt,
     WaitOpt,
 )
-from nnn_cli.cli.render import embed_progress, err_console, info, note_printer, print_json
+from nnn_cli.cli.render import StdoutSink, embed_progress, err_console, info, note_printer, print_json
 from nnn_cli.signals import exit_code
 
 EPILOG = (
@@ -125,8 +126,8 @@ def embed_cmd(
         ),
     ] = None,
     output_format: Annotated[
-        str, typer.Option("--output-format", help="For -o -: h5 (default, keeps ids) or npy.")
-    ] = "h5",
+        StreamFormat, typer.Option("--output-format", help="For -o -: h5 (default, keeps ids) or npy.")
+    ] = StreamFormat.h5,
     wait: WaitOpt = 10.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -156,8 +157,8 @@ def embed_cmd(
                 threads=threads,
                 max_batches=max_batches,
                 input_format=input_format,
-                output_format=output_format,
-                stream=sys.stdout.buffer if output == "-" else None,
+                output_format=output_format.value,
+                stream=StdoutSink(sys.stdout.buffer) if output == "-" else None,
                 wait=wait,
                 progress=progress,
                 on_note=note_printer(quiet),
@@ -167,6 +168,7 @@ def embed_cmd(
             err_console.print(
                 f"Interrupted; finished batches are kept in {output}.partial: run the same command again to resume.",
                 markup=False,
+                soft_wrap=True,
             )
             raise typer.Exit(exit_code(exc)) from None
         raise

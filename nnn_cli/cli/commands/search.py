@@ -46,7 +46,7 @@ from nnn_cli.cli.options import (
     index_options,
     one_input,
 )
-from nnn_cli.cli.render import info, note_printer, progress_bar
+from nnn_cli.cli.render import StdoutSink, info, note_printer, progress_bar
 
 EPILOG = (
     "Examples:\n\n"
@@ -142,7 +142,7 @@ def search_cmd(
                 engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            stream=sys.stdout,
+            stream=StdoutSink(sys.stdout),
             query_ids=query_ids,
             gallery_ids=gallery_ids,
             ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),

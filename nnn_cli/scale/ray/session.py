@@ -13,7 +13,7 @@ import numpy as np
 
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
-from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.errors import InputError, ParameterError, install_hint
 
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE  # 65,536 gallery rows per task
 DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
@@ -24,7 +24,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ParameterError("--engine ray needs Ray: pip install 'nnn-cli[ray]'") from None
+        raise ParameterError(f"--engine ray needs Ray: {install_hint('ray')}") from None
     return ray
 
 
