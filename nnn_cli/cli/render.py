@@ -161,7 +161,7 @@ class StdoutSink:
         self._name = name
 
     def _failed(self, exc: OSError) -> Exception:
-        from nnn_cli.data.outputs import output_error
+        from nnn_cli.jobs.common import output_error
 
         silence_stdout()  # the interpreter's last flush must not print a second error
         return output_error(self._name, exc)

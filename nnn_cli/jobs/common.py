@@ -21,6 +21,7 @@ from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.biasfile import BiasFile
 from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.manifest import load_bias
+from nnn_cli.data.outputs import output_error  # the CLI's -o - sink names a full disk the same way
 from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
@@ -227,6 +228,7 @@ __all__ = [
     "EngineOptions",
     "IdsColumns",
     "IndexOptions",
+    "output_error",
     "JobResult",
     "parse_storage_options",
     "open_source",
