@@ -91,9 +91,10 @@ def usage_error(exc: Exception) -> ParameterError:
             suggestion = f"; did you mean {' or '.join(sorted(exc.possibilities))}?"
         return ParameterError(f"no such option{suggestion} ({exc.option_name})")
     if isinstance(exc, click_exceptions.BadParameter):
-        hint = _option_name(param, ctx) if param is not None else _one_line(str(exc.param_hint or "")) or None
+        given: str | None = _option_name(param, ctx) if param is not None else _one_line(str(exc.param_hint or ""))
+        shown = given or None
         what = _lower_first(re.sub(r"^[Vv]alue error, ", "", _one_line(message))) or "invalid value"
-        return ParameterError(f"{what} ({hint})" if hint else what)
+        return ParameterError(f"{what} ({shown})" if shown else what)
     if isinstance(exc, click_exceptions.BadOptionUsage):
         return ParameterError(f"{_lower_first(_one_line(message))} ({exc.option_name})")
     return ParameterError(_lower_first(_one_line(message)) or "bad usage (see --help)")

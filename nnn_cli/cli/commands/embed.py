@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, BinaryIO, Optional, cast
 
 import typer
 
@@ -158,7 +158,7 @@ def embed_cmd(
                 max_batches=max_batches,
                 input_format=input_format,
                 output_format=output_format.value,
-                stream=StdoutSink(sys.stdout.buffer) if output == "-" else None,
+                stream=cast(BinaryIO, StdoutSink(sys.stdout.buffer)) if output == "-" else None,
                 wait=wait,
                 progress=progress,
                 on_note=note_printer(quiet),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Optional, TextIO, cast
 
 import typer
 
@@ -142,7 +142,7 @@ def search_cmd(
                 engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
-            stream=StdoutSink(sys.stdout),
+            stream=cast(TextIO, StdoutSink(sys.stdout)),
             query_ids=query_ids,
             gallery_ids=gallery_ids,
             ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
