@@ -12,10 +12,10 @@ nnn tune --queries $D/tune_queries.h5 --gallery $D/tune_gallery.h5 --truth $D/tu
          --reference $D/reference.h5 -o "$OUT/params.json"
 
 echo "== 2. nnn bias: one bias per gallery item from the reference queries"
-nnn bias $D/gallery.h5 --reference $D/reference.h5 --params "$OUT/params.json" -o "$OUT/bias.h5"
+nnn bias --gallery $D/gallery.h5 --reference $D/reference.h5 --params "$OUT/params.json" -o "$OUT/bias.h5"
 
 echo "== 3. nnn search: debiased top-5 for the test queries (first 2 shown as JSON lines)"
-nnn search $D/queries.h5 --gallery $D/gallery.h5 --bias "$OUT/bias.h5" --top-k 5 -o "$OUT/results.h5"
+nnn search --queries $D/queries.h5 --gallery $D/gallery.h5 --bias "$OUT/bias.h5" --top-k 5 -o "$OUT/results.h5"
 nnn search $D/queries.h5 --gallery $D/gallery.h5 --bias "$OUT/bias.h5" --top-k 3 -o - | head -n 2
 
 echo "== 4. nnn eval: baseline vs NNN on the test split"

@@ -31,7 +31,7 @@ table{border-collapse:collapse;margin:.6em 0;max-width:100%}th,td{border:1px sol
 th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}.meta{color:#555;font-size:.9em}figure{margin:1em 0}
 td{white-space:nowrap}.ci{display:block;color:#777;font-size:.8em;white-space:nowrap}
-#recall td:last-child{white-space:normal;overflow-wrap:anywhere;min-width:8em;max-width:16em;text-align:left}
+#recall td:last-child{white-space:normal;overflow-wrap:anywhere;min-width:8em;max-width:16em;text-align:left}#recall th:last-child{text-align:left}
 body{padding:0 1em;box-sizing:border-box}
 figcaption{color:#555;font-size:.9em}img{max-width:100%;border:1px solid #eee}
 """
