@@ -67,7 +67,7 @@ def bias_cmd(
     gallery_arg: Annotated[
         Optional[str],
         typer.Argument(
-            metavar="[GALLERY]",
+            metavar="GALLERY",
             help="Gallery embeddings (.h5, FILE.h5:DATASET, .npy or a folder of "
             ".npy shards), shape (N, d); with --append-to: only the NEW items. Shorthand of --gallery.",
         ),

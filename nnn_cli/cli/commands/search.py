@@ -67,7 +67,7 @@ def search_cmd(
     queries_arg: Annotated[
         Optional[str],
         typer.Argument(
-            metavar="[QUERIES]",
+            metavar="QUERIES",
             help="Query embeddings (.h5, FILE.h5:DATASET, .npy, a shard folder, "
             "or - for .npy/HDF5 bytes on stdin), shape (Q, d). Shorthand of --queries.",
         ),
