@@ -95,15 +95,30 @@ class LocalScheduler:
     def __init__(self, threads: int = 0):
         self.threads = int(threads) or (os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._workers = 0
 
     def __enter__(self) -> LocalScheduler:
+        from nnn_cli.core.topk import selection_threads, single_threaded_blas
+
+        # each task is single-threaded (BLAS too, as in a Ray worker): the tasks are the parallelism, and a
+        # GEMM's rounding does not depend on how many threads another task's BLAS call happens to use
+        self._workers = selection_threads()
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(single_threaded_blas())
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="nnn-block")
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from nnn_cli.core.topk import set_workers
+
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+            set_workers(self._workers)  # the tasks set one worker each (process-wide here)
 
     @property
     def slots(self) -> int:
