@@ -187,6 +187,14 @@ PartitionRowsOpt = Annotated[
     ),
 ]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
+IoTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--io-timeout",
+        help="Seconds an object store (s3://, gs://, ...) may take to answer before the run stops with one "
+        "line naming the URL (default: env NNN_IO_TIMEOUT, else 30).",
+    ),
+]
 StorageOptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -271,6 +279,7 @@ def engine_options(
     partition_rows: Optional[int],
     max_retries: int,
     storage_option: Optional[list[str]],
+    io_timeout: Optional[float] = None,
 ) -> EngineOptions:
     return EngineOptions(
         engine,
@@ -281,4 +290,5 @@ def engine_options(
         partition_rows,
         max_retries,
         parse_storage_options(storage_option),
+        io_timeout,
     )

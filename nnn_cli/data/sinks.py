@@ -25,7 +25,7 @@ import io
 import os
 import posixpath
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +54,12 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def is_run_target(spec: str | os.PathLike) -> bool:
-    """True when ``spec`` names a run folder (a URL, an existing folder, or a name without a file suffix)."""
+    """True when ``spec`` names a run folder: a URL, an existing folder, or a name without a suffix (a name
+    with one is a bias file, refused by its sink unless ``.h5``/``.hdf5``/``.npy``)."""
     text = str(spec)
-    if objstore.is_url(text):
+    if objstore.is_url(text) or text.endswith("/"):
         return True
-    return Path(text).is_dir() or not text.lower().endswith(FILE_SUFFIXES)
+    return Path(text).is_dir() or Path(text).suffix == ""
 
 
 def inside(rel: str, target: str) -> str:
@@ -396,6 +397,8 @@ class BiasFileSink:
     output: str
     inputs: list = field(default_factory=list)  # input specs it must not overwrite
     ids: np.ndarray | None = None
+    attrs: dict = field(default_factory=dict)  # written with the file
+    provenance: Callable[[], dict] | None = None  # called at commit (input fingerprints: free after a full read)
     remote_writes: bool = False
     _bias: np.ndarray | None = field(default=None, repr=False)
     _topk: np.ndarray | None = field(default=None, repr=False)
@@ -431,7 +434,12 @@ class BiasFileSink:
     def commit(self, attrs: dict) -> None:
         assert self._bias is not None
         extra = {"topk": self._topk} if self._topk is not None else None
-        write_bias(self.output, self._bias, attrs, ids=self.ids, extra=extra)
+        merged = {
+            **(self.provenance() if self.provenance else {}),
+            **self.attrs,
+            **{key: v for key, v in attrs.items() if v is not None and not isinstance(v, dict)},
+        }
+        write_bias(self.output, self._bias, merged, ids=self.ids, extra=extra)
 
     def abort(self) -> None:
         pass

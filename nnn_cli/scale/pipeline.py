@@ -222,7 +222,7 @@ def run_bias(
         len(kept),
         [t for r in records.values() for t in r["tasks"]],
         [r["merge_seconds"] for r in records.values()],
-        {"ray_start": t_ready - t0, "plan": t_planned - t_ready, "compute": t_end - t_planned, "total": t_end - t0},
+        {"start": t_ready - t0, "plan": t_planned - t_ready, "compute": t_end - t_planned, "total": t_end - t0},
         index_record,
     )
 
@@ -288,7 +288,7 @@ def index_spec(options: dict | None, gallery: Any, reference: Any, k: int) -> In
 
     opts = {key: options.get(key) for key in ("index", "nlist", "nprobe", "ef_search", "recall")}
     choice = choose_index(
-        opts["index"],
+        str(opts["index"]),
         gallery.n,
         reference.n,
         reference.dim,

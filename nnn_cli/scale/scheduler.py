@@ -7,10 +7,10 @@ bias, ``sink.put_block``).  Parts and merges are plain, pure functions of their 
 result to ``on_done`` on the driver, so the results do not depend on where they ran.
 
 * :class:`LocalScheduler`: a thread pool in this process (the tasks' BLAS is single-threaded per task);
-* :class:`RayScheduler`: Ray tasks on a private local Ray or an existing cluster (``address``), parts with
+* :class:`nnn_cli.scale.ray.scheduler.RayScheduler`: Ray tasks on a private local Ray or an existing cluster (``address``), parts with
   ``gpus_per_task`` GPUs, retried ``max_retries`` times on worker death and I/O errors.
 
-:func:`make_scheduler` is the one place that turns ``--engine`` into a scheduler; jobs never name an engine.
+``nnn_cli.scale.engines.make_scheduler`` is the one place that turns ``--engine`` into a scheduler; jobs never name an engine.
 """
 
 from __future__ import annotations
@@ -26,6 +26,55 @@ from nnn_cli.core.topk import ProgressFn
 from nnn_cli.errors import ParameterError
 
 ENGINES = ("local", "ray")
+
+
+@dataclass
+class EngineOptions:
+    """Where the blocks run: ``local`` (threads of this process) or ``ray`` (Ray tasks; ``address`` None
+    starts a private local Ray for the run), and the blocked run's own options (plan, resume, retries,
+    storage options for URLs, the I/O timeout)."""
+
+    engine: str = "local"
+    address: str | None = None
+    resume: bool = False
+    gpus_per_task: float = 0.0
+    block_rows: int | None = None
+    partition_rows: int | None = None
+    max_retries: int = 3
+    storage_options: dict = field(default_factory=dict)
+    io_timeout: float | None = None
+
+    def check(self) -> EngineOptions:
+        """Validated once, where the request is built."""
+        if self.engine not in ENGINES:
+            raise ParameterError(f"unknown --engine {self.engine!r}: use {' or '.join(ENGINES)}")
+        if self.engine == "local":
+            used = [
+                name
+                for name, on in (("--address", self.address is not None), ("--gpus-per-task", bool(self.gpus_per_task)))
+                if on
+            ]
+            if used:
+                raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
+        if self.gpus_per_task < 0 or self.max_retries < 0:
+            raise ParameterError("--gpus-per-task and --max-retries must be >= 0")
+        if self.io_timeout is not None:
+            from nnn_cli.data.objstore import check_io_timeout
+
+            self.io_timeout = check_io_timeout(self.io_timeout)
+        return self
+
+    def scheduler_kwargs(self) -> dict:
+        return {"address": self.address, "gpus_per_task": self.gpus_per_task, "max_retries": self.max_retries}
+
+    def ray_kwargs(self) -> dict:
+        """Keyword arguments of :func:`nnn_cli.scale.ray.ray_bias` and friends."""
+        kw = {**self.scheduler_kwargs(), "storage_options": self.storage_options or None}
+        if self.block_rows is not None:
+            kw["block_rows"] = self.block_rows
+        if self.partition_rows is not None:
+            kw["partition_rows"] = self.partition_rows
+        return kw
 
 
 @dataclass(frozen=True)
@@ -83,7 +132,7 @@ class Scheduler(Protocol):
         ...
 
 
-def _window(slots: int, parts: int) -> int:
+def window_size(slots: int, parts: int) -> int:
     return max(2, 2 * slots // max(1, parts) + 1)
 
 
@@ -139,7 +188,7 @@ class LocalScheduler:
             raise RuntimeError("LocalScheduler.run outside its `with` block")
         pool, queue = self._pool, list(tasks)
         total = len(queue) + done if total is None else total
-        window = _window(self.slots, max((len(t.parts) for t in queue), default=1))
+        window = window_size(self.slots, max((len(t.parts) for t in queue), default=1))
         parts: dict[int, list[Future]] = {}
         merges: dict[Future, BlockTask] = {}
         if progress:
@@ -180,122 +229,4 @@ def _marker(task: BlockTask) -> Future:
     return f
 
 
-class RayScheduler:
-    """Block tasks as Ray tasks: a private local Ray on 127.0.0.1 (``address=None``) or an existing cluster."""
-
-    name = "ray"
-
-    def __init__(
-        self,
-        address: str | None = None,
-        gpus_per_task: float = 0.0,
-        max_retries: int = 3,
-        num_cpus: int | None = None,
-        num_gpus: int | None = None,
-        init_kwargs: dict | None = None,
-    ):
-        self.address, self.gpus_per_task, self.max_retries = address, float(gpus_per_task), int(max_retries)
-        self._session_args = (address, num_cpus, num_gpus, init_kwargs)
-        self._stack: contextlib.ExitStack | None = None
-        self._ray: Any = None
-        self._remote: dict = {}
-
-    def __enter__(self) -> RayScheduler:
-        from nnn_cli.scale.ray.session import ray_session
-
-        self._stack = contextlib.ExitStack()
-        self._ray = self._stack.enter_context(ray_session(*self._session_args))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stack is not None:
-            self._stack.close()
-        self._stack, self._ray, self._remote = None, None, {}
-
-    @property
-    def slots(self) -> int:
-        return int(self._ray.cluster_resources().get("CPU", 1)) if self._ray is not None else 1
-
-    def share(self, obj: Any) -> Any:
-        return self._ray.put(obj)
-
-    def _fn(self, call: Call) -> Any:
-        from nnn_cli.scale.ray.session import task_options
-
-        key = (call.fn, call.gpu)
-        if key not in self._remote:
-            opts = task_options(self.max_retries, self.gpus_per_task if call.gpu else 0)
-            self._remote[key] = self._ray.remote(call.fn).options(**opts)
-        return self._remote[key]
-
-    def _submit(self, task: BlockTask) -> Any:
-        refs = [self._fn(c).remote(*c.args, **c.kwargs) for c in task.parts]
-        m = task.merge
-        return self._fn(m).remote(*m.args, *refs, **m.kwargs)
-
-    def run(
-        self,
-        tasks: Sequence[BlockTask],
-        on_done: DoneFn,
-        progress: ProgressFn | None = None,
-        total: int | None = None,
-        done: int = 0,
-    ) -> None:
-        ray, queue = self._ray, list(tasks)
-        total = len(queue) + done if total is None else total
-        window = _window(self.slots, max((len(t.parts) for t in queue), default=1))
-        pending: dict = {}
-        if progress:
-            progress(done, total)
-        while queue or pending:
-            while queue and len(pending) < window:
-                task = queue.pop(0)
-                pending[self._submit(task)] = task
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task = pending.pop(ref)
-                on_done(task.key, _get(ray, ref))
-                done += 1
-                if progress:
-                    progress(done, total)
-
-
-def _get(ray: Any, ref: Any) -> Any:
-    """``ray.get(ref)``; a task's own :class:`~nnn_cli.errors.NNNError` is raised as itself (one line)."""
-    from nnn_cli.errors import NNNError
-
-    try:
-        return ray.get(ref)
-    except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, NNNError):
-            raise cause from None
-        raise
-
-
-def make_scheduler(
-    engine: str = "local",
-    *,
-    threads: int = 0,
-    address: str | None = None,
-    gpus_per_task: float = 0.0,
-    max_retries: int = 3,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    init_kwargs: dict | None = None,
-) -> Scheduler:
-    """The scheduler for ``--engine`` (the only place an engine is named)."""
-    if engine == "local":
-        return LocalScheduler(threads)
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from nnn_cli.errors import DependencyError
-
-            raise DependencyError("--engine ray needs Ray: pip install 'nnn-cli[ray]'") from None
-        return RayScheduler(address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs)
-    raise ParameterError(f"unknown --engine {engine!r}: use {' or '.join(ENGINES)}")
-
-
-__all__ = ["BlockTask", "Call", "LocalScheduler", "RayScheduler", "Scheduler", "make_scheduler"]
+__all__ = ["BlockTask", "Call", "DoneFn", "EngineOptions", "LocalScheduler", "Scheduler", "window_size"]

@@ -101,6 +101,7 @@ def partial_topk_task(
         for s in range(r0, r1, STREAM_ROWS):
             chunk = reference.rows(s, min(r1, s + STREAM_ROWS), metric)
             best = merge_top_scores(best, cuda_topk_scores(g, chunk, k), k)
+        assert best is not None
         values = best
     else:
         running = RunningTopScores(g, k, workers=1)
@@ -131,6 +132,7 @@ def merge_bias_task(
     merged = None
     for values, _ in partials:
         merged = merge_top_scores(merged, values, k)
+    assert merged is not None
     topk = sort_descending(merged)
     arrays = {"bias": bias_from_topk(topk, alpha, k)}
     if save_topk:

@@ -9,7 +9,7 @@ from nnn_cli.data.sinks import RunFolderSink
 from nnn_cli.data.sources import check_metric
 from nnn_cli.scale.grid import bias_plan
 from nnn_cli.scale.pipeline import BiasParams, index_plan, index_spec, run_bias
-from nnn_cli.scale.scheduler import RayScheduler
+from nnn_cli.scale.ray.scheduler import RayScheduler
 
 
 def ray_bias(

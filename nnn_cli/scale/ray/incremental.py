@@ -10,7 +10,7 @@ from nnn_cli.data.inputs import open_embeddings
 from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.sinks import RunFolderSink
 from nnn_cli.scale.pipeline import run_add_reference, run_append
-from nnn_cli.scale.scheduler import RayScheduler
+from nnn_cli.scale.ray.scheduler import RayScheduler
 
 
 def _opener(so: dict):

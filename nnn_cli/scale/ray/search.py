@@ -12,7 +12,7 @@ from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import ParameterError
 from nnn_cli.scale.pipeline import run_search, search_plan
-from nnn_cli.scale.scheduler import RayScheduler
+from nnn_cli.scale.ray.scheduler import RayScheduler
 
 
 def ray_search(
