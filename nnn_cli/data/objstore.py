@@ -317,11 +317,7 @@ class UrlSource(EmbeddingSource):
     @contextlib.contextmanager
     def _raw(self):
         fs, _ = url_fs(self.url, self.storage_options)
-        rows = _ConcatRanged(fs, self.infos, self.offsets)
-        try:
-            yield rows
-        finally:
-            self.bytes_read += rows.bytes_read
+        yield _ConcatRanged(fs, self.infos, self.offsets)
 
     def cheap_fingerprint(self) -> str:
         """Hash of the shard table (names, shapes, dtype, sizes) and the head and tail bytes of every shard.

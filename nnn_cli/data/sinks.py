@@ -84,7 +84,7 @@ class RunFolderSink:
     generation: int = 0
     remote_writes: bool = True  # put_block runs inside the tasks: block data never travels to the driver
     manifest: dict = field(default_factory=dict, repr=False)
-    _fresh: bool = field(default=True, repr=False)
+    _fresh: bool = field(default=False, repr=False)  # set by check(): no earlier run here
     _written: list = field(default_factory=list, repr=False)
 
     @property
@@ -134,6 +134,7 @@ class RunFolderSink:
         """On --resume: the blocks of ``old`` whose files verify and whose gallery rows are unchanged
         (``block_inputs``: this run's content hash of each block's gallery rows); the rest are recomputed."""
         self.manifest = {**header, "blocks_done": {}, "complete": False, "generation": 0}
+        self._planned = int(header["plan"]["blocks"])
         if old is None:
             return {}
         for key in ("params", "plan"):
@@ -217,7 +218,8 @@ class RunFolderSink:
         if not self._fresh:
             return
         fs, _ = objstore.url_fs(self.url, self.storage_options)
-        for rel in self._written + [MANIFEST]:
+        named = [name for b in range(getattr(self, "_planned", 0)) for name in self.block_names(b).values()]
+        for rel in named + ["index.faiss", MANIFEST]:  # block files a task may have written after the error
             with contextlib.suppress(Exception):
                 fs.rm(objstore.url_fs(self.path(rel), self.storage_options)[1])
         with contextlib.suppress(Exception):

@@ -119,6 +119,7 @@ class EmbeddingSource:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        self.bytes_read = getattr(self, "bytes_read", 0) + chunk.nbytes  # reported by tasks
         if hasher is not None:
             hasher.update(chunk.reshape(-1).view(np.uint8))
         return self._prepare(chunk, start, metric)

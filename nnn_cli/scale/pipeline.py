@@ -113,15 +113,6 @@ def input_part(src: Any, step: int, hashes: list[str], key: str) -> dict:
     }
 
 
-def _guard(sink: Any, body: Callable[[], Any]) -> Any:
-    """Run ``body``; on bad input found while running (a task's NNNError) remove what this run wrote."""
-    try:
-        return body()
-    except NNNError:
-        sink.abort()
-        raise
-
-
 def _on_block(sink: Any, records: dict, hashes: dict[int, str]) -> Callable[[int, dict], None]:
     def done(b: int, out: dict) -> None:
         rec: BlockRecord = out.pop("record", None) or sink.put_block(b, tuple(out["rows"]), out.pop("arrays"))
@@ -177,43 +168,47 @@ def run_bias(
     """A fresh (or resumed) bias run: every gallery block's top-k against every reference partition."""
     t0 = time.time()
     old = sink.check(resume)
-    with scheduler:
-        t_ready = time.time()
-        g_h, r_h = scheduler.share(gallery), scheduler.share(reference)
-        g_fp = fingerprints(scheduler, g_h, plan.blocks)
-        r_fp = fingerprints(scheduler, r_h, plan.partitions)
-        header = {
-            "format": FORMAT,
-            "kind": "bias",
-            "engine": scheduler.name,
-            "inputs": {
-                "gallery": {"parts": [input_part(gallery, plan.block_rows, g_fp, "block_rows")]},
-                "reference": {"parts": [input_part(reference, plan.partition_rows, r_fp, "partition_rows")]},
-            },
-            "params": {**params.as_dict(), **({"index": index.options} if index is not None else {})},
-            "plan": plan.as_dict(),
-        }
-        hashes = dict(enumerate(g_fp))
-        kept = sink.kept_blocks(old, header, hashes)
-        todo = [(b, g0, g1) for b, (g0, g1) in enumerate(plan.blocks) if b not in kept]
-        if hasattr(sink, "allocate"):
-            sink.allocate(gallery.n, params.k if params.save_topk else None)
-        records: dict = {}
-        t_planned = time.time()
-        index_record = None
-        if index is not None:
-            index_record, tasks = _index_tasks(
-                scheduler, index, todo, g_h, r_h, gallery, reference, params, sink, old, delay
-            )
-        else:
-            parts = [(r_h, r0, r1) for r0, r1 in plan.partitions]
-            tasks = bias_tasks(todo, parts, g_h, params, sink, gpus, delay)
+    try:
+        with scheduler:
+            t_ready = time.time()
+            g_h, r_h = scheduler.share(gallery), scheduler.share(reference)
+            g_fp = fingerprints(scheduler, g_h, plan.blocks)
+            r_fp = fingerprints(scheduler, r_h, plan.partitions)
+            header = {
+                "format": FORMAT,
+                "kind": "bias",
+                "engine": scheduler.name,
+                "inputs": {
+                    "gallery": {"parts": [input_part(gallery, plan.block_rows, g_fp, "block_rows")]},
+                    "reference": {"parts": [input_part(reference, plan.partition_rows, r_fp, "partition_rows")]},
+                },
+                "params": {**params.as_dict(), **({"index": index.options} if index is not None else {})},
+                "plan": plan.as_dict(),
+            }
+            hashes = dict(enumerate(g_fp))
+            kept = sink.kept_blocks(old, header, hashes)
+            todo = [(b, g0, g1) for b, (g0, g1) in enumerate(plan.blocks) if b not in kept]
+            if hasattr(sink, "allocate"):
+                sink.allocate(gallery.n, params.k if params.save_topk else None)
+            records: dict = {}
+            t_planned = time.time()
+            index_record = None
+            if index is not None:
+                index_record, tasks = _index_tasks(
+                    scheduler, index, todo, g_h, r_h, gallery, reference, params, sink, old, delay
+                )
+            else:
+                parts = [(r_h, r0, r1) for r0, r1 in plan.partitions]
+                tasks = bias_tasks(todo, parts, g_h, params, sink, gpus, delay)
 
-        def body() -> None:
-            scheduler.run(tasks, _on_block(sink, records, hashes), progress, len(plan.blocks), len(kept))
-            sink.commit({"index": index_record} if index_record else {})
+            def body() -> None:
+                scheduler.run(tasks, _on_block(sink, records, hashes), progress, len(plan.blocks), len(kept))
+                sink.commit({"index": index_record} if index_record else {})
 
-        _guard(sink, body)
+            body()
+    except NNNError:  # bad input found by a task: remove what this run wrote (after its tasks ended)
+        sink.abort()
+        raise
     t_end = time.time()
     return RunStats(
         plan.as_dict(),
@@ -335,14 +330,44 @@ def _check_not_added(parts: list[dict], new: dict, what: str, target: str) -> No
             )
 
 
-def _check_parts(parts: list[dict], given: Sequence[Any], hashes: list[list[str]], what: str, target: str) -> None:
-    for i, (p, src, fp) in enumerate(zip(parts, given, hashes)):
-        if int(p["rows"]) != src.n or int(p["dim"]) != src.dim or p["fingerprints"] != fp:
-            where = f"the given {what}" if i == 0 else f"{p['path']} ({what} part {i}, added later)"
+@dataclass(frozen=True)
+class PartView:
+    """Where the rows of one recorded input part are: ``handle`` rows ``[offset, offset + rows)``."""
+
+    handle: Any
+    offset: int
+    rows: int
+
+
+def part_views(
+    given: Any, parts: list[dict], open_part: Callable[[str, str], Any], scheduler: Scheduler, step_key: str,
+    what: str, target: str,
+) -> list[PartView]:  # fmt: skip
+    """The recorded parts of a run's ``what`` input, verified by content hash span by span: ``given`` holds them
+    all (concatenated, as an HDF5 bias file's update takes them) or is part 0, later parts reopened from their
+    recorded paths by ``open_part``."""
+    total = sum(int(p["rows"]) for p in parts)
+    whole = len(parts) > 1 and given.n == total
+    if whole:
+        h = scheduler.share(given)
+        starts = np.cumsum([0] + [int(p["rows"]) for p in parts])
+        views = [(h, given, int(starts[i])) for i in range(len(parts))]
+    else:
+        srcs = [given] + [open_part(p["path"], f"{what} part {i + 1}") for i, p in enumerate(parts[1:])]
+        views = [(scheduler.share(src), src, 0) for src in srcs]
+    out = []
+    for i, (p, (h, src, off)) in enumerate(zip(parts, views)):
+        rows = int(p["rows"])
+        spans = [(off + a, off + b) for a, b in _spans(rows, int(p[step_key]))]
+        ok = src.dim == int(p["dim"]) and (whole or src.n == rows)
+        if not ok or fingerprints(scheduler, h, spans) != p["fingerprints"]:
+            where = f"the given {what}" if i == 0 or whole else f"{p['path']} ({what} part {i}, added later)"
             raise MismatchError(
-                f"{target}: {where} is not the {what} the run was made with (rows {src.n} vs {p['rows']}, "
-                "or its content changed); pass the same inputs or recompute into a new folder"
+                f"{target}: {where} is not the {what} the run was made with (rows {src.n} vs {total}, or its "
+                "content changed); pass the same inputs or recompute into a new folder"
             )
+        out.append(PartView(h, off, rows))
+    return out
 
 
 def finished_run(sink: Any, what: str, alpha: float | None, k: int | None, metric: str | None) -> dict:
@@ -386,23 +411,18 @@ def run_append(
     n_old, b_old = int(plan["n_rows"]), int(plan["blocks"])
     spans = [(s, min(new.n, s + rows)) for s in range(0, new.n, rows)]
     ref_parts = m["inputs"]["reference"]["parts"]
-    reference_parts = [reference] + [
-        open_part(p["path"], f"reference part {i + 1}") for i, p in enumerate(ref_parts[1:])
-    ]
     if new.dim != int(ref_parts[0]["dim"]):
         raise MismatchError(
             f"dimension mismatch: {new.name} has d={new.dim}, the run's reference d={ref_parts[0]['dim']}"
         )
     with scheduler:
         n_h = scheduler.share(new)
-        handles = [scheduler.share(src) for src in reference_parts]
-        hashes = [fingerprints(scheduler, h, _spans(src.n, step)) for h, src in zip(handles, reference_parts)]
-        _check_parts(ref_parts, reference_parts, hashes, "reference", sink.url)
+        views = part_views(reference, ref_parts, open_part, scheduler, "partition_rows", "reference", sink.url)
         part = input_part(new, rows, fingerprints(scheduler, n_h, spans), "block_rows")
         _check_not_added(m["inputs"]["gallery"]["parts"], part, "gallery", sink.url)
         sink.manifest = m
         blocks = [(b_old + j, s0, s1) for j, (s0, s1) in enumerate(spans)]
-        partitions = [(h, r0, r1) for h, src in zip(handles, reference_parts) for r0, r1 in _spans(src.n, step)]
+        partitions = [(v.handle, v.offset + r0, v.offset + r1) for v in views for r0, r1 in _spans(v.rows, step)]
         tasks = bias_tasks(blocks, partitions, n_h, params, sink, gpus, row_offset=n_old)
         records: dict = {}
         fp = {b: part["fingerprints"][j] for j, (b, _, _) in enumerate(blocks)}
@@ -443,21 +463,15 @@ def run_add_reference(
         )
     params = BiasParams(m["params"]["alpha"], m["params"]["k"], m["params"]["metric"], True)
     g_parts, step = m["inputs"]["gallery"]["parts"], int(m["plan"]["partition_rows"])
-    gallery_parts = [gallery] + [open_part(p["path"], f"gallery part {i + 1}") for i, p in enumerate(g_parts[1:])]
     if new.dim != int(g_parts[0]["dim"]):
         raise MismatchError(f"dimension mismatch: {new.name} has d={new.dim}, the run's gallery d={g_parts[0]['dim']}")
     with scheduler:
-        handles = [scheduler.share(src) for src in gallery_parts]
-        hashes = [
-            fingerprints(scheduler, h, _spans(src.n, int(p["block_rows"])))
-            for h, src, p in zip(handles, gallery_parts, g_parts)
-        ]
-        _check_parts(g_parts, gallery_parts, hashes, "gallery", sink.url)
+        views = part_views(gallery, g_parts, open_part, scheduler, "block_rows", "gallery", sink.url)
         q_h = scheduler.share(new)
         part = input_part(new, step, fingerprints(scheduler, q_h, _spans(new.n, step)), "partition_rows")
         _check_not_added(m["inputs"]["reference"]["parts"], part, "reference", sink.url)
         sink.manifest, sink.generation = m, int(m.get("generation", 0)) + 1
-        tasks, replaced = _update_tasks(m, sink, handles, gallery_parts, q_h, new.n, step, params, gpus)
+        tasks, replaced = _update_tasks(m, sink, views, q_h, new.n, step, params, gpus)
         records: dict = {}
         fp = {b: m["blocks_done"][str(b)].get("inputs", {}).get("gallery", "") for b in range(int(m["plan"]["blocks"]))}
         scheduler.run(tasks, _on_block(_Deferred(sink), records, fp), progress)
@@ -477,19 +491,19 @@ def run_add_reference(
     }
 
 
-def _update_tasks(m, sink, handles, gallery_parts, q_h, n_new, step, params, gpus) -> tuple[list[BlockTask], list[str]]:
-    starts = np.cumsum([0] + [src.n for src in gallery_parts])
+def _update_tasks(m, sink, views, q_h, n_new, step, params, gpus) -> tuple[list[BlockTask], list[str]]:
+    starts = np.cumsum([0] + [v.rows for v in views])
     news = _spans(n_new, step)
     tasks, replaced = [], []
     for b in range(int(m["plan"]["blocks"])):
         rec = sink.verify_block(b, m["blocks_done"][str(b)], "topk")
         g0, g1 = rec.rows
         i = int(np.searchsorted(starts, g0, side="right")) - 1
-        s = int(starts[i])
+        s = int(starts[i]) - views[i].offset  # global row g is row g - s of its part's source
         parts = tuple(
             Call(
                 partial_topk_task,
-                (handles[i], g0 - s, g1 - s, q_h, r0, r1, params.k, params.metric, float(gpus)),
+                (views[i].handle, g0 - s, g1 - s, q_h, r0, r1, params.k, params.metric, float(gpus)),
                 gpu=gpus,
             )
             for r0, r1 in news

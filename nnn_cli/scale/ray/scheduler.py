@@ -23,12 +23,14 @@ class RayScheduler:
         num_cpus: int | None = None,
         num_gpus: int | None = None,
         init_kwargs: dict | None = None,
+        max_in_flight: int | None = None,
     ):
         self.address, self.gpus_per_task, self.max_retries = address, float(gpus_per_task), int(max_retries)
         self._session_args = (address, num_cpus, num_gpus, init_kwargs)
         self._stack: contextlib.ExitStack | None = None
         self._ray: Any = None
         self._remote: dict = {}
+        self.max_in_flight = max_in_flight  # blocks submitted at once (None: from the cluster's CPUs)
 
     def __enter__(self) -> RayScheduler:
         from nnn_cli.scale.ray.session import ray_session
@@ -73,21 +75,27 @@ class RayScheduler:
     ) -> None:
         ray, queue = self._ray, list(tasks)
         total = len(queue) + done if total is None else total
-        window = window_size(self.slots, max((len(t.parts) for t in queue), default=1))
+        window = self.max_in_flight or window_size(self.slots, max((len(t.parts) for t in queue), default=1))
         pending: dict = {}
         if progress:
             progress(done, total)
-        while queue or pending:
-            while queue and len(pending) < window:
-                task = queue.pop(0)
-                pending[self._submit(task)] = task
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                task = pending.pop(ref)
-                on_done(task.key, _get(ray, ref))
-                done += 1
-                if progress:
-                    progress(done, total)
+        try:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    task = queue.pop(0)
+                    pending[self._submit(task)] = task
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    task = pending.pop(ref)
+                    on_done(task.key, _get(ray, ref))
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        except BaseException:
+            for ref in pending:  # on a shared cluster, nothing of this run goes on writing after it stopped
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, recursive=True)
+            raise
 
 
 def _get(ray: Any, ref: Any) -> Any:
