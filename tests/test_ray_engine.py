@@ -651,6 +651,43 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
         ray_add_reference(ga, rb, str(tmp_path / "notopk"))
 
 
+def test_embed_hdf5_through_ray_equals_local_and_same_json(cluster, data, tmp_path):
+    """`nnn embed`'s HDF5 layout (embeddings + ids) goes through --engine ray (no conversion): the run folder and a
+    bias file from Ray tasks equal --engine local byte for byte, and --json has the same keys on both engines."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    g = _raw(data["root"], "gallery")
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f["embeddings"] = g
+        f.create_dataset("ids", data=np.array([f"img{i}" for i in range(len(g))], dtype=object),
+                         dtype=h5py.string_dtype())  # fmt: skip
+        f.attrs["model"] = "test"
+    run = CliRunner()
+    args = ["bias", str(tmp_path / "g.h5"), "-r", str(data["root"] / "reference"), "-a", str(ALPHA), "-k", str(K)]
+    plan = ["--block-rows", "2048", "--partition-rows", "8192", "--json"]
+    docs = {}
+    for engine in ("local", "ray"):
+        res = run.invoke(app, args + ["--engine", engine, "-o", str(tmp_path / f"run_{engine}"), *plan])
+        assert res.exit_code == 0, res.output
+        docs[engine] = json.loads(res.stdout)
+    assert set(docs["local"]) == set(docs["ray"]) and docs["ray"]["engine"] == "ray"
+    assert isinstance(docs["ray"]["seconds"], float) and isinstance(docs["local"]["seconds"], float)
+    res = run.invoke(app, args + ["-o", str(tmp_path / "local.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "local.h5") as f:
+        want = f["bias"][()]
+    assert np.array_equal(want, data["bias"])
+    for engine in ("local", "ray"):
+        assert np.array_equal(read_manifest_bias(tmp_path / f"run_{engine}").bias, want)
+    res = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "ray.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "ray.h5") as f:
+        assert np.array_equal(f["bias"][()], want) and list(f["ids"][:2].astype(str)) == ["img0", "img1"]
+
+
 def test_loopback_only(cluster, data):
     """Last: after every job above, each socket the cluster's processes (and this driver) listen on is loopback."""
     pids = {p.pid for p in cluster.descendants()} | {os.getpid()}

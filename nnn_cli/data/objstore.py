@@ -18,7 +18,6 @@ fsspec and the protocol's driver (s3fs, gcsfs, ...) are optional dependencies: `
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -40,9 +39,6 @@ T = TypeVar("T")
 
 HEADER_PROBE = 4096
 """Bytes fetched to parse a ``.npy`` header (a v1/v2 header is almost always shorter; refetched if not)."""
-
-SAMPLE_BYTES = 65536
-"""Bytes hashed from the head and the tail of each shard for the cheap input fingerprint."""
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 ID_FILES = ("ids.npy",)
@@ -318,21 +314,6 @@ class UrlSource(EmbeddingSource):
     def _raw(self):
         fs, _ = url_fs(self.url, self.storage_options)
         yield _ConcatRanged(fs, self.infos, self.offsets)
-
-    def cheap_fingerprint(self) -> str:
-        """Hash of the shard table (names, shapes, dtype, sizes) and the head and tail bytes of every shard.
-
-        Costs two small ranged reads per shard, not a pass over the data (at 1e9 rows a content hash
-        would cost as much I/O as the job), and still catches a replaced, regenerated or truncated shard.
-        """
-        fs, _ = url_fs(self.url, self.storage_options)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.shape}|{np.dtype(self.dtype).str}".encode())
-        for info in self.infos:
-            h.update(f"|{info.path.rsplit('/', 1)[-1]}|{info.shape}|{info.size}".encode())
-            h.update(fs.cat_file(info.path, start=0, end=min(info.size, SAMPLE_BYTES)))
-            h.update(fs.cat_file(info.path, start=max(0, info.size - SAMPLE_BYTES), end=info.size))
-        return h.hexdigest()
 
 
 def shard_paths(fs, folder: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, reference_topk
+from nnn_cli.core.nnn import bias_from_topk, check_k, reference_topk
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import ParameterError
@@ -153,8 +153,7 @@ def run_bias_plan(
     metric: str,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan``."""
-    alpha = check_alpha(alpha)
+    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan`` (``alpha`` validated by the caller)."""
     info: dict = {}
     if plan.mode == "exact-streamed":
         bias, topk = streamed_bias(gallery, reference, alpha, k, metric, plan.blocks, plan.keep_topk, progress)
