@@ -56,7 +56,7 @@ VOLATILE_SCHEMES = ("memory",)
 
 def _fsspec():
     try:
-        import fsspec
+        import fsspec  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - exercised only without the extra
         raise DependencyError("URL inputs and outputs need fsspec: pip install 'nnn-cli[ray]'") from None
     return fsspec
