@@ -426,3 +426,31 @@ def test_topk_of_a_run_equals_exact(emb):
     got = read_manifest_bias(p / "run", with_topk=True).attrs["topk"]
     assert got.dtype == np.float32 and np.array_equal(got, topk_scores(normed(a["g"]), normed(a["r"]), K))
     assert open_embeddings(p / "g.npy").fingerprint_rows(0, 2600) == open_embeddings(p / "g.npy").fingerprint()
+
+
+def test_missing_credentials_and_unreachable_endpoint_one_line(emb, s3):
+    pytest.importorskip("s3fs")
+    p, _ = emb
+    no_creds = {
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(p / "none"),
+        "AWS_CONFIG_FILE": str(p / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    env = {k: v for k, v in no_creds.items() if v}
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    res = subprocess.run(
+        [sys.executable, "-m", "nnn_cli", *map(str, bias_args(p, "s3://nnn/creds", "--storage-option",
+         f"endpoint_url={s3['endpoint_url']}", "--io-timeout", "10"))],
+        capture_output=True, text=True, timeout=120,
+        env={**full, **env, "PYTHONPATH": str(ROOT), "AWS_DEFAULT_REGION": "us-east-1"},
+    )  # fmt: skip
+    assert res.returncode == 2 and "s3://nnn/creds" in res.stderr and "credentials" in res.stderr.lower(), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    res = _nnn(*bias_args(p, "s3://nnn/run2", "--storage-option", f"endpoint_url=http://127.0.0.1:{closed}",
+               "--storage-option", "key=x", "--storage-option", "secret=y", "--io-timeout", "10"))  # fmt: skip
+    assert res.returncode == 2 and "s3://nnn/run2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
