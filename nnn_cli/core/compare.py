@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -175,13 +176,26 @@ def compare_methods(
         start = time.perf_counter()
         extra: dict = {}
         if method == "nnn":
-            b = bias if bias is not None else compute_bias(gallery, reference, nnn_alpha, nnn_k, block_rows)
+            if bias is not None:
+                b = bias
+            else:
+                assert reference is not None and nnn_alpha is not None and nnn_k is not None  # checked above
+                b = compute_bias(gallery, reference, nnn_alpha, nnn_k, block_rows)
             _, idx = DebiasedIndex(gallery, b).search(queries, TOP_K, block_rows)
             if bias is None:
                 extra["params"] = {"alpha": nnn_alpha, "k": nnn_k}
         else:
+            # reference is checked above for every bank method; any other name raises in rank_method
             idx = rank_method(
-                method, queries, gallery, reference, params, gallery_bank, TOP_K, block_rows, top1=base_idx[:, 0]
+                method,
+                queries,
+                gallery,
+                cast(np.ndarray, reference),
+                params,
+                gallery_bank,
+                TOP_K,
+                block_rows,
+                top1=base_idx[:, 0],
             )
             extra["params"] = params.for_method(method)
             if method in GALLERY_BANK_WARNED and gallery_bank is None:

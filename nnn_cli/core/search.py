@@ -41,7 +41,7 @@ class DebiasedIndex:
         self.debiased = bias is not None
         self.ntotal = len(gallery)
         self.dim = gallery.shape[1]
-        self.index = GemmIndex(augment_gallery(gallery, bias) if self.debiased else gallery)
+        self.index = GemmIndex(augment_gallery(gallery, bias) if bias is not None else gallery)
 
     def search(
         self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None

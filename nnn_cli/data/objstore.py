@@ -121,7 +121,8 @@ def npy_info(fs, path: str) -> NpyInfo:
 
 
 def _read_v3(buf):  # pragma: no cover - numpy writes v3 only for non-latin1 field names
-    return np.lib.format._read_array_header(buf, version=(3, 0))
+    # a private numpy helper (no public reader for v3 headers), absent from numpy's stubs
+    return np.lib.format._read_array_header(buf, version=(3, 0))  # type: ignore[attr-defined]
 
 
 class RangedRows:
@@ -203,6 +204,7 @@ class UrlSource(EmbeddingSource):
     @contextlib.contextmanager
     def _raw(self):
         fs, _ = url_fs(self.url, self.storage_options)
+        assert self.offsets is not None  # set when the source is opened
         rows = _ConcatRanged(fs, self.infos, self.offsets)
         try:
             yield rows

@@ -104,6 +104,7 @@ def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _decode(encoder: Encoder, record: Record):
+    assert record.value is not None  # a record without a value carries a problem and is not decoded
     try:
         return encoder.load_image(Path(record.value)), None
     except FileNotFoundError:

@@ -149,6 +149,7 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
 
     faiss = faiss_module()
     dim, n = _dim(data), _n_rows(data)
+    assert choice.nlist is not None  # an IVF choice carries its list count
     nl = int(choice.nlist)
     train, _ = sample_rows(data, min(n, max(TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
     centroids = spherical_kmeans(train, nl, KMEANS_ITERATIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def _index_choice(index: dict | None, gallery, reference, k: int):
         return None, None
     from nnn_cli.scale.index.choose import choose_index
 
-    opts = {key: index.get(key) for key in ("index", "nlist", "nprobe", "ef_search", "recall")}
+    opts: dict[str, Any] = {key: index.get(key) for key in ("index", "nlist", "nprobe", "ef_search", "recall")}
     choice = choose_index(
         opts["index"],
         gallery.n,
@@ -164,7 +165,7 @@ def ray_bias(
     params = {"alpha": alpha, "k": k, "metric": metric, "save_topk": bool(save_topk)}
     if index_opts is not None:
         params["index"] = index_opts  # the options asked for: --resume refuses other ones
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "kind": "bias",
         "inputs": {"gallery": _input_record(gallery), "reference": _input_record(reference)},
