@@ -49,7 +49,7 @@ def reference_topk(
 ) -> np.ndarray:
     """(N, kmax) float32: for each gallery row, its kmax highest reference scores, descending.
 
-    Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.topk.topk_scores`),
+    Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.core.topk.topk_scores`),
     the fastest of faiss ``IndexFlatIP.search``, ``faiss.knn`` and this one as
     measured by ``bench/bench_scale.py``.  The GEMM tiles are fixed
     (``block_rows`` is accepted for compatibility and no longer changes the

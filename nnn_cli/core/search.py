@@ -3,7 +3,7 @@
 ``q' . r' = q . r - b(r)``, so an ordinary inner-product index over the
 augmented gallery returns NNN-debiased rankings at the cost of plain search.
 The exact index here is BLAS GEMM tiles + O(n) top-k selection
-(:class:`~nnn_cli.topk.GemmIndex`); approximate faiss indexes over the same
+(:class:`~nnn_cli.core.topk.GemmIndex`); approximate faiss indexes over the same
 augmented vectors live in :mod:`nnn_cli.scale.index`.
 """
 

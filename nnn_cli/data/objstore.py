@@ -5,7 +5,7 @@ Embeddings on an object store are read the way clip-retrieval / autofaiss write 
 learn its shape, then rows are fetched as byte ranges (``fs.cat_file(path, start, end)``): a task that
 needs rows ``[a, b)`` transfers ``(b - a) * d * itemsize`` bytes, never the whole file.
 
-:class:`UrlSource` is an :class:`nnn_cli.io.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
+:class:`UrlSource` is an :class:`nnn_cli.data.sources.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
 ``take_rows`` check and normalise rows exactly as the local readers do (same ``_prepare``), which keeps
 the distributed engine byte-identical to the local one.
 
@@ -155,7 +155,7 @@ class RangedRows:
 
 
 class _ConcatRanged:
-    """Rows across shard boundaries (same contract as :class:`nnn_cli.shards._ConcatRows`)."""
+    """Rows across shard boundaries (same contract as :class:`nnn_cli.data.shards._ConcatRows`)."""
 
     def __init__(self, fs, infos: tuple[NpyInfo, ...], offsets: np.ndarray):
         self.parts = [RangedRows(fs, i) for i in infos]

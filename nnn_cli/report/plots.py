@@ -57,7 +57,7 @@ def plot_hubness(counts: Mapping[str, np.ndarray], path: str | Path, title: str 
     """Histogram of queries retrieved (at rank 1) per gallery item, one series per method, log-scale y.
 
     ``counts`` maps a label (e.g. "baseline", "NNN") to an (N,) integer array
-    from :func:`nnn_cli.metrics.retrieval_counts`.  Like the paper's Figure 2:
+    from :func:`nnn_cli.core.metrics.retrieval_counts`.  Like the paper's Figure 2:
     hubs show up as a long right tail, which NNN should shorten.
     """
     if not counts:

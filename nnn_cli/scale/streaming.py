@@ -2,7 +2,7 @@
 
 For each resident gallery chunk the reference is read block by block; every
 block's scores are folded into a running (rows, k) top-k.  The GEMM tiles are
-the same as the in-memory path's (:mod:`nnn_cli.topk`), so the result is
+the same as the in-memory path's (:mod:`nnn_cli.core.topk`), so the result is
 bit-identical to ``reference_topk`` on fully loaded arrays.
 """
 

@@ -139,7 +139,7 @@ def _faiss_reason(exc: BaseException) -> str:
 
 
 def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, progress: ProgressFn | None = None):
-    """An ``IndexIVFFlat`` trained and filled with GEMM assignment (:mod:`nnn_cli.kmeans`).
+    """An ``IndexIVFFlat`` trained and filled with GEMM assignment (:mod:`nnn_cli.core.kmeans`).
 
     The same index type as ``IVF{nlist},Flat`` from faiss (saved, loaded and
     searched as one), built several times faster: faiss assigns points with

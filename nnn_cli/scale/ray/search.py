@@ -40,7 +40,7 @@ def ray_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows per query by ``q.r - b(r)`` (plain ``q.r`` when ``bias`` is None), as Ray
     tasks over query blocks x gallery partitions.  ``bias``: an array, a manifest folder/URL, or None.
-    Returns (scores, indices) like :func:`nnn_cli.search.search`."""
+    Returns (scores, indices) like :func:`nnn_cli.core.search.search`."""
     check_metric(metric)
     so = dict(storage_options or {})
     queries = open_input(queries_url, so, "queries")
