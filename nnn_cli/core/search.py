@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, GemmIndex, ProgressFn, search_blocks
 from nnn_cli.errors import MismatchError
 
@@ -47,8 +48,7 @@ class DebiasedIndex:
         self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices), each (Q, min(k, N)), best first; scores are debiased when a bias was given."""
-        if queries.shape[1] != self.dim:
-            raise MismatchError(f"dimension mismatch: queries d={queries.shape[1]}, gallery d={self.dim}")
+        check_same_dims([("queries", queries.shape[1]), ("gallery", self.dim)])
         if not self.debiased:
             return search_blocks(self.index, queries, k, block_rows, progress)
         return search_blocks(_AugmentingIndex(self.index), queries, k, block_rows, progress)

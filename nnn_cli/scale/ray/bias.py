@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from nnn_cli.core.nnn import check_alpha, check_k
+from nnn_cli.core.nnn import check_alpha, check_k, check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.data.manifest import FORMAT, MANIFEST
@@ -141,8 +141,7 @@ def ray_bias(
     so = dict(storage_options or {})
     gallery = open_input(gallery_url, so, "gallery")
     reference = open_input(reference_url, so, "reference")
-    if gallery.dim != reference.dim:
-        raise MismatchError(f"dimension mismatch: gallery d={gallery.dim}, reference d={reference.dim}")
+    check_same_dims([("gallery", gallery.dim), ("reference", reference.dim)])
     k = check_k(k, reference.n)
     index_opts, choice = _index_choice(index, gallery, reference, k)
     if choice is None:

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn
 from nnn_cli.data.manifest import read_manifest_bias
 from nnn_cli.data.sources import check_metric
@@ -45,8 +46,7 @@ def ray_search(
     so = dict(storage_options or {})
     queries = open_input(queries_url, so, "queries")
     gallery = open_input(gallery_url, so, "gallery")
-    if queries.dim != gallery.dim:
-        raise MismatchError(f"dimension mismatch: queries d={queries.dim}, gallery d={gallery.dim}")
+    check_same_dims([("queries", queries.dim), ("gallery", gallery.dim)])
     if isinstance(bias, (str, os.PathLike)):
         bias = read_manifest_bias(bias, so).bias
     if bias is not None:
