@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, ProgressFn
 from nnn_cli.data.contracts import BlockRecord
 from nnn_cli.data.sinks import FORMAT
@@ -411,10 +412,12 @@ def run_append(
     n_old, b_old = int(plan["n_rows"]), int(plan["blocks"])
     spans = [(s, min(new.n, s + rows)) for s in range(0, new.n, rows)]
     ref_parts = m["inputs"]["reference"]["parts"]
-    if new.dim != int(ref_parts[0]["dim"]):
-        raise MismatchError(
-            f"dimension mismatch: {new.name} has d={new.dim}, the run's reference d={ref_parts[0]['dim']}"
-        )
+    check_same_dims(
+        [
+            (f"{new.label} {new.name}", new.dim),
+            (f"the run's reference {ref_parts[0]['path']}", int(ref_parts[0]["dim"])),
+        ]
+    )
     with scheduler:
         n_h = scheduler.share(new)
         views = part_views(reference, ref_parts, open_part, scheduler, "partition_rows", "reference", sink.url)
@@ -463,8 +466,9 @@ def run_add_reference(
         )
     params = BiasParams(m["params"]["alpha"], m["params"]["k"], m["params"]["metric"], True)
     g_parts, step = m["inputs"]["gallery"]["parts"], int(m["plan"]["partition_rows"])
-    if new.dim != int(g_parts[0]["dim"]):
-        raise MismatchError(f"dimension mismatch: {new.name} has d={new.dim}, the run's gallery d={g_parts[0]['dim']}")
+    check_same_dims(
+        [(f"{new.label} {new.name}", new.dim), (f"the run's gallery {g_parts[0]['path']}", int(g_parts[0]["dim"]))]
+    )
     with scheduler:
         views = part_views(gallery, g_parts, open_part, scheduler, "block_rows", "gallery", sink.url)
         q_h = scheduler.share(new)
