@@ -126,6 +126,11 @@ def test_stale_run_folder_refused_like_a_stale_bias_file(emb):
         assert "rows 1024..2047" in line and "--force" in line and not (p / "res.h5").exists()
     cli("search", p / "q.npy", "-g", p / "other.npy", "-b", p / "run", "-o", p / "res.h5", "--force")
     cli("search", p / "q.npy", "-g", p / "g.npy", "-b", p / "run", "-o", p / "ok.h5")
+    np.save(p / "truth.npy", np.arange(300) % 2600)
+    ev = ["eval", "--queries", p / "q.npy", "--truth", p / "truth.npy", "--bias", p / "run"]
+    bad = cli(*ev, "--gallery", p / "other.npy", code=2)
+    assert "rows 1024..2047" in one_line_error(bad)
+    cli(*ev, "--gallery", p / "g.npy")
 
 
 # ---------------------------------------------------------------------------
