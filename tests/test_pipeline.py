@@ -459,3 +459,19 @@ def test_missing_credentials_and_unreachable_endpoint_one_line(emb, s3):
     res = _nnn(*bias_args(p, "s3://nnn/run2", "--storage-option", f"endpoint_url=http://127.0.0.1:{closed}",
                "--storage-option", "key=x", "--storage-option", "secret=y", "--io-timeout", "10"))  # fmt: skip
     assert res.returncode == 2 and "s3://nnn/run2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_jobs_name_no_engine_and_stay_short():
+    """The bias and search jobs hand the engine to scale/ (one factory) and keep every function to 40 lines."""
+    import ast
+
+    for name in ("bias", "search", "common"):
+        path = ROOT / "nnn_cli" / "jobs" / f"{name}.py"
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 <= 40, f"{path.name}:{node.name}"
+            if isinstance(node, ast.Constant) and node.value in ("ray", "local"):
+                raise AssertionError(f"{path.name}:{node.lineno} names an engine")
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnn_cli.scale.ray"):
+                raise AssertionError(f"{path.name} imports {node.module}")
