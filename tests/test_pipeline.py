@@ -475,3 +475,18 @@ def test_jobs_name_no_engine_and_stay_short():
                 raise AssertionError(f"{path.name}:{node.lineno} names an engine")
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nnn_cli.scale.ray"):
                 raise AssertionError(f"{path.name} imports {node.module}")
+
+
+def test_sources_sinks_and_schedulers_meet_their_protocols(emb):
+    """What a store developer implements: the protocols the pipeline relies on (runtime-checkable)."""
+    from nnn_cli.data.contracts import Sink, Source
+    from nnn_cli.data.sinks import BiasFileSink, RunFolderSink
+    from nnn_cli.scale.engines import make_scheduler
+    from nnn_cli.scale.scheduler import Scheduler
+
+    p, _ = emb
+    assert isinstance(open_embeddings(p / "g.npy"), Source)
+    assert isinstance(RunFolderSink(str(p / "run")), Sink) and isinstance(BiasFileSink(str(p / "b.h5")), Sink)
+    assert isinstance(make_scheduler("local"), Scheduler)
+    with pytest.raises(ParameterError, match="unknown --engine"):
+        make_scheduler("spark")

@@ -13,11 +13,12 @@ kind by name.  The promises live here once:
 * a Source validates what it returns (finite, non-zero rows; cosine rows normalised) and is *picklable*
   (it holds names, shapes and options, never open handles), so a task on another machine reads just its
   rows; its ``name`` is what the user wrote (a URL stays a URL, ``s3://b/x`` never becomes ``s3:/b/x``);
-* a Sink checks its target in :meth:`Sink.prepare` (name, scheme, credentials, reachability within the
+* a Sink checks its target in :meth:`Sink.check` (name, scheme, credentials, reachability within the
   I/O timeout, an earlier run there) *without writing anything*, so a run refused there leaves nothing that
-  blocks the next; blocks are written by :meth:`Sink.put_block` (which may run inside a task, so the sink
-  is picklable too) and recorded with their rows and checksum; nothing is visible to readers before
-  :meth:`Sink.commit`, and :meth:`Sink.abort` removes what a fresh run wrote when it failed on bad input.
+  blocks the next; :meth:`Sink.kept_blocks` says what an earlier run left that verifies (resume); blocks are
+  written by :meth:`Sink.put_block` (inside a task when ``remote_writes``, so the sink is picklable too) and
+  recorded with their rows and checksums; nothing is visible to readers before :meth:`Sink.commit`, and
+  :meth:`Sink.abort` removes what a fresh run wrote when it failed on bad input.
 
 Implementations: sources in :mod:`nnn_cli.data.sources` (HDF5, ``.npy``, shard folders, stdin) and
 :mod:`nnn_cli.data.objstore` (URLs, read by ranges); sinks in :mod:`nnn_cli.data.sinks` (a bias file
@@ -57,10 +58,11 @@ class Source(Protocol):
         """Row ids (object array of str), or None."""
         ...
 
-    def rows(self, start: int, stop: int, metric: str) -> np.ndarray:
+    def rows(self, start: int, stop: int, metric: str = "cosine", hasher: Any = None) -> np.ndarray:
         """Rows ``[start, stop)`` as float32, checked (no NaN/Inf, no zero rows) and L2-normalised for cosine.
 
-        Called inside tasks, on any machine: reads only those rows."""
+        Called inside tasks, on any machine: reads only those rows.  ``hasher`` (hashlib), when given, is fed
+        the stored bytes (a content hash for free while reading)."""
         ...
 
     def iter_blocks(self, metric: str = "cosine", block_rows: int = ...) -> Iterator[tuple[int, np.ndarray]]:
@@ -102,25 +104,34 @@ class BlockRecord:
 
 @runtime_checkable
 class Sink(Protocol):
-    """Where a job's per-block results go and are committed."""
+    """Where a job's per-block results go and are committed (the pipeline's calls, in order:
+    ``check``, ``kept_blocks``, ``put_block``/``record`` per block, ``commit``; ``abort`` on bad input)."""
+
+    remote_writes: bool
+    """True: :meth:`put_block` runs inside the tasks (a run folder, a table); False: the tasks return the arrays
+    and the driver calls it (a bias file gathered in memory)."""
 
     @property
     def target(self) -> str:
         """The output as the user wrote it (a path or a URL; never turned into a ``pathlib.Path``)."""
         ...
 
-    def prepare(self, header: dict, resume: bool) -> dict[int, BlockRecord]:
+    def check(self, resume: bool) -> dict | None:
         """Check the target before any work and write nothing.
 
-        ``header`` describes the run (kind, inputs with fingerprints, params, plan).  Raises a one-line
-        :class:`~nnn_cli.errors.NNNError` naming the target for a bad name or scheme, missing credentials, an
-        unreachable or silent endpoint (within the I/O timeout), or an earlier run there that ``resume`` does
-        not allow to continue.  Returns the blocks already committed *and verified* (rows, checksums, input
-        hashes); the others will be computed."""
+        Raises a one-line :class:`~nnn_cli.errors.NNNError` naming the target for a bad name or scheme,
+        missing credentials, an unreachable or silent endpoint (within the I/O timeout), or an earlier run there
+        when not ``resume``.  Returns that earlier run's header (its manifest), or None."""
+        ...
+
+    def kept_blocks(self, old: dict | None, header: dict, block_inputs: dict[int, str]) -> dict[int, BlockRecord]:
+        """Start this run's record from ``header`` (kind, inputs with content hashes, params, plan) and return
+        the blocks of ``old`` to keep: same params and plan, same reference, files that verify (checksums, shape,
+        finite values) and gallery rows whose hash equals ``block_inputs[block]``.  The others are computed."""
         ...
 
     def put_block(self, block: int, rows: tuple[int, int], arrays: dict[str, np.ndarray]) -> BlockRecord:
-        """Store one block's arrays (``bias`` (rows,), ``topk`` (rows, k)); may run inside a task."""
+        """Store one block's arrays (``bias`` (rows,), ``topk`` (rows, k)); return its record with checksums."""
         ...
 
     def record(self, rec: BlockRecord) -> None:
@@ -132,7 +143,7 @@ class Sink(Protocol):
         ...
 
     def abort(self) -> None:
-        """After a failure on bad input: remove what this run wrote, so nothing blocks the next run."""
+        """After a failure on bad input: remove what this run wrote (only when it started the target)."""
         ...
 
 
