@@ -58,7 +58,9 @@ def _fsspec():
     try:
         import fsspec
     except ImportError:  # pragma: no cover - exercised only without the extra
-        raise DependencyError("URL inputs and outputs need fsspec: pip install 'nnn-cli[ray]'") from None
+        raise DependencyError(
+            "run folders and URL inputs/outputs need fsspec: pip install fsspec (or 'nnn-cli[ray]')"
+        ) from None
     return fsspec
 
 
