@@ -4,6 +4,7 @@
 #                      the demo, then how to run nnn from the venv
 #   make setup-embed   adds torch and the embedding models (`nnn embed`, `nnn query`) to the same venv
 #   make test          the rest too (Ray, the test tools), then the test suite
+#   make lint          ruff (lint + format check), mypy and the layer contracts (needs `make setup-test`)
 #   make system-deps   optional: Chromium (a system package, needs root + apt-get) for the report rendering test
 #
 # torch: scripts/pick_torch.py installs $(TORCH_SPEC) and says what it chose. Without a GPU it takes the
@@ -24,7 +25,7 @@ STAMP_TORCH    := $(VENV)/.stamp-torch
 STAMP_EMBED    := $(VENV)/.stamp-embed
 STAMP_TEST     := $(VENV)/.stamp-test
 
-.PHONY: setup setup-demo setup-embed setup-test system-deps demo test bench clean
+.PHONY: setup setup-demo setup-embed setup-test system-deps demo test lint bench clean
 
 $(STAMP_VENV):
 	@echo "== creating the virtual environment $(VENV)/ ($(PY))"
@@ -81,6 +82,14 @@ test: $(STAMP_TEST)
 	  echo "note: chromium not found, the report rendering test will be skipped (make system-deps installs it)"
 	@echo "== running the test suite"
 	$(BIN)/python -m pytest -p no:cacheprovider
+
+# The checks CI runs besides the tests: lint, format, types (config in pyproject.toml), layer contracts.
+LINT_PATHS := nnn_cli tests bench scripts
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Quick sizes; see each script's --help for the full ones (e.g. bench/bench_scale.py --full).
 bench: $(STAMP_TEST)

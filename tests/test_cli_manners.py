@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -350,6 +351,36 @@ def test_ids_columns_per_input(tmp_path):
     )
     assert "(--reference-ids-column)" in line
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_the_typed_requests_carry_the_ids_columns_per_input(tmp_path):
+    from nnn_cli import jobs
+
+    clip = clip_folder(tmp_path / "clip")
+    img = clip / "embeddings" / "img_emb"
+    np.save(tmp_path / "q.npy", np.random.default_rng(2).normal(size=(4, 8)).astype(np.float32))
+    cols = jobs.IdsColumns(gallery="caption")
+    req = jobs.SearchRequest.build(tmp_path / "q.npy", img, "-", top_k=1, ids_columns=cols)
+    assert (
+        req.ids_columns == cols and jobs.SearchRequest.build(tmp_path / "q.npy", img, "-").ids_columns.gallery is None
+    )
+    # the older spelling: one string is --ids-column, for every input with parquet metadata
+    assert jobs.SearchRequest.build(tmp_path / "q.npy", img, "-", ids_column="caption").ids_columns.default == "caption"
+    stream = io.StringIO()
+    jobs.run_search(req, stream=stream)
+    assert json.loads(stream.getvalue().splitlines()[0])["results"][0]["id"].startswith("caption ")
+    req = jobs.BiasRequest.build(
+        img, img, tmp_path / "b.h5", alpha=1.0, k=2, ids_columns=jobs.IdsColumns(gallery="caption")
+    )
+    assert req.ids_columns.gallery == "caption" and req.ids_columns.reference is None
+    jobs.run_bias(req)
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert f["ids"][0].decode().startswith("caption ")
+    with pytest.raises(Exception, match="--queries-ids-column"):
+        jobs.run_search(
+            jobs.SearchRequest.build(tmp_path / "q.npy", img, "-", ids_columns=jobs.IdsColumns(queries="x")),
+            stream=stream,
+        )
 
 
 def test_null_ids_in_clip_retrieval_parquet_are_refused(tmp_path):

@@ -27,8 +27,8 @@ try:  # Typer >= 0.22 carries its own copy of Click
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older Typer on the click package
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
-    from click.core import ParameterSource  # type: ignore[no-redef,assignment]
-    from click.globals import get_current_context  # type: ignore[no-redef,assignment]
+    from click.core import ParameterSource  # type: ignore[assignment]
+    from click.globals import get_current_context  # type: ignore[no-redef]
 
 from nnn_cli.cli.render import drop_notes, err_console, flush_stdout, release_notes, silence_stdout
 from nnn_cli.errors import NNNError, ParameterError
@@ -118,7 +118,7 @@ def _refuse_non_finite(kwargs: dict) -> None:
 class NNNGroup(TyperGroup):
     """The app's group: a usage error of any command (Click's own included) is one line and exit 2."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,

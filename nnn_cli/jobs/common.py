@@ -26,6 +26,7 @@ from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
 from nnn_cli.scale.device import set_threads
+from nnn_cli.scale.scheduler import EngineOptions
 
 NoteFn = Callable[[str], None]
 """Called with one line meant for a person (a choice made, a warning)."""
@@ -72,55 +73,6 @@ class IndexOptions:
         return self.index == "flat" and self.save_index is None and self.load_index is None
 
 
-@dataclass
-class EngineOptions:
-    """Where the exact steps run: ``local`` (this process) or ``ray`` (Ray tasks on a cluster; see
-    :mod:`nnn_cli.scale.ray`).  ``address`` None starts a private local Ray for the run."""
-
-    engine: str = "local"
-    address: Optional[str] = None
-    resume: bool = False
-    gpus_per_task: float = 0.0
-    block_rows: Optional[int] = None
-    partition_rows: Optional[int] = None
-    max_retries: int = 3
-    storage_options: dict = field(default_factory=dict)
-
-    def check(self) -> EngineOptions:
-        if self.engine not in ("local", "ray"):
-            raise ParameterError(f"unknown --engine {self.engine!r}: use local or ray")
-        if self.engine == "local":
-            used = [
-                name
-                for name, on in (
-                    ("--address", self.address is not None),
-                    ("--resume", self.resume),
-                    ("--gpus-per-task", bool(self.gpus_per_task)),
-                    ("--partition-rows", self.partition_rows is not None),
-                    ("--storage-option", bool(self.storage_options)),
-                )
-                if on
-            ]
-            if used:
-                raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
-        if self.gpus_per_task < 0 or self.max_retries < 0:
-            raise ParameterError("--gpus-per-task and --max-retries must be >= 0")
-        return self
-
-    def ray_kwargs(self) -> dict:
-        kw = {
-            "address": self.address,
-            "gpus_per_task": self.gpus_per_task,
-            "max_retries": self.max_retries,
-            "storage_options": self.storage_options or None,
-        }
-        if self.block_rows is not None:
-            kw["block_rows"] = self.block_rows
-        if self.partition_rows is not None:
-            kw["partition_rows"] = self.partition_rows
-        return kw
-
-
 def parse_storage_options(items) -> dict:
     """``KEY=VALUE`` strings (``--storage-option``) as fsspec storage options (``true``/``false``/numbers typed)."""
     out: dict = {}
@@ -154,6 +106,11 @@ class IdsColumns:
     queries: Optional[str] = None
     reference: Optional[str] = None
 
+    @classmethod
+    def of(cls, value: Optional[str] | IdsColumns) -> IdsColumns:
+        """``value`` as per-input columns: a plain string is ``--ids-column`` (every parquet input)."""
+        return value if isinstance(value, IdsColumns) else cls(value)
+
     def for_input(self, label: str, spec: PathLike, ids_file: Optional[PathLike]) -> Optional[str]:
         has_parquet = str(ids_file or "").endswith(".parquet") or Path(str(spec)).is_dir()
         own = getattr(self, label, None) if label in ("gallery", "queries", "reference") else None
@@ -171,15 +128,13 @@ def open_source(
     notes: Notes,
     ids_file: Optional[PathLike] = None,
     ids_column: Optional[str] | IdsColumns = None,
+    storage_options: Optional[dict] = None,
 ):
-    """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
-    folders; :class:`IdsColumns` picks this input's) and pass on what the opening noticed (e.g. parquet
-    ids not read without pyarrow)."""
-    if isinstance(ids_column, str):
-        ids_column = IdsColumns(ids_column)
-    if isinstance(ids_column, IdsColumns):
-        ids_column = ids_column.for_input(label, spec, ids_file)
-    src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column)
+    """Open an embedding input, a path or a URL (ids from ``ids_file``, or a parquet ``ids_column`` for
+    clip-retrieval folders; :class:`IdsColumns` picks this input's) and pass on what the opening noticed
+    (e.g. parquet ids not read without pyarrow)."""
+    column = IdsColumns.of(ids_column).for_input(label, spec, ids_file)
+    src = open_embeddings(spec, label, ids_file=ids_file, ids_column=column, storage_options=storage_options)
     for line in getattr(src, "notes", None) or []:
         notes(line)
     return src

@@ -22,6 +22,16 @@ PAPER_ALPHAS_TEXT = "0.25,0.375,0.5,0.625,0.75,0.875,1,1.125,1.25,1.375,1.5"
 PAPER_KS_TEXT = "1,2,4,8,16,32,64,128,256,512"
 
 
+def _check_plot(plot: Optional[PathLike], inputs: list) -> None:
+    """The --plot path, and matplotlib there: refused now, before params.json is written or replaced."""
+    if plot is None:
+        return
+    check_output_path(plot, inputs, (".png",), "--plot")
+    from nnn_cli.report.plots import pyplot
+
+    pyplot()
+
+
 def tune(
     gallery: PathLike,
     reference: PathLike,
@@ -74,11 +84,7 @@ def tune(
     if method != "nnn" and truth is None:
         raise ParameterError(f"--method {method} tunes supervised only: give --queries and --truth")
     check_output_path(output, [gallery, reference, queries, truth, gallery_bank], None, "params output")
-    if plot is not None:
-        check_output_path(plot, [gallery, reference, queries, truth, output], (".png",), "--plot")
-        from nnn_cli.report.plots import pyplot
-
-        pyplot()  # matplotlib missing: refused now, before params.json is written or replaced
+    _check_plot(plot, [gallery, reference, queries, truth, output])
     g_src = open_embeddings(gallery, "gallery")
     r_src = open_embeddings(reference, "reference")
     q_src = open_embeddings(queries, "queries") if queries is not None else None
@@ -88,7 +94,11 @@ def tune(
     if method == "nnn":
         n_bias_rows = len(split_reference(n_reference, holdout)[0]) if mode_unsupervised else n_reference
         check_grid(alpha_list, k_list, n_bias_rows)
-    tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids()) if truth is not None else None
+    tr = (
+        read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
+        if truth is not None and q_src is not None
+        else None
+    )
     setup_threads(threads)
 
     g = g_src.read(metric)
@@ -109,6 +119,7 @@ def tune(
             notes(f"warning: {leak['warning']}")
         protocol["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if method != "nnn":
+        assert q is not None  # supervised only (checked above)
         start = time.perf_counter()
         doc = tune_baseline(
             method,
@@ -142,6 +153,7 @@ def tune(
             g, r, alpha_list, k_list, holdout=holdout, tolerance=tolerance, queries=q, truth=tr, progress=progress
         )
     else:
+        assert q is not None and tr is not None  # supervised: --queries and --truth (checked above)
         result = tune_grid(q, g, r, tr, alpha_list, k_list, objective=objective, progress=progress)
     doc = result.to_dict()
     doc["metric"] = metric

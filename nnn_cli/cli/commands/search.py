@@ -24,6 +24,7 @@ from nnn_cli.cli.options import (
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
+    IoTimeoutOpt,
     LoadIndexOpt,
     MaxRetriesOpt,
     Metric,
@@ -114,6 +115,7 @@ def search_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -139,13 +141,21 @@ def search_cmd(
             overfetch=overfetch,
             device=device.value,
             engine=engine_options(
-                engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                False,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             stream=cast(TextIO, StdoutSink(sys.stdout)),
             query_ids=query_ids,
             gallery_ids=gallery_ids,
-            ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
+            ids_columns=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
             progress=progress,
             on_note=note,
         )

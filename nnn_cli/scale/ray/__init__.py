@@ -22,7 +22,8 @@ per query block by (score descending, index ascending), identical to :class:`nnn
 
 With ``address=None`` a private Ray is started for the run on 127.0.0.1 only and stopped after it;
 ``address="auto"``, ``"HOST:PORT"`` or ``"ray://HEAD:10001"`` joins an existing cluster (KubeRay,
-Slurm, ``ray.util.spark``) and leaves it running.  Ray is an optional dependency: ``nnn-cli[ray]``."""
+Slurm, ``ray.util.spark``) and leaves it running.  Ray is an optional dependency: the ``ray`` extra
+(from a checkout: ``.venv/bin/pip install -e '.[ray]'``)."""
 
 from nnn_cli.data.manifest import is_manifest, read_manifest, read_manifest_bias
 from nnn_cli.scale.ray.bias import ray_bias
