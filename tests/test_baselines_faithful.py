@@ -12,14 +12,13 @@ from nnn_cli.core.baselines import (
     GALLERY_BANK_WARNING,
     BaselineParams,
     activation_set,
-    parse_methods,
     rank_dualdis,
     rank_dualis,
     rank_inverted_softmax,
-    rank_method,
     rank_qbnorm,
 )
 from nnn_cli.core.compare import compare_methods
+from nnn_cli.core.methods import parse_methods, rank_method
 from nnn_cli.core.metrics import hubness, recall_from_topk
 from nnn_cli.core.protocol import duplicate_rows, leak_check, paired_truth, reference_subsample
 from nnn_cli.core.synthetic import make_hub_data

@@ -159,32 +159,6 @@ class BaselineParams:
         self.activation_k = int(self.activation_k)
         return self
 
-    def for_method(self, method: str) -> dict:
-        """The hyperparameters ``method`` uses, by name."""
-        keys = {
-            "dn": ("dn_lambda",),
-            "qbnorm": ("qb_beta", "activation_k"),
-            "is": ("qb_beta",),
-            "dbnorm": ("db_beta1", "db_beta2"),
-            "dbnorm_dis": ("db_beta1", "db_beta2", "activation_k"),
-        }.get(method, ())
-        return {key: getattr(self, key) for key in keys}
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"baseline,nnn,dn"`` -> ordered unique method names (aliases resolved); unknown names raise ParameterError."""
-    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
-    if not names:
-        raise ParameterError(f"--methods is empty; choose from {', '.join(METHODS)}")
-    names = [METHOD_ALIASES.get(n, n) for n in names]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise ParameterError(
-            f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}"
-            f" (or {', '.join(METHOD_ALIASES)})"
-        )
-    return tuple(dict.fromkeys(names))
-
 
 def _check_dims(*arrays: tuple[str, np.ndarray]) -> None:
     dims = {a.shape[1] for _, a in arrays}
@@ -549,54 +523,3 @@ def rank_dualdis(
     if progress:
         progress(len(queries), len(queries))
     return out
-
-
-def rank_method(
-    method: str,
-    queries: np.ndarray,
-    gallery: np.ndarray,
-    reference: np.ndarray,
-    params: BaselineParams,
-    gallery_bank: np.ndarray | None = None,
-    top_k: int = 10,
-    block_rows: int = DEFAULT_QUERY_BLOCK,
-    top1: np.ndarray | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """(Q, top_k) ranking of one comparison method (``dn``, ``qbnorm``, ``is``, ``dbnorm``, ``dbnorm_dis``)."""
-    method = METHOD_ALIASES.get(method, method)
-    if method == "dn":
-        return rank_dn(queries, gallery, reference, params.dn_lambda, gallery_bank, top_k, block_rows, progress)
-    if method == "qbnorm":
-        return rank_qbnorm(
-            queries,
-            gallery,
-            reference,
-            params.qb_beta,
-            top_k,
-            block_rows,
-            progress,
-            activation_k=params.activation_k,
-            top1=top1,
-        )
-    if method == "is":
-        return rank_inverted_softmax(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress)
-    if method == "dbnorm":
-        return rank_dualis(
-            queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank, top_k, block_rows, progress
-        )
-    if method == "dbnorm_dis":
-        return rank_dualdis(
-            queries,
-            gallery,
-            reference,
-            params.db_beta1,
-            params.db_beta2,
-            gallery_bank,
-            top_k,
-            block_rows,
-            top1=top1,
-            progress=progress,
-            activation_k=params.activation_k,
-        )
-    raise ParameterError(f"unknown comparison method {method!r}; choose from {', '.join(BANK_METHODS)}")

@@ -188,3 +188,15 @@ def update_bias_file(
     with locked_bias_update(target, output, wait) as stored:
         b, topk, ids, attrs = compute(stored)
         return write_bias(out, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
+
+
+def read_bias_datasets(spec: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Extra datasets of an HDF5 bias file among ``names`` (those present); ``{}`` for ``.npy`` files."""
+    path, _ = split_spec(spec, "bias")
+    if not is_h5_path(path) or not path.exists():
+        return {}
+    with open_h5_safe(path, "bias file") as f:
+        try:
+            return {name: np.asarray(f[name][()]) for name in names if name in f}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read {', '.join(names)} ({short_error(exc)})") from None

@@ -1,0 +1,109 @@
+"""The paper's protocol, shared by every job that takes a reference: the leak check, the reference
+fraction (and params that record one), and the sketch a bias file keeps for later checks.
+
+Each helper is one call in the job that needs it (``tune``, ``bias``, ``eval``, ``attribute-bias``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional
+
+import numpy as np
+
+from nnn_cli.core.leak import (
+    SKETCH_BITS,
+    LeakReport,
+    check_against_sketch,
+    find_leaks,
+    id_hashes,
+    sketch_codes,
+    sketch_sample,
+)
+from nnn_cli.data.biasfile import read_bias_datasets
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.data.subset import reference_fraction
+from nnn_cli.errors import ParameterError
+
+SKETCH_DATASETS = ("leak_sketch_codes", "leak_sketch_id_hashes")
+
+
+def fraction_from_params(
+    fraction: Optional[float], seed: Optional[int], params_doc: Mapping | None, params_name: str = "the params"
+) -> tuple[float, int]:
+    """The reference fraction and seed to use: as given, else as the params file records them.
+
+    Params tuned on a share of the reference (``reference_fraction`` < 1) are applied to the same
+    share (same fraction, same seed); asking for another share is refused with one line.
+    """
+    recorded = float((params_doc or {}).get("reference_fraction", 1.0))
+    recorded_seed = int((params_doc or {}).get("seed", 0)) if recorded < 1 else 0
+    if recorded < 1:
+        same = (fraction is None or float(fraction) == recorded) and (seed is None or int(seed) == recorded_seed)
+        if not same:
+            raise ParameterError(
+                f"{params_name} was tuned with --reference-fraction {recorded:g} --seed {recorded_seed}; give the same "
+                f"share (or none, to apply it), not --reference-fraction {fraction if fraction is not None else 1:g} "
+                f"--seed {seed if seed is not None else 0}"
+            )
+        return recorded, recorded_seed
+    return (1.0 if fraction is None else float(fraction)), (0 if seed is None else int(seed))
+
+
+def check_fraction(fraction: Optional[float]) -> None:
+    if fraction is not None and not 0 < float(fraction) <= 1:
+        raise ParameterError(f"--reference-fraction must be in (0, 1], got {fraction}")
+
+
+def apply_fraction(src: EmbeddingSource, fraction: float, seed: int, notes) -> tuple[EmbeddingSource, dict]:
+    """The reference share to use, and what to record (``reference_fraction``, ``seed``, ``n_reference_used``)."""
+    if fraction >= 1:
+        return src, {}
+    sub = reference_fraction(src, fraction, seed)
+    notes(f"note: using {sub.n} of {src.n} reference queries (--reference-fraction {fraction:g}, --seed {seed})")
+    return sub, {"reference_fraction": fraction, "seed": seed, "n_reference_used": sub.n, "n_reference_total": src.n}
+
+
+def leak_check(
+    queries: np.ndarray,
+    query_ids,
+    reference: np.ndarray,
+    reference_ids,
+    what: str,
+    strict: bool,
+    notes,
+) -> LeakReport:
+    """The one leak check (ids and near-duplicate rows); warns through ``notes``, raises under ``strict``."""
+    report = find_leaks(queries, reference, query_ids, reference_ids, what=what).raise_if(strict)
+    if report.warning:
+        notes(f"warning: {report.warning}")
+    return report
+
+
+def sketch_of(src: EmbeddingSource, metric: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Extra datasets and attributes a bias file records so ``eval --bias`` can check queries later."""
+    pick = sketch_sample(src.n)
+    if pick is None:  # streamed: one pass over the reference, one block at a time
+        codes = np.concatenate([sketch_codes(block) for _, block in src.iter_blocks("ip")])
+    else:
+        codes = sketch_codes(src.take_rows(pick, "ip"))
+    extra = {"leak_sketch_codes": codes}
+    if src.ids() is not None:
+        extra["leak_sketch_id_hashes"] = id_hashes(src.ids())
+    return extra, {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))}
+
+
+def leak_check_from_bias(
+    bias_path, queries: np.ndarray, query_ids, strict: bool, notes, what: str = "test queries"
+) -> LeakReport | None:
+    """Check ``queries`` against the sketch of the reference that made ``bias_path`` (None, with a note,
+    when the file records none: a ``.npy`` bias or one made before sketches were kept)."""
+    found = read_bias_datasets(bias_path, SKETCH_DATASETS)
+    if "leak_sketch_codes" not in found:
+        notes(f"note: {bias_path} records no reference sketch (made by an older nnn, or .npy): leaks not checked")
+        return None
+    sketch = {"codes": found["leak_sketch_codes"], "id_hashes": found.get("leak_sketch_id_hashes")}
+    report = check_against_sketch(queries, sketch, query_ids, what=what).raise_if(strict)
+    if report.warning:
+        notes(f"warning: {report.warning}")
+    return report
