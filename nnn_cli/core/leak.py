@@ -10,13 +10,14 @@ both run whenever they can be:
   cosine >= 0.999, so the same text re-normalised, re-encoded in float16 or with small noise counts.
 
 Without the reference rows (``nnn eval --bias``) the check uses the **sketch** ``nnn bias`` records
-in the bias file (:func:`reference_sketch`): 64-bit hashes of the reference ids, and 256-bit
-sign-of-random-projection codes (SimHash) of its rows.  Two rows at cosine 0.999 differ in about
-3.6 of 256 bits, and a query counts as a near-duplicate when its nearest code is within
-:data:`SKETCH_MAX_BITS` = 10 bits (a row at cosine 0.999 is missed with probability 1.3e-3; a
-row at cosine 0.99 is flagged with probability 0.39, at 0.98 0.06, at 0.95 2e-4, at 0.9 4e-8: the
-sketch is a screen, the exact check needs the reference).  A reference of more than
-:data:`SKETCH_MAX_ROWS` rows keeps the codes of a seeded sample of that size (recorded).
+in the bias file (:func:`reference_sketch`): 64-bit hashes of the reference ids, and 512-bit
+sign-of-random-projection codes (SimHash, 64 bytes a row) of its rows.  Two rows at cosine c differ
+in each bit with probability arccos(c) / pi, and a query counts as a near-duplicate when its nearest
+code is within :data:`SKETCH_MAX_BITS` = 14 bits: a copy at cosine 0.9999 (re-normalised, float16,
+1e-4 noise) is missed with probability about 1e-8, one at exactly 0.999 with 8e-3; a distinct row at
+cosine 0.99 is flagged with probability 0.03, at 0.98 1e-4, at 0.95 1e-10 (the sketch is a screen;
+the exact check needs the reference).  A reference of more than :data:`SKETCH_MAX_ROWS` rows keeps
+the codes of a seeded sample of that size (64 MB; recorded as ``leak_sketch_rows``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from nnn_cli.errors import ParameterError
 NEAR_DUPLICATE_COS = 0.999
 """Cosine at or above which a query counts as a copy of its nearest reference row."""
 
-SKETCH_BITS = 256
-SKETCH_MAX_BITS = 10
+SKETCH_BITS = 512
+SKETCH_MAX_BITS = 14
 """Hamming distance (of SKETCH_BITS) at or below which a query matches a sketched reference row."""
 
 SKETCH_MAX_ROWS = 1_000_000

@@ -31,6 +31,7 @@ from nnn_cli.jobs.common import (
     resolve_params,
     setup_threads,
 )
+from nnn_cli.jobs.protocol import bias_protocol
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.incremental import add_reference, append_items
 from nnn_cli.scale.plan import plan_bias, run_bias_plan
@@ -59,10 +60,18 @@ def bias(
     gallery_ids: Optional[PathLike] = None,
     ids_column: Optional[str] = None,
     engine: EngineOptions | None = None,
+    queries: Optional[PathLike] = None,
+    strict: bool = False,
+    reference_fraction: Optional[float] = None,
+    reference_seed: Optional[int] = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
 ) -> JobResult:
     """Compute and write a bias file with full provenance; returns its summary.
+
+    ``queries`` (optional): checked for leaks against the reference (warned, refused with ``strict``);
+    ``reference_fraction``/``reference_seed``: the seeded share of the reference to use (params tuned
+    on a share apply it by themselves).  The file records the reference's sketch for ``eval --bias``.
 
     ``gallery`` etc. are paths (``FILE.h5:DATASET``, ``.npy``, shard folders, ``-``).
     Raises :class:`~nnn_cli.errors.NNNError` subclasses on bad input, before any heavy work.
@@ -70,6 +79,8 @@ def bias(
     index = index or IndexOptions()
     engine = (engine or EngineOptions()).check()
     notes = Notes(on_note)
+    if (engine.engine == "ray" or append_to or update or reference_add) and (queries or reference_fraction):
+        raise ParameterError("--queries and --reference-fraction apply to a fresh local bias (--engine local)")
     if engine.engine == "ray":
         if index.save_index is not None or index.load_index is not None or memory_budget or gallery_ids is not None:
             raise ParameterError(
@@ -132,6 +143,8 @@ def bias(
     g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
     r_src = open_source(reference, "reference", notes, None, ids_column)
     check_same_dim(g_src, r_src)
+    proto = bias_protocol(r_src, params, reference_fraction, reference_seed, queries, strict, metric, notes)
+    r_src = proto.reference
     check_k(k, r_src.n)
     setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile
     plan = plan_bias(
@@ -161,7 +174,9 @@ def bias(
     attrs.update(bias_provenance(g_src, r_src))
     attrs.update(plan.attrs())
     attrs.update({key: value for key, value in run_info.items() if not isinstance(value, dict)})
-    write_bias(output, b, attrs, ids=g_src.ids(), extra={"topk": topk} if topk is not None else None)
+    attrs.update(proto.attrs)
+    extra = {**({"topk": topk} if topk is not None else {}), **proto.datasets}
+    write_bias(output, b, attrs, ids=g_src.ids(), extra=extra)
     if "index_sample_recall" in run_info:
         notes(
             f"index top-{k} recall on {run_info['index_sample_rows']} sampled gallery rows: "
@@ -183,6 +198,7 @@ def bias(
         "bias_max": float(b.max()),
         **plan.attrs(),
         **run_info,
+        **proto.summary,
     }
     summary["message"] = (
         f"wrote {output}: {g_src.n} biases (alpha={alpha}, k={k}, metric={metric}, "

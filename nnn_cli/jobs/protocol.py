@@ -6,7 +6,7 @@ Each helper is one call in the job that needs it (``tune``, ``bias``, ``eval``, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -21,15 +21,18 @@ from nnn_cli.core.leak import (
     sketch_sample,
 )
 from nnn_cli.data.biasfile import read_bias_datasets
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.data.subset import reference_fraction
+from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
+from nnn_cli.jobs.common import PathLike
 
 SKETCH_DATASETS = ("leak_sketch_codes", "leak_sketch_id_hashes")
 
 
 def fraction_from_params(
-    fraction: Optional[float], seed: Optional[int], params_doc: Mapping | None, params_name: str = "the params"
+    fraction: Optional[float], seed: Optional[int], params_doc: dict | None, params_name: str = "the params"
 ) -> tuple[float, int]:
     """The reference fraction and seed to use: as given, else as the params file records them.
 
@@ -80,7 +83,7 @@ def leak_check(
     return report
 
 
-def sketch_of(src: EmbeddingSource, metric: str) -> tuple[dict[str, np.ndarray], dict]:
+def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     """Extra datasets and attributes a bias file records so ``eval --bias`` can check queries later."""
     pick = sketch_sample(src.n)
     if pick is None:  # streamed: one pass over the reference, one block at a time
@@ -107,3 +110,42 @@ def leak_check_from_bias(
     if report.warning:
         notes(f"warning: {report.warning}")
     return report
+
+
+@dataclass
+class BiasProtocol:
+    """What ``nnn bias`` adds for the protocol: the reference share used, the sketch, the leak check."""
+
+    reference: EmbeddingSource
+    attrs: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+
+
+def bias_protocol(
+    reference: EmbeddingSource,
+    params: Optional[PathLike],
+    fraction: Optional[float],
+    seed: Optional[int],
+    queries: Optional[PathLike],
+    strict: bool,
+    metric: str,
+    notes,
+) -> BiasProtocol:
+    """The reference share (as asked, or as the params record it), the reference's sketch for later leak
+    checks (``eval --bias``), and, given ``queries``, the leak check of those queries against it."""
+    check_fraction(fraction)
+    doc = read_params(params) if params is not None else None
+    fraction, seed = fraction_from_params(fraction, seed, doc, str(params))
+    src, record = apply_fraction(reference, fraction, seed, notes)
+    out = BiasProtocol(src, {f"reference_{k}" if k == "seed" else k: v for k, v in record.items()})
+    out.datasets, sketch_attrs = sketch_of(src)
+    out.attrs.update(sketch_attrs)
+    out.summary.update(record)
+    if queries is not None:
+        q_src = open_embeddings(queries, "queries")
+        check_same_dim(q_src, src)
+        report = leak_check(q_src.read(metric), q_src.ids(), src.read(metric), src.ids(), "queries", strict, notes)
+        out.summary["leak"] = report.to_dict()
+        out.attrs.update({"leak_queries": q_src.name, "leak_n_leaked": report.n_leaked})
+    return out
