@@ -199,10 +199,12 @@ def _run_one(name, data, truth, values, bias, nnn_alpha, nnn_k) -> MethodRun:
 
         return _timed(rank_nnn, truth, n, {"params": {"alpha": nnn_alpha, "k": nnn_k}} if bias is None else None)
     entry = registry.get(name)
+    rank = entry.rank
+    assert rank is not None  # _method_values keeps only methods with a scorer
     extra: dict = {"params": values[name]}
     if entry.warn_without_gallery_bank and data.gallery_bank is None:
         extra.update({"gallery_bank": "gallery", "warnings": [GALLERY_BANK_WARNING]})
-    return _timed(lambda: entry.rank(data, values[name]), truth, n, extra)
+    return _timed(lambda: rank(data, values[name]), truth, n, extra)
 
 
 def _add_bootstrap(runs: dict[str, MethodRun], base: MethodRun, truth: Truth, bootstrap: int, seed: int) -> None:

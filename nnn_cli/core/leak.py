@@ -23,7 +23,7 @@ the codes of a seeded sample of that size (64 MB; recorded as ``leak_sketch_rows
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -137,7 +137,7 @@ def sketch_codes(rows: np.ndarray, block_rows: int = 65536) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, SKETCH_BITS // 8), dtype=np.uint8)
 
 
-def id_hashes(ids: Sequence) -> np.ndarray:
+def id_hashes(ids: Iterable) -> np.ndarray:
     """Sorted unique uint64 hashes (blake2b) of ids, for a compact membership test."""
     digests = [hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest() for i in ids]
     return np.unique(np.frombuffer(b"".join(digests), dtype="<u8")) if digests else np.zeros(0, dtype="<u8")
@@ -150,7 +150,7 @@ def sketch_sample(n_rows: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(SKETCH_SEED).choice(n_rows, SKETCH_MAX_ROWS, replace=False))
 
 
-def reference_sketch(reference: np.ndarray, reference_ids: Sequence | None = None) -> dict[str, np.ndarray]:
+def reference_sketch(reference: np.ndarray, reference_ids: Iterable | None = None) -> dict[str, np.ndarray]:
     """What ``nnn bias`` stores so test queries can be checked later without the reference itself:
     ``codes`` (rows' SimHash codes; a seeded sample when there are more than SKETCH_MAX_ROWS rows) and,
     when the reference has ids, ``id_hashes``."""
@@ -172,12 +172,15 @@ def _min_hamming(codes_q: np.ndarray, codes_r: np.ndarray, block_q: int = 256, b
 
 
 def check_against_sketch(
-    queries: np.ndarray, sketch: dict[str, np.ndarray], query_ids: Sequence | None = None, what: str = "test queries"
+    queries: np.ndarray,
+    sketch: Mapping[str, np.ndarray | None],
+    query_ids: Sequence | None = None,
+    what: str = "test queries",
 ) -> LeakReport:
     """:func:`find_leaks` against a recorded :func:`reference_sketch` (ids by hash, rows by Hamming distance)."""
     id_hits = None
     if query_ids is not None and sketch.get("id_hashes") is not None:
-        id_hits = np.isin(id_hashes_unsorted(query_ids), sketch["id_hashes"])
+        id_hits = np.isin(id_hashes_unsorted(query_ids), np.asarray(sketch["id_hashes"]))
     codes = sketch.get("codes")
     if codes is not None and len(codes) and len(queries):
         dup_hits = _min_hamming(sketch_codes(queries), np.asarray(codes, dtype=np.uint8)) <= SKETCH_MAX_BITS
@@ -186,7 +189,7 @@ def check_against_sketch(
     return _report(what, len(queries), id_hits, dup_hits, query_ids, "sketch")
 
 
-def id_hashes_unsorted(ids: Sequence) -> np.ndarray:
+def id_hashes_unsorted(ids: Iterable) -> np.ndarray:
     """uint64 hashes of ``ids`` in their order (see :func:`id_hashes`)."""
     digests = [hashlib.blake2b(str(i).encode("utf-8"), digest_size=8).digest() for i in ids]
     return np.frombuffer(b"".join(digests), dtype="<u8") if digests else np.zeros(0, dtype="<u8")

@@ -148,31 +148,37 @@ LABELS: Mapping[str, str] = _Labels()
 # ---------------------------------------------------------------------------
 # The built-in methods
 # ---------------------------------------------------------------------------
+def _ref(d: MethodData) -> np.ndarray:
+    if d.reference is None:
+        raise ParameterError("this method needs the reference queries (--reference)")
+    return d.reference
+
+
 def _rank_dn(d: MethodData, p: Mapping[str, float]) -> np.ndarray:
-    return bl.rank_dn(d.queries, d.gallery, d.reference, p["dn_lambda"], d.gallery_bank, d.top_k, d.block_rows)
+    return bl.rank_dn(d.queries, d.gallery, _ref(d), p["dn_lambda"], d.gallery_bank, d.top_k, d.block_rows)
 
 
 def _rank_qbnorm(d: MethodData, p: Mapping[str, float]) -> np.ndarray:
     k = int(p["activation_k"])
     return bl.rank_qbnorm(
-        d.queries, d.gallery, d.reference, p["qb_beta"], d.top_k, d.block_rows, activation_k=k, top1=d.top1
+        d.queries, d.gallery, _ref(d), p["qb_beta"], d.top_k, d.block_rows, activation_k=k, top1=d.top1
     )
 
 
 def _rank_is(d: MethodData, p: Mapping[str, float]) -> np.ndarray:
-    return bl.rank_inverted_softmax(d.queries, d.gallery, d.reference, p["qb_beta"], d.top_k, d.block_rows)
+    return bl.rank_inverted_softmax(d.queries, d.gallery, _ref(d), p["qb_beta"], d.top_k, d.block_rows)
 
 
 def _rank_dualis(d: MethodData, p: Mapping[str, float]) -> np.ndarray:
     return bl.rank_dualis(
-        d.queries, d.gallery, d.reference, p["db_beta1"], p["db_beta2"], d.gallery_bank, d.top_k, d.block_rows
+        d.queries, d.gallery, _ref(d), p["db_beta1"], p["db_beta2"], d.gallery_bank, d.top_k, d.block_rows
     )
 
 
 def _rank_dualdis(d: MethodData, p: Mapping[str, float]) -> np.ndarray:
     b1, b2, k = p["db_beta1"], p["db_beta2"], int(p["activation_k"])
     return bl.rank_dualdis(
-        d.queries, d.gallery, d.reference, b1, b2, d.gallery_bank, d.top_k, d.block_rows, top1=d.top1, activation_k=k
+        d.queries, d.gallery, _ref(d), b1, b2, d.gallery_bank, d.top_k, d.block_rows, top1=d.top1, activation_k=k
     )
 
 
@@ -204,7 +210,7 @@ def _builtin_sweep(name: str) -> Sweep:
         from nnn_cli.core.baseline_sweep import tune_baseline
 
         return tune_baseline(
-            name, data.queries, data.gallery, truth, data.reference, grid, data.gallery_bank,
+            name, data.queries, data.gallery, truth, _ref(data), grid, data.gallery_bank,
             data.block_rows, progress, dense, activation_k,
         )  # fmt: skip
 
@@ -215,13 +221,15 @@ def sweep_by_ranking(method: ComparisonMethod, data: MethodData, truth, grid=Non
     """Every point of the grid's product ranked with ``method.rank``; best Recall@1 (ties: the earlier point)."""
     from nnn_cli.core.metrics import recall_from_topk
 
+    if method.rank is None:
+        raise ParameterError(f"{method.name} has no scorer to sweep")
     axes = {**{k: list(v) for k, v in method.grid.items()}, **(grid or {})}
     keys = list(axes)
     points = []
     combos = list(itertools.product(*(axes[k] for k in keys)))
     for n, combo in enumerate(combos, 1):
         values = method.values(dict(zip(keys, combo)))
-        idx = method.rank(data, values) if method.rank is not None else None
+        idx = method.rank(data, values)
         points.append({**{k: values[k] for k in keys}, **recall_from_topk(idx, truth)})
         if progress:
             progress(n, len(combos))

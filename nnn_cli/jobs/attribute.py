@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from nnn_cli.core.attribute import compare_attribute_bias
@@ -129,6 +130,6 @@ def run_attribute_bias(
     if req.plot is not None:
         from nnn_cli.report.attribute_plot import plot_attribute_groups
 
-        plot_attribute_groups(doc, req.plot)
+        plot_attribute_groups(doc, Path(req.plot))
         notes(f"wrote {req.plot}")
     return AttributeResult(doc, notes.lines)

@@ -203,7 +203,8 @@ def _nnn_settings(req: EvalRequest, src: _Inputs, notes: Notes) -> None:
         raise ParameterError("give --alpha and --k (or --params PARAMS.json from `nnn tune`)")
     else:
         src.alpha, src.k = req.alpha, req.k
-    check_k(src.k, src.r_src.n)
+    if src.r_src is not None:
+        check_k(src.k, src.r_src.n)
 
 
 def run_evaluate(req: EvalRequest, progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> EvalResult:
@@ -291,6 +292,7 @@ def eval_pictures(
 
     missing = plots_unavailable()
     with tempfile.TemporaryDirectory(prefix="nnn-plots-") as tmp:
+        note: str | None
         if missing is not None:
             pics_images, note = {}, missing
         else:
@@ -300,6 +302,6 @@ def eval_pictures(
         if note:
             notes(f"note: {note}")
         if report is not None:
-            write_report(report, result, pics_images, note=note)
+            write_report(Path(report), result, pics_images, note=note)
             notes(f"wrote {report}")
         return [str(p) for p in pics_images.values()] if plots is not None else []

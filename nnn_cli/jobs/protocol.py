@@ -91,8 +91,9 @@ def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     else:
         codes = sketch_codes(src.take_rows(pick, "ip"))
     extra = {"leak_sketch_codes": codes}
-    if src.ids() is not None:
-        extra["leak_sketch_id_hashes"] = id_hashes(src.ids())
+    ids = src.ids()
+    if ids is not None:
+        extra["leak_sketch_id_hashes"] = id_hashes(ids)
     return extra, {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))}
 
 

@@ -249,4 +249,4 @@ def _plot(result: TuneResult, plot: PathLike) -> None:
     key = result.objective
     best = (result.alpha, result.k)
     title = f"nnn tune ({result.mode}): {key}"
-    plot_tune_grid(result.alphas, result.ks, result.matrix(key), plot, metric=key, best=best, title=title)
+    plot_tune_grid(result.alphas, result.ks, result.matrix(key), Path(plot), metric=key, best=best, title=title)
