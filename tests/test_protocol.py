@@ -300,3 +300,14 @@ def test_job_functions_are_short():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno + 1 <= 40, f"{name}:{node.name}"
+
+
+def test_demo_tunes_each_method_with_its_own_values_and_a_separate_bank():
+    """scripts/demo.sh: every comparison method is tuned into its own params file with a gallery bank that is
+    neither the test gallery nor the gallery it is tuned on, and eval reads each file (per-method values)."""
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    assert "--gallery-bank $D/gallery.h5" not in text and "--gallery-bank $D/tune_gallery.h5" not in text
+    assert "for m in dn qbnorm is dbnorm dbnorm_dis; do" in text
+    assert 'nnn tune --method $m "${HALF[@]}" --gallery-bank "$OUT/bank.h5" -o "$OUT/params_$m.json"' in text
+    assert 'MP+=(--method-params "$OUT/params_$m.json")' in text and '--gallery-bank "$OUT/bank.h5" "${MP[@]}"' in text
+    assert 'f"{out}/{name}.h5"' in text and '("bank", g, np.arange(half, len(truth)))' in text
