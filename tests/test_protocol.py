@@ -311,3 +311,21 @@ def test_demo_tunes_each_method_with_its_own_values_and_a_separate_bank():
     assert 'nnn tune --method $m "${HALF[@]}" --gallery-bank "$OUT/bank.h5" -o "$OUT/params_$m.json"' in text
     assert 'MP+=(--method-params "$OUT/params_$m.json")' in text and '--gallery-bank "$OUT/bank.h5" "${MP[@]}"' in text
     assert 'f"{out}/{name}.h5"' in text and '("bank", g, np.arange(half, len(truth)))' in text
+
+
+def test_sketch_follows_incremental_updates(hub_files, hub_data, tmp_path):
+    """--append-to keeps the reference's sketch; --update --reference-add extends it with the new queries."""
+    bias = tmp_path / "b.h5"
+    jobs.bias(hub_files["gallery"], reference=hub_files["reference"], output=bias, alpha=0.75, k=16)
+    items = write_h5(tmp_path / "items.h5", hub_data.gallery[:5], [f"new{i}" for i in range(5)])
+    appended = tmp_path / "appended.h5"
+    jobs.bias(items, reference=hub_files["reference"], append_to=bias, output=appended)
+    with h5py.File(appended) as f, h5py.File(bias) as g:
+        np.testing.assert_array_equal(f["leak_sketch_codes"][()], g["leak_sketch_codes"][()])
+    new = write_h5(tmp_path / "new.h5", hub_data.queries[:20] + np.float32(1e-5), [f"n{i}" for i in range(20)])
+    jobs.bias(hub_files["gallery"], update=bias, reference_add=new)
+    with h5py.File(bias) as f:
+        assert f["leak_sketch_codes"].shape == (len(hub_data.reference) + 20, 64)
+        assert f.attrs["leak_sketch_rows"] == len(hub_data.reference) + 20
+    ev = jobs.evaluate(hub_files["queries"], hub_files["gallery"], hub_files["truth"], bias=bias)
+    assert ev.document["leak"]["near_duplicates"] == 20 and ev.document["leak"]["source"] == "sketch"

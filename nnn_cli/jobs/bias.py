@@ -31,7 +31,7 @@ from nnn_cli.jobs.common import (
     resolve_params,
     setup_threads,
 )
-from nnn_cli.jobs.protocol import bias_protocol
+from nnn_cli.jobs.protocol import bias_protocol, carried_sketch
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.incremental import add_reference, append_items
 from nnn_cli.scale.plan import plan_bias, run_bias_plan
@@ -277,7 +277,8 @@ def _incremental(
         else:
             b, topk, ids, attrs = add_reference(stored, other_src, new_src, metric, alpha, k, progress=progress)
             what = f"added {new_src.n} reference queries"
-        write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
+        sketch = carried_sketch(target, append_to is not None, new_src if append_to is None else None, attrs)
+        write_bias(output, b, attrs, ids=ids, extra={**({"topk": topk} if topk is not None else {}), **sketch})
     elapsed = time.perf_counter() - t0
     summary = {
         "output": str(output),

@@ -150,3 +150,23 @@ def bias_protocol(
         out.summary["leak"] = report.to_dict()
         out.attrs.update({"leak_queries": q_src.name, "leak_n_leaked": report.n_leaked})
     return out
+
+
+def carried_sketch(stored_path, reference_unchanged: bool, new_reference: EmbeddingSource | None, attrs: dict) -> dict:
+    """The sketch datasets of an updated bias file: kept as they are after ``--append-to`` (same reference),
+    extended with the new queries' codes and id hashes after ``--update --reference-add``.  A file that
+    recorded none gets none (and ``attrs`` loses any stale sketch attributes)."""
+    found = read_bias_datasets(stored_path, SKETCH_DATASETS)
+    if "leak_sketch_codes" not in found:
+        for key in ("leak_sketch_bits", "leak_sketch_rows"):
+            attrs.pop(key, None)
+        return {}
+    if reference_unchanged or new_reference is None:
+        return found
+    codes = np.concatenate([found["leak_sketch_codes"], sketch_codes(new_reference.read("ip"))])
+    out = {"leak_sketch_codes": codes}
+    new_ids = new_reference.ids()
+    if "leak_sketch_id_hashes" in found and new_ids is not None:
+        out["leak_sketch_id_hashes"] = np.union1d(found["leak_sketch_id_hashes"], id_hashes(new_ids))
+    attrs.update({"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))})
+    return out
