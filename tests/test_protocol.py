@@ -54,6 +54,8 @@ def test_near_duplicates_caught_that_exact_equality_missed(hub_data):
         ref = np.concatenate([hub_data.reference, copy[:30]])
         report = find_leaks(hub_data.queries, ref)
         assert report.near_duplicates == 30 and report.rows[:3] == [0, 1, 2] and report.by_ids is None
+        streamed = find_leaks(hub_data.queries, (ref[s : s + 700] for s in range(0, len(ref), 700)))
+        assert streamed == report  # a streamed reference (blocks) gives the same report
     clean = find_leaks(hub_data.queries, hub_data.reference)
     assert clean.n_leaked == 0 and clean.warning is None
     with pytest.raises(ParameterError, match="--strict"):

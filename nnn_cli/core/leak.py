@@ -102,24 +102,30 @@ def _report(what, n_queries, id_hits, dup_hits, query_ids, source) -> LeakReport
 
 def find_leaks(
     queries: np.ndarray,
-    reference: np.ndarray,
+    reference: np.ndarray | Iterable[np.ndarray],
     query_ids: Sequence | None = None,
     reference_ids: Sequence | None = None,
     what: str = "tuning queries",
     block_rows: int = 1024,
 ) -> LeakReport:
-    """Queries that are in the reference set, by id (when both have ids) and as near-duplicate rows."""
-    if queries.shape[1] != reference.shape[1]:
-        raise ParameterError(f"dimension mismatch: queries d={queries.shape[1]}, reference d={reference.shape[1]}")
+    """Queries that are in the reference set, by id (when both have ids) and as near-duplicate rows.
+
+    ``reference`` is an array or an iterable of row blocks (a streamed file): each block is searched
+    with the exact top-1 engine and the best cosine per query kept, so memory stays at one block.
+    """
     id_hits = None
     if query_ids is not None and reference_ids is not None:
         id_hits = np.isin(np.asarray(query_ids).astype(str), np.asarray(reference_ids).astype(str))
-    if len(reference) and len(queries):
-        scores, _ = DebiasedIndex(_unit(reference)).search(_unit(queries), 1, block_rows)
-        dup_hits = scores[:, 0] >= np.float32(NEAR_DUPLICATE_COS)
-    else:
-        dup_hits = np.zeros(len(queries), dtype=bool)
-    return _report(what, len(queries), id_hits, dup_hits, query_ids, "reference")
+    blocks = [reference] if isinstance(reference, np.ndarray) else reference
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    q = _unit(queries)
+    for block in blocks:
+        if block.shape[1] != queries.shape[1]:
+            raise ParameterError(f"dimension mismatch: queries d={queries.shape[1]}, reference d={block.shape[1]}")
+        if len(block) and len(q):
+            scores, _ = DebiasedIndex(_unit(block)).search(q, 1, block_rows)
+            np.maximum(best, scores[:, 0], out=best)
+    return _report(what, len(queries), id_hits, best >= np.float32(NEAR_DUPLICATE_COS), query_ids, "reference")
 
 
 # ---------------------------------------------------------------------------

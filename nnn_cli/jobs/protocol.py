@@ -6,6 +6,7 @@ Each helper is one call in the job that needs it (``tune``, ``bias``, ``eval``, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -70,7 +71,7 @@ def apply_fraction(src: EmbeddingSource, fraction: float, seed: int, notes) -> t
 def leak_check(
     queries: np.ndarray,
     query_ids,
-    reference: np.ndarray,
+    reference: np.ndarray | Iterable[np.ndarray],
     reference_ids,
     what: str,
     strict: bool,
@@ -146,7 +147,8 @@ def bias_protocol(
     if queries is not None:
         q_src = open_embeddings(queries, "queries")
         check_same_dim(q_src, src)
-        report = leak_check(q_src.read(metric), q_src.ids(), src.read(metric), src.ids(), "queries", strict, notes)
+        blocks = (block for _, block in src.iter_blocks("cosine"))  # streamed: one reference block at a time
+        report = leak_check(q_src.read(metric), q_src.ids(), blocks, src.ids(), "queries", strict, notes)
         out.summary["leak"] = report.to_dict()
         out.attrs.update({"leak_queries": q_src.name, "leak_n_leaked": report.n_leaked})
     return out
