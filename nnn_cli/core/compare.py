@@ -122,7 +122,7 @@ def compare_methods(
     bias: np.ndarray | None = None,
     nnn_alpha: float | None = None,
     nnn_k: int | None = None,
-    params: BaselineParams | None = None,
+    params: BaselineParams | Mapping[str, float] | None = None,
     method_params: Mapping[str, Mapping[str, float]] | None = None,
     gallery_bank: np.ndarray | None = None,
     bootstrap: int = 0,
@@ -165,7 +165,7 @@ def compare_methods(
 
 def _method_values(names, params, method_params) -> dict[str, dict[str, float]]:
     """Each comparison method's values: defaults < shared flags < files naming no method ("*") < its own file."""
-    shared = asdict(params) if params is not None else {}
+    shared = asdict(params) if isinstance(params, BaselineParams) else dict(params or {})
     files = method_params or {}
     return {n: registry.get(n).values(shared, files.get("*"), files.get(n)) for n in names if registry.get(n).rank}
 

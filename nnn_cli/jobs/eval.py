@@ -36,6 +36,7 @@ __all__ = [
     "run_evaluate",
     "eval_pictures",
     "method_names",
+    "method_defaults",
     "tunable_methods",
 ]
 
@@ -46,6 +47,14 @@ METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 def method_names() -> tuple[str, ...]:
     """Every method ``--methods`` accepts now (the registry's names)."""
     return registry.names()
+
+
+def method_defaults() -> dict[str, float]:
+    """Every registered parameter's default value, by name (the CLI's flag defaults)."""
+    out: dict[str, float] = {}
+    for name in registry.names():
+        out.update(registry.get(name).params)
+    return out
 
 
 def tunable_methods() -> tuple[str, ...]:
@@ -75,7 +84,7 @@ class EvalRequest:
     force: bool = False
     methods: tuple[str, ...] = ("baseline", "nnn")
     method_params: tuple[PathLike, ...] = ()
-    baseline_params: BaselineParams = field(default_factory=BaselineParams)
+    baseline_params: BaselineParams | Mapping[str, float] = field(default_factory=BaselineParams)
     gallery_bank: Optional[PathLike] = None
     bootstrap: int = 0
     seed: int = 0

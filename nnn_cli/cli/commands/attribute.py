@@ -105,8 +105,9 @@ def attribute_bias_cmd(
     top n that are correct items) is reported beside it.
     """
     note = note_printer(quiet or json_out)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("attribute bias", quiet) as progress:
         result = jobs.attribute_bias(
             queries,

@@ -29,7 +29,9 @@ from nnn_cli.cli.options import (
     block_size_note,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
-from nnn_cli.jobs.eval import BaselineParams, method_names
+from nnn_cli.jobs.eval import method_defaults, method_names
+
+DEFAULTS = method_defaults()
 
 
 def comparison_methods() -> list[str]:
@@ -79,10 +81,10 @@ def eval_cmd(
         typer.Option(
             "--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25)."
         ),
-    ] = BaselineParams.dn_lambda,
+    ] = DEFAULTS["dn_lambda"],
     qb_beta: Annotated[
         float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")
-    ] = BaselineParams.qb_beta,
+    ] = DEFAULTS["qb_beta"],
     db_beta1: Annotated[
         float,
         typer.Option(
@@ -90,10 +92,10 @@ def eval_cmd(
             help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
             "0 = the inverted softmax over the query bank.",
         ),
-    ] = BaselineParams.db_beta1,
+    ] = DEFAULTS["db_beta1"],
     db_beta2: Annotated[
         float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")
-    ] = BaselineParams.db_beta2,
+    ] = DEFAULTS["db_beta2"],
     gallery_bank: Annotated[
         Optional[str],
         typer.Option(
@@ -166,8 +168,9 @@ def eval_cmd(
     draw the hubness histogram and write an HTML page.
     """
     note = note_printer(quiet or json_out)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("eval", quiet) as progress:
         result = jobs.evaluate(
             queries,
@@ -183,7 +186,13 @@ def eval_cmd(
             force=force,
             methods=[m.strip() for m in methods.split(",") if m.strip()],
             method_params=tuple(method_params or ()),
-            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k),
+            baseline_params={
+                "dn_lambda": dn_lambda,
+                "qb_beta": qb_beta,
+                "db_beta1": db_beta1,
+                "db_beta2": db_beta2,
+                "activation_k": activation_k,
+            },
             gallery_bank=gallery_bank,
             bootstrap=bootstrap,
             seed=seed,

@@ -163,8 +163,9 @@ def tune_cmd(
     held-out queries' plain rank-1 item wins (least intervention).
     """
     note = note_printer(quiet)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("tune" if method == "nnn" else f"tune {method}", quiet) as progress:
         result = jobs.tune(
             gallery,
