@@ -18,9 +18,10 @@ from nnn_cli.core.baselines import (
     rank_qbnorm,
 )
 from nnn_cli.core.compare import compare_methods
+from nnn_cli.core.leak import find_leaks
 from nnn_cli.core.methods import parse_methods, rank_method
 from nnn_cli.core.metrics import hubness, recall_from_topk
-from nnn_cli.core.protocol import duplicate_rows, leak_check, paired_truth, reference_subsample
+from nnn_cli.core.protocol import paired_truth, reference_subsample
 from nnn_cli.core.synthetic import make_hub_data
 from nnn_cli.core.truth import Truth
 from nnn_cli.data.labels import check_explicit_groups
@@ -227,12 +228,11 @@ def test_protocol_helpers():
     rng = np.random.default_rng(0)
     q = rng.standard_normal((50, 8)).astype(np.float32)
     ref = np.vstack([rng.standard_normal((30, 8)).astype(np.float32), q[[4, 9]], -0.0 * q[:1] + q[:1]])
-    np.testing.assert_array_equal(duplicate_rows(q, ref), [0, 4, 9])
-    out = leak_check(q, ref)
-    assert out["n_duplicates"] == 3 and out["warning"]
+    out = find_leaks(q, ref)
+    assert out.rows == [0, 4, 9] and out.to_dict()["n_duplicates"] == 3 and out.warning
     with pytest.raises(ParameterError):
-        leak_check(q, ref, strict=True)
-    assert leak_check(q[10:], ref)["warning"] is None
+        out.raise_if(True)
+    assert find_leaks(q[10:], ref).warning is None
     a, b = reference_subsample(1000, 0.2, seed=3), reference_subsample(1000, 0.2, seed=3)
     np.testing.assert_array_equal(a, b)
     assert len(a) == 200 and len(np.unique(a)) == 200 and not np.array_equal(a, reference_subsample(1000, 0.2, 4))
