@@ -81,7 +81,7 @@ from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk
 from nnn_cli.errors import MismatchError, ParameterError
 
 METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
-"""Method names accepted by ``nnn eval --methods`` (and the JSON keys they produce)."""
+"""The built-in method names; the registry (:mod:`nnn_cli.core.methods`) is what commands accept."""
 
 METHOD_ALIASES = {"qbnorm_is": "is", "qbnorm_dis": "qbnorm", "dualis": "dbnorm", "dualdis": "dbnorm_dis"}
 """Other accepted spellings, mapped to the names above."""

@@ -314,3 +314,10 @@ def rank_method(
 def params_for(method: str, params: bl.BaselineParams) -> dict[str, float]:
     """The values of ``params`` (the shared flags) that ``method`` uses, checked."""
     return get(method).values(asdict(params))
+
+
+def gallery_bank_warning(method_names, gallery_bank) -> str | None:
+    """The warning line when a method whose protocol needs a separate gallery bank runs without one."""
+    if gallery_bank is None and any(get(m).warn_without_gallery_bank for m in method_names):
+        return bl.GALLERY_BANK_WARNING
+    return None

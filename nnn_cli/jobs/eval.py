@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nnn_cli.core import methods as registry
-from nnn_cli.core.baselines import BaselineParams, gallery_bank_warning
+from nnn_cli.core.baselines import BaselineParams
 from nnn_cli.core.compare import MethodRun, compare_methods
 from nnn_cli.core.nnn import check_alpha, check_k
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
@@ -225,7 +225,7 @@ def run_evaluate(req: EvalRequest, progress: ProgressFn | None = None, on_note: 
     q, g = src.q_src.read(req.metric), src.g_src.read(req.metric)
     bf = read_checked_bias(req.bias, src.g_src, req.metric, req.force) if req.bias is not None else None
     ref = src.r_src.read(req.metric) if src.r_src is not None else None
-    warning = gallery_bank_warning(req.methods, req.gallery_bank)
+    warning = registry.gallery_bank_warning(req.methods, req.gallery_bank)
     if warning:
         notes(f"warning: {warning}")
     leak = _leak(req, src, q, ref, notes)
