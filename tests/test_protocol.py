@@ -331,3 +331,43 @@ def test_sketch_follows_incremental_updates(hub_files, hub_data, tmp_path):
         assert f.attrs["leak_sketch_rows"] == len(hub_data.reference) + 20
     ev = jobs.evaluate(hub_files["queries"], hub_files["gallery"], hub_files["truth"], bias=bias)
     assert ev.document["leak"]["near_duplicates"] == 20 and ev.document["leak"]["source"] == "sketch"
+
+
+def test_queries_and_reference_fraction_through_the_pipeline(hub_files, hub_data, tmp_path):
+    """--queries and --reference-fraction on a blocked run (a run folder through the scheduler seam, the path
+    --engine ray takes): the same share, biases and leak report as a bias file; --strict leaves nothing."""
+    from nnn_cli.data.biasfile import read_bias
+    from nnn_cli.data.sinks import read_run_bias
+
+    leaky = leaked_reference(hub_data, tmp_path)
+    opts = dict(
+        reference=leaky, alpha=0.75, k=16, queries=hub_files["queries"], reference_fraction=0.5, reference_seed=3
+    )
+    run = jobs.bias(hub_files["gallery"], output=tmp_path / "run", **opts)
+    whole = jobs.bias(hub_files["gallery"], output=tmp_path / "b.h5", **opts)
+    n_used = len(reference_subsample(len(hub_data.reference) + 50, 0.5, 3))
+    assert run.n_reference == whole.n_reference == n_used and "plan" in run.details
+    leak = run.to_json()["leak"]
+    assert leak == whole.to_json()["leak"] and 0 < leak["near_duplicates"] < 50
+    np.testing.assert_allclose(read_run_bias(tmp_path / "run").bias, read_bias(tmp_path / "b.h5").bias, atol=1e-6)
+    with pytest.raises(ParameterError, match="also appear in the reference"):
+        jobs.bias(hub_files["gallery"], output=tmp_path / "run2", strict=True, **opts)
+    assert not (tmp_path / "run2").exists()
+
+
+def test_queries_on_append_and_update_and_the_share_refused(hub_files, hub_data, tmp_path):
+    """--queries on --append-to (against the file's reference) and on --update (against the new queries and
+    the sketch of the file's reference); --reference-fraction on either is refused with one line."""
+    leaky = leaked_reference(hub_data, tmp_path)
+    bias = tmp_path / "b.h5"
+    jobs.bias(hub_files["gallery"], reference=leaky, output=bias, alpha=0.75, k=16)
+    items = write_h5(tmp_path / "items.h5", hub_data.gallery[:5], [f"new{i}" for i in range(5)])
+    appended = jobs.bias(items, reference=leaky, append_to=bias, output=tmp_path / "a.h5", queries=hub_files["queries"])
+    assert appended.to_json()["leak"]["near_duplicates"] == 50
+    new = write_h5(tmp_path / "new.h5", hub_data.queries[50:70] + np.float32(1e-5), [f"n{i}" for i in range(20)])
+    updated = jobs.bias(hub_files["gallery"], update=bias, reference_add=new, queries=hub_files["queries"]).to_json()
+    assert updated["leak"]["near_duplicates"] == 20 and updated["leak"]["rows"][0] == 50
+    assert updated["leak_stored_reference"]["near_duplicates"] == 50
+    assert updated["leak_stored_reference"]["source"] == "sketch"
+    with pytest.raises(ParameterError, match="keep the reference the file was made with"):
+        jobs.bias(items, reference=leaky, append_to=bias, output=tmp_path / "c.h5", reference_fraction=0.5)

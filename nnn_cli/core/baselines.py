@@ -76,9 +76,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk_inner_product
-from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.errors import ParameterError
 
 METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 """The built-in method names; the registry (:mod:`nnn_cli.core.methods`) is what commands accept."""
@@ -161,9 +162,7 @@ class BaselineParams:
 
 
 def _check_dims(*arrays: tuple[str, np.ndarray]) -> None:
-    dims = {a.shape[1] for _, a in arrays}
-    if len(dims) > 1:
-        raise MismatchError("dimension mismatch: " + ", ".join(f"{n} d={a.shape[1]}" for n, a in arrays))
+    check_same_dims((n, a.shape[1]) for n, a in arrays)
 
 
 # ---------------------------------------------------------------------------

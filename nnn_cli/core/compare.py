@@ -1,7 +1,7 @@
 """Run several scoring methods on one query set and score them side by side.
 
 Used by ``nnn eval --methods``: baseline, NNN and the paper's comparison
-methods (:mod:`nnn_cli.baselines`), each timed end to end (its per-gallery
+methods (:mod:`nnn_cli.core.baselines`), each timed end to end (its per-gallery
 precomputation plus the search), with optional bootstrap confidence
 intervals for every recall figure.
 """
@@ -141,7 +141,7 @@ def compare_methods(
     ``"warnings": [GALLERY_BANK_WARNING]`` (the published protocol uses separate training items).
     The baseline is always run first (QB-Norm's DIS and DualDIS need its rank-1 items); it is
     returned only when asked for.  Hubness holds the ``N_1`` and ``N_10`` figures of each (Q, 10)
-    ranking (:func:`nnn_cli.metrics.hubness`).
+    ranking (:func:`nnn_cli.core.metrics.hubness`).
     """
     names = registry.parse_methods(list(methods))
     values = _method_values(names, params, method_params)

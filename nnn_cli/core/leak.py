@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_dims
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.errors import ParameterError
 
@@ -120,8 +121,7 @@ def find_leaks(
     best = np.full(len(queries), -np.inf, dtype=np.float32)
     q = _unit(queries)
     for block in blocks:
-        if block.shape[1] != queries.shape[1]:
-            raise ParameterError(f"dimension mismatch: queries d={queries.shape[1]}, reference d={block.shape[1]}")
+        check_dims(queries=queries, reference=block)  # the one dimension rule
         if len(block) and len(q):
             scores, _ = DebiasedIndex(_unit(block)).search(q, 1, block_rows)
             np.maximum(best, scores[:, 0], out=best)

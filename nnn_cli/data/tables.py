@@ -66,7 +66,7 @@ def _read_truth_table(
                 return np.asarray([int(v) for v in values], dtype=np.int64)
             except ValueError:
                 raise InputError(f"{path}: the {side} file has no ids, so {side} values must be row numbers") from None
-        table = {}
+        table: dict[str, int] = {}
         for i, v in enumerate(ids):
             if str(v) in table:
                 raise InputError(

@@ -21,15 +21,13 @@ from nnn_cli.core.leak import (
     sketch_codes,
     sketch_sample,
 )
-from nnn_cli.data.biasfile import read_bias_datasets
+from nnn_cli.data.biasfile import SKETCH_DATASETS, read_bias_datasets
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.data.subset import reference_fraction
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import PathLike
-
-SKETCH_DATASETS = ("leak_sketch_codes", "leak_sketch_id_hashes")
 
 
 def fraction_from_params(
@@ -105,7 +103,10 @@ def leak_check_from_bias(
     when the file records none: a ``.npy`` bias or one made before sketches were kept)."""
     found = read_bias_datasets(bias_path, SKETCH_DATASETS)
     if "leak_sketch_codes" not in found:
-        notes(f"note: {bias_path} records no reference sketch (made by an older nnn, or .npy): leaks not checked")
+        notes(
+            f"note: {bias_path} records no reference sketch (a run folder, a .npy, or made by an older nnn): "
+            "leaks not checked"
+        )
         return None
     sketch = {"codes": found["leak_sketch_codes"], "id_hashes": found.get("leak_sketch_id_hashes")}
     report = check_against_sketch(queries, sketch, query_ids, what=what).raise_if(strict)
@@ -114,61 +115,72 @@ def leak_check_from_bias(
     return report
 
 
+def reference_share(fraction: Optional[float], seed: Optional[int], params: Optional[PathLike]) -> tuple[float, int]:
+    """The reference share to use (``--reference-fraction``/``--seed``), as given or as ``params`` record it;
+    checked once, where a request is built."""
+    check_fraction(fraction)
+    doc = read_params(params) if params is not None else None
+    return fraction_from_params(fraction, seed, doc, str(params))
+
+
 @dataclass
 class BiasProtocol:
-    """What ``nnn bias`` adds for the protocol: the reference share used, the sketch, the leak check."""
+    """What ``nnn bias`` adds for the protocol: the reference share used, its record, and (lazily, for a bias
+    file) the sketch of that share for later leak checks (``eval --bias``)."""
 
     reference: EmbeddingSource
     attrs: dict = field(default_factory=dict)
-    datasets: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    _sketch: tuple[dict, dict] | None = None
+
+    def sketch(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(datasets, attrs) of the reference's sketch, computed once."""
+        if self._sketch is None:
+            self._sketch = sketch_of(self.reference)
+        return self._sketch
 
 
 def bias_protocol(
     reference: EmbeddingSource,
-    params: Optional[PathLike],
-    fraction: Optional[float],
-    seed: Optional[int],
-    queries: Optional[PathLike],
+    fraction: float,
+    seed: int,
+    queries: Optional[str],
     strict: bool,
     metric: str,
     notes,
+    storage_options: dict | None = None,
 ) -> BiasProtocol:
-    """The reference share (as asked, or as the params record it), the reference's sketch for later leak
-    checks (``eval --bias``), and, given ``queries``, the leak check of those queries against it."""
-    check_fraction(fraction)
-    doc = read_params(params) if params is not None else None
-    fraction, seed = fraction_from_params(fraction, seed, doc, str(params))
+    """The reference share (``fraction``, ``seed``: see :func:`reference_share`) and, given ``queries``, the
+    leak check of those queries against it (warned, refused under ``strict``)."""
     src, record = apply_fraction(reference, fraction, seed, notes)
-    out = BiasProtocol(src, {f"reference_{k}" if k == "seed" else k: v for k, v in record.items()})
-    out.datasets, sketch_attrs = sketch_of(src)
-    out.attrs.update(sketch_attrs)
-    out.summary.update(record)
+    out = BiasProtocol(src, {f"reference_{k}" if k == "seed" else k: v for k, v in record.items()}, dict(record))
     if queries is not None:
-        q_src = open_embeddings(queries, "queries")
-        check_same_dim(q_src, src)
-        blocks = (block for _, block in src.iter_blocks("cosine"))  # streamed: one reference block at a time
-        report = leak_check(q_src.read(metric), q_src.ids(), blocks, src.ids(), "queries", strict, notes)
-        out.summary["leak"] = report.to_dict()
-        out.attrs.update({"leak_queries": q_src.name, "leak_n_leaked": report.n_leaked})
+        summary, attrs = queries_leak_check(queries, src, strict, metric, notes, storage_options)
+        out.summary.update(summary)
+        out.attrs.update(attrs)
     return out
 
 
-def carried_sketch(stored_path, reference_unchanged: bool, new_reference: EmbeddingSource | None, attrs: dict) -> dict:
-    """The sketch datasets of an updated bias file: kept as they are after ``--append-to`` (same reference),
-    extended with the new queries' codes and id hashes after ``--update --reference-add``.  A file that
-    recorded none gets none (and ``attrs`` loses any stale sketch attributes)."""
-    found = read_bias_datasets(stored_path, SKETCH_DATASETS)
-    if "leak_sketch_codes" not in found:
-        for key in ("leak_sketch_bits", "leak_sketch_rows"):
-            attrs.pop(key, None)
-        return {}
-    if reference_unchanged or new_reference is None:
-        return found
-    codes = np.concatenate([found["leak_sketch_codes"], sketch_codes(new_reference.read("ip"))])
-    out = {"leak_sketch_codes": codes}
-    new_ids = new_reference.ids()
-    if "leak_sketch_id_hashes" in found and new_ids is not None:
-        out["leak_sketch_id_hashes"] = np.union1d(found["leak_sketch_id_hashes"], id_hashes(new_ids))
-    attrs.update({"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))})
-    return out
+def queries_leak_check(
+    queries: str,
+    reference: EmbeddingSource,
+    strict: bool,
+    metric: str,
+    notes,
+    storage_options: dict | None = None,
+    stored_bias: Optional[str] = None,
+) -> tuple[dict, dict]:
+    """``nnn bias --queries``: the queries against the reference this run reads (streamed, one block at a
+    time), and, given ``stored_bias`` (``--update``), against the sketch of the reference that made it.
+    Returns the ``--json`` additions and the attributes to record."""
+    q_src = open_embeddings(queries, "queries", storage_options=dict(storage_options or {}))
+    check_same_dim(q_src, reference)
+    q = q_src.read(metric)
+    blocks = (block for _, block in reference.iter_blocks("cosine"))
+    report = leak_check(q, q_src.ids(), blocks, reference.ids(), "queries", strict, notes)
+    summary = {"leak": report.to_dict()}
+    if stored_bias is not None:
+        earlier = leak_check_from_bias(stored_bias, q, q_src.ids(), strict, notes, "queries")
+        if earlier is not None:
+            summary["leak_stored_reference"] = earlier.to_dict()
+    return summary, {"leak_queries": q_src.name, "leak_n_leaked": report.n_leaked}
