@@ -231,3 +231,20 @@ def test_reused_chunks_cover_every_row_once(n, chunk, read):
         seen.append((start, block.copy()))
     assert [s for s, _ in seen] == list(np.cumsum([0] + [len(b) for _, b in seen])[:-1])
     np.testing.assert_array_equal(np.vstack([b for _, b in seen]), x)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_list_major_same_bytes_however_the_rows_are_split(data, ivf, threads, monkeypatch):
+    """Calls on grid-aligned slices (Ray blocks, streamed chunks) and row spans cut to bound the workers'
+    private top-k give the bytes of one call: each (list, row block) GEMM has the same rows either way."""
+    from nnn_cli.scale.index import listscan
+
+    gallery, _ = data
+    monkeypatch.setattr(listscan, "LIST_ROW_BLOCK", 64)
+    whole = list_major_topk(ivf, gallery, 8, 5, threads=threads)
+    sliced = np.vstack([list_major_topk(ivf, gallery[s : s + 128], 8, 5, threads=1) for s in range(0, 500, 128)])
+    assert np.array_equal(whole, sliced)
+    monkeypatch.setattr(listscan, "PRIVATE_BEST_BYTES", 1)  # spans of one row block
+    assert np.array_equal(list_major_topk(ivf, gallery, 8, 5, threads=threads), whole)
+    monkeypatch.setattr(listscan, "LIST_ROW_BLOCK", 500)  # other GEMM shapes: equal to rounding only
+    np.testing.assert_allclose(list_major_topk(ivf, gallery, 8, 5, threads=threads), whole, atol=2e-6)

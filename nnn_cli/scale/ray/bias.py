@@ -154,12 +154,13 @@ def ray_bias(
     else:  # one task per gallery block (the whole reference is in the index), blocks on list-major's row grid
         from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
 
+        grid = QUERY_TILE if choice.kind == "hnsw" else LIST_ROW_BLOCK  # HNSW searches row by row
         plan = make_plan(
             gallery.n,
             reference.n,
-            min(block_rows, _round_up(gallery.n, LIST_ROW_BLOCK)),
+            min(block_rows, _round_up(gallery.n, grid)),
             _round_up(reference.n, DATABASE_TILE),
-            block_multiple=LIST_ROW_BLOCK,
+            block_multiple=grid,
         )
     params = {"alpha": alpha, "k": k, "metric": metric, "save_topk": bool(save_topk)}
     if index_opts is not None:
