@@ -72,6 +72,32 @@ def test_probe_lists_match_faiss_quantizer(data, ivf):
     assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).mean() > 0.999  # ties aside
 
 
+@pytest.mark.parametrize("nprobe", [1, 2, 5, 8, 9])
+def test_few_probes_pick_the_lists_of_the_gemm_top_k_ties_to_the_lower_list(data, nprobe):
+    """Repeated argmax (nprobe <= FEW_PROBES) picks the lists GemmIndex's top-k picks, in the same order,
+    duplicated centroids (exact ties) going to the lower list; deeper probes take GemmIndex itself."""
+    from nnn_cli.core.topk import GemmIndex, search_blocks
+
+    gallery, ref = data
+    cents = unit(ref[:40].copy())
+    quantizer = faiss.IndexFlatIP(cents.shape[1])
+    quantizer.add(cents)
+    ivf = faiss.IndexIVFFlat(quantizer, cents.shape[1], len(cents), faiss.METRIC_INNER_PRODUCT)
+    assert np.array_equal(probe_lists(ivf, gallery, nprobe), search_blocks(GemmIndex(cents), gallery, nprobe)[1])
+    # exact ties (small integers: every summation order gives the same float): the lower list first
+    ints = np.random.default_rng(nprobe).integers(-3, 4, (60, 8)).astype(np.float32)
+    cents = ints[:12].copy()
+    cents[[5, 9]] = cents[2]
+    quantizer = faiss.IndexFlatIP(8)
+    quantizer.add(cents)
+    ivf = faiss.IndexIVFFlat(quantizer, 8, len(cents), faiss.METRIC_INNER_PRODUCT)
+    got = probe_lists(ivf, ints, nprobe)
+    scores = ints @ cents.T
+    want = np.lexsort((np.broadcast_to(np.arange(12), scores.shape), -scores), axis=1)[:, :nprobe]
+    assert np.array_equal(got, want)
+    assert (got == 2).any() and (got == 5).sum() <= (got == 2).sum()
+
+
 def test_too_few_probed_vectors_are_padded_then_recomputed_exactly(data):
     gallery, ref = data
     small = ref[:300]
