@@ -377,6 +377,10 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     res["seconds_cold"] = round(run["wall_seconds"], 2)
     res["speedup"] = round(exact_est / run["wall_seconds"], 1)
     res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
+    res["peak_rss_gb"] = round(run.get("peak_rss_mb", float("nan")) / 1024, 2)
+    res["index_chosen"] = res["index_info"].get("index_description")
+    res["build_seconds"] = res["index_info"].get("index_build_seconds")
+    res["load_avg"] = os.getloadavg()
     return res
 
 
