@@ -369,7 +369,7 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
         return res
     with h5py.File(out, "r") as f:
         topk = f["topk"][pos]
-        res["index_info"] = {
+        info: dict = {
             key: (val.item() if hasattr(val, "item") else str(val))
             for key, val in f.attrs.items()
             if key.startswith(("index", "bias_mode"))
@@ -378,8 +378,9 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     res["speedup"] = round(exact_est / run["wall_seconds"], 1)
     res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
     res["peak_rss_gb"] = round(run.get("peak_rss_mb", float("nan")) / 1024, 2)
-    res["index_chosen"] = res["index_info"].get("index_description")
-    res["build_seconds"] = res["index_info"].get("index_build_seconds")
+    res["index_info"] = info
+    res["index_chosen"] = info.get("index_description")
+    res["build_seconds"] = info.get("index_build_seconds")
     res["load_avg"] = os.getloadavg()
     return res
 
