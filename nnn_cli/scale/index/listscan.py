@@ -133,7 +133,7 @@ thread count.  Large, because that GEMM has about ``LIST_ROW_BLOCK * nprobe / nl
 (1M x 1M, 1,000 lists, nprobe 4: 16 rows a GEMM, 250,000 GEMMs) Python and packing overheads ran the scan
 at a third of the GEMM rate; at 65,536 a GEMM has about 260 rows."""
 
-PRIVATE_BEST_BYTES = 256 * 1024 * 1024
+PRIVATE_BEST_BYTES = 128 * 1024 * 1024
 """Bound on the workers' private running top-k arrays together (rows scanned at once are cut to fit)."""
 
 LISTS_PER_STEP = 64
@@ -157,19 +157,33 @@ def _scan_list(
 
 
 class _ListScan:
-    """The lists' scans over rows ``base:stop``: each worker thread folds into its own running top-k."""
+    """The lists' scans over rows ``base:stop``: each worker thread folds into its own running top-k (the
+    first to start into ``first``, the output's own rows, so one worker needs no extra copy)."""
 
-    def __init__(self, queries, vectors, rows_by_list, counts, bounds, k: int, base: int, stop: int):
+    def __init__(self, queries, vectors, rows_by_list, counts, bounds, k: int, base: int, first: np.ndarray):
         self.queries, self.vectors, self.rows_by_list, self.counts = queries, vectors, rows_by_list, counts
         self.ends = np.cumsum(counts)
-        self.bounds, self.k, self.base, self.stop = bounds, k, base, stop
+        self.bounds, self.k, self.base = bounds, k, base
+        self.first: np.ndarray | None = first
+        self.rows = len(first)
         self.private: dict[int, np.ndarray] = {}
+        self.others: list[np.ndarray] = []
+        self._lock = threading.Lock()
 
-    def one(self, lst: int) -> None:
+    def _mine(self) -> np.ndarray:
         mine = self.private.get(threading.get_ident())
         if mine is None:
-            mine = np.full((self.stop - self.base, self.k), -np.inf, dtype=np.float32)
-            self.private[threading.get_ident()] = mine
+            with self._lock:
+                if self.first is not None:
+                    mine, self.first = self.first, None
+                else:
+                    mine = np.full((self.rows, self.k), -np.inf, dtype=np.float32)
+                    self.others.append(mine)
+                self.private[threading.get_ident()] = mine
+        return mine
+
+    def one(self, lst: int) -> None:
+        mine = self._mine()
         rows_all = self.rows_by_list[self.ends[lst] - self.counts[lst] : self.ends[lst]]
         cuts = np.searchsorted(rows_all, self.bounds)
         blocks = [rows_all[cuts[b] : cuts[b + 1]] for b in np.flatnonzero(cuts[1:] > cuts[:-1])]
@@ -219,16 +233,15 @@ def list_major_topk(
         counts = np.bincount(flat[valid], minlength=ivf.nlist)
         bounds = np.arange(base, stop + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
         todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
-        scan = _ListScan(queries, vectors, rows_by_list, counts, bounds, k, base, stop)
+        scan = _ListScan(queries, vectors, rows_by_list, counts, bounds, k, base, best[base:stop])
         for step in range(0, len(todo), LISTS_PER_STEP):
             lists = todo[step : step + LISTS_PER_STEP]
             run_parallel(scan.one, lists, workers)
             done += int(counts[lists].sum())
             if progress:
                 progress(done, total)
-        merged = None
-        for part in scan.private.values():
-            merged = merge_top_scores(merged, part, k)
-        if merged is not None:
-            best[base:stop] = merged
+        for part in scan.others:  # merged into the output by row block (small temporaries)
+            for r0 in range(0, stop - base, LIST_ROW_BLOCK):
+                r1 = min(stop - base, r0 + LIST_ROW_BLOCK)
+                best[base + r0 : base + r1] = merge_top_scores(best[base + r0 : base + r1], part[r0:r1], k)
     return sort_descending(best)
