@@ -476,6 +476,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     from typer.testing import CliRunner
 
     from nnn_cli.cli import app
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
 
     root, run = data["root"], CliRunner()
     args = [
@@ -494,10 +495,12 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         "--nprobe",
         "8",
     ]
-    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "out"), "--json"])
+    res = run.invoke(
+        app, args + ["--engine", "ray", "--block-rows", str(LIST_ROW_BLOCK), "-o", str(tmp_path / "out"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["blocks_computed"] == 2 and summary["tasks_run"] == 2  # one task per block
+    assert summary["blocks_computed"] == 1 and summary["tasks_run"] == 1  # one task per block (of 65,536 rows)
     assert summary["index"]["index"] == "ivf" and summary["index"]["index_nprobe"] == 8
     assert summary["index_rows_recomputed_exactly"] == 0
     assert (tmp_path / "out" / "index.faiss").is_file()
@@ -520,7 +523,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
             "cosine",
             str(tmp_path / "out"),
             resume=True,
-            block_rows=4096,
+            block_rows=LIST_ROW_BLOCK,
             index={"index": "ivf", "nlist": 64, "nprobe": 16},
         )
     s = ray_bias(
@@ -531,10 +534,10 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         "cosine",
         str(tmp_path / "out"),
         resume=True,
-        block_rows=4096,
+        block_rows=LIST_ROW_BLOCK,
         index={"index": "ivf", "nlist": 64, "nprobe": 8},
     )
-    assert s["blocks_skipped"] == 2 and s["blocks_computed"] == 0
+    assert s["blocks_skipped"] == 1 and s["blocks_computed"] == 0
     # --recall: nprobe tuned on the driver (the same gallery sample as locally), recorded, same result as local
     from nnn_cli.scale.index.choose import choose_index
     from nnn_cli.scale.index.steps import indexed_reference_topk
@@ -546,7 +549,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         K,
         "cosine",
         str(tmp_path / "tuned"),
-        block_rows=4096,
+        block_rows=LIST_ROW_BLOCK,
         index={"index": "ivf", "nlist": 64, "recall": 0.9},
     )
     tuned = s["index"]["index_tuned"]
@@ -559,8 +562,8 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         choose_index("ivf", N_GALLERY, N_REFERENCE, D, K, 64, recall=0.9),
     )
     assert np.array_equal(read_manifest_bias(str(tmp_path / "tuned"), with_topk=True).attrs["topk"], want)
-    bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "4096" in bad.output
+    bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and str(LIST_ROW_BLOCK) in bad.output
     bad = run.invoke(app, args[:-6] + ["--index", "IVF64,SQ8", "--engine", "ray", "-o", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "quantized" in bad.output
 

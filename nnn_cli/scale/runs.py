@@ -107,7 +107,7 @@ def _blocked_bias(gallery, reference, params, sink, engine, index, threads, prog
     if spec is None:
         plan = bias_plan(gallery.n, reference.n, engine.block_rows, engine.partition_rows)
     else:
-        plan = index_plan(gallery.n, reference.n, engine.block_rows)
+        plan = index_plan(gallery.n, reference.n, engine.block_rows, spec.choice.kind)
     scheduler = make_scheduler(engine.engine, threads=threads, **engine.scheduler_kwargs())
     stats = run_bias(
         gallery,
