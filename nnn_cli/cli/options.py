@@ -282,3 +282,48 @@ def engine_options(
         max_retries,
         parse_storage_options(storage_option),
     )
+
+
+# ---------------------------------------------------------------------------
+# Vector stores (pgvector, LanceDB, Qdrant): `nnn export`, `--store`, `bias --in-place`, `info URI`
+# ---------------------------------------------------------------------------
+StoreOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--store",
+        envvar="NNN_STORE",
+        help="A vector store made by `nnn export` or `nnn bias --in-place`: postgresql://USER@HOST/DB "
+        "(?host=/socket/dir), lancedb:PATH_OR_URL or qdrant:PATH / qdrant:http://HOST:6333.",
+    ),
+]
+TableOpt = Annotated[
+    Optional[str], typer.Option("--table", help="Table (LanceDB, PostgreSQL) or collection (Qdrant) in the store.")
+]
+ColumnOpt = Annotated[str, typer.Option("--column", help="The store's vector column holding the gallery embeddings.")]
+IdColumnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--id-column", help="The store's row key (default: the primary key; LanceDB: 'id'; Qdrant: the point id)."
+    ),
+]
+IoTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--io-timeout",
+        envvar="NNN_IO_TIMEOUT",
+        min=0.001,
+        help="Seconds to wait for a store to connect or answer a check; then exit 2 with one line.",
+    ),
+]
+StoreOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--store-option",
+        help="Object-store option for lancedb:s3://... KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.",
+    ),
+]
+
+
+def store_options(items: Optional[list[str]]) -> dict:
+    """``--store-option KEY=VALUE`` items as a dict of strings (LanceDB's object-store options)."""
+    return {key: str(value) for key, value in parse_storage_options(items).items()} if items else {}

@@ -11,9 +11,11 @@ from nnn_cli.jobs.bias import bias
 from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import evaluate
+from nnn_cli.jobs.export import export
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import search
+from nnn_cli.jobs.stores import bias_in_place, search_store, store_info
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
@@ -22,6 +24,10 @@ __all__ = [
     "bias",
     "embed",
     "evaluate",
+    "export",
+    "bias_in_place",
+    "search_store",
+    "store_info",
     "info",
     "query",
     "search",

@@ -1,0 +1,294 @@
+"""Vector stores in the use cases: biases computed in place (``nnn bias URI --in-place [--only-new]``),
+debiased queries through the store's own index (``nnn search --store``, ``nnn eval --store``) and its
+provenance (``nnn info URI --table T``).
+
+The store is opened by :func:`~nnn_cli.data.stores.open_store` and used through its interface only:
+nothing here depends on which store it is.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, TextIO
+
+import numpy as np
+
+from nnn_cli._version import __version__
+from nnn_cli.core.nnn import check_k
+from nnn_cli.data.inputs import check_same_dim
+from nnn_cli.data.outputs import check_output_path
+from nnn_cli.data.provenance import now_utc, same_number
+from nnn_cli.data.results import write_jsonl
+from nnn_cli.data.stores import open_store
+from nnn_cli.data.stores.common import (
+    BIAS_COLUMN,
+    DEFAULT_IO_TIMEOUT,
+    StoreHits,
+    VectorStore,
+    closing,
+    nnn_rows,
+    store_source,
+    where,
+)
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.jobs.common import (
+    JobResult,
+    NoteFn,
+    Notes,
+    PathLike,
+    ProgressFn,
+    open_source,
+    resolve_params,
+    setup_threads,
+)
+from nnn_cli.scale.plan import plan_bias, run_bias_plan
+
+
+def bias_in_place(
+    store_uri: str,
+    reference: PathLike,
+    *,
+    table: str,
+    column: str = "embedding",
+    id_column: Optional[str] = None,
+    alpha: Optional[float] = None,
+    k: Optional[int] = None,
+    params: Optional[PathLike] = None,
+    metric: str = "cosine",
+    only_new: bool = False,
+    threads: int = 0,
+    wait: float = 10.0,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    storage_options: dict | None = None,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+) -> JobResult:
+    """Read ``column`` of ``table``, compute each row's bias against ``reference`` and write ``nnn_bias``,
+    ``nnn_vector`` (``[r, b]``) and ``nnn_topk`` beside the user's columns (which are never written).
+
+    ``only_new``: only rows whose ``nnn_bias`` is NULL, with the parameters the store recorded (a new
+    item's bias depends on the reference alone, so this equals a full run).  Runs under the store's lock.
+    """
+    notes = Notes(on_note)
+    if not table:
+        raise ParameterError("--in-place needs --table NAME (and --column, the vector column)")
+    r_src = open_source(reference, "reference", notes)
+    with closing(
+        open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options, application="nnn bias")
+    ) as store:
+        with store.lock(table, wait):
+            meta = store.read_meta(table)
+            if only_new:
+                alpha, k, metric = _recorded_params(store, table, meta, alpha, k, params, metric, column, r_src)
+            else:
+                alpha, k = resolve_params(alpha, k, params)
+            ids, vectors = store.read(table, column, id_column, only_missing=only_new)
+            if len(ids) == 0:
+                return JobResult(
+                    {"store": store.label, "table": table, "rows": 0, "message": f"{where(store, table)}: no new rows"},
+                    None,
+                    notes.lines,
+                )
+            g_src = store_source(f"{where(store, table, column)}", vectors, ids)
+            check_same_dim(g_src, r_src)
+            check_k(k, r_src.n)
+            setup_threads(threads)
+            plan = plan_bias(g_src, r_src, k)
+            t0 = time.perf_counter()
+            b, topk, _ = run_bias_plan(plan, g_src, r_src, alpha, k, metric, progress)
+            rows = nnn_rows(g_src.read(metric), b)
+            meta = _in_place_meta(
+                meta if only_new else None, store, table, column, id_column, g_src, r_src, alpha, k, metric
+            )
+            store.write_bias(table, column, id_column, ids, b, rows, topk, meta)
+            elapsed = time.perf_counter() - t0
+            label = store.label
+    summary = {
+        "store": label,
+        "table": table,
+        "column": column,
+        "rows": len(ids),
+        "only_new": only_new,
+        "n_gallery": meta["n_gallery"],
+        "n_reference": r_src.n,
+        "alpha": alpha,
+        "k": k,
+        "metric": metric,
+        "seconds": round(elapsed, 3),
+        "bias_mean": float(b.mean()),
+    }
+    summary["message"] = (
+        f"wrote {BIAS_COLUMN} and nnn_vector of {len(ids)} {'new ' if only_new else ''}rows in {label} table "
+        f"{table!r} (alpha={alpha}, k={k}, metric={metric}, {r_src.n} reference queries) in {elapsed:.2f}s"
+    )
+    return JobResult(summary, None, notes.lines)
+
+
+def _recorded_params(store, table, meta, alpha, k, params, metric, column, r_src):
+    """``--only-new`` uses what the first run recorded; what is given must agree, and so must the reference."""
+    if meta is None or meta.get("mode") != "in-place":
+        raise InputError(
+            f"{where(store, table)}: no earlier nnn bias --in-place run recorded; run once without --only-new"
+        )
+    if params is not None:
+        alpha, k = resolve_params(None, None, params)
+    for key, have in (("alpha", alpha), ("k", k)):
+        if have is not None and not same_number(have, meta[key]):
+            raise ParameterError(
+                f"{where(store, table)}: was made with {key}={meta[key]}, not {have}; drop --{key}/--params"
+            )
+    if metric != meta["metric"]:
+        raise ParameterError(f"{where(store, table)}: was made with --metric {meta['metric']}, not {metric}")
+    if meta.get("column") != column:
+        raise ParameterError(f"{where(store, table)}: was made from column {meta.get('column')!r}, not {column!r}")
+    if meta.get("reference_fingerprint") != r_src.fingerprint():
+        raise MismatchError(
+            f"{where(store, table)}: was made with another reference ({meta.get('reference_path')}); "
+            f"{r_src.name} differs: give that reference, or recompute every row without --only-new"
+        )
+    return float(meta["alpha"]), int(meta["k"]), str(meta["metric"])
+
+
+def _in_place_meta(old, store, table, column, id_column, g_src, r_src, alpha, k, metric) -> dict:
+    entry = {
+        "op": "only-new" if old else "in-place",
+        "n_added": g_src.n,
+        "fingerprint": g_src.fingerprint(),
+        "time": now_utc(),
+    }
+    meta = dict(old or {})
+    n_before = int(meta.get("n_gallery", 0)) if old else 0
+    meta.update(
+        {
+            "nnn_kind": "store",
+            "nnn_version": __version__,
+            "mode": "in-place",
+            "column": column,
+            "id_column": id_column or store_key(store, table),
+            "dim": g_src.dim,
+            "alpha": alpha,
+            "k": k,
+            "metric": metric,
+            "store_metric": "ip",
+            "n_gallery": n_before + g_src.n,
+            "reference_path": r_src.name,
+            "reference_fingerprint": r_src.fingerprint(),
+            "n_reference": r_src.n,
+            "updated": now_utc(),
+        }
+    )
+    meta.setdefault("created", meta["updated"])
+    meta["history"] = list(meta.get("history", [])) + [entry]
+    return meta
+
+
+def store_key(store: VectorStore, table: str) -> str | None:
+    """The row key the store uses (its primary key, where it has one)."""
+    return store.row_key(table)
+
+
+def checked_meta(store: VectorStore, table: str, metric: str, force: bool) -> dict:
+    """The store's provenance, refused (unless ``force``) when rows were added or removed since the biases were
+    computed, or the metric differs: the stale guard of a bias file, for a store."""
+    meta = store.read_meta(table)
+    if meta is None:
+        raise InputError(
+            f"{where(store, table)}: holds no nnn provenance; write it with nnn export or nnn bias --in-place"
+        )
+    n, missing = store.counts(table)
+    if missing and not force:
+        raise MismatchError(
+            f"{where(store, table)}: {missing} of {n} rows have no {BIAS_COLUMN} (added since the last run): "
+            "run nnn bias URI --table T --in-place --only-new, or pass --force"
+        )
+    if n != int(meta.get("n_gallery", n)) and not force:
+        raise MismatchError(
+            f"{where(store, table)}: holds {n} rows but its biases were computed for {meta['n_gallery']}: "
+            "recompute them, or pass --force"
+        )
+    if meta.get("metric") != metric and not force:
+        raise MismatchError(
+            f"{where(store, table)}: was made with --metric {meta.get('metric')}, but this run uses --metric {metric}; "
+            f"pass --metric {meta.get('metric')} or --force"
+        )
+    return meta
+
+
+def search_store(
+    queries: PathLike,
+    store_uri: str,
+    output: PathLike,
+    *,
+    table: str,
+    top_k: int = 10,
+    metric: str = "cosine",
+    force: bool = False,
+    stream: TextIO | None = None,
+    query_ids: Optional[PathLike] = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    storage_options: dict | None = None,
+    on_note: NoteFn | None = None,
+) -> JobResult:
+    """Send ``[q, -1]`` for each query to the store's own search and write the hits as `nnn search -o -` does
+    (JSON lines; ``index`` is the export row, -1 for tables debiased in place)."""
+    notes = Notes(on_note)
+    if top_k < 1:
+        raise ParameterError(f"--top-k must be >= 1, got {top_k}")
+    to_stream = str(output) == "-"
+    if to_stream and stream is None:
+        raise ParameterError("output '-' needs a stream to write the JSON lines to")
+    if not to_stream:
+        if not str(output).lower().endswith(".jsonl"):
+            raise ParameterError(f"{output}: with --store the results are JSON lines: use -o - or -o FILE.jsonl")
+        check_output_path(output, [queries], (".jsonl",), "results output")
+    q_src = open_source(queries, "queries", notes, query_ids)
+    with closing(
+        open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options, application="nnn search")
+    ) as store:
+        meta = checked_meta(store, table, metric, force)
+        if int(meta.get("dim", q_src.dim)) != q_src.dim:
+            raise MismatchError(f"{q_src.name} has d={q_src.dim} but {where(store, table)} holds d={meta['dim']}")
+        q = q_src.read(metric)
+        hits = store.search(table, q, top_k, meta)
+        label = store.label
+    write_jsonl(stream if stream is not None and to_stream else output, hits.scores, hits.rows, hits.ids, q_src.ids())
+    summary = {
+        "output": str(output),
+        "store": label,
+        "table": table,
+        "n_queries": q_src.n,
+        "top_k": int(hits.ids.shape[1]),
+        "metric": metric,
+        "store_metric": meta.get("store_metric", "ip"),
+        "message": f"searched {label} table {table!r} for {q_src.n} queries (top-{hits.ids.shape[1]}, debiased)",
+    }
+    return JobResult(summary, None if to_stream else Path(output), notes.lines)
+
+
+def store_hits(
+    store_uri: str, table: str, queries: np.ndarray, top_k: int, metric: str, force: bool, io_timeout: float
+) -> tuple[StoreHits, dict]:
+    """The store's answer for already-prepared query rows (used by `nnn query --store` and `nnn eval --store`)."""
+    with closing(open_store(store_uri, io_timeout=io_timeout)) as store:
+        meta = checked_meta(store, table, metric, force)
+        return store.search(table, queries, top_k, meta), meta
+
+
+def store_info(
+    store_uri: str, table: str, *, io_timeout: float = DEFAULT_IO_TIMEOUT, storage_options: dict | None = None
+) -> dict:
+    """What ``nnn info URI --table T`` shows: the table's rows, rows without a bias and its recorded provenance."""
+    with closing(open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options)) as store:
+        if not store.exists(table):
+            raise InputError(f"{where(store, table)}: no such table")
+        n, missing = store.counts(table)
+        meta = store.read_meta(table)
+        return {
+            "store": store.label,
+            "kind": store.kind,
+            "table": table,
+            "rows": n,
+            "rows_without_bias": missing,
+            "nnn": meta,
+        }
