@@ -55,7 +55,7 @@ def mask_uri(uri: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="/:")
+        query = urlencode([(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="/:*")
     return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
