@@ -288,3 +288,49 @@ def test_on_s3(s3, tmp_path, hub_files, biased):
         run("info", uri, "--table", "items", "--io-timeout", "3", *bad), "lancedb:s3://nnn-lance/db", secret="testing"
     )
     assert time.monotonic() - t0 < 30
+
+
+def test_eval_store_beside_exact_nnn(tmp_path, hub_files, biased):
+    uri = f"lancedb:{tmp_path / 'db'}"
+    assert_ok(run("export", hub_files["gallery"], "--bias", biased, "--to", uri, "--table", "items"))
+    res = assert_ok(
+        run(
+            "eval",
+            "--queries",
+            hub_files["queries"],
+            "--gallery",
+            hub_files["gallery"],
+            "--truth",
+            hub_files["truth"],
+            "--bias",
+            biased,
+            "--store",
+            uri,
+            "--table",
+            "items",
+            "--json",
+        )
+    )
+    out = json.loads(res.stdout)
+    assert out["nnn_store"] == {key: out["nnn"][key] for key in ("R@1", "R@5", "R@10")}  # flat: exact
+    assert out["nnn"]["R@1"] > out["baseline"]["R@1"]
+    assert out["store"]["uri"] == uri and out["store"]["table"] == "items"
+
+
+def test_query_store_equals_query(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    bias = tmp_path / "bias.h5"
+    assert_ok(run("bias", sample / "gallery.h5", "-r", sample / "reference.h5", "--alpha", ALPHA, "--k", K, "-o", bias))
+    uri = f"lancedb:{tmp_path / 'db'}"
+    assert_ok(run("export", sample / "gallery.h5", "--bias", bias, "--to", uri, "--table", "docs"))
+    text = "a text editor for the terminal"
+    via_store = assert_ok(run("query", text, "--store", uri, "--table", "docs", "-n", 5, "--json"))
+    plain = assert_ok(run("query", text, "--gallery", sample / "gallery.h5", "--bias", bias, "-n", 5, "--json"))
+    a, b = json.loads(via_store.stdout), json.loads(plain.stdout)
+    assert a["debiased"] and a["model"] == b["model"]
+    assert_same_ranking(
+        [[(r["id"], r["score"]) for r in a["results"]]], [[(r["id"], r["score"]) for r in b["results"]]]
+    )

@@ -34,6 +34,8 @@ ALPHA, K = "0.75", "16"
 def pg():
     server = PgServer().start()
     try:
+        with server.connect() as c:  # as a user does before making vector tables
+            c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         yield server
     finally:
         server.stop()
@@ -607,3 +609,51 @@ def test_bad_tables_and_columns(pg, conn, tmp_path, hub_files, hub_data):
         "is a vector store",
         secret=PASSWORD,
     )
+
+
+def test_eval_store_in_place_matches_by_id(pg, conn, tmp_path, hub_files, hub_data, biased):
+    make_user_table(conn, "evald", hub_data.gallery)
+    assert_ok(
+        run(
+            "bias",
+            pg.uri,
+            "--table",
+            "evald",
+            "--column",
+            "embedding",
+            "-r",
+            hub_files["reference"],
+            "--alpha",
+            ALPHA,
+            "--k",
+            K,
+            "--in-place",
+        )
+    )
+    conn.execute("CREATE INDEX ON evald USING hnsw (nnn_vector vector_ip_ops)")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{i}\n" for i in range(300)))
+    res = assert_ok(
+        run(
+            "eval",
+            "--queries",
+            hub_files["queries"],
+            "--gallery",
+            hub_files["gallery_npy"],
+            "--gallery-ids",
+            ids,
+            "--truth",
+            hub_files["truth"],
+            "--bias",
+            biased,
+            "--store",
+            pg.uri,
+            "--table",
+            "evald",
+            "--json",
+        )
+    )
+    out = json.loads(res.stdout)
+    assert PASSWORD not in res.output
+    for key in ("R@1", "R@5", "R@10"):  # through pgvector's HNSW index: close to exact NNN
+        assert abs(out["nnn_store"][key] - out["nnn"][key]) <= 5.0

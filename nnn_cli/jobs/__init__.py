@@ -15,7 +15,7 @@ from nnn_cli.jobs.export import export
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import search
-from nnn_cli.jobs.stores import bias_in_place, search_store, store_info
+from nnn_cli.jobs.stores import bias_in_place, query_store, search_store, store_info, store_recall
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
@@ -28,6 +28,8 @@ __all__ = [
     "bias_in_place",
     "search_store",
     "store_info",
+    "store_recall",
+    "query_store",
     "info",
     "query",
     "search",

@@ -89,6 +89,7 @@ def export(
         if store_metric == "l2":
             rows, max_norm = l2_rows(rows, old_meta.get("l2_max_norm") if old_meta else None)
         meta = _meta(old_meta, g_src, bf.attrs, store_metric, max_norm, offset, store.label, metric)
+        meta.update(_model_attrs(g_src))
         spec = WriteSpec(row_ids, g, bf.bias.astype(np.float32), rows, offset, extra)
         store.write_table(table, spec, mode, index, store_metric, meta)
         label = store.label
@@ -189,3 +190,11 @@ def _read_columns(path: PathLike, n: int) -> dict[str, list]:
     if clash:
         raise InputError(f"{path}: column {clash[0]!r} clashes with a column nnn writes")
     return {c: [None if rec.get(c) is None else str(rec.get(c)) for rec in records] for c in names}
+
+
+def _model_attrs(g_src) -> dict:
+    """The embedding model the gallery records (``nnn embed``'s attributes), for `nnn query --store`."""
+    from nnn_cli.embed.query import gallery_model
+
+    attrs = gallery_model(g_src)
+    return {key: attrs[key] for key in ("model", "model_kind", "modality", "image_size") if key in attrs}

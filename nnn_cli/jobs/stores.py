@@ -292,3 +292,111 @@ def store_info(
             "rows_without_bias": missing,
             "nnn": meta,
         }
+
+
+def store_recall(
+    queries: PathLike,
+    gallery: PathLike,
+    truth: PathLike,
+    store_uri: str,
+    *,
+    table: str,
+    metric: str = "cosine",
+    force: bool = False,
+    query_ids: Optional[PathLike] = None,
+    gallery_ids: Optional[PathLike] = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    storage_options: dict | None = None,
+) -> dict:
+    """`nnn eval --store`: Recall@1/5/10 of the debiased ranking the store's own index returns (its ANN index,
+    where it has one), to set beside exact NNN: what the index costs.  Hits map back to gallery rows by the
+    export's row number, or by id (the gallery's ids)."""
+    from nnn_cli.core.metrics import recall_from_topk
+    from nnn_cli.data.tables import read_truth
+
+    notes = Notes(None)
+    q_src = open_source(queries, "queries", notes, query_ids)
+    g_src = open_source(gallery, "gallery", notes, gallery_ids)
+    check_same_dim(q_src, g_src)
+    tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
+    with closing(open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options)) as store:
+        meta = checked_meta(store, table, metric, force)
+        if int(meta.get("n_gallery", g_src.n)) != g_src.n:
+            raise MismatchError(f"{where(store, table)}: holds {meta['n_gallery']} rows, {g_src.name} has {g_src.n}")
+        t0 = time.perf_counter()
+        hits = store.search(table, q_src.read(metric), 10, meta)
+        seconds = time.perf_counter() - t0
+        label = store.label
+    rows = hits.rows.copy()
+    if (rows < 0).any():  # in place: by id
+        g_ids = g_src.ids()
+        if g_ids is None:
+            raise InputError(f"{g_src.name}: has no ids to match the store's rows ({label} table {table!r}) by")
+        lookup = {str(v): i for i, v in enumerate(g_ids)}
+        rows = np.vectorize(lambda v: lookup.get(str(v), -1), otypes=[np.int64])(hits.ids)
+    ks = tuple(k for k in (1, 5, 10) if k <= rows.shape[1])
+    return {
+        "nnn_store": recall_from_topk(rows, tr, ks),
+        "store": {"uri": label, "table": table, "kind": meta.get("store_metric"), "query_seconds": round(seconds, 3)},
+    }
+
+
+def query_store(
+    texts: str | list[str],
+    store_uri: str,
+    *,
+    table: str,
+    top_k: int = 10,
+    model: Optional[str] = None,
+    metric: str = "cosine",
+    device: str = "auto",
+    force: bool = False,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    storage_options: dict | None = None,
+) -> JobResult:
+    """`nnn query TEXT --store URI --table T`: embed with the model the store records (or ``model``) and rank
+    through the store's own search; ``summary["results"]`` as `nnn query` gives them."""
+    from nnn_cli.embed.encoders import load_encoder
+    from nnn_cli.embed.query import recorded_model_spec
+    from nnn_cli.embed.run import normalise_rows
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or any(not str(t).strip() for t in texts):
+        raise ParameterError("give a non-empty query text")
+    with closing(open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options)) as store:
+        meta = checked_meta(store, table, metric, force)
+        name = model or meta.get("model")
+        if not name:
+            raise ParameterError(
+                f"{where(store, table)}: records no model (not exported from `nnn embed` output); name it with --model"
+            )
+        encoder = load_encoder(recorded_model_spec(str(name)), device, "auto", int(meta.get("image_size") or 224))
+        encoder.check_modality("text")
+        vectors, good = normalise_rows(encoder.encode_texts([str(t) for t in texts]))
+        if not good.all():
+            raise InputError(
+                f"model {encoder.name} returned a zero or non-finite vector for {texts[int(np.argmin(good))]!r}"
+            )
+        if vectors.shape[1] != int(meta.get("dim", vectors.shape[1])):
+            raise MismatchError(
+                f"model {encoder.name} gives d={vectors.shape[1]} but {where(store, table)} holds d={meta['dim']}"
+            )
+        hits = store.search(table, np.asarray(vectors, dtype=np.float32), top_k, meta)
+    results = [
+        {
+            "query_text": str(t),
+            "model": encoder.name,
+            "debiased": True,
+            "results": [
+                {
+                    "rank": j + 1,
+                    "index": int(hits.rows[i, j]),
+                    "score": round(float(hits.scores[i, j]), 6),
+                    "id": str(hits.ids[i, j]),
+                }
+                for j in range(hits.ids.shape[1])
+            ],
+        }
+        for i, t in enumerate(texts)
+    ]
+    return JobResult({"results": results, "debiased": True, "model": encoder.name})
