@@ -187,6 +187,14 @@ PartitionRowsOpt = Annotated[
     ),
 ]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
+IoTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--io-timeout",
+        help="Seconds an object store (s3://, gs://, ...) may take to answer before the run stops with one "
+        "line naming the URL (default: env NNN_IO_TIMEOUT, else 30).",
+    ),
+]
 StorageOptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -304,15 +312,6 @@ IdColumnOpt = Annotated[
     Optional[str],
     typer.Option(
         "--id-column", help="The store's row key (default: the primary key; LanceDB: 'id'; Qdrant: the point id)."
-    ),
-]
-IoTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--io-timeout",
-        envvar="NNN_IO_TIMEOUT",
-        min=0.001,
-        help="Seconds to wait for a store to connect or answer a check; then exit 2 with one line.",
     ),
 ]
 StoreOptionOpt = Annotated[

@@ -17,7 +17,6 @@ from nnn_cli._version import __version__
 from nnn_cli.data.provenance import now_utc
 from nnn_cli.data.stores import open_store
 from nnn_cli.data.stores.common import (
-    DEFAULT_IO_TIMEOUT,
     WriteSpec,
     check_index_kind,
     check_store_metric,
@@ -46,7 +45,7 @@ def export(
     ids_column: Optional[str] = None,
     with_columns: Optional[PathLike] = None,
     force: bool = False,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
     on_note: NoteFn | None = None,
 ) -> JobResult:

@@ -23,7 +23,6 @@ from nnn_cli.data.results import write_jsonl
 from nnn_cli.data.stores import open_store
 from nnn_cli.data.stores.common import (
     BIAS_COLUMN,
-    DEFAULT_IO_TIMEOUT,
     StoreHits,
     VectorStore,
     closing,
@@ -59,7 +58,7 @@ def bias_in_place(
     only_new: bool = False,
     threads: int = 0,
     wait: float = 10.0,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
@@ -226,7 +225,7 @@ def search_store(
     force: bool = False,
     stream: TextIO | None = None,
     query_ids: Optional[PathLike] = None,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
     on_note: NoteFn | None = None,
 ) -> JobResult:
@@ -276,7 +275,7 @@ def store_hits(
 
 
 def store_info(
-    store_uri: str, table: str, *, io_timeout: float = DEFAULT_IO_TIMEOUT, storage_options: dict | None = None
+    store_uri: str, table: str, *, io_timeout: float | None = None, storage_options: dict | None = None
 ) -> dict:
     """What ``nnn info URI --table T`` shows: the table's rows, rows without a bias and its recorded provenance."""
     with closing(open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options)) as store:
@@ -305,7 +304,7 @@ def store_recall(
     force: bool = False,
     query_ids: Optional[PathLike] = None,
     gallery_ids: Optional[PathLike] = None,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """`nnn eval --store`: Recall@1/5/10 of the debiased ranking the store's own index returns (its ANN index,
@@ -351,7 +350,7 @@ def query_store(
     metric: str = "cosine",
     device: str = "auto",
     force: bool = False,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
 ) -> JobResult:
     """`nnn query TEXT --store URI --table T`: embed with the model the store records (or ``model``) and rank

@@ -138,6 +138,7 @@ def bias_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = None,
     in_place: Annotated[
         bool,
         typer.Option(
@@ -156,7 +157,6 @@ def bias_cmd(
     table: TableOpt = None,
     column: ColumnOpt = "embedding",
     id_column: IdColumnOpt = None,
-    io_timeout: IoTimeoutOpt = 10.0,
     store_option: StoreOptionOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.

@@ -135,7 +135,7 @@ def eval_cmd(
     ids_column: IdsColumnOpt = None,
     store: StoreOpt = None,
     table: TableOpt = None,
-    io_timeout: IoTimeoutOpt = 10.0,
+    io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.

@@ -66,7 +66,7 @@ def export_cmd(
     ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
     force: ForceOpt = False,
-    io_timeout: IoTimeoutOpt = 10.0,
+    io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,

@@ -30,7 +30,7 @@ def info_cmd(
     ] = False,
     json_out: JsonOpt = False,
     table: TableOpt = None,
-    io_timeout: IoTimeoutOpt = 10.0,
+    io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
 ) -> None:
     """Show **what a file holds and how it was made**: arrays, parameters, inputs and their fingerprints, history.

@@ -50,7 +50,7 @@ def query_cmd(
     json_out: JsonOpt = False,
     store: StoreOpt = None,
     table: TableOpt = None,
-    io_timeout: IoTimeoutOpt = 10.0,
+    io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
 ) -> None:
     """Embed TEXT with the model recorded in the gallery and **show the debiased ranking**, without writing a file."""

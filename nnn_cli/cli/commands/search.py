@@ -108,9 +108,9 @@ def search_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = None,
     store: StoreOpt = None,
     table: TableOpt = None,
-    io_timeout: IoTimeoutOpt = 10.0,
     store_option: StoreOptionOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.

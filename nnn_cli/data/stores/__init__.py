@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 from nnn_cli.data.stores.common import (
-    DEFAULT_IO_TIMEOUT,
     StoreHits,
     StoreSource,
     VectorStore,
     WriteSpec,
     mask_uri,
+    resolve_io_timeout,
 )
 from nnn_cli.errors import ParameterError
 
@@ -32,13 +32,12 @@ def is_store_uri(text: object) -> bool:
 def open_store(
     uri: str,
     *,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     storage_options: dict | None = None,
     application: str = "nnn",
 ) -> VectorStore:
     """Connect to the store ``uri`` names (within ``io_timeout`` seconds), or raise a one-line error."""
-    if io_timeout <= 0:
-        raise ParameterError(f"--io-timeout must be > 0 seconds, got {io_timeout:g}")
+    io_timeout = resolve_io_timeout(io_timeout)
     if uri.startswith(("postgresql://", "postgres://")):
         from nnn_cli.data.stores.pgvector import PgVectorStore
 

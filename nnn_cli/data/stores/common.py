@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +30,22 @@ TOPK_COLUMN = "nnn_topk"
 ROW_COLUMN = "nnn_row"
 STORE_METRICS = ("ip", "l2")
 INDEX_KINDS = ("none", "hnsw", "ivf")
-DEFAULT_IO_TIMEOUT = 10.0
+DEFAULT_IO_TIMEOUT = 30.0
+IO_TIMEOUT_ENV = "NNN_IO_TIMEOUT"
 _SECRET_KEYS = {"password", "passwd", "api_key", "apikey", "token", "secret", "aws_secret_access_key", "sslpassword"}
+
+
+def resolve_io_timeout(io_timeout: float | None) -> float:
+    """``--io-timeout``, else ``NNN_IO_TIMEOUT``, else 30 s (as for object stores); must be > 0."""
+    if io_timeout is None:
+        text = os.environ.get(IO_TIMEOUT_ENV, "")
+        try:
+            io_timeout = float(text) if text.strip() else DEFAULT_IO_TIMEOUT
+        except ValueError:
+            raise ParameterError(f"{IO_TIMEOUT_ENV}={text!r}: not a number of seconds") from None
+    if not io_timeout > 0:
+        raise ParameterError(f"--io-timeout must be > 0 seconds, got {io_timeout:g}")
+    return float(io_timeout)
 
 
 def mask_uri(uri: str) -> str:
