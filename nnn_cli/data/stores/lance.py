@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -42,6 +43,9 @@ EMBED_COLUMN = "embedding"
 
 
 def _libs():
+    # LanceDB's Rust core logs warnings (deprecations, "no existing dataset") on stderr, which would break
+    # the one-line-on-stderr promise; the user's own RUST_LOG wins
+    os.environ.setdefault("RUST_LOG", "error")
     try:
         import lancedb
         import pyarrow as pa
