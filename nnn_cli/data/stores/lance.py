@@ -35,7 +35,7 @@ from nnn_cli.data.stores.common import (
     uri_secrets,
     where,
 )
-from nnn_cli.errors import DependencyError, InputError, MismatchError, ParameterError
+from nnn_cli.errors import DependencyError, InputError, MismatchError, OutputError, ParameterError
 
 META_KEY = b"nnn_meta"
 ID_COLUMN = "id"
@@ -250,14 +250,21 @@ class LanceStore:
                     f"{where(self, table)}: the new rows do not fit the table ({self._msg(exc)})"
                 ) from None
         data = self._with_meta(new, meta)
-        self._timed(
-            lambda: self.db.create_table(
-                table, data, schema=data.schema, mode="create" if mode == "create" else "overwrite"
-            ),
-            f"write table {table!r}",
-        )
+        self._write(table, data, "create" if mode == "create" else "overwrite")
         if index != "none":
             self._index(table, index, store_metric, len(data))
+
+    def _write(self, table: str, data, mode: str) -> None:
+        """One new version (not under --io-timeout: a large write takes as long as it takes, and a write
+        abandoned by a timer could still commit later)."""
+        try:
+            self.db.create_table(table, data, schema=data.schema, mode=mode)
+        except OSError as exc:
+            raise OutputError(
+                f"{where(self, table)}: cannot write ({self._msg(exc)}); the table is unchanged"
+            ) from None
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{where(self, table)}: cannot write ({self._msg(exc)}); the table is unchanged") from None
 
     def _index(self, table: str, index: str, store_metric: str, n: int) -> None:
         tbl = self.db.open_table(table)
@@ -339,9 +346,7 @@ class LanceStore:
         if self.db.open_table(table).version != version:
             raise InputError(f"{where(self, table)}: the table changed while the biases were computed; run again")
         data = self._with_meta(out, meta)
-        self._timed(
-            lambda: self.db.create_table(table, data, schema=data.schema, mode="overwrite"), f"write table {table!r}"
-        )
+        self._write(table, data, "overwrite")
 
     # -- queries ---------------------------------------------------------------------------
     def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
