@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=20_000)
     ap.add_argument("--stores", default="pgvector,lancedb,qdrant")
     args = ap.parse_args()
-    os.environ.setdefault("RUST_LOG", "error")
+    os.environ.setdefault("LANCEDB_LOG", "error")
     tmp = Path(tempfile.mkdtemp(prefix="nnn-bench-stores-"))
     server = None
     try:

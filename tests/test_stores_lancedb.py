@@ -21,7 +21,7 @@ pa = pytest.importorskip("pyarrow")
 from store_cases import assert_clean_error, assert_ok, assert_same_ranking, jsonl_hits, run
 
 ALPHA, K = "0.75", "16"
-os.environ.setdefault("RUST_LOG", "error")  # LanceDB's "no existing dataset" warnings
+os.environ.setdefault("LANCEDB_LOG", "error")  # LanceDB's "no existing dataset" warnings
 
 
 @pytest.fixture

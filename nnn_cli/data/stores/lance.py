@@ -44,8 +44,8 @@ EMBED_COLUMN = "embedding"
 
 def _libs():
     # LanceDB's Rust core logs warnings (deprecations, "no existing dataset") on stderr, which would break
-    # the one-line-on-stderr promise; the user's own RUST_LOG wins
-    os.environ.setdefault("RUST_LOG", "error")
+    # the one-line-on-stderr promise; the user's own LANCEDB_LOG wins
+    os.environ.setdefault("LANCEDB_LOG", "error")
     try:
         import lancedb
         import pyarrow as pa
