@@ -657,3 +657,59 @@ def test_eval_store_in_place_matches_by_id(pg, conn, tmp_path, hub_files, hub_da
     assert PASSWORD not in res.output
     for key in ("R@1", "R@5", "R@10"):  # through pgvector's HNSW index: close to exact NNN
         assert abs(out["nnn_store"][key] - out["nnn"][key]) <= 5.0
+
+
+def test_export_carries_columns(pg, conn, tmp_path, hub_files, biased):
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text("".join(json.dumps({"title": f"item '{i}'; --", "price": i * 0.5}) + "\n" for i in range(300)))
+    assert_ok(
+        run(
+            "export",
+            hub_files["gallery"],
+            "--bias",
+            biased,
+            "--to",
+            pg.uri,
+            "--table",
+            "withcols",
+            "--with-columns",
+            meta,
+        )
+    )
+    rows = conn.execute("SELECT id, title, price FROM withcols WHERE id IN ('g0', 'g7') ORDER BY id").fetchall()
+    assert rows == [("g0", "item '0'; --", "0.0"), ("g7", "item '7'; --", "3.5")]
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"title": "x"}\n')
+    assert_clean_error(
+        run(
+            "export",
+            hub_files["gallery"],
+            "--bias",
+            biased,
+            "--to",
+            pg.uri,
+            "--table",
+            "withcols2",
+            "--with-columns",
+            short,
+        ),
+        "holds 1 records but the gallery has 300 rows",
+    )
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text("".join('{"nnn_bias": 1}\n' for _ in range(300)))
+    assert_clean_error(
+        run(
+            "export",
+            hub_files["gallery"],
+            "--bias",
+            biased,
+            "--to",
+            pg.uri,
+            "--table",
+            "withcols2",
+            "--with-columns",
+            clash,
+        ),
+        "clashes with a column nnn writes",
+    )
+    assert conn.execute("SELECT to_regclass('withcols2')").fetchone()[0] is None
