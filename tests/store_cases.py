@@ -61,3 +61,30 @@ def exact_debiased_topk(queries: np.ndarray, gallery: np.ndarray, bias: np.ndarr
     s = q.astype(np.float64) @ g.T.astype(np.float64) - bias[None, :]
     order = np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)[:, :k]
     return order, np.take_along_axis(s, order, 1)
+
+
+def split_reference(tmp_path, reference: np.ndarray, at: int):
+    """The reference as two .npy parts (first ``at`` rows, the rest) and whole: for `--reference-add`."""
+    a, b, whole = tmp_path / "ref_a.npy", tmp_path / "ref_b.npy", tmp_path / "ref_all.npy"
+    np.save(a, reference[:at])
+    np.save(b, reference[at:])
+    np.save(whole, reference)
+    return a, b, whole
+
+
+def check_reference_add(uri: str, table: str, column: str, tmp_path, hub_data, file_bias: np.ndarray, read_bias):
+    """In place with part A of the reference, then --reference-add part B: equals the bias from the whole
+    reference (exact, to float32 rounding); B again is refused; --only-new then takes the whole reference."""
+    a, b, whole = split_reference(tmp_path, hub_data.reference, 1200)
+    base = ["bias", uri, "--table", table, "--column", column, "--in-place"]
+    assert_ok(run(*base, "-r", a, "--alpha", "0.75", "--k", "16"))
+    part = read_bias()
+    assert not np.allclose(part, file_bias, atol=1e-4)
+    res = assert_ok(run(*base, "--reference-add", b, "--json"))
+    assert json.loads(res.stdout)["n_reference"] == len(hub_data.reference)
+    assert np.allclose(read_bias(), file_bias, atol=1e-6)
+    assert_clean_error(run(*base, "--reference-add", b), "already part of the reference")
+    assert_clean_error(run(*base, "--reference-add", b, "-r", a), "drop -r")
+    res = assert_ok(run(*base, "-r", whole, "--only-new", "--json"))
+    assert json.loads(res.stdout)["rows"] == 0
+    assert_clean_error(run(*base, "-r", a, "--only-new"), "reference")

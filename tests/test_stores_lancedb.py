@@ -334,3 +334,16 @@ def test_query_store_equals_query(tmp_path):
     assert_same_ranking(
         [[(r["id"], r["score"]) for r in a["results"]]], [[(r["id"], r["score"]) for r in b["results"]]]
     )
+
+
+def test_reference_add_in_place_equals_whole_reference(tmp_path, hub_data, biased):
+    from store_cases import check_reference_add
+
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("grow", user_table(db, "grow", hub_data.gallery, range(300)))
+    file_bias = h5py.File(biased)["bias"][:]
+    check_reference_add(
+        f"lancedb:{path}", "grow", "embedding", tmp_path, hub_data, file_bias,
+        lambda: lancedb.connect(str(path)).open_table("grow").to_arrow().column("nnn_bias").to_numpy(),
+    )  # fmt: skip

@@ -713,3 +713,19 @@ def test_export_carries_columns(pg, conn, tmp_path, hub_files, biased):
         "clashes with a column nnn writes",
     )
     assert conn.execute("SELECT to_regclass('withcols2')").fetchone()[0] is None
+
+
+def test_reference_add_in_place_equals_whole_reference(pg, conn, tmp_path, hub_files, hub_data, biased):
+    from store_cases import check_reference_add
+
+    make_user_table(conn, "grow", hub_data.gallery)
+    file_bias = h5py.File(biased)["bias"][:]
+    check_reference_add(
+        pg.uri,
+        "grow",
+        "embedding",
+        tmp_path,
+        hub_data,
+        file_bias,
+        lambda: np.array(list(biases(conn, "grow").values())),
+    )

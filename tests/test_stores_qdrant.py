@@ -251,3 +251,17 @@ def test_bad_inputs(tmp_path, hub_files, hub_data):
         assert_clean_error(run("info", uri, "--table", "docs"), "another process has this Qdrant folder open")
     finally:
         holder.close()
+
+
+def test_reference_add_in_place_equals_whole_reference(tmp_path, hub_data, biased):
+    from store_cases import check_reference_add
+
+    path = tmp_path / "q"
+    user_collection(path, "grow", hub_data.gallery, range(300))
+    file_bias = h5py.File(biased)["bias"][:]
+
+    def read_bias():
+        snap = snapshot(path, "grow", with_nnn=True)
+        return np.array([snap[i][0]["nnn_bias"] for i in range(300)])
+
+    check_reference_add(f"qdrant:{path}", "grow", "embedding", tmp_path, hub_data, file_bias, read_bias)

@@ -18,7 +18,7 @@ from nnn_cli._version import __version__
 from nnn_cli.core.nnn import check_k
 from nnn_cli.data.inputs import check_same_dim
 from nnn_cli.data.outputs import check_output_path
-from nnn_cli.data.provenance import now_utc, same_number
+from nnn_cli.data.provenance import check_matches_parts, combined_fingerprint, now_utc, part_record, same_number
 from nnn_cli.data.results import write_jsonl
 from nnn_cli.data.stores import open_store
 from nnn_cli.data.stores.common import (
@@ -46,7 +46,7 @@ from nnn_cli.scale.plan import plan_bias, run_bias_plan
 
 def bias_in_place(
     store_uri: str,
-    reference: PathLike,
+    reference: Optional[PathLike],
     *,
     table: str,
     column: str = "embedding",
@@ -56,6 +56,7 @@ def bias_in_place(
     params: Optional[PathLike] = None,
     metric: str = "cosine",
     only_new: bool = False,
+    reference_add: Optional[PathLike] = None,
     threads: int = 0,
     wait: float = 10.0,
     io_timeout: float | None = None,
@@ -67,11 +68,34 @@ def bias_in_place(
     ``nnn_vector`` (``[r, b]``) and ``nnn_topk`` beside the user's columns (which are never written).
 
     ``only_new``: only rows whose ``nnn_bias`` is NULL, with the parameters the store recorded (a new
-    item's bias depends on the reference alone, so this equals a full run).  Runs under the store's lock.
+    item's bias depends on the reference alone, so this equals a full run).  ``reference_add``: new reference
+    queries folded into every row's stored top-k (``nnn_topk``; cost N x M_new), exact.  Runs under the
+    store's lock.
     """
     notes = Notes(on_note)
     if not table:
         raise ParameterError("--in-place needs --table NAME (and --column, the vector column)")
+    if reference_add is not None:
+        if reference is not None or only_new or alpha is not None or k is not None or params is not None:
+            raise ParameterError(
+                "--reference-add on a store uses the recorded reference and parameters: drop -r, --only-new, "
+                "--alpha/--k/--params"
+            )
+        return _reference_add(
+            store_uri,
+            reference_add,
+            table,
+            column,
+            id_column,
+            metric,
+            threads,
+            wait,
+            io_timeout,
+            storage_options,
+            notes,
+        )
+    if reference is None:
+        raise ParameterError("--in-place needs --reference R (or --reference-add NEW to grow the recorded one)")
     r_src = open_source(reference, "reference", notes)
     with closing(
         open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options, application="nnn bias")
@@ -124,6 +148,77 @@ def bias_in_place(
     return JobResult(summary, None, notes.lines)
 
 
+def _reference_add(
+    store_uri, reference_add, table, column, id_column, metric, threads, wait, io_timeout, storage_options, notes
+) -> JobResult:
+    """Every row's bias after adding new reference queries: its stored top-k merged with its top-k against
+    them, exactly as `nnn bias --update BIAS.h5 --reference-add NEW` does for a bias file."""
+    from nnn_cli.core.nnn import bias_from_topk, merge_topk, reference_topk
+
+    new_src = open_source(reference_add, "new reference queries", notes)
+    with closing(
+        open_store(store_uri, io_timeout=io_timeout, storage_options=storage_options, application="nnn bias")
+    ) as store:
+        with store.lock(table, wait):
+            meta = store.read_meta(table)
+            if meta is None or meta.get("mode") != "in-place":
+                raise InputError(f"{where(store, table)}: no earlier nnn bias --in-place run recorded to add to")
+            if metric != meta["metric"] or column != meta.get("column"):
+                raise ParameterError(
+                    f"{where(store, table)}: was made from column {meta.get('column')!r} with --metric "
+                    f"{meta['metric']}; give those"
+                )
+            parts = list(meta.get("reference_parts") or [])
+            if any(p.get("fingerprint") == new_src.fingerprint() for p in parts):
+                raise MismatchError(
+                    f"{new_src.name}: is already part of the reference of {where(store, table)} (not added twice)"
+                )
+            ids, vectors = store.read(table, column, id_column)
+            g_src = store_source(f"{where(store, table, column)}", vectors, ids)
+            check_same_dim(g_src, new_src)
+            alpha, k = float(meta["alpha"]), int(meta["k"])
+            old_topk = store.read_topk(table, id_column, ids, k)
+            setup_threads(threads)
+            t0 = time.perf_counter()
+            g = g_src.read(metric)
+            topk = merge_topk(old_topk, reference_topk(g, new_src.read(metric), min(k, new_src.n)), k)
+            b = bias_from_topk(topk, alpha, k)
+            parts.append(part_record(new_src))
+            meta = dict(meta)
+            meta.update(
+                {
+                    "reference_parts": parts,
+                    "reference_fingerprint": combined_fingerprint(parts),
+                    "reference_path": " + ".join(str(p["path"]) for p in parts),
+                    "n_reference": sum(int(p["rows"]) for p in parts),
+                    "updated": now_utc(),
+                }
+            )
+            meta["history"] = list(meta.get("history", [])) + [
+                {"op": "reference-add", "n_added": new_src.n, "fingerprint": new_src.fingerprint(), "time": now_utc()}
+            ]
+            store.write_bias(table, column, id_column, ids, b, nnn_rows(g, b), topk, meta)
+            elapsed = time.perf_counter() - t0
+            label = store.label
+    summary = {
+        "store": label,
+        "table": table,
+        "rows": len(ids),
+        "operation": "reference-add",
+        "n_added": new_src.n,
+        "n_reference": meta["n_reference"],
+        "alpha": alpha,
+        "k": k,
+        "metric": metric,
+        "seconds": round(elapsed, 3),
+    }
+    summary["message"] = (
+        f"updated {BIAS_COLUMN} of {len(ids)} rows in {label} table {table!r}: added {new_src.n} reference "
+        f"queries ({meta['n_reference']} in all) in {elapsed:.2f}s"
+    )
+    return JobResult(summary, None, notes.lines)
+
+
 def _recorded_params(store, table, meta, alpha, k, params, metric, column, r_src):
     """``--only-new`` uses what the first run recorded; what is given must agree, and so must the reference."""
     if meta is None or meta.get("mode") != "in-place":
@@ -141,11 +236,13 @@ def _recorded_params(store, table, meta, alpha, k, params, metric, column, r_src
         raise ParameterError(f"{where(store, table)}: was made with --metric {meta['metric']}, not {metric}")
     if meta.get("column") != column:
         raise ParameterError(f"{where(store, table)}: was made from column {meta.get('column')!r}, not {column!r}")
-    if meta.get("reference_fingerprint") != r_src.fingerprint():
-        raise MismatchError(
-            f"{where(store, table)}: was made with another reference ({meta.get('reference_path')}); "
-            f"{r_src.name} differs: give that reference, or recompute every row without --only-new"
-        )
+    check_matches_parts(
+        meta,
+        "reference",
+        r_src,
+        where(store, table),
+        "give that reference (all its parts, in order), or recompute every row without --only-new",
+    )
     return float(meta["alpha"]), int(meta["k"]), str(meta["metric"])
 
 
@@ -173,6 +270,7 @@ def _in_place_meta(old, store, table, column, id_column, g_src, r_src, alpha, k,
             "n_gallery": n_before + g_src.n,
             "reference_path": r_src.name,
             "reference_fingerprint": r_src.fingerprint(),
+            "reference_parts": [part_record(r_src)],
             "n_reference": r_src.n,
             "updated": now_utc(),
         }
@@ -376,7 +474,7 @@ def query_store(
             raise InputError(
                 f"model {encoder.name} returned a zero or non-finite vector for {texts[int(np.argmin(good))]!r}"
             )
-        if vectors.shape[1] != int(meta.get("dim", vectors.shape[1])):
+        if vectors.shape[1] != int(meta.get("dim") or vectors.shape[1]):
             raise MismatchError(
                 f"model {encoder.name} gives d={vectors.shape[1]} but {where(store, table)} holds d={meta['dim']}"
             )

@@ -108,7 +108,12 @@ def bias_cmd(
         ),
     ] = None,
     reference_add: Annotated[
-        Optional[str], typer.Option("--reference-add", help="New reference queries to fold into --update's bias file.")
+        Optional[str],
+        typer.Option(
+            "--reference-add",
+            help="New reference queries to fold into --update's bias file (or, with --in-place, into the store's "
+            "recorded reference: every row's stored top-k merged with the new queries).",
+        ),
     ] = None,
     store_topk: Annotated[
         bool,
@@ -172,8 +177,8 @@ def bias_cmd(
     if block_size_note(block_size):
         note(block_size_note(block_size))
     if in_place or only_new:
-        if not in_place or reference is None or output is not None:
-            fail("--only-new needs --in-place; --in-place needs --reference and no -o")
+        if not in_place or output is not None or update is not None or append_to is not None:
+            fail("--only-new needs --in-place; --in-place takes no -o, --update or --append-to")
             return
         with progress_bar("bias", quiet) as progress:
             result = jobs.bias_in_place(
@@ -187,6 +192,7 @@ def bias_cmd(
                 params=params,
                 metric=metric.value,
                 only_new=only_new,
+                reference_add=reference_add,
                 threads=threads,
                 wait=wait,
                 io_timeout=io_timeout,

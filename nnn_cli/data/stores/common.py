@@ -145,6 +145,28 @@ def check_unique(name: str, ids: list | np.ndarray) -> None:
         raise InputError(f"{name}: id {dup!s} appears more than once; ids must be unique")
 
 
+def align_topk(name: str, keys: list, values: list | np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """The stored ``nnn_topk`` rows (``keys[i]`` -> ``values[i]``) in the order of ``ids``, (N, k) float32;
+    refuses rows without one (biased before top-k were kept, or not biased yet)."""
+    key_arr = np.asarray([str(v) for v in keys])
+    want = np.asarray([str(v) for v in ids])
+    order = np.argsort(key_arr, kind="stable")
+    pos = np.searchsorted(key_arr[order], want)
+    pos = np.minimum(pos, max(0, len(key_arr) - 1))
+    found = (len(key_arr) > 0) & (key_arr[order][pos] == want) if len(key_arr) else np.zeros(len(want), dtype=bool)
+    rows = order[pos]
+    missing = ~found
+    if not missing.any():
+        picked = [values[i] for i in rows.tolist()]
+        missing = np.asarray([v is None or len(v) != k for v in picked], dtype=bool)
+    if missing.any():
+        key = want[int(np.argmax(missing))]
+        raise InputError(
+            f"{name}: row {key} has no stored top-{k} ({TOPK_COLUMN}); run nnn bias --in-place (or --only-new) first"
+        )
+    return np.asarray(picked, dtype=np.float32).reshape(len(want), k)
+
+
 def nnn_rows(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """``[r, b]`` (N, d+1) float32: with the query ``[q, -1]`` the inner product is ``s(q, r) - b(r)``."""
     out = np.empty((vectors.shape[0], vectors.shape[1] + 1), dtype=np.float32)
@@ -237,6 +259,7 @@ class VectorStore(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
     def counts(self, table: str) -> tuple[int, int]: ...
     def row_key(self, table: str) -> str | None: ...
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray: ...
     def read_meta(self, table: str) -> dict | None: ...
     def write_table(
         self, table: str, spec: WriteSpec, mode: str, index: str, store_metric: str, meta: dict

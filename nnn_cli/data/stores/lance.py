@@ -27,6 +27,7 @@ from nnn_cli.data.stores.common import (
     VECTOR_COLUMN,
     StoreHits,
     WriteSpec,
+    align_topk,
     check_unique,
     mask_uri,
     query_rows,
@@ -186,6 +187,15 @@ class LanceStore:
 
     def row_key(self, table: str) -> str | None:
         return ID_COLUMN
+
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray:
+        arrow = self._open(table).to_arrow()
+        if TOPK_COLUMN not in arrow.column_names:
+            raise InputError(f"{where(self, table)}: has no {TOPK_COLUMN} column; run nnn bias --in-place first")
+        key = self._key(arrow, table, id_column)
+        return align_topk(
+            where(self, table), arrow.column(key).to_pylist(), arrow.column(TOPK_COLUMN).to_pylist(), ids, k
+        )
 
     def read_meta(self, table: str) -> dict | None:
         if not self.exists(table):

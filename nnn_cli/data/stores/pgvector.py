@@ -26,6 +26,7 @@ from nnn_cli.data.stores.common import (
     VECTOR_COLUMN,
     StoreHits,
     WriteSpec,
+    align_topk,
     check_unique,
     mask_uri,
     query_rows,
@@ -177,6 +178,20 @@ class PgVectorStore:
     def row_key(self, table: str) -> str | None:
         """The table's single-column primary key."""
         return self._key(table, None, self._check_table(table))
+
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray:
+        """Each row's stored ``nnn_topk`` in the order of ``ids``."""
+        sql = self._sql
+        columns = self._check_table(table)
+        if TOPK_COLUMN not in columns:
+            raise InputError(f"{where(self, table)}: has no {TOPK_COLUMN} column; run nnn bias --in-place first")
+        key = self._key(table, id_column, columns)
+        rows = self.conn.execute(
+            sql.SQL("SELECT {k}::text, {t} FROM {tab}").format(
+                k=sql.Identifier(key), t=sql.Identifier(TOPK_COLUMN), tab=sql.Identifier(table)
+            )
+        ).fetchall()
+        return align_topk(where(self, table), [r[0] for r in rows], [r[1] for r in rows], ids, k)
 
     def vector_dim(self, table: str, column: str, columns: dict[str, str] | None = None) -> int:
         columns = columns if columns is not None else self._check_table(table)

@@ -25,6 +25,7 @@ from nnn_cli.data.stores.common import (
     VECTOR_COLUMN,
     StoreHits,
     WriteSpec,
+    align_topk,
     check_unique,
     mask_uri,
     query_rows,
@@ -179,6 +180,14 @@ class QdrantStore:
 
     def row_key(self, table: str) -> str | None:
         return None  # the point id
+
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray:
+        keys, values = [], []
+        for p in self._points(self._collection(table), vectors=False):
+            payload = p.payload or {}
+            keys.append(p.id if id_column is None else payload.get(id_column))
+            values.append(payload.get(TOPK_COLUMN))
+        return align_topk(where(self, table), keys, values, ids, k)
 
     def read_meta(self, table: str) -> dict | None:
         real = self._real(table)
