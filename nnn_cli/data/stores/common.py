@@ -103,7 +103,7 @@ class StoreSource(EmbeddingSource):
     store_name: str = ""
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
         return self.store_name
 
 
