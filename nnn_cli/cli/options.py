@@ -260,10 +260,10 @@ def index_options(
     return IndexOptions(index, nlist, nprobe, ef_search, recall, save_index, load_index)
 
 
-def block_size_note(block_size: Optional[int]) -> Optional[str]:
-    """The deprecation line for ``--block-size`` (None when it was not given)."""
+def block_size_note(block_size: Optional[int]) -> str:
+    """The deprecation line for ``--block-size`` (empty when it was not given)."""
     if block_size is None:
-        return None
+        return ""
     return (
         "note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
         "use --memory-budget to bound memory"

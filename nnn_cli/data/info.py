@@ -72,7 +72,7 @@ def _describe_folder(path: Path, spec, fingerprint: bool) -> dict:
     }
     if src.notes:
         attrs["notes"] = list(src.notes)
-    out = {
+    out: dict = {
         "path": str(path),
         "bytes": sum(p.stat().st_size for p in src.shard_paths),
         "format": "npy shards",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, split_spec
 from nnn_cli.data.npy import STDIN, load_npy, read_stdin_embeddings
 from nnn_cli.data.shards import open_shard_folder
@@ -84,8 +85,6 @@ def open_embeddings(
 
 
 def check_same_dim(*sources: EmbeddingSource) -> None:
-    """Raise :class:`MismatchError` unless all sources share one dimension."""
-    dims = {s.dim for s in sources}
-    if len(dims) > 1:
-        desc = ", ".join(f"{s.label} {s.name} has d={s.dim}" for s in sources)
-        raise MismatchError(f"dimension mismatch: {desc}")
+    """Raise :class:`MismatchError` unless all sources share one dimension (the one rule:
+    :func:`nnn_cli.core.nnn.check_same_dims`, each source named by its role and file)."""
+    check_same_dims((f"{s.label} {s.name}", s.dim) for s in sources)

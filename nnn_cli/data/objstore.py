@@ -5,7 +5,7 @@ Embeddings on an object store are read the way clip-retrieval / autofaiss write 
 learn its shape, then rows are fetched as byte ranges (``fs.cat_file(path, start, end)``): a task that
 needs rows ``[a, b)`` transfers ``(b - a) * d * itemsize`` bytes, never the whole file.
 
-:class:`UrlSource` is an :class:`nnn_cli.io.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
+:class:`UrlSource` is an :class:`nnn_cli.data.sources.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
 ``take_rows`` check and normalise rows exactly as the local readers do (same ``_prepare``), which keeps
 the distributed engine byte-identical to the local one.
 
@@ -121,7 +121,8 @@ def npy_info(fs, path: str) -> NpyInfo:
 
 
 def _read_v3(buf):  # pragma: no cover - numpy writes v3 only for non-latin1 field names
-    return np.lib.format._read_array_header(buf, version=(3, 0))
+    # a private numpy helper (no public reader for v3 headers), absent from numpy's stubs
+    return np.lib.format._read_array_header(buf, version=(3, 0))  # type: ignore[attr-defined]
 
 
 class RangedRows:
@@ -154,7 +155,7 @@ class RangedRows:
 
 
 class _ConcatRanged:
-    """Rows across shard boundaries (same contract as :class:`nnn_cli.shards._ConcatRows`)."""
+    """Rows across shard boundaries (same contract as :class:`nnn_cli.data.shards._ConcatRows`)."""
 
     def __init__(self, fs, infos: tuple[NpyInfo, ...], offsets: np.ndarray):
         self.parts = [RangedRows(fs, i) for i in infos]
@@ -203,6 +204,7 @@ class UrlSource(EmbeddingSource):
     @contextlib.contextmanager
     def _raw(self):
         fs, _ = url_fs(self.url, self.storage_options)
+        assert self.offsets is not None  # set when the source is opened
         rows = _ConcatRanged(fs, self.infos, self.offsets)
         try:
             yield rows

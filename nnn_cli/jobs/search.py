@@ -135,7 +135,9 @@ def search(
             notes(f"warning: {search_info['index_warning']}")
         q_ids, g_ids = q_src.ids(), g_src.ids()
     ids = g_ids[idx] if g_ids is not None else None
-    n_queries, n_gallery = (q_src.n, g_src.n) if q_src is not None else (len(idx), search_info.get("n_gallery"))
+    n_queries, n_gallery = (
+        (q_src.n, g_src.n) if q_src is not None and g_src is not None else (len(idx), search_info.get("n_gallery"))
+    )
     summary = {
         "output": str(output),
         "format": fmt,
@@ -148,7 +150,7 @@ def search(
         **{key: value for key, value in search_info.items() if key != "index_tuned"},
     }
     if fmt == "jsonl":
-        write_jsonl(stream if to_stream else output, scores, idx, ids, q_ids)
+        write_jsonl(stream if to_stream and stream is not None else output, scores, idx, ids, q_ids)
         return JobResult(summary, None if to_stream else Path(output), notes.lines)
     attrs = base_attrs(
         "search",
@@ -158,12 +160,12 @@ def search(
         bias_path=str(bias) if bias else None,
         engine=engine.engine,
     )
-    if q_src is not None:
+    if q_src is not None and g_src is not None:
         attrs.update(source_attrs("queries", q_src))
         attrs.update(source_attrs("gallery", g_src))
     else:
         attrs.update({"queries_path": str(queries), "gallery_path": str(gallery)})
-    if b is not None:
+    if b is not None and bf is not None:
         attrs.update(bias_source_attrs(bf.attrs, b, str(bias)))
     attrs.update({key: value for key, value in search_info.items() if key != "index_tuned"})
     write_results(output, idx, scores, ids, attrs)

@@ -12,7 +12,7 @@ reference only through each item's k highest scores.  So:
 
 Both give what a full recompute gives (the same scores, merged), and record
 what was added in the file's ``history`` and ``*_parts`` attributes (see
-:mod:`nnn_cli.provenance`).
+:mod:`nnn_cli.data.provenance`).
 """
 
 from __future__ import annotations

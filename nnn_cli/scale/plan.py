@@ -7,6 +7,7 @@ the plan's description before the work starts and records it in the output.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +86,8 @@ def plan_bias(
     recall: float | None = None,
     memory_budget: int | None = None,
     device: str = "cpu",
-    load_index: str | Path | None = None,
-    save_index: str | Path | None = None,
+    load_index: str | os.PathLike | None = None,
+    save_index: str | os.PathLike | None = None,
     store_topk: bool = True,
 ) -> BiasPlan:
     """Validate the scale options and decide how to compute the bias (nothing is read yet)."""
@@ -157,6 +158,7 @@ def run_bias_plan(
     alpha = check_alpha(alpha)
     info: dict = {}
     if plan.mode == "exact-streamed":
+        assert plan.blocks is not None  # an exact-streamed plan has its blocks
         bias, topk = streamed_bias(gallery, reference, alpha, k, metric, plan.blocks, plan.keep_topk, progress)
         return bias, topk, info
     if plan.mode == "indexed":
@@ -216,8 +218,8 @@ def plan_search(
     recall: float | None = None,
     overfetch: int | None = None,
     device: str = "cpu",
-    load_index: str | Path | None = None,
-    save_index: str | Path | None = None,
+    load_index: str | os.PathLike | None = None,
+    save_index: str | os.PathLike | None = None,
 ) -> SearchPlan:
     """Validate the index options of `nnn search` and decide (nothing is read yet)."""
     if overfetch is not None and overfetch < 1:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
-from nnn_cli.core.nnn import check_alpha, check_k
+from nnn_cli.core.nnn import check_alpha, check_k, check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.data.manifest import FORMAT, MANIFEST
@@ -35,7 +36,7 @@ def _index_choice(index: dict | None, gallery, reference, k: int):
         return None, None
     from nnn_cli.scale.index.choose import choose_index
 
-    opts = {key: index.get(key) for key in ("index", "nlist", "nprobe", "ef_search", "recall")}
+    opts: dict[str, Any] = {key: index.get(key) for key in ("index", "nlist", "nprobe", "ef_search", "recall")}
     choice = choose_index(
         opts["index"],
         gallery.n,
@@ -140,8 +141,7 @@ def ray_bias(
     so = dict(storage_options or {})
     gallery = open_input(gallery_url, so, "gallery")
     reference = open_input(reference_url, so, "reference")
-    if gallery.dim != reference.dim:
-        raise MismatchError(f"dimension mismatch: gallery d={gallery.dim}, reference d={reference.dim}")
+    check_same_dims([("gallery", gallery.dim), ("reference", reference.dim)])
     k = check_k(k, reference.n)
     index_opts, choice = _index_choice(index, gallery, reference, k)
     if choice is None:
@@ -164,7 +164,7 @@ def ray_bias(
     params = {"alpha": alpha, "k": k, "metric": metric, "save_topk": bool(save_topk)}
     if index_opts is not None:
         params["index"] = index_opts  # the options asked for: --resume refuses other ones
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "kind": "bias",
         "inputs": {"gallery": _input_record(gallery), "reference": _input_record(reference)},

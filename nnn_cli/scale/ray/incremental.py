@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.data.manifest import MANIFEST, missing_blocks, read_manifest
@@ -125,8 +126,7 @@ def ray_append(
             "reference",
             run_url,
         )
-        if new.dim != refs[0][0].dim:
-            raise MismatchError(f"dimension mismatch: new items d={new.dim}, reference d={refs[0][0].dim}")
+        check_same_dims([("new items", new.dim), ("reference", refs[0][0].dim)])
         n_old, b_old, rows = plan["n_rows"], plan["blocks"], plan["block_rows"]
         new_blocks = [(b_old + j, s, min(new.n, s + rows)) for j, s in enumerate(range(0, new.n, rows))]
         parts = [
@@ -241,8 +241,7 @@ def ray_add_reference(
             run_url,
         )
         new = open_input(new_reference_url, so, "new reference queries")
-        if new.dim != gallery_parts[0][0].dim:
-            raise MismatchError(f"dimension mismatch: new queries d={new.dim}, gallery d={gallery_parts[0][0].dim}")
+        check_same_dims([("new queries", new.dim), ("gallery", gallery_parts[0][0].dim)])
         gen = int(m.get("generation", 0)) + 1
         blocks = sorted(int(b) for b in m["blocks_done"])
         news = [(r0, min(new.n, r0 + plan["partition_rows"])) for r0 in range(0, new.n, plan["partition_rows"])]

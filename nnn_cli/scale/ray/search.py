@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn
 from nnn_cli.data.manifest import read_manifest_bias
 from nnn_cli.data.sources import check_metric
@@ -40,13 +41,12 @@ def ray_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows per query by ``q.r - b(r)`` (plain ``q.r`` when ``bias`` is None), as Ray
     tasks over query blocks x gallery partitions.  ``bias``: an array, a manifest folder/URL, or None.
-    Returns (scores, indices) like :func:`nnn_cli.search.search`."""
+    Returns (scores, indices) like :func:`nnn_cli.core.search.search`."""
     check_metric(metric)
     so = dict(storage_options or {})
     queries = open_input(queries_url, so, "queries")
     gallery = open_input(gallery_url, so, "gallery")
-    if queries.dim != gallery.dim:
-        raise MismatchError(f"dimension mismatch: queries d={queries.dim}, gallery d={gallery.dim}")
+    check_same_dims([("queries", queries.dim), ("gallery", gallery.dim)])
     if isinstance(bias, (str, os.PathLike)):
         bias = read_manifest_bias(bias, so).bias
     if bias is not None:

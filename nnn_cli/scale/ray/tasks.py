@@ -78,9 +78,10 @@ def merge_bias_task(
 ):
     """Merge the partials of one gallery block, write its bias (and top-k) file, return its record."""
     t0 = time.time()
-    merged = None
+    merged: np.ndarray | None = None
     for values, _ in partials:
         merged = merge_top_scores(merged, values, k)
+    assert merged is not None, "no partials to merge"
     topk = sort_descending(merged)
     bias = bias_from_topk(topk, alpha, k)
     objstore.write_npy(objstore.join(output_url, "blocks", f"bias_{block:06d}.npy"), bias, storage_options)
@@ -194,9 +195,10 @@ def partial_search_task(
 
 def merge_search(parts: list[tuple[np.ndarray, np.ndarray]], top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-partition (scores, indices) into the top-``top_k`` by score descending, index ascending."""
-    merged = None
+    merged: tuple[np.ndarray, np.ndarray] | None = None
     for part in parts:
         merged = merge_top_k(merged, part, top_k)
+    assert merged is not None, "no partitions to merge"
     return merged
 
 
