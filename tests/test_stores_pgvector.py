@@ -426,7 +426,7 @@ def test_in_place_leaves_user_columns_and_only_new_equals_fresh(pg, conn, hub_fi
             "--in-place",
             "--only-new",
         ),
-        "another reference",
+        "was made for a reference",
     )
     # search through the store equals search on files
     via_store = assert_ok(
