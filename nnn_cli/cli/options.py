@@ -159,7 +159,7 @@ ResumeOpt = Annotated[
     bool,
     typer.Option(
         "--resume",
-        help="--engine ray: keep the blocks an interrupted run finished (inputs, parameters and plan must "
+        help="A run folder (any engine): keep the verified blocks an interrupted run finished (inputs, parameters and plan must "
         "match its manifest.json) and compute the rest.",
     ),
 ]
@@ -174,7 +174,7 @@ BlockRowsOpt = Annotated[
     typer.Option(
         "--block-rows",
         min=1,
-        help="--engine ray: gallery (bias) or query (search) rows per task; a multiple of "
+        help="Blocked runs (a run folder, --engine ray): gallery (bias) or query (search) rows per task; a multiple of "
         "1024 (default 65536 for bias).",
     ),
 ]
@@ -183,7 +183,7 @@ PartitionRowsOpt = Annotated[
     typer.Option(
         "--partition-rows",
         min=1,
-        help="--engine ray: reference (bias) or gallery (search) rows per task; a multiple of 8192 (default 1048576).",
+        help="Blocked runs: reference (bias) or gallery (search) rows per task; a multiple of 8192 (default 1048576).",
     ),
 ]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
@@ -199,7 +199,7 @@ StorageOptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--storage-option",
-        help="--engine ray: fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
+        help="URLs (any engine): fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
         "endpoint_url=http://127.0.0.1:9000 or anon=true.",
     ),
 ]
@@ -279,6 +279,7 @@ def engine_options(
     partition_rows: Optional[int],
     max_retries: int,
     storage_option: Optional[list[str]],
+    io_timeout: Optional[float] = None,
 ) -> EngineOptions:
     return EngineOptions(
         engine,
@@ -289,6 +290,7 @@ def engine_options(
         partition_rows,
         max_retries,
         parse_storage_options(storage_option),
+        io_timeout,
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, reference_topk
+from nnn_cli.core.nnn import bias_from_topk, check_k, reference_topk
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import ParameterError
@@ -154,8 +154,7 @@ def run_bias_plan(
     metric: str,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan``."""
-    alpha = check_alpha(alpha)
+    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan`` (``alpha`` validated by the caller)."""
     info: dict = {}
     if plan.mode == "exact-streamed":
         assert plan.blocks is not None  # an exact-streamed plan has its blocks

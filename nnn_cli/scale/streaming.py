@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, check_same_dims
+from nnn_cli.core.nnn import bias_from_topk, check_k, check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn, RunningTopScores
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.scale.budget import BlockPlan
@@ -73,8 +73,7 @@ def streamed_bias(
 
     ``keep_topk=False`` holds only the (N,) biases, so memory does not grow with N x k.
     """
-    alpha = check_alpha(alpha)
-    k = check_k(k, reference.n)
+    k = check_k(k, reference.n)  # alpha is validated where the request is built
     bias = np.empty(gallery.n, dtype=np.float32)
     topk_all = np.empty((gallery.n, k), dtype=np.float32) if keep_topk else None
     for start, topk in iter_streamed_topk(gallery, reference, k, metric, plan, progress):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -77,9 +76,12 @@ def bias_cmd(
         Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")
     ] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
-            "--output", "-o", help="Bias file to write (.h5 or .npy); with --append-to/--update defaults to that file."
+            "--output",
+            "-o",
+            help="Bias file to write (.h5 or .npy), or a run folder (a folder or URL such as s3://bucket/run: "
+            "manifest.json + blocks/); with --append-to/--update defaults to that file.",
         ),
     ] = None,
     alpha: AlphaOpt = None,
@@ -181,7 +183,7 @@ def bias_cmd(
             fail("--only-new needs --in-place; --in-place takes no -o, --update or --append-to")
             return
         with progress_bar("bias", quiet) as progress:
-            result = jobs.bias_in_place(
+            store_result = jobs.bias_in_place(
                 gallery,
                 reference,
                 table=table or "",
@@ -201,8 +203,8 @@ def bias_cmd(
                 on_note=note,
             )
         if json_out:
-            print_json({key: v for key, v in result.summary.items() if key != "message"})
-        info(result.summary["message"], quiet)
+            print_json({key: v for key, v in store_result.summary.items() if key != "message"})
+        info(store_result.summary["message"], quiet)
         return
     with progress_bar("bias", quiet) as progress:
         result = jobs.bias(
@@ -219,7 +221,15 @@ def bias_cmd(
             update=update,
             reference_add=reference_add,
             engine=engine_options(
-                engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                resume,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             memory_budget=memory_budget,

@@ -127,7 +127,7 @@ def search_cmd(
     if store is not None:
         if gallery is not None or bias is not None:
             fail("--store searches the store's table: drop --gallery and --bias")
-        result = jobs.search_store(
+        store_result = jobs.search_store(
             queries,
             store,
             output,
@@ -141,7 +141,7 @@ def search_cmd(
             storage_options=store_options(store_option),
             on_note=note,
         )
-        info(result.summary["message"], quiet)
+        info(store_result.summary["message"], quiet)
         return
     if gallery is None:
         fail("give --gallery G (or --store URI --table T)")
@@ -160,7 +160,15 @@ def search_cmd(
             overfetch=overfetch,
             device=device,
             engine=engine_options(
-                engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                False,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             stream=sys.stdout,
