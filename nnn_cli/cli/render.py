@@ -190,7 +190,8 @@ def render_eval_table(result: dict) -> None:
 
 def render_info(desc: dict) -> None:
     """Two rich tables: the arrays, then the recorded attributes (history one line per operation)."""
-    out_console.print(f"[bold]{desc['path']}[/]: {desc['kind']} ({desc['format']}, {desc['bytes']:,} bytes)")
+    if not desc.get("_store"):  # a store table's header is printed by its caller
+        out_console.print(f"[bold]{desc['path']}[/]: {desc['kind']} ({desc['format']}, {desc['bytes']:,} bytes)")
     if desc.get("fingerprint"):
         out_console.print(f"content fingerprint: {desc['fingerprint']}", markup=False)
     if desc["datasets"]:

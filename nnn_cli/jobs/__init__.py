@@ -11,9 +11,11 @@ from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
 from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import EvalRequest, EvalResult, evaluate, run_evaluate
+from nnn_cli.jobs.export import export
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
+from nnn_cli.jobs.stores import bias_in_place, query_store, search_store, store_info, store_recall
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import TuneJobResult, TuneRequest, run_tune, tune
 
@@ -28,6 +30,12 @@ __all__ = [
     "SearchResult",
     "embed",
     "evaluate",
+    "export",
+    "bias_in_place",
+    "search_store",
+    "store_info",
+    "store_recall",
+    "query_store",
     "info",
     "query",
     "search",

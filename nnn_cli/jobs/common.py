@@ -103,6 +103,13 @@ def open_source(
 ):
     """Open an embedding input, a path or a URL (ids from ``ids_file``, or a parquet ``ids_column`` for
     clip-retrieval folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
+    from nnn_cli.data.stores import is_store_uri, mask_uri
+
+    if is_store_uri(str(spec)):
+        raise ParameterError(
+            f"{mask_uri(str(spec))} is a vector store, not a file: use nnn bias URI --in-place --table T --column C, "
+            "nnn search --store URI --table T, or nnn export"
+        )
     src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column, storage_options=storage_options)
     for line in getattr(src, "notes", None) or []:
         notes(line)

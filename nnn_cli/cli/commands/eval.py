@@ -18,6 +18,7 @@ from nnn_cli.cli.options import (
     GalleryIdsOpt,
     GalleryOpt,
     IdsColumnOpt,
+    IoTimeoutOpt,
     JsonOpt,
     KOpt,
     Metric,
@@ -25,8 +26,12 @@ from nnn_cli.cli.options import (
     ParamsOpt,
     QueryIdsOpt,
     QuietOpt,
+    StoreOpt,
+    StoreOptionOpt,
+    TableOpt,
     ThreadsOpt,
     block_size_note,
+    store_options,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
 from nnn_cli.jobs.eval import method_defaults, method_names
@@ -44,7 +49,8 @@ EPILOG = (
     "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --reference ref.h5 --alpha 0.75 --k 16 --json\n\n"
     "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --methods baseline\n\n"
     "  nnn eval -Q q.h5 -g g.h5 -t truth.npy -r ref.h5 --params params.json "
-    "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html"
+    "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html\n\n"
+    "  nnn eval -Q q.h5 -g g.h5 -t truth.npy --bias bias.h5 --store lancedb:./vectors --table items"
 )
 
 
@@ -154,6 +160,10 @@ def eval_cmd(
             "(checked against --reference, or the sketch a bias file records); default: warn.",
         ),
     ] = False,
+    store: StoreOpt = None,
+    table: TableOpt = None,
+    io_timeout: IoTimeoutOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -207,6 +217,27 @@ def eval_cmd(
             progress=progress,
             on_note=note,
         ).to_json()
+    if store is not None:  # R@K through the store's own index, beside exact NNN
+        result.update(
+            jobs.store_recall(
+                queries,
+                gallery,
+                truth,
+                store,
+                table=table or "",
+                metric=metric.value,
+                force=force,
+                query_ids=query_ids,
+                gallery_ids=gallery_ids,
+                io_timeout=io_timeout,
+                storage_options=store_options(store_option),
+            )
+        )
+        if not json_out:
+            from nnn_cli.cli.render import info as show
+
+            recalls = ", ".join(f"{key} {value:.2f}" for key, value in result["nnn_store"].items())
+            show(f"NNN through {result['store']['uri']} table {table!r}: {recalls}", False)
     if json_out:
         print_json(result)
     elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(m in result for m in comparison_methods()):

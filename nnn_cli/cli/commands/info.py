@@ -8,10 +8,13 @@ import typer
 
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
-from nnn_cli.cli.options import JsonOpt
+from nnn_cli.cli.options import IoTimeoutOpt, JsonOpt, StoreOptionOpt, TableOpt, store_options
 from nnn_cli.cli.render import print_json, render_info
 
-EPILOG = "Examples:\n\n  nnn info bias.h5\n\n  nnn info gallery.h5 --fingerprint --json | jq -r .fingerprint"
+EPILOG = (
+    "Examples:\n\n  nnn info bias.h5\n\n  nnn info gallery.h5 --fingerprint --json | jq -r .fingerprint\n\n"
+    "  nnn info 'postgresql://me@/shop?host=/run/postgresql' --table items"
+)
 
 
 @handle_errors
@@ -26,13 +29,40 @@ def info_cmd(
         ),
     ] = False,
     json_out: JsonOpt = False,
+    table: TableOpt = None,
+    io_timeout: IoTimeoutOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Show **what a file holds and how it was made**: arrays, parameters, inputs and their fingerprints, history.
 
     Reads headers and attributes only; never unpickles, never follows HDF5 links out of the file.
     """
+    if table is not None:  # a vector store's table: its rows and recorded provenance (credentials masked)
+        store_desc = jobs.store_info(file, table, io_timeout=io_timeout, storage_options=store_options(store_option))
+        if json_out:
+            print_json(store_desc)
+        else:
+            render_store_info(store_desc)
+        return
     desc = jobs.info(file, fingerprint=fingerprint).summary
     if json_out:
         print_json(desc)
     else:
         render_info(desc)
+
+
+def render_store_info(desc: dict) -> None:
+    """A store table's header line, then its recorded provenance as `nnn info` shows a bias file's."""
+    from nnn_cli.cli.render import out_console
+
+    out_console.print(
+        f"{desc['store']} table {desc['table']!r}: {desc['kind']}, {desc['rows']} rows, "
+        f"{desc['rows_without_bias']} without nnn_bias",
+        markup=False,
+        highlight=False,
+    )
+    meta = desc.get("nnn")
+    if not meta:
+        out_console.print("no nnn provenance recorded (not written by nnn export / nnn bias --in-place)", markup=False)
+        return
+    render_info({"path": "", "kind": "", "format": "", "bytes": 0, "datasets": {}, "attrs": meta, "_store": True})

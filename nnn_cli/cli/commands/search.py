@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from nnn_cli import jobs
-from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.errors import fail, handle_errors
 from nnn_cli.cli.options import (
     AddressOpt,
     BlockOpt,
@@ -18,7 +18,6 @@ from nnn_cli.cli.options import (
     EngineOpt,
     ForceOpt,
     GalleryIdsOpt,
-    GalleryOpt,
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
@@ -36,10 +35,14 @@ from nnn_cli.cli.options import (
     RecallOpt,
     SaveIndexOpt,
     StorageOptionOpt,
+    StoreOpt,
+    StoreOptionOpt,
+    TableOpt,
     ThreadsOpt,
     block_size_note,
     engine_options,
     index_options,
+    store_options,
 )
 from nnn_cli.cli.render import info, note_printer, progress_bar
 
@@ -62,10 +65,10 @@ def search_cmd(
             "or - for .npy/HDF5 bytes on stdin), shape (Q, d)."
         ),
     ],
-    gallery: GalleryOpt,
+    gallery: Annotated[Optional[str], typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")] = None,
     output: Annotated[
         str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")
-    ],
+    ] = "",
     bias: Annotated[
         Optional[str], typer.Option("--bias", "-b", help="Bias file from `nnn bias`; omit for plain search.")
     ] = None,
@@ -106,6 +109,9 @@ def search_cmd(
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
     io_timeout: IoTimeoutOpt = None,
+    store: StoreOpt = None,
+    table: TableOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -116,6 +122,30 @@ def search_cmd(
     note = note_printer(quiet)
     if block_size_note(block_size):
         note(block_size_note(block_size))
+    if not output:
+        fail("give -o RESULTS (.h5/.npz/.jsonl) or -o - for JSON lines")
+    if store is not None:
+        if gallery is not None or bias is not None:
+            fail("--store searches the store's table: drop --gallery and --bias")
+        store_result = jobs.search_store(
+            queries,
+            store,
+            output,
+            table=table or "",
+            top_k=top_k,
+            metric=metric.value,
+            force=force,
+            stream=sys.stdout,
+            query_ids=query_ids,
+            io_timeout=io_timeout,
+            storage_options=store_options(store_option),
+            on_note=note,
+        )
+        info(store_result.summary["message"], quiet)
+        return
+    if gallery is None:
+        fail("give --gallery G (or --store URI --table T)")
+        return
     with progress_bar("search", quiet) as progress:
         result = jobs.search(
             queries,
