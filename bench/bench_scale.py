@@ -16,6 +16,9 @@ Sections:
   gallery   gallery-side index over [r, b] vs plain vectors + re-ranking: recall of debiased top-k and
             time against plain faiss search on the same kind of index
   budget    a large HDF5 reference under --memory-budget: peak RSS
+  kernels   exact `nnn bias` N=5k x M=118k, k=128, as whole processes, under each OpenBLAS kernel this CPU
+            supports (OPENBLAS_CORETYPE): its fraction of the sgemm rate measured under that kernel, and
+            nnn-retrieval's whole process time over ours; interleaved repeats, best of each
 
     .venv/bin/python bench/bench_scale.py --quick   # CI-size check (about a minute)
     .venv/bin/python bench/bench_scale.py           # medium (the issue's N=5k, M=25k/118k)
@@ -48,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 PY = sys.executable
 DIM = 512
 
-SECTIONS = ("gemm", "topk", "bias", "whole", "ann", "search", "gallery", "ann_scale", "budget")
+SECTIONS = ("gemm", "topk", "bias", "whole", "ann", "search", "gallery", "ann_scale", "budget", "kernels")
 
 SIZES = {
     "quick": dict(
@@ -188,7 +191,16 @@ def job_cli(a: dict) -> dict:
     return {"seconds": time.perf_counter() - t}
 
 
+def job_gemm(a: dict) -> dict:
+    """This process's sustained sgemm rate (under whatever OPENBLAS_CORETYPE it was started with)."""
+    from threadpoolctl import threadpool_info
+
+    arch = next((i.get("architecture") for i in threadpool_info() if i.get("internal_api") == "openblas"), None)
+    return {"gflops": gemm_rate(a.get("seconds", 3.0)), "openblas_kernel": arch}
+
+
 JOBS = {
+    "gemm": job_gemm,
     "ours_bias": job_ours_bias,
     "theirs_bias": job_theirs_bias,
     "ours_search": job_ours_search,
@@ -204,9 +216,9 @@ def worker(spec: str) -> None:
     sys.stdout.write("@@RESULT " + json.dumps(out) + "\n")
 
 
-def run_job(job: str, timeout: float = 900, threads: int = 0, **kw) -> dict:
+def run_job(job: str, timeout: float = 900, threads: int = 0, env_extra: dict | None = None, **kw) -> dict:
     """Run one job in a fresh interpreter; wall time from outside (a whole process)."""
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore")
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONWARNINGS="ignore", **(env_extra or {}))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t = time.perf_counter()
@@ -357,7 +369,7 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
         return res
     with h5py.File(out, "r") as f:
         topk = f["topk"][pos]
-        res["index_info"] = {
+        info: dict = {
             key: (val.item() if hasattr(val, "item") else str(val))
             for key, val in f.attrs.items()
             if key.startswith(("index", "bias_mode"))
@@ -365,7 +377,73 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     res["seconds_cold"] = round(run["wall_seconds"], 2)
     res["speedup"] = round(exact_est / run["wall_seconds"], 1)
     res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
+    res["peak_rss_gb"] = round(run.get("peak_rss_mb", float("nan")) / 1024, 2)
+    res["index_info"] = info
+    res["index_chosen"] = info.get("index_description")
+    res["build_seconds"] = info.get("index_build_seconds")
+    res["load_avg"] = os.getloadavg()
     return res
+
+
+KERNEL_NEEDS = {"Haswell": "avx2", "SkylakeX": "avx512f", "Sandybridge": "avx"}
+"""OpenBLAS kernels forced in the `kernels` section, each only where the CPU has its instructions."""
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3) -> dict:
+    """Exact `nnn bias` (whole process) against the sgemm rate and nnn-retrieval, per OpenBLAS kernel.
+
+    For each kernel the CPU supports, ``repeats`` rounds of (sgemm rate process, `nnn bias` process,
+    nnn-retrieval process), interleaved so that the machine's load falls on all three alike; the best of
+    each is kept.  fraction = 2 N M d / our wall / sgemm rate (the whole process: imports, reading the
+    .npy files, writing the HDF5 output included).  nnn-retrieval runs torch, which does not use OpenBLAS.
+    """
+    g, r = tmp / "kg.npy", tmp / "kr.npy"
+    np.save(g, clustered(n, 21))
+    np.save(r, clustered(m, 22))
+    flags = cpu_flags()
+    out: dict = {"n": n, "m": m, "k": k, "d": DIM, "repeats": repeats, "kernels": {}, "skipped": {}}
+    argv = ["bias", str(g), "--reference", str(r), "--alpha", "1", "--k", str(k), "--metric", "ip", "-q"]
+    for kernel, flag in KERNEL_NEEDS.items():
+        if flag not in flags:
+            out["skipped"][kernel] = f"this CPU has no {flag}"
+            continue
+        env = {"OPENBLAS_CORETYPE": kernel}
+        runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": []}
+        for _ in range(repeats):
+            runs["gemm"].append(run_job("gemm", env_extra=env))
+            runs["ours"].append(run_job("cli", env_extra=env, argv=argv + ["-o", str(tmp / "kb.h5")]))
+            runs["theirs"].append(
+                run_job("theirs_bias", env_extra=env, g=str(g), r=str(r), k=k, backend="torch", out=str(tmp / "kt.npy"))
+            )
+        ok = {key: [x for x in val if x["status"] == "ok"] for key, val in runs.items()}
+        row: dict = {"runs": runs}
+        if all(ok.values()):
+            gemm = max(x["gflops"] for x in ok["gemm"])
+            ours = min(x["wall_seconds"] for x in ok["ours"])
+            theirs = min(x["wall_seconds"] for x in ok["theirs"])
+            row.update(
+                openblas_kernel=ok["gemm"][0].get("openblas_kernel"),
+                sgemm_gflops=round(gemm, 1),
+                ours_wall_seconds=round(ours, 2),
+                theirs_wall_seconds=round(theirs, 2),
+                ours_gflops=round(2.0 * n * m * DIM / ours / 1e9, 1),
+                fraction_of_sgemm=round(2.0 * n * m * DIM / ours / 1e9 / gemm, 3),
+                theirs_over_ours=round(theirs / ours, 2),
+            )
+        out["kernels"][kernel] = row
+        print(f"kernel {kernel}:", json.dumps({key: v for key, v in row.items() if key != "runs"}), flush=True)
+    return out
 
 
 def best_of(repeats: int, fn):
@@ -707,6 +785,30 @@ def main() -> None:
                     )
                 )
             print("ann scale:", json.dumps(res["ann_scale"]), flush=True)
+        if "kernels" not in skip:
+            kn, km = (1000, 20000) if mode == "quick" else (5000, 118000)
+            res["kernels"] = kernels_section(tmp, kn, km, 128, 2 if mode == "quick" else 3)
+            for kernel, row in res["kernels"]["kernels"].items():
+                if "fraction_of_sgemm" in row:
+                    what = f"whole `nnn bias` N={kn} M={km} k=128, OpenBLAS {kernel}"
+                    ratios.append(
+                        (
+                            what,
+                            "fraction of sgemm (whole process)",
+                            f"{row['ours_gflops']:.0f} / {row['sgemm_gflops']:.0f} GFLOP/s",
+                            f"{row['fraction_of_sgemm']:.2f}",
+                        )
+                    )
+                    ratios.append(
+                        (
+                            what,
+                            "nnn-retrieval wall / ours",
+                            f"{row['theirs_wall_seconds']:.2f}s / {row['ours_wall_seconds']:.2f}s",
+                            f"{row['theirs_over_ours']:.2f}",
+                        )
+                    )
+            for kernel, why in res["kernels"]["skipped"].items():
+                ratios.append((f"whole `nnn bias`, OpenBLAS {kernel}", "skipped", why, "-"))
         if "budget" not in skip:
             res["budget"] = budget_run(tmp, size["budget_rows"], size["budget"], size["budget_g"])
             b = res["budget"]

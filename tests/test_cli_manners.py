@@ -90,6 +90,12 @@ def walk(tmp_path_factory):
     (t / "pairs.csv").write_text("image_id,caption_id\nx,y\n")
     clip = clip_folder(t / "clip") if _has("pyarrow") else None
     np.save(t / "clip_truth.npy", np.arange(12))
+    from nnn_cli import jobs
+
+    jobs.bias(SAMPLE / "gallery.h5", SAMPLE / "reference.h5", t / "export_bias.h5", alpha=0.5, k=4)
+    if clip is not None:
+        img, txt = clip / "embeddings" / "img_emb", clip / "embeddings" / "text_emb"
+        jobs.bias(img, txt, t / "clip_bias.h5", alpha=0.5, k=2)
     return t, clip
 
 
@@ -115,6 +121,7 @@ def _base(command: str, t: Path) -> list[str]:
         "query": ["a text", "-g", s / "gallery.h5"],
         "tune": ["-g", s / "tune_gallery.h5", "-r", s / "reference.h5", "-o", t / "p.json", "-Q", s / "tune_queries.h5"]
         + ["-t", s / "tune_truth.npy", "--alphas", "0.5", "--ks", "4"],
+        "export": [s / "gallery.h5", "-b", t / "export_bias.h5", "--to", f"lancedb:{t / 'store'}"],
         "truth-from-pairs": ["--pairs", t / "pairs.csv", "--images", s / "gallery.h5", "--captions", s / "queries.h5"]
         + ["-o", t],
     }[command]
@@ -122,7 +129,7 @@ def _base(command: str, t: Path) -> list[str]:
 
 # Options whose bad value only shows in some setting: (the base arguments for that setting).
 def _context(command: str, option: str, t: Path, clip: Path | None) -> list | None:
-    if option in ("--ids-column", "--gallery-ids-column") and command in ("bias", "search", "eval"):
+    if option in ("--ids-column", "--gallery-ids-column") and command in ("bias", "search", "eval", "export"):
         if clip is None:
             pytest.skip("pyarrow is not installed")
         img, txt = clip / "embeddings" / "img_emb", clip / "embeddings" / "text_emb"
@@ -130,10 +137,13 @@ def _context(command: str, option: str, t: Path, clip: Path | None) -> list | No
             "bias": [img, "-r", txt, "-a", "0.5", "-k", "2", "-o", t / "cb.h5"],
             "search": [txt, "-g", img, "-o", t / "cr.h5"],
             "eval": ["-Q", txt, "-g", img, "-t", t / "clip_truth.npy", "--methods", "baseline"],
+            "export": [img, "-b", t / "clip_bias.h5", "--to", f"lancedb:{t / 'clip_store'}"],
         }[command]
     if command == "attribute-bias" and option in ("--group-a", "--group-b"):
         other = "--group-b" if option == "--group-a" else "--group-a"
         return _base(command, t)[:4] + ["-l", t / "labels.csv", other, "man"] + _base(command, t)[6:]
+    if command == "info" and option in ("--table", "--store-option"):  # a store's table, by URI
+        return [f"lancedb:{t / 'store'}"] + (["--table", "items"] if option == "--store-option" else [])
     if command == "tune" and option == "--method-grid":
         return _base(command, t) + ["--method", "dn"]
     return None

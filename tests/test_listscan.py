@@ -72,6 +72,32 @@ def test_probe_lists_match_faiss_quantizer(data, ivf):
     assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).mean() > 0.999  # ties aside
 
 
+@pytest.mark.parametrize("nprobe", [1, 2, 5, 8, 9])
+def test_few_probes_pick_the_lists_of_the_gemm_top_k_ties_to_the_lower_list(data, nprobe):
+    """Repeated argmax (nprobe <= FEW_PROBES) picks the lists GemmIndex's top-k picks, in the same order,
+    duplicated centroids (exact ties) going to the lower list; deeper probes take GemmIndex itself."""
+    from nnn_cli.core.topk import GemmIndex, search_blocks
+
+    gallery, ref = data
+    cents = unit(ref[:40].copy())
+    quantizer = faiss.IndexFlatIP(cents.shape[1])
+    quantizer.add(cents)
+    ivf = faiss.IndexIVFFlat(quantizer, cents.shape[1], len(cents), faiss.METRIC_INNER_PRODUCT)
+    assert np.array_equal(probe_lists(ivf, gallery, nprobe), search_blocks(GemmIndex(cents), gallery, nprobe)[1])
+    # exact ties (small integers: every summation order gives the same float): the lower list first
+    ints = np.random.default_rng(nprobe).integers(-3, 4, (60, 8)).astype(np.float32)
+    cents = ints[:12].copy()
+    cents[[5, 9]] = cents[2]
+    quantizer = faiss.IndexFlatIP(8)
+    quantizer.add(cents)
+    ivf = faiss.IndexIVFFlat(quantizer, 8, len(cents), faiss.METRIC_INNER_PRODUCT)
+    got = probe_lists(ivf, ints, nprobe)
+    scores = ints @ cents.T
+    want = np.lexsort((np.broadcast_to(np.arange(12), scores.shape), -scores), axis=1)[:, :nprobe]
+    assert np.array_equal(got, want)
+    assert (got == 2).any() and (got == 5).sum() <= (got == 2).sum()
+
+
 def test_too_few_probed_vectors_are_padded_then_recomputed_exactly(data):
     gallery, ref = data
     small = ref[:300]
@@ -231,3 +257,20 @@ def test_reused_chunks_cover_every_row_once(n, chunk, read):
         seen.append((start, block.copy()))
     assert [s for s, _ in seen] == list(np.cumsum([0] + [len(b) for _, b in seen])[:-1])
     np.testing.assert_array_equal(np.vstack([b for _, b in seen]), x)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_list_major_same_bytes_however_the_rows_are_split(data, ivf, threads, monkeypatch):
+    """Calls on grid-aligned slices (Ray blocks, streamed chunks) and row spans cut to bound the workers'
+    private top-k give the bytes of one call: each (list, row block) GEMM has the same rows either way."""
+    from nnn_cli.scale.index import listscan
+
+    gallery, _ = data
+    monkeypatch.setattr(listscan, "LIST_ROW_BLOCK", 64)
+    whole = list_major_topk(ivf, gallery, 8, 5, threads=threads)
+    sliced = np.vstack([list_major_topk(ivf, gallery[s : s + 128], 8, 5, threads=1) for s in range(0, 500, 128)])
+    assert np.array_equal(whole, sliced)
+    monkeypatch.setattr(listscan, "PRIVATE_BEST_BYTES", 1)  # spans of one row block
+    assert np.array_equal(list_major_topk(ivf, gallery, 8, 5, threads=threads), whole)
+    monkeypatch.setattr(listscan, "LIST_ROW_BLOCK", 500)  # other GEMM shapes: equal to rounding only
+    np.testing.assert_allclose(list_major_topk(ivf, gallery, 8, 5, threads=threads), whole, atol=2e-6)

@@ -92,6 +92,25 @@ def test_run_folder_on_local_threads_equals_bias_file(emb):
         assert np.array_equal(f["bias"][()], want) and f.attrs["gallery_fingerprint"]
 
 
+def test_index_runs_plan_blocks_on_their_index_grid(emb):
+    """IVF blocks lie on list-major's row grid (LIST_ROW_BLOCK: a block's GEMMs are a local run's), HNSW
+    blocks on QUERY_TILE (searched row by row): the plan takes the chosen index's kind."""
+    from nnn_cli.core.topk import QUERY_TILE
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
+    from nnn_cli.scale.pipeline import index_plan
+
+    assert index_plan(2600, 9000, QUERY_TILE, "hnsw").blocks == [(0, 1024), (1024, 2048), (2048, 2600)]
+    assert index_plan(2600, 9000, None, "ivf").blocks == [(0, 2600)]
+    with pytest.raises(ParameterError, match=str(LIST_ROW_BLOCK)):
+        index_plan(2600, 9000, QUERY_TILE, "ivf")
+    p, _ = emb
+    res = cli(*bias_args(p, p / "hnsw", "--index", "hnsw", "--block-rows", QUERY_TILE, "--json"))
+    assert json.loads(res.stdout)["blocks_computed"] == 3
+    assert read_manifest(p / "hnsw")["blocks_done"]["1"]["rows"] == [1024, 2048]
+    bad = cli(*bias_args(p, p / "ivf", "--index", "ivf", "--nlist", 16, "--block-rows", QUERY_TILE), code=2)
+    assert str(LIST_ROW_BLOCK) in one_line_error(bad) and not (p / "ivf").exists()
+
+
 # ---------------------------------------------------------------------------
 # Repeats, stale runs
 # ---------------------------------------------------------------------------

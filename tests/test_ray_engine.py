@@ -476,6 +476,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     from typer.testing import CliRunner
 
     from nnn_cli.cli import app
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
 
     root, run = data["root"], CliRunner()
     args = [
@@ -494,10 +495,12 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         "--nprobe",
         "8",
     ]
-    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "out"), "--json"])
+    res = run.invoke(
+        app, args + ["--engine", "ray", "--block-rows", str(LIST_ROW_BLOCK), "-o", str(tmp_path / "out"), "--json"]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
-    assert summary["blocks_computed"] == 2 and summary["tasks_run"] == 2  # one task per block
+    assert summary["blocks_computed"] == 1 and summary["tasks_run"] == 1  # one task per block (of 65,536 rows)
     assert summary["index"]["index"] == "ivf" and summary["index"]["index_nprobe"] == 8
     assert summary["index_rows_recomputed_exactly"] == 0
     assert (tmp_path / "out" / "index.faiss").is_file()
@@ -520,7 +523,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
             "cosine",
             str(tmp_path / "out"),
             resume=True,
-            block_rows=4096,
+            block_rows=LIST_ROW_BLOCK,
             index={"index": "ivf", "nlist": 64, "nprobe": 16},
         )
     s = ray_bias(
@@ -531,10 +534,10 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         "cosine",
         str(tmp_path / "out"),
         resume=True,
-        block_rows=4096,
+        block_rows=LIST_ROW_BLOCK,
         index={"index": "ivf", "nlist": 64, "nprobe": 8},
     )
-    assert s["blocks_skipped"] == 2 and s["blocks_computed"] == 0
+    assert s["blocks_skipped"] == 1 and s["blocks_computed"] == 0
     # --recall: nprobe tuned on the driver (the same gallery sample as locally), recorded, same result as local
     from nnn_cli.scale.index.choose import choose_index
     from nnn_cli.scale.index.steps import indexed_reference_topk
@@ -546,7 +549,7 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         K,
         "cosine",
         str(tmp_path / "tuned"),
-        block_rows=4096,
+        block_rows=LIST_ROW_BLOCK,
         index={"index": "ivf", "nlist": 64, "recall": 0.9},
     )
     tuned = s["index"]["index_tuned"]
@@ -559,8 +562,8 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         choose_index("ivf", N_GALLERY, N_REFERENCE, D, K, 64, recall=0.9),
     )
     assert np.array_equal(read_manifest_bias(str(tmp_path / "tuned"), with_topk=True).attrs["topk"], want)
-    bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x")])
-    assert bad.exit_code == 2 and "4096" in bad.output
+    bad = run.invoke(app, args + ["--engine", "ray", "--block-rows", "4096", "-o", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and str(LIST_ROW_BLOCK) in bad.output
     bad = run.invoke(app, args[:-6] + ["--index", "IVF64,SQ8", "--engine", "ray", "-o", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "quantized" in bad.output
 
@@ -686,6 +689,30 @@ def test_embed_hdf5_through_ray_equals_local_and_same_json(cluster, data, tmp_pa
     assert res.exit_code == 0, res.output
     with h5py.File(tmp_path / "ray.h5") as f:
         assert np.array_equal(f["bias"][()], want) and list(f["ids"][:2].astype(str)) == ["img0", "img1"]
+
+
+def test_queries_and_reference_fraction_on_ray(cluster, data, tmp_path):
+    """`nnn bias --engine ray --queries Q --reference-fraction F --seed S` goes through the pipeline as on
+    --engine local: the same share, the same biases bit for bit, the same leak report and reference sketch."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    np.save(tmp_path / "q.npy", _raw(data["root"], "reference")[:40])  # 40 queries copied into the reference
+    run = CliRunner()
+    args = ["bias", str(data["root"] / "gallery"), "-r", str(data["root"] / "reference"), "-a", str(ALPHA),
+            "-k", str(K), "--queries", str(tmp_path / "q.npy"), "--reference-fraction", "0.5", "--seed", "3", "--json"]  # fmt: skip
+    docs = {}
+    for engine in ("local", "ray"):
+        res = run.invoke(app, args + ["--engine", engine, "-o", str(tmp_path / f"{engine}.h5")])
+        assert res.exit_code == 0, res.output
+        docs[engine] = json.loads(res.stdout)
+    assert docs["ray"]["engine"] == "ray" and docs["ray"]["leak"] == docs["local"]["leak"]
+    assert docs["ray"]["n_reference"] == N_REFERENCE // 2 and 0 < docs["ray"]["leak"]["near_duplicates"] < 40
+    with h5py.File(tmp_path / "local.h5") as f, h5py.File(tmp_path / "ray.h5") as g:
+        assert np.array_equal(f["bias"][()], g["bias"][()]) and g.attrs["reference_fraction"] == 0.5
+        assert np.array_equal(f["leak_sketch_codes"][()], g["leak_sketch_codes"][()])
 
 
 def test_loopback_only(cluster, data):

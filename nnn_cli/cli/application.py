@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from nnn_cli._version import __version__
-from nnn_cli.cli.commands import attribute, bias, embed, info, query, search, truth, tune
+from nnn_cli.cli.commands import attribute, bias, embed, export, info, query, search, truth, tune
 from nnn_cli.cli.commands import eval as eval_
 from nnn_cli.cli.errors import NNNGroup
 from nnn_cli.cli.render import silence_stdout
@@ -62,6 +62,7 @@ app.command("eval", epilog=eval_.EPILOG)(eval_.eval_cmd)
 app.command("attribute-bias", epilog=attribute.EPILOG)(attribute.attribute_bias_cmd)
 app.command("embed", epilog=embed.EPILOG)(embed.embed_cmd)
 app.command("info", epilog=info.EPILOG)(info.info_cmd)
+app.command("export", epilog=export.EPILOG)(export.export_cmd)
 app.command("query", epilog=query.EPILOG)(query.query_cmd)
 app.command("tune", epilog=tune.EPILOG)(tune.tune_cmd)
 app.command("truth-from-pairs", epilog=truth.EPILOG)(truth.truth_cmd)

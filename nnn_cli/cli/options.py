@@ -350,3 +350,49 @@ def ids_columns(
     if ids_column is None and gallery is None and queries is None and reference is None:
         return None
     return IdsColumns(ids_column, gallery=gallery, queries=queries, reference=reference)
+
+
+# ---------------------------------------------------------------------------
+# Vector stores (pgvector, LanceDB, Qdrant): `nnn export`, `--store`, `bias --in-place`, `info URI`
+# ---------------------------------------------------------------------------
+StoreOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--store",
+        envvar="NNN_STORE",
+        help="A vector store made by `nnn export` or `nnn bias --in-place`: postgresql://USER@HOST/DB "
+        "(?host=/socket/dir), lancedb:PATH_OR_URL or qdrant:PATH / qdrant:http://HOST:6333.",
+    ),
+]
+TableOpt = Annotated[
+    Optional[str], typer.Option("--table", help="Table (LanceDB, PostgreSQL) or collection (Qdrant) in the store.")
+]
+ColumnOpt = Annotated[str, typer.Option("--column", help="The store's vector column holding the gallery embeddings.")]
+IdColumnOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--id-column", help="The store's row key (default: the primary key; LanceDB: 'id'; Qdrant: the point id)."
+    ),
+]
+StoreOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--store-option",
+        help="Object-store option for lancedb:s3://... KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.",
+    ),
+]
+
+
+def store_only(active: bool, switch: str, given: dict[str, object]) -> None:
+    """Vector-store options given where no store is in play are refused (one line naming the option),
+    never silently ignored: ``given`` maps each option's flag to its value (None/empty: not given)."""
+    if active:
+        return
+    for flag, value in given.items():
+        if value not in (None, [], ()):
+            raise ParameterError(f"{flag} applies to a vector store: give {switch} too ({flag})")
+
+
+def store_options(items: Optional[list[str]]) -> dict:
+    """``--store-option KEY=VALUE`` items as a dict of strings (LanceDB's object-store options)."""
+    return {key: str(value) for key, value in parse_storage_options(items).items()} if items else {}

@@ -133,6 +133,13 @@ def open_source(
     """Open an embedding input, a path or a URL (ids from ``ids_file``, or a parquet ``ids_column`` for
     clip-retrieval folders; :class:`IdsColumns` picks this input's) and pass on what the opening noticed
     (e.g. parquet ids not read without pyarrow)."""
+    from nnn_cli.data.stores import is_store_uri, mask_uri
+
+    if is_store_uri(str(spec)):
+        raise ParameterError(
+            f"{mask_uri(str(spec))} is a vector store, not a file: use nnn bias URI --in-place --table T --column C, "
+            "nnn search --store URI --table T, or nnn export"
+        )
     column = IdsColumns.of(ids_column).for_input(label, spec, ids_file)
     src = open_embeddings(spec, label, ids_file=ids_file, ids_column=column, storage_options=storage_options)
     for line in getattr(src, "notes", None) or []:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nnn_cli.core.nnn import check_same_dims
-from nnn_cli.core.topk import DATABASE_TILE, ProgressFn
+from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data.contracts import BlockRecord
 from nnn_cli.data.sinks import FORMAT
 from nnn_cli.errors import InputError, MismatchError, NNNError, ParameterError
@@ -309,13 +309,17 @@ def index_spec(options: dict | None, gallery: Any, reference: Any, k: int) -> In
     return IndexSpec(opts, choice)
 
 
-def index_plan(n_gallery: int, n_reference: int, block_rows: int | None) -> Plan:
-    """One task per gallery block (the whole reference is in the index), blocks on list-major's row grid."""
+def index_plan(n_gallery: int, n_reference: int, block_rows: int | None, kind: str) -> Plan:
+    """One task per gallery block (the whole reference is in the index).  ``kind`` is the chosen index's
+    (``IndexSpec.choice.kind``): IVF and factory blocks lie on list-major's row grid
+    (:data:`~nnn_cli.scale.index.listscan.LIST_ROW_BLOCK`: a block's GEMMs are those of a local run, so the
+    bytes are), HNSW blocks on :data:`~nnn_cli.core.topk.QUERY_TILE` (HNSW searches row by row)."""
     from nnn_cli.scale.grid import DEFAULT_BLOCK_ROWS
     from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
 
-    rows = min(block_rows or DEFAULT_BLOCK_ROWS, round_up(n_gallery, LIST_ROW_BLOCK))
-    return make_plan(n_gallery, n_reference, rows, round_up(n_reference, DATABASE_TILE), block_multiple=LIST_ROW_BLOCK)
+    grid = QUERY_TILE if kind == "hnsw" else LIST_ROW_BLOCK
+    rows = min(block_rows or DEFAULT_BLOCK_ROWS, round_up(n_gallery, grid))
+    return make_plan(n_gallery, n_reference, rows, round_up(n_reference, DATABASE_TILE), block_multiple=grid)
 
 
 # ---------------------------------------------------------------------------

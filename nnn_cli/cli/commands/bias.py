@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 import typer
 
 from nnn_cli import jobs
-from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.errors import fail, handle_errors
 from nnn_cli.cli.options import (
     DEVICE_DEFAULT,
     AddressOpt,
     AlphaOpt,
     BlockOpt,
     BlockRowsOpt,
+    ColumnOpt,
     DeviceOpt,
     EfSearchOpt,
     EngineOpt,
@@ -21,6 +22,7 @@ from nnn_cli.cli.options import (
     GalleryIdsOpt,
     GalleryInputOpt,
     GpusPerTaskOpt,
+    IdColumnOpt,
     IdsColumnOpt,
     IndexOpt,
     IoTimeoutOpt,
@@ -41,6 +43,8 @@ from nnn_cli.cli.options import (
     ResumeOpt,
     SaveIndexOpt,
     StorageOptionOpt,
+    StoreOptionOpt,
+    TableOpt,
     ThreadsOpt,
     WaitOpt,
     block_size_note,
@@ -48,6 +52,8 @@ from nnn_cli.cli.options import (
     ids_columns,
     index_options,
     one_input,
+    store_only,
+    store_options,
 )
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar
 
@@ -58,7 +64,9 @@ EPILOG = (
     "  nnn bias new_items.h5 --reference ref.h5 --append-to bias.h5\n\n"
     "  nnn bias gallery.h5 --update bias.h5 --reference-add todays_queries.h5\n\n"
     "  nnn bias gallery.h5 --reference ref_shards/ --index auto --recall 0.95 --save-index ref.faiss -o bias.h5\n\n"
-    "  nnn bias gallery.h5 --reference big_ref.h5 --memory-budget 1GB -o bias.h5"
+    "  nnn bias gallery.h5 --reference big_ref.h5 --memory-budget 1GB -o bias.h5\n\n"
+    "  nnn bias 'postgresql://me@/shop?host=/run/postgresql' --table items --column embedding -r ref.h5 "
+    "--params p.json --in-place [--only-new]"
 )
 
 
@@ -111,7 +119,12 @@ def bias_cmd(
         ),
     ] = None,
     reference_add: Annotated[
-        Optional[str], typer.Option("--reference-add", help="New reference queries to fold into --update's bias file.")
+        Optional[str],
+        typer.Option(
+            "--reference-add",
+            help="New reference queries to fold into --update's bias file (or, with --in-place, into the store's "
+            "recorded reference: every row's stored top-k merged with the new queries).",
+        ),
     ] = None,
     store_topk: Annotated[
         bool,
@@ -144,6 +157,44 @@ def bias_cmd(
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
     io_timeout: IoTimeoutOpt = None,
+    queries: Annotated[
+        Optional[str],
+        typer.Option(
+            "--queries",
+            "-Q",
+            help="Queries to check for leaks into the reference (same id, or a near-duplicate row, cosine >= 0.999).",
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="With --queries: refuse (exit 2) on a leak.")] = False,
+    reference_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--reference-fraction",
+            help="Use a seeded random share of the reference (Tables A12-A15); params tuned on a share apply it.",
+        ),
+    ] = None,
+    reference_seed: Annotated[
+        Optional[int], typer.Option("--reference-seed", "--seed", help="Seed of --reference-fraction (default 0).")
+    ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place",
+            help="GALLERY is a vector store (postgresql://..., lancedb:..., qdrant:...): read --table/--column and "
+            "write nnn_bias and nnn_vector = [r, b] beside the user's columns (never touching them).",
+        ),
+    ] = False,
+    only_new: Annotated[
+        bool,
+        typer.Option(
+            "--only-new",
+            help="With --in-place: only rows whose nnn_bias is NULL (added since the last run), with the recorded parameters.",
+        ),
+    ] = False,
+    table: TableOpt = None,
+    column: ColumnOpt = "embedding",
+    id_column: IdColumnOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -158,6 +209,44 @@ def bias_cmd(
     note = note_printer(quiet)
     if block_size_note(block_size):
         note(block_size_note(block_size))
+    store_only(
+        in_place,
+        "--in-place",
+        {
+            "--table": table,
+            "--column": None if column == "embedding" else column,
+            "--id-column": id_column,
+            "--store-option": store_option,
+        },
+    )
+    if in_place or only_new:
+        if not in_place or output is not None or update is not None or append_to is not None:
+            fail("--only-new needs --in-place; --in-place takes no -o, --update or --append-to")
+            return
+        with progress_bar("bias", quiet) as progress:
+            store_result = jobs.bias_in_place(
+                gallery,
+                reference,
+                table=table or "",
+                column=column,
+                id_column=id_column,
+                alpha=alpha,
+                k=k,
+                params=params,
+                metric=metric.value,
+                only_new=only_new,
+                reference_add=reference_add,
+                threads=threads,
+                wait=wait,
+                io_timeout=io_timeout,
+                storage_options=store_options(store_option),
+                progress=progress,
+                on_note=note,
+            )
+        if json_out:
+            print_json({key: v for key, v in store_result.summary.items() if key != "message"})
+        info(store_result.summary["message"], quiet)
+        return
     with progress_bar("bias", quiet) as progress:
         result = jobs.bias(
             gallery,
@@ -189,6 +278,10 @@ def bias_cmd(
             wait=wait,
             gallery_ids=gallery_ids,
             ids_columns=ids_columns(ids_column, gallery=gallery_ids_column, reference=reference_ids_column),
+            queries=queries,
+            strict=strict,
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
             progress=progress,
             on_note=note,
         )

@@ -19,6 +19,7 @@ from nnn_cli.cli.options import (
     GalleryIdsOpt,
     GalleryOpt,
     IdsColumnOpt,
+    IoTimeoutOpt,
     JsonOpt,
     KOpt,
     Metric,
@@ -27,12 +28,24 @@ from nnn_cli.cli.options import (
     QueriesIdsColumnOpt,
     QueryIdsOpt,
     QuietOpt,
+    StoreOpt,
+    StoreOptionOpt,
+    TableOpt,
     ThreadsOpt,
     block_size_note,
     ids_columns,
+    store_only,
+    store_options,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
-from nnn_cli.jobs.eval import BaselineParams
+from nnn_cli.jobs.eval import method_defaults, method_names
+
+DEFAULTS = method_defaults()
+
+
+def comparison_methods() -> list[str]:
+    return [m for m in method_names() if m not in ("baseline", "nnn")]
+
 
 EPILOG = (
     "Examples:\n\n"
@@ -40,7 +53,8 @@ EPILOG = (
     "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --reference ref.h5 --alpha 0.75 --k 16 --json\n\n"
     "  nnn eval --queries q.h5 --gallery g.h5 --truth truth.npy --methods baseline\n\n"
     "  nnn eval -Q q.h5 -g g.h5 -t truth.npy -r ref.h5 --params params.json "
-    "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html"
+    "--methods baseline,nnn,dn,qbnorm,dbnorm,dbnorm_dis --bootstrap 1000 --plots pics --report report.html\n\n"
+    "  nnn eval -Q q.h5 -g g.h5 -t truth.npy --bias bias.h5 --store lancedb:./vectors --table items"
 )
 
 
@@ -76,10 +90,10 @@ def eval_cmd(
         typer.Option(
             "--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25)."
         ),
-    ] = BaselineParams.dn_lambda,
+    ] = DEFAULTS["dn_lambda"],
     qb_beta: Annotated[
         float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")
-    ] = BaselineParams.qb_beta,
+    ] = DEFAULTS["qb_beta"],
     db_beta1: Annotated[
         float,
         typer.Option(
@@ -87,10 +101,10 @@ def eval_cmd(
             help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
             "0 = the inverted softmax over the query bank.",
         ),
-    ] = BaselineParams.db_beta1,
+    ] = DEFAULTS["db_beta1"],
     db_beta2: Annotated[
         float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")
-    ] = BaselineParams.db_beta2,
+    ] = DEFAULTS["db_beta2"],
     gallery_bank: Annotated[
         Optional[str],
         typer.Option(
@@ -111,8 +125,9 @@ def eval_cmd(
         Optional[list[Path]],
         typer.Option(
             "--method-params",
-            help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
-            "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.",
+            help="JSON from `nnn tune --method M` (repeatable): its values apply to M only (its 'method' key); "
+            'or one file with a section per method, {"methods": {"dbnorm": {...}, "is": {...}}}. They replace '
+            "--dn-lambda/--qb-beta/--db-beta1/--db-beta2 for that method.",
         ),
     ] = None,
     bootstrap: Annotated[
@@ -131,6 +146,29 @@ def eval_cmd(
     ids_column: IdsColumnOpt = None,
     queries_ids_column: QueriesIdsColumnOpt = None,
     gallery_ids_column: GalleryIdsColumnOpt = None,
+    reference_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--reference-fraction",
+            help="Use a seeded random share of --reference (the paper's reference-size ablation, Tables A12-A15); "
+            "params tuned on a share apply that share by themselves.",
+        ),
+    ] = None,
+    reference_seed: Annotated[
+        Optional[int], typer.Option("--reference-seed", help="Seed of --reference-fraction (default 0).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) when test queries are in the reference set, by id or as near-duplicate rows "
+            "(checked against --reference, or the sketch a bias file records); default: warn.",
+        ),
+    ] = False,
+    store: StoreOpt = None,
+    table: TableOpt = None,
+    io_timeout: IoTimeoutOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -144,9 +182,11 @@ def eval_cmd(
     `--bootstrap N` adds 95% intervals ("R@1_ci"...); `--plots`/`--report`
     draw the hubness histogram and write an HTML page.
     """
+    store_only(store is not None, "--store URI", {"--table": table, "--store-option": store_option})
     note = note_printer(quiet or json_out)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("eval", quiet) as progress:
         result = jobs.evaluate(
             queries,
@@ -160,9 +200,15 @@ def eval_cmd(
             metric=metric.value,
             threads=threads,
             force=force,
-            methods=methods,
-            method_params=method_params,
-            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k),
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            method_params=tuple(method_params or ()),
+            baseline_params={
+                "dn_lambda": dn_lambda,
+                "qb_beta": qb_beta,
+                "db_beta1": db_beta1,
+                "db_beta2": db_beta2,
+                "activation_k": activation_k,
+            },
             gallery_bank=gallery_bank,
             bootstrap=bootstrap,
             seed=seed,
@@ -171,16 +217,36 @@ def eval_cmd(
             query_ids=query_ids,
             gallery_ids=gallery_ids,
             ids_column=ids_columns(ids_column, gallery=gallery_ids_column, queries=queries_ids_column),
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
+            strict=strict,
             progress=progress,
             on_note=note,
-        ).summary
+        ).to_json()
+    if store is not None:  # R@K through the store's own index, beside exact NNN
+        result.update(
+            jobs.store_recall(
+                queries,
+                gallery,
+                truth,
+                store,
+                table=table or "",
+                metric=metric.value,
+                force=force,
+                query_ids=query_ids,
+                gallery_ids=gallery_ids,
+                io_timeout=io_timeout,
+                storage_options=store_options(store_option),
+            )
+        )
+        if not json_out:
+            from nnn_cli.cli.render import info as show
+
+            recalls = ", ".join(f"{key} {value:.2f}" for key, value in result["nnn_store"].items())
+            show(f"NNN through {result['store']['uri']} table {table!r}: {recalls}", False)
     if json_out:
         print_json(result)
-    elif (
-        {"baseline", "nnn"} <= set(result)
-        and not bootstrap
-        and not any(m in result for m in ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis"))
-    ):
+    elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(m in result for m in comparison_methods()):
         render_eval_table(result)
     else:
         render_methods_table(result)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional, TextIO, cast
 import typer
 
 from nnn_cli import jobs
-from nnn_cli.cli.errors import handle_errors
+from nnn_cli.cli.errors import fail, handle_errors
 from nnn_cli.cli.options import (
     DEVICE_DEFAULT,
     AddressOpt,
@@ -20,7 +20,6 @@ from nnn_cli.cli.options import (
     ForceOpt,
     GalleryIdsColumnOpt,
     GalleryIdsOpt,
-    GalleryOpt,
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
@@ -40,12 +39,17 @@ from nnn_cli.cli.options import (
     RecallOpt,
     SaveIndexOpt,
     StorageOptionOpt,
+    StoreOpt,
+    StoreOptionOpt,
+    TableOpt,
     ThreadsOpt,
     block_size_note,
     engine_options,
     ids_columns,
     index_options,
     one_input,
+    store_only,
+    store_options,
 )
 from nnn_cli.cli.render import StdoutSink, info, note_printer, progress_bar
 
@@ -61,10 +65,10 @@ EPILOG = (
 
 @handle_errors
 def search_cmd(
-    gallery: GalleryOpt,
+    gallery: Annotated[Optional[str], typer.Option("--gallery", "-g", help="Gallery embeddings (N, d).")] = None,
     output: Annotated[
         str, typer.Option("--output", "-o", help="Results file (.h5/.npz, .jsonl), or - for JSON lines on stdout.")
-    ],
+    ] = "",
     queries_arg: Annotated[
         Optional[str],
         typer.Argument(
@@ -116,6 +120,9 @@ def search_cmd(
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
     io_timeout: IoTimeoutOpt = None,
+    store: StoreOpt = None,
+    table: TableOpt = None,
+    store_option: StoreOptionOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -127,6 +134,31 @@ def search_cmd(
     note = note_printer(quiet)
     if block_size_note(block_size):
         note(block_size_note(block_size))
+    if not output:
+        fail("missing option (--output): give -o RESULTS (.h5/.npz/.jsonl) or -o - for JSON lines")
+    store_only(store is not None, "--store URI", {"--table": table, "--store-option": store_option})
+    if store is not None:
+        if gallery is not None or bias is not None:
+            fail("--store searches the store's table: drop --gallery and --bias")
+        store_result = jobs.search_store(
+            queries,
+            store,
+            output,
+            table=table or "",
+            top_k=top_k,
+            metric=metric.value,
+            force=force,
+            stream=cast(TextIO, StdoutSink(sys.stdout)),
+            query_ids=query_ids,
+            io_timeout=io_timeout,
+            storage_options=store_options(store_option),
+            on_note=note,
+        )
+        info(store_result.summary["message"], quiet)
+        return
+    if gallery is None:
+        fail("missing option (--gallery): give --gallery G, or --store URI --table T")
+        return
     with progress_bar("search", quiet) as progress:
         result = jobs.search(
             queries,

@@ -19,12 +19,17 @@ Scores only (no ids): the bias needs the k highest scores, not who made them.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from nnn_cli.core.topk import (
+    DATABASE_TILE,
+    QUERY_TILE,
     SCORE_TILE_ELEMENTS,
     GemmIndex,
     ProgressFn,
+    aligned_empty,
     merge_top_scores,
     run_parallel,
     search_blocks,
@@ -77,6 +82,29 @@ def _flat_centroids(ivf) -> np.ndarray | None:
     return quantizer.reconstruct_n(0, quantizer.ntotal)
 
 
+FEW_PROBES = 8
+"""Up to this nprobe (and one database tile of centroids), the best lists are picked by repeated ``argmax``
+(a pass over the scores each) instead of ``argpartition`` + ``lexsort`` with ids: same lists, ties to the
+lower list, measured several times cheaper on (rows, 1,000) centroid scores."""
+
+
+def _few_probes(centroids: np.ndarray, queries: np.ndarray, nprobe: int) -> np.ndarray:
+    """(Q, nprobe) best lists, best first, ties to the lower list: the scores of :class:`GemmIndex` (the same
+    QUERY_TILE x centroids GEMMs), then ``nprobe`` rounds of ``argmax``."""
+    out = np.empty((len(queries), nprobe), dtype=np.int64)
+
+    def one(start: int) -> None:
+        scores = tile_scores(tile_operand(queries[start : start + QUERY_TILE], copy=True), centroids)
+        rows = np.arange(len(scores))
+        for j in range(nprobe):
+            best = scores.argmax(axis=1)  # the first maximum: ties to the lower list
+            out[start : start + len(scores), j] = best
+            scores[rows, best] = -np.inf
+
+    run_parallel(one, list(range(0, len(queries), QUERY_TILE)))
+    return out
+
+
 def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     """(Q, nprobe) int64: each query's ``nprobe`` best lists by centroid inner product (as faiss probes).
 
@@ -86,8 +114,10 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     """
     nprobe = int(max(1, min(nprobe, ivf.nlist)))
     centroids = _flat_centroids(ivf)
-    if centroids is not None:
+    if centroids is not None and (nprobe > FEW_PROBES or len(centroids) > DATABASE_TILE):
         return search_blocks(GemmIndex(centroids), queries, nprobe, PROBE_BLOCK)[1]
+    if centroids is not None:
+        return _few_probes(tile_operand(centroids), queries, nprobe)
     out = np.empty((len(queries), nprobe), dtype=np.int64)
     for start in range(0, len(queries), PROBE_BLOCK):
         block = np.ascontiguousarray(queries[start : start + PROBE_BLOCK], dtype=np.float32)
@@ -95,24 +125,69 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
     return out
 
 
-def _scan(queries: np.ndarray, best: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], k: int) -> None:
-    """Fold each (probing rows, list vectors) pair's scores into ``best`` (rows are disjoint across callers).
+LIST_ROW_BLOCK = 65536
+"""Query rows whose probes of one list are scored together (blocks at global multiples of it; callers pass
+queries that start at such a boundary): the GEMM of each (list, row block) has the same rows, so the same
+shape and bytes, however the gallery is split into calls (local chunks, Ray blocks) and whatever the
+thread count.  Large, because that GEMM has about ``LIST_ROW_BLOCK * nprobe / nlist`` rows: at 4,096 rows
+(1M x 1M, 1,000 lists, nprobe 4: 16 rows a GEMM, 250,000 GEMMs) Python and packing overheads ran the scan
+at a third of the GEMM rate; at 65,536 a GEMM has about 260 rows."""
 
-    The GEMM shapes depend only on the list and the fixed row block, never on the thread count."""
-    for rows_all, vecs in lists:
-        chunk = max(1, SCORE_TILE_ELEMENTS // len(vecs))
+PRIVATE_BEST_BYTES = 128 * 1024 * 1024
+"""Bound on the workers' private running top-k arrays together (rows scanned at once are cut to fit)."""
+
+LISTS_PER_STEP = 64
+"""Lists scanned between progress reports (and between the workers' joins)."""
+
+
+def _scan_list(
+    queries: np.ndarray, best: np.ndarray, vecs: np.ndarray, blocks: list[np.ndarray], k: int, base: int
+) -> None:
+    """Fold one list's scores into ``best`` (a worker's private running top-k of rows ``base...``): one GEMM per
+    (row block, chunk of at most SCORE_TILE_ELEMENTS scores), shapes fixed by the list and the row grid."""
+    vecs = tile_operand(vecs)
+    chunk = max(1, SCORE_TILE_ELEMENTS // len(vecs))
+    for rows_all in blocks:
         for start in range(0, len(rows_all), chunk):
             rows = rows_all[start : start + chunk]
-            scores = tile_scores(tile_operand(queries[rows], copy=True), vecs)
-            best[rows] = merge_top_scores(best[rows], select_top(scores, k), k)
+            q = aligned_empty((len(rows), queries.shape[1]))
+            np.take(queries, rows, axis=0, out=q)
+            local = rows - base
+            best[local] = merge_top_scores(best[local], select_top(tile_scores(q, vecs), k), k)
 
 
-LIST_ROW_BLOCK = 4096
-"""Query rows scanned together (at global multiples of it): fixed, so the GEMM of each (list, row
-block) has the same shape whatever the thread count; the blocks are dealt to the threads."""
+class _ListScan:
+    """The lists' scans over rows ``base:stop``: each worker thread folds into its own running top-k (the
+    first to start into ``first``, the output's own rows, so one worker needs no extra copy)."""
 
-LISTS_PER_STEP = 32
-"""Lists scanned between progress reports (and between the workers' joins)."""
+    def __init__(self, queries, vectors, rows_by_list, counts, bounds, k: int, base: int, first: np.ndarray):
+        self.queries, self.vectors, self.rows_by_list, self.counts = queries, vectors, rows_by_list, counts
+        self.ends = np.cumsum(counts)
+        self.bounds, self.k, self.base = bounds, k, base
+        self.first: np.ndarray | None = first
+        self.rows = len(first)
+        self.private: dict[int, np.ndarray] = {}
+        self.others: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def _mine(self) -> np.ndarray:
+        mine = self.private.get(threading.get_ident())
+        if mine is None:
+            with self._lock:
+                if self.first is not None:
+                    mine, self.first = self.first, None
+                else:
+                    mine = np.full((self.rows, self.k), -np.inf, dtype=np.float32)
+                    self.others.append(mine)
+                self.private[threading.get_ident()] = mine
+        return mine
+
+    def one(self, lst: int) -> None:
+        mine = self._mine()
+        rows_all = self.rows_by_list[self.ends[lst] - self.counts[lst] : self.ends[lst]]
+        cuts = np.searchsorted(rows_all, self.bounds)
+        blocks = [rows_all[cuts[b] : cuts[b + 1]] for b in np.flatnonzero(cuts[1:] > cuts[:-1])]
+        _scan_list(self.queries, mine, self.vectors[lst], blocks, self.k, self.base)
 
 
 def list_major_topk(
@@ -126,12 +201,14 @@ def list_major_topk(
     """(Q, k) float32: top-k inner products of each query within its ``nprobe`` probed lists, descending.
 
     ``index`` must be an ``IndexIVFFlat`` (see :func:`flat_ivf`); ``nprobe``
-    defaults to the index's own setting.  Rows whose
-    probed lists hold fewer than k vectors are padded with ``-inf``.  The
-    query rows are cut into fixed blocks of :data:`LIST_ROW_BLOCK` (``queries``
-    starts at such a boundary), scanned by ``threads`` workers (default: the
-    engine's thread count) with single-threaded BLAS, so the selection runs
-    on every core and the result does not depend on the thread count.
+    defaults to the index's own setting.  Rows whose probed lists hold fewer
+    than k vectors are padded with ``-inf``.  The rows probing a list are
+    scored in one GEMM per global block of :data:`LIST_ROW_BLOCK` rows
+    (``queries`` starts at such a boundary).  The lists are dealt to
+    ``threads`` workers (default: the engine's thread count; single-threaded
+    BLAS each), each keeping a private running top-k merged at the end: only
+    values are kept, and the k largest of a multiset do not depend on the
+    split, so the result does not depend on the thread count either.
     """
     ivf = flat_ivf(index)
     if ivf is None:
@@ -142,27 +219,29 @@ def list_major_topk(
     if nq == 0:
         return best
     probes = probe_lists(ivf, queries, nprobe or ivf.nprobe)
-    flat = probes.ravel()
-    valid = flat >= 0
-    order = np.flatnonzero(valid)[np.argsort(flat[valid], kind="stable")]
-    rows_by_list = order // probes.shape[1]  # ascending within each list (stable sort)
-    counts = np.bincount(flat[valid], minlength=ivf.nlist)
-    ends = np.cumsum(counts)
     vectors = list_vectors(ivf)
-    todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
     workers = max(1, int(threads or selection_threads()))
-    bounds = np.arange(0, nq + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
-    total, done = int(counts.sum()), 0
-    for step in range(0, len(todo), LISTS_PER_STEP):
-        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(len(bounds) - 1)]
-        for lst in todo[step : step + LISTS_PER_STEP]:
-            rows_all = rows_by_list[ends[lst] - counts[lst] : ends[lst]]
-            cuts = np.searchsorted(rows_all, bounds)
-            vecs = tile_operand(vectors[lst])
-            for b in np.flatnonzero(cuts[1:] > cuts[:-1]):
-                parts[b].append((rows_all[cuts[b] : cuts[b + 1]], vecs))
-            done += len(rows_all)
-        run_parallel(lambda part: _scan(queries, best, part, k), [part for part in parts if part], workers)
-        if progress:
-            progress(done, total)
+    span = max(1, PRIVATE_BEST_BYTES // (workers * max(1, k) * 4) // LIST_ROW_BLOCK) * LIST_ROW_BLOCK
+    total = int((probes >= 0).sum())
+    done = 0
+    for base in range(0, nq, span):
+        stop = min(nq, base + span)
+        flat = probes[base:stop].ravel()
+        valid = flat >= 0
+        order = np.flatnonzero(valid)[np.argsort(flat[valid], kind="stable")]
+        rows_by_list = base + order // probes.shape[1]  # ascending within each list (stable sort)
+        counts = np.bincount(flat[valid], minlength=ivf.nlist)
+        bounds = np.arange(base, stop + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
+        todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
+        scan = _ListScan(queries, vectors, rows_by_list, counts, bounds, k, base, best[base:stop])
+        for step in range(0, len(todo), LISTS_PER_STEP):
+            lists = todo[step : step + LISTS_PER_STEP]
+            run_parallel(scan.one, lists, workers)
+            done += int(counts[lists].sum())
+            if progress:
+                progress(done, total)
+        for part in scan.others:  # merged into the output by row block (small temporaries)
+            for r0 in range(0, stop - base, LIST_ROW_BLOCK):
+                r1 = min(stop - base, r0 + LIST_ROW_BLOCK)
+                best[base + r0 : base + r1] = merge_top_scores(best[base + r0 : base + r1], part[r0:r1], k)
     return sort_descending(best)

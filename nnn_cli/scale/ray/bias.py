@@ -55,7 +55,7 @@ def ray_bias(
     if spec is None:
         plan = bias_plan(gallery.n, reference.n, block_rows, partition_rows)
     else:
-        plan = index_plan(gallery.n, reference.n, block_rows)
+        plan = index_plan(gallery.n, reference.n, block_rows, spec.choice.kind)
     scheduler = RayScheduler(
         address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs, max_in_flight=max_blocks_in_flight
     )

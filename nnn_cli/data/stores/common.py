@@ -1,0 +1,293 @@
+"""What every vector store shares: masked URIs, the store source, the ``[r, b]`` rows and their
+MIPS-to-L2 form, and the :class:`VectorStore` interface the jobs talk to (no job knows which store
+it has).
+
+A store is a *source* (``read``: ids and float32 rows, validated like a file) and a *sink*
+(``write_table`` for export, ``write_bias`` for in-place biases), each commit atomic in the store's
+own terms; the parameters and fingerprints of the run are kept in the store (``read_meta``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+
+from nnn_cli.data.sources import EmbeddingSource
+from nnn_cli.errors import InputError, MismatchError, ParameterError
+
+BIAS_COLUMN = "nnn_bias"
+VECTOR_COLUMN = "nnn_vector"
+TOPK_COLUMN = "nnn_topk"
+ROW_COLUMN = "nnn_row"
+STORE_METRICS = ("ip", "l2")
+INDEX_KINDS = ("none", "hnsw", "ivf")
+DEFAULT_IO_TIMEOUT = 30.0
+IO_TIMEOUT_ENV = "NNN_IO_TIMEOUT"
+_SECRET_KEYS = {"password", "passwd", "api_key", "apikey", "token", "secret", "aws_secret_access_key", "sslpassword"}
+
+
+def resolve_io_timeout(io_timeout: float | None) -> float:
+    """``--io-timeout``, else ``NNN_IO_TIMEOUT``, else 30 s (as for object stores); must be > 0."""
+    if io_timeout is None:
+        text = os.environ.get(IO_TIMEOUT_ENV, "")
+        try:
+            io_timeout = float(text) if text.strip() else DEFAULT_IO_TIMEOUT
+        except ValueError:
+            raise ParameterError(f"{IO_TIMEOUT_ENV}={text!r}: not a number of seconds") from None
+    if not io_timeout > 0:
+        raise ParameterError(f"--io-timeout must be > 0 seconds, got {io_timeout:g}")
+    return float(io_timeout)
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with its password (``user:***@``) and secret query parameters masked."""
+    text = str(uri)
+    prefix = ""
+    for scheme in ("lancedb:", "qdrant:"):
+        if text.startswith(scheme) and not text.startswith(scheme + "//"):
+            prefix, text = scheme, text[len(scheme) :]
+    if "://" not in text:
+        return prefix + text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return prefix + re.sub(r"//[^@/]*@", "//***@", text)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="/:*")
+    return prefix + urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def uri_secrets(uri: str) -> list[str]:
+    """The secrets in ``uri`` (password, secret parameters), to scrub from a driver's messages."""
+    text = str(uri).split(":", 1)[1] if str(uri).startswith(("lancedb:", "qdrant:")) else str(uri)
+    out: list[str] = []
+    if "://" not in text:
+        return out
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(text)
+        if parts.password:
+            out.append(parts.password)
+        out.extend(v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_KEYS and v)
+    return [s for s in out if s]
+
+
+def scrub(message: str, secrets: list[str]) -> str:
+    """One line of a driver's message, secrets replaced by ``***``."""
+    text = " ".join(str(message).split())
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+class StoreSource(EmbeddingSource):
+    """Rows read from a store (held in memory as float32), used by the jobs exactly like a file source;
+    its name is the masked URI with the table and column, its ids are the store's row keys."""
+
+    store_name: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.store_name
+
+
+def store_source(name: str, vectors: np.ndarray, ids: np.ndarray, label: str = "gallery") -> StoreSource:
+    """A :class:`StoreSource` over ``vectors`` (N, d) float32 with ``ids`` (N,) strings."""
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    src = StoreSource(Path(name), None, "mem", (int(arr.shape[0]), int(arr.shape[1])), arr.dtype, label, _array=arr)
+    src.store_name = name
+    src._ids = ids
+    return src
+
+
+def check_rows(name: str, ids: list | np.ndarray, vectors: list | np.ndarray, dim: int | None = None) -> np.ndarray:
+    """The rows as float32 (N, d): refuses NULL vectors, ragged or wrong dimensions and duplicate ids
+    with one line naming the store and an offending id."""
+    for key, vec in zip(ids, vectors):
+        if vec is None:
+            raise InputError(f"{name}: row {key!s} has a NULL vector; fill or delete it before running nnn")
+    if len(vectors) == 0:
+        raise InputError(f"{name}: the table has no rows")
+    try:
+        arr = np.asarray(np.stack([np.asarray(v, dtype=np.float32) for v in vectors]), dtype=np.float32)
+    except ValueError:
+        raise InputError(f"{name}: the vectors do not all have one dimension") from None
+    if arr.ndim != 2:
+        raise InputError(f"{name}: expected one vector per row, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise MismatchError(f"{name}: vectors have d={arr.shape[1]}, expected {dim}")
+    check_unique(name, ids)
+    return arr
+
+
+def check_unique(name: str, ids: list | np.ndarray) -> None:
+    """Refuse duplicate row keys (a bias could not be written back to one row)."""
+    keys = np.asarray([str(v) for v in ids], dtype=object)
+    if len(set(keys.tolist())) != len(keys):
+        _, first, counts = np.unique(keys.astype(str), return_index=True, return_counts=True)
+        dup = keys[first[np.argmax(counts > 1)]]
+        raise InputError(f"{name}: id {dup!s} appears more than once; ids must be unique")
+
+
+def align_topk(name: str, keys: list, values: list | np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """The stored ``nnn_topk`` rows (``keys[i]`` -> ``values[i]``) in the order of ``ids``, (N, k) float32;
+    refuses rows without one (biased before top-k were kept, or not biased yet)."""
+    key_arr = np.asarray([str(v) for v in keys])
+    want = np.asarray([str(v) for v in ids])
+    order = np.argsort(key_arr, kind="stable")
+    pos = np.searchsorted(key_arr[order], want)
+    pos = np.minimum(pos, max(0, len(key_arr) - 1))
+    found = (len(key_arr) > 0) & (key_arr[order][pos] == want) if len(key_arr) else np.zeros(len(want), dtype=bool)
+    rows = order[pos]
+    missing = ~found
+    if not missing.any():
+        picked = [values[i] for i in rows.tolist()]
+        missing = np.asarray([v is None or len(v) != k for v in picked], dtype=bool)
+    if missing.any():
+        key = want[int(np.argmax(missing))]
+        raise InputError(
+            f"{name}: row {key} has no stored top-{k} ({TOPK_COLUMN}); run nnn bias --in-place (or --only-new) first"
+        )
+    return np.asarray(picked, dtype=np.float32).reshape(len(want), k)
+
+
+def nnn_rows(vectors: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``[r, b]`` (N, d+1) float32: with the query ``[q, -1]`` the inner product is ``s(q, r) - b(r)``."""
+    out = np.empty((vectors.shape[0], vectors.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = vectors
+    out[:, -1] = bias
+    return out
+
+
+def l2_rows(rows: np.ndarray, max_norm: float | None = None) -> tuple[np.ndarray, float]:
+    """The MIPS-to-L2 reduction: ``[x, sqrt(M^2 - |x|^2)]`` with ``M = max |x|`` (or ``max_norm``), so every
+    row has norm M and ``|y - [q', 0]|^2 = M^2 + |q'|^2 - 2 <x, q'>``: the L2 ranking is the inner-product
+    ranking.  Returns the rows (N, D+1) and M."""
+    sq = np.einsum("ij,ij->i", rows.astype(np.float64), rows.astype(np.float64))
+    m = float(math.sqrt(sq.max())) if max_norm is None else float(max_norm)
+    if max_norm is not None and sq.max() > m * m * (1 + 1e-6):
+        raise ParameterError(
+            f"a new row's norm {math.sqrt(sq.max()):.6g} exceeds the table's L2 bound {m:.6g}: "
+            "rewrite the table with --replace"
+        )
+    out = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = rows
+    out[:, -1] = np.sqrt(np.maximum(m * m - sq, 0.0))
+    return out, m
+
+
+def query_rows(queries: np.ndarray, store_metric: str) -> np.ndarray:
+    """``[q, -1]`` (ip) or ``[q, -1, 0]`` (l2) float32."""
+    extra = 1 if store_metric == "ip" else 2
+    out = np.zeros((queries.shape[0], queries.shape[1] + extra), dtype=np.float32)
+    out[:, : queries.shape[1]] = queries
+    out[:, queries.shape[1]] = -1.0
+    return out
+
+
+def score_from_l2(dist: np.ndarray, queries_aug: np.ndarray, max_norm: float) -> np.ndarray:
+    """The debiased score from an L2 distance under the reduction: ``(M^2 + |q'|^2 - dist^2) / 2``."""
+    qn = np.einsum("ij,ij->i", queries_aug.astype(np.float64), queries_aug.astype(np.float64))
+    return ((max_norm * max_norm + qn[:, None] - dist.astype(np.float64) ** 2) / 2).astype(np.float32)
+
+
+def check_store_metric(metric: str) -> str:
+    if metric == "cosine":
+        raise ParameterError(
+            "--store-metric cosine cannot serve NNN: cosine renormalises [r, b], which changes the bias "
+            "each item gets; use ip (inner product) or l2"
+        )
+    if metric not in STORE_METRICS:
+        raise ParameterError(f"unknown --store-metric {metric!r}: use ip or l2")
+    return metric
+
+
+def check_index_kind(index: str) -> str:
+    if index not in INDEX_KINDS:
+        raise ParameterError(f"unknown --index {index!r} for a store: use none, hnsw or ivf")
+    return index
+
+
+@dataclass
+class StoreHits:
+    """A store's answer to a batch of queries: ids (Q, k) strings, row numbers (Q, k; -1 where the table
+    keeps none) and debiased scores (Q, k), best first."""
+
+    ids: np.ndarray
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class WriteSpec:
+    """What an export writes: ids, the plain vectors, biases, ``[r, b]`` (or its L2 form), extra columns."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    bias: np.ndarray
+    nnn_vectors: np.ndarray
+    row_offset: int = 0
+    columns: dict[str, list] = field(default_factory=dict)
+
+
+class VectorStore(Protocol):
+    """The seam between the jobs and a store (pgvector, LanceDB, Qdrant)."""
+
+    label: str  # the masked URI
+    kind: str
+
+    def close(self) -> None: ...
+    def exists(self, table: str) -> bool: ...
+    def read(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def counts(self, table: str) -> tuple[int, int]: ...
+    def row_key(self, table: str) -> str | None: ...
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray: ...
+    def read_meta(self, table: str) -> dict | None: ...
+    def write_table(
+        self, table: str, spec: WriteSpec, mode: str, index: str, store_metric: str, meta: dict
+    ) -> None: ...
+    def write_bias(
+        self,
+        table: str,
+        column: str,
+        id_column: str | None,
+        ids: np.ndarray,
+        bias: np.ndarray,
+        nnn_vectors: np.ndarray,
+        topk: np.ndarray | None,
+        meta: dict,
+    ) -> None: ...
+    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits: ...
+    def lock(self, table: str, wait: float) -> contextlib.AbstractContextManager[Any]: ...
+
+
+def where(store: VectorStore, table: str, column: str | None = None) -> str:
+    """``URI table T column C``: how messages name a place in a store (credentials masked)."""
+    return f"{store.label} table {table!r}" + (f" column {column!r}" if column else "")
+
+
+@contextlib.contextmanager
+def closing(store: VectorStore) -> Iterator[VectorStore]:
+    try:
+        yield store
+    finally:
+        with contextlib.suppress(Exception):
+            store.close()

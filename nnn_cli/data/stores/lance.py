@@ -1,0 +1,399 @@
+"""LanceDB (a local folder or an object-store URL) as a source and a sink.
+
+Rows move as Arrow columns.  Every write is one new table version (Lance commits a version atomically:
+a reader sees the old table or the new one): an export creates or overwrites the table, ``--append`` and
+in-place biases write the whole table back with the user's columns as the very Arrow arrays that were read
+(so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  The provenance is the
+schema metadata key ``nnn_meta``; the lock is a ``flock`` beside a local table (object stores: none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from nnn_cli.data.locks import exclusive_lock
+from nnn_cli.data.stores.common import (
+    BIAS_COLUMN,
+    ROW_COLUMN,
+    TOPK_COLUMN,
+    VECTOR_COLUMN,
+    StoreHits,
+    WriteSpec,
+    align_topk,
+    check_unique,
+    mask_uri,
+    query_rows,
+    score_from_l2,
+    scrub,
+    uri_secrets,
+    where,
+)
+from nnn_cli.errors import DependencyError, InputError, MismatchError, OutputError, ParameterError
+
+META_KEY = b"nnn_meta"
+ID_COLUMN = "id"
+EMBED_COLUMN = "embedding"
+
+
+def _libs():
+    # LanceDB's Rust core logs warnings (deprecations, "no existing dataset") on stderr, which would break
+    # the one-line-on-stderr promise; the user's own LANCEDB_LOG wins
+    os.environ.setdefault("LANCEDB_LOG", "error")
+    try:
+        import lancedb
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError as exc:
+        raise DependencyError(
+            f"LanceDB stores need the lancedb extra: pip install 'nnn-cli[lancedb]' ({exc})"
+        ) from None
+    return lancedb, pa, pc
+
+
+def _fsl(pa, values: np.ndarray):
+    arr = np.ascontiguousarray(values, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+class LanceStore:
+    """A LanceDB database (``lancedb:PATH_OR_URL``)."""
+
+    kind = "lancedb"
+
+    def __init__(self, uri: str, io_timeout: float = 10.0, storage_options: dict | None = None):
+        self._lancedb, self._pa, self._pc = _libs()
+        self.uri = uri
+        self.label = mask_uri(uri)
+        self.location = uri[len("lancedb:") :]
+        self.io_timeout = float(io_timeout)
+        self.local = "://" not in self.location
+        self._secrets = uri_secrets(uri) + [v for k, v in (storage_options or {}).items() if "secret" in k.lower()]
+        if not self.location:
+            raise ParameterError("lancedb: needs a folder or URL, e.g. lancedb:./vectors or lancedb:s3://bucket/db")
+        opts = {k: str(v) for k, v in (storage_options or {}).items()}
+        if not self.local:
+            opts.setdefault("timeout", f"{max(1, math.ceil(self.io_timeout))}s")
+            opts.setdefault("connect_timeout", f"{max(1, math.ceil(self.io_timeout))}s")
+        self.db = self._timed(lambda: self._lancedb.connect(self.location, storage_options=opts or None), "connect")
+        self._timed(lambda: self._list(), "list the tables")
+
+    def _timed(self, fn, what: str) -> Any:
+        """Run ``fn`` within --io-timeout (object stores can hang on an unreachable endpoint)."""
+        box: dict = {}
+
+        def work():
+            try:
+                box["value"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        thread.join(self.io_timeout)
+        if thread.is_alive():
+            raise InputError(f"{self.label}: cannot {what}: no answer within --io-timeout {self.io_timeout:g}s")
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, InputError):
+                raise exc
+            raise InputError(f"{self.label}: cannot {what} ({self._msg(exc)})") from None
+        return box.get("value")
+
+    def _msg(self, exc: BaseException) -> str:
+        lines = [t for t in str(exc).strip().splitlines() if t.strip()]
+        return scrub(lines[0] if lines else type(exc).__name__, self._secrets)[:300]
+
+    def _list(self) -> list[str]:
+        names: list[str] = []
+        token = None
+        while True:
+            page = self.db.list_tables(page_token=token, limit=1000)
+            names.extend(page.tables)
+            token = page.page_token
+            if not token:
+                return names
+
+    def close(self) -> None:
+        pass
+
+    def exists(self, table: str) -> bool:
+        return table in self._list()
+
+    def _open(self, table: str):
+        if not self.exists(table):
+            raise InputError(f"{where(self, table)}: no such table")
+        return self.db.open_table(table)
+
+    # -- source --------------------------------------------------------------------------
+    def _vectors(self, arrow, table: str, column: str) -> np.ndarray:
+        pa = self._pa
+        if column not in arrow.column_names:
+            raise InputError(f"{where(self, table, column)}: no such column")
+        col = arrow.column(column)
+        kind = col.type
+        if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)) or not pa.types.is_floating(
+            kind.value_type
+        ):
+            raise InputError(f"{where(self, table, column)}: is {kind}, not a vector column (a list of floats)")
+        if col.null_count:
+            first = int(np.argmax(np.asarray(col.is_null())))
+            raise InputError(f"{where(self, table, column)}: row {first} has a NULL vector; fill or delete it")
+        col = col.combine_chunks()
+        if len(col) == 0:
+            return np.empty((0, kind.list_size if pa.types.is_fixed_size_list(kind) else 0), dtype=np.float32)
+        if pa.types.is_fixed_size_list(kind):
+            flat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)
+            return flat.reshape(len(col), kind.list_size)
+        lengths = np.asarray(self._pc.list_value_length(col))
+        if (lengths != lengths[0]).any():
+            raise InputError(f"{where(self, table, column)}: the vectors do not all have one dimension")
+        return np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), lengths[0])
+
+    def _key(self, arrow, table: str, id_column: str | None) -> str:
+        key = id_column or ID_COLUMN
+        if key not in arrow.column_names:
+            raise InputError(f"{where(self, table, key)}: no such column (the row key; name it with --id-column)")
+        if arrow.column(key).null_count:
+            raise InputError(f"{where(self, table, key)}: a row has a NULL key")
+        return key
+
+    def read(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        tbl = self._open(table)
+        arrow = tbl.to_arrow()
+        key = self._key(arrow, table, id_column)
+        if only_missing and BIAS_COLUMN in arrow.column_names:
+            arrow = arrow.filter(self._pc.is_null(arrow.column(BIAS_COLUMN)))
+        vectors = self._vectors(arrow, table, column)
+        ids = np.asarray([str(v) for v in arrow.column(key).to_pylist()], dtype=object)
+        check_unique(where(self, table, key), ids)
+        return ids, vectors
+
+    def counts(self, table: str) -> tuple[int, int]:
+        tbl = self._open(table)
+        n = tbl.count_rows()
+        if BIAS_COLUMN not in tbl.schema.names:
+            return n, n
+        return n, tbl.count_rows(f"{BIAS_COLUMN} IS NULL")
+
+    def row_key(self, table: str) -> str | None:
+        return ID_COLUMN
+
+    def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray:
+        arrow = self._open(table).to_arrow()
+        if TOPK_COLUMN not in arrow.column_names:
+            raise InputError(f"{where(self, table)}: has no {TOPK_COLUMN} column; run nnn bias --in-place first")
+        key = self._key(arrow, table, id_column)
+        return align_topk(
+            where(self, table), arrow.column(key).to_pylist(), arrow.column(TOPK_COLUMN).to_pylist(), ids, k
+        )
+
+    def read_meta(self, table: str) -> dict | None:
+        if not self.exists(table):
+            return None
+        meta = (self.db.open_table(table).schema.metadata or {}).get(META_KEY)
+        return json.loads(meta) if meta else None
+
+    @contextlib.contextmanager
+    def lock(self, table: str, wait: float) -> Iterator[None]:
+        if not self.local:
+            yield
+            return
+        from pathlib import Path
+
+        folder = Path(self.location)
+        if not folder.is_dir():
+            raise InputError(f"{self.label}: no such folder")
+        with exclusive_lock(folder / f"{table}.lance", wait, what="LanceDB table"):
+            yield
+
+    # -- sinks ---------------------------------------------------------------------------
+    def _with_meta(self, arrow, meta: dict):
+        md = dict(arrow.schema.metadata or {})
+        md[META_KEY] = json.dumps(meta).encode()
+        return arrow.replace_schema_metadata(md)
+
+    def write_table(self, table: str, spec: WriteSpec, mode: str, index: str, store_metric: str, meta: dict) -> None:
+        pa = self._pa
+        exists = self.exists(table)
+        if mode == "create" and exists:
+            raise ParameterError(f"{where(self, table)}: already exists; give --replace to rewrite it or --append")
+        n = len(spec.ids)
+        cols = {
+            ID_COLUMN: pa.array([str(v) for v in spec.ids], pa.string()),
+            ROW_COLUMN: pa.array(np.arange(n, dtype=np.int64) + spec.row_offset),
+            EMBED_COLUMN: _fsl(pa, spec.vectors),
+            BIAS_COLUMN: pa.array(np.asarray(spec.bias, dtype=np.float32)),
+            VECTOR_COLUMN: _fsl(pa, spec.nnn_vectors),
+        }
+        for name, values in spec.columns.items():
+            cols[name] = pa.array(values, pa.string())
+        new = pa.table(cols)
+        if mode == "append":
+            tbl = self._open(table)
+            old = tbl.to_arrow()
+            have = old.schema.field(VECTOR_COLUMN).type.list_size
+            if have != spec.nnn_vectors.shape[1]:
+                raise MismatchError(
+                    f"{where(self, table, VECTOR_COLUMN)}: holds d={have}, the rows need {spec.nnn_vectors.shape[1]}"
+                )
+            clash = self._pc.is_in(new.column(ID_COLUMN), value_set=old.column(ID_COLUMN))
+            if self._pc.any(clash).as_py():
+                raise InputError(
+                    f"{where(self, table)}: {self._pc.sum(clash).as_py()} of the new ids are already in the table"
+                )
+            try:
+                new = pa.concat_tables(
+                    [old.replace_schema_metadata(None), new.select(old.column_names).cast(old.schema.remove_metadata())]
+                )
+            except (KeyError, pa.ArrowInvalid) as exc:
+                raise InputError(
+                    f"{where(self, table)}: the new rows do not fit the table ({self._msg(exc)})"
+                ) from None
+        data = self._with_meta(new, meta)
+        self._write(table, data, "create" if mode == "create" else "overwrite")
+        if index != "none":
+            self._index(table, index, store_metric, len(data))
+
+    def _write(self, table: str, data, mode: str) -> None:
+        """One new version (not under --io-timeout: a large write takes as long as it takes, and a write
+        abandoned by a timer could still commit later)."""
+        try:
+            self.db.create_table(table, data, schema=data.schema, mode=mode)
+        except OSError as exc:
+            raise OutputError(
+                f"{where(self, table)}: cannot write ({self._msg(exc)}); the table is unchanged"
+            ) from None
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"{where(self, table)}: cannot write ({self._msg(exc)}); the table is unchanged") from None
+
+    def _index(self, table: str, index: str, store_metric: str, n: int) -> None:
+        tbl = self.db.open_table(table)
+        kind = "IVF_HNSW_SQ" if index == "hnsw" else "IVF_FLAT"
+        try:
+            tbl.create_index(
+                metric="dot" if store_metric == "ip" else "l2",
+                vector_column_name=VECTOR_COLUMN,
+                index_type=kind,
+                num_partitions=max(1, min(1024, int(math.sqrt(n)))),
+            )
+        except Exception as exc:  # noqa: BLE001 - LanceDB raises plain exceptions for training problems
+            raise InputError(
+                f"{where(self, table)}: the rows were written, but the {index} index was not ({self._msg(exc)})"
+            ) from None
+
+    def write_bias(
+        self,
+        table: str,
+        column: str,
+        id_column: str | None,
+        ids: np.ndarray,
+        bias: np.ndarray,
+        nnn_vectors: np.ndarray,
+        topk: np.ndarray | None,
+        meta: dict,
+    ) -> None:
+        pa, pc = self._pa, self._pc
+        tbl = self._open(table)
+        version = tbl.version
+        arrow = tbl.to_arrow()
+        key = self._key(arrow, table, id_column)
+        keys = pa.array([str(v) for v in arrow.column(key).to_pylist()], pa.string())
+        pos = np.asarray(pc.index_in(keys, value_set=pa.array([str(v) for v in ids], pa.string())).fill_null(-1))
+        hit = pos >= 0
+        if int(hit.sum()) != len(ids):
+            raise InputError(
+                f"{where(self, table)}: {len(ids) - int(hit.sum())} rows vanished while the biases were computed"
+            )
+        n, dd = len(arrow), nnn_vectors.shape[1]
+
+        def merged(name: str, values: np.ndarray, width: int | None):
+            """The column ``name`` with the rows computed now set and every other row as it was."""
+            out = np.zeros((n,) if width is None else (n, width), dtype=np.float32)
+            valid = np.zeros(n, dtype=bool)
+            if name in arrow.column_names:
+                old = arrow.column(name).combine_chunks()
+                if width is None or old.type.list_size == width:
+                    valid = ~np.asarray(old.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+                    kept = old.drop_null() if width is None else old.flatten()  # flatten skips null slots
+                    if valid.any():
+                        out[valid] = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(
+                            out[valid].shape
+                        )
+            out[hit] = values[pos[hit]]
+            valid = valid | hit
+            if width is None:
+                return pa.array(out, mask=~valid)
+            return pa.FixedSizeListArray.from_arrays(
+                pa.array(out.reshape(-1)), width, mask=pa.array(~valid) if (~valid).any() else None
+            )
+
+        if VECTOR_COLUMN in arrow.column_names and arrow.schema.field(VECTOR_COLUMN).type.list_size != dd:
+            raise MismatchError(
+                f"{where(self, table, VECTOR_COLUMN)}: holds another dimension than the {dd} this run writes"
+            )
+        new_cols = {
+            BIAS_COLUMN: merged(BIAS_COLUMN, np.asarray(bias, dtype=np.float32), None),
+            VECTOR_COLUMN: merged(VECTOR_COLUMN, nnn_vectors, dd),
+        }
+        if topk is not None:
+            new_cols[TOPK_COLUMN] = merged(TOPK_COLUMN, topk, topk.shape[1])
+        out = arrow
+        for name, values in new_cols.items():
+            if name in out.column_names:
+                out = out.set_column(out.column_names.index(name), name, values)
+            else:
+                out = out.append_column(name, values)
+        if self.db.open_table(table).version != version:
+            raise InputError(f"{where(self, table)}: the table changed while the biases were computed; run again")
+        data = self._with_meta(out, meta)
+        self._write(table, data, "overwrite")
+
+    # -- queries ---------------------------------------------------------------------------
+    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+        store_metric = meta.get("store_metric", "ip")
+        key = meta.get("id_column") or ID_COLUMN
+        tbl = self._open(table)
+        if VECTOR_COLUMN not in tbl.schema.names:
+            raise InputError(f"{where(self, table)}: has no {VECTOR_COLUMN} column; run nnn bias --in-place first")
+        q = query_rows(queries, store_metric)
+        has_row = ROW_COLUMN in tbl.schema.names
+        select = [key] + ([ROW_COLUMN] if has_row else [])
+        res = (
+            tbl.search(list(q), vector_column_name=VECTOR_COLUMN)
+            .distance_type("dot" if store_metric == "ip" else "l2")
+            .limit(top_k)
+            .select(select)
+            .to_arrow()
+        )
+        qi = (
+            np.asarray(res.column("query_index"))
+            if "query_index" in res.column_names
+            else np.zeros(len(res), dtype=np.int64)
+        )
+        dist = np.asarray(res.column("_distance"), dtype=np.float64)
+        idv = np.asarray([str(v) for v in res.column(key).to_pylist()], dtype=object)
+        rowv = np.asarray(res.column(ROW_COLUMN)) if has_row else np.full(len(res), -1, dtype=np.int64)
+        counts = np.bincount(qi, minlength=len(q))
+        got = int(min(top_k, counts.min())) if len(q) else 0
+        ids = np.empty((len(q), got), dtype=object)
+        rows = np.full((len(q), got), -1, dtype=np.int64)
+        d = np.empty((len(q), got), dtype=np.float64)
+        for i in range(len(q)):  # per query (not per gallery row): order by distance, ties by row
+            sel = np.flatnonzero(qi == i)
+            sel = sel[np.lexsort((rowv[sel], dist[sel]))][:got]
+            ids[i], rows[i], d[i] = idv[sel], rowv[sel], dist[sel]
+        if store_metric == "ip":
+            scores = (1.0 - d).astype(np.float32)  # LanceDB's dot distance is 1 - <x, y>
+        else:
+            scores = score_from_l2(np.sqrt(np.maximum(d, 0)), q, float(meta["l2_max_norm"]))  # squared L2
+        return StoreHits(ids, rows, scores)
