@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from nnn_cli.jobs import EngineOptions, IndexOptions
-from nnn_cli.jobs.common import parse_storage_options
+from nnn_cli.jobs.common import DEFAULT_IO_TIMEOUT, parse_storage_options
 
 
 class Metric(str, Enum):
@@ -195,6 +195,15 @@ StorageOptionOpt = Annotated[
         "endpoint_url=http://127.0.0.1:9000 or anon=true.",
     ),
 ]
+IoTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--io-timeout",
+        envvar="NNN_IO_TIMEOUT",
+        min=0.1,
+        help="Seconds to reach a cluster (--address) before giving up with one line naming it (default 30).",
+    ),
+]
 WaitOpt = Annotated[
     float,
     typer.Option(
@@ -271,6 +280,7 @@ def engine_options(
     partition_rows: Optional[int],
     max_retries: int,
     storage_option: Optional[list[str]],
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
 ) -> EngineOptions:
     return EngineOptions(
         engine,
@@ -281,4 +291,5 @@ def engine_options(
         partition_rows,
         max_retries,
         parse_storage_options(storage_option),
+        io_timeout,
     )

@@ -71,6 +71,10 @@ class IndexOptions:
         return self.index == "flat" and self.save_index is None and self.load_index is None
 
 
+DEFAULT_IO_TIMEOUT = 30.0
+"""Seconds to reach a cluster (``--io-timeout``), as :data:`nnn_cli.scale.ray.cluster.DEFAULT_IO_TIMEOUT`."""
+
+
 @dataclass
 class EngineOptions:
     """Where the exact steps run: ``local`` (this process) or ``ray`` (Ray tasks on a cluster; see
@@ -84,6 +88,7 @@ class EngineOptions:
     partition_rows: Optional[int] = None
     max_retries: int = 3
     storage_options: dict = field(default_factory=dict)
+    io_timeout: float = DEFAULT_IO_TIMEOUT
 
     def check(self) -> EngineOptions:
         if self.engine not in ("local", "ray"):
@@ -104,6 +109,12 @@ class EngineOptions:
                 raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
         if self.gpus_per_task < 0 or self.max_retries < 0:
             raise ParameterError("--gpus-per-task and --max-retries must be >= 0")
+        if not self.io_timeout > 0:
+            raise ParameterError(f"--io-timeout must be > 0 seconds, got {self.io_timeout}")
+        if self.engine == "ray" and self.address is not None:  # reachable before anything is written
+            from nnn_cli.scale.ray.cluster import check_address
+
+            check_address(self.address, self.io_timeout)
         return self
 
     def ray_kwargs(self) -> dict:
@@ -112,6 +123,7 @@ class EngineOptions:
             "gpus_per_task": self.gpus_per_task,
             "max_retries": self.max_retries,
             "storage_options": self.storage_options or None,
+            "io_timeout": self.io_timeout,
         }
         if self.block_rows is not None:
             kw["block_rows"] = self.block_rows

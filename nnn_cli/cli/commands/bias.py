@@ -21,6 +21,7 @@ from nnn_cli.cli.options import (
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
+    IoTimeoutOpt,
     JsonOpt,
     KOpt,
     LoadIndexOpt,
@@ -130,6 +131,7 @@ def bias_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = 30.0,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -158,7 +160,15 @@ def bias_cmd(
             update=update,
             reference_add=reference_add,
             engine=engine_options(
-                engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                resume,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             memory_budget=memory_budget,

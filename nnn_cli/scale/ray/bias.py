@@ -12,6 +12,7 @@ from nnn_cli.data import objstore
 from nnn_cli.data.manifest import FORMAT, MANIFEST
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.scale.ray.cluster import DEFAULT_IO_TIMEOUT
 from nnn_cli.scale.ray.session import (
     _comparable,
     _input_record,
@@ -120,6 +121,7 @@ def ray_bias(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
     index: dict | None = None,
     _task_delay: float = 0.0,
 ) -> dict:
@@ -201,7 +203,7 @@ def ray_bias(
     t_planned = time.time()
 
     records = []
-    with ray_session(address, num_cpus, num_gpus, init_kwargs) as ray:
+    with ray_session(address, num_cpus, num_gpus, init_kwargs, io_timeout=io_timeout) as ray:
         t_ready = time.time()
         cpus = int(ray.cluster_resources().get("CPU", 1))
         window = max_blocks_in_flight or max(2, 2 * cpus // max(1, len(plan.partitions)) + 1)

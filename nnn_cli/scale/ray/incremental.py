@@ -11,6 +11,7 @@ from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.data.manifest import MANIFEST, missing_blocks, read_manifest
 from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.scale.ray.cluster import DEFAULT_IO_TIMEOUT
 from nnn_cli.scale.ray.session import (
     _input_record,
     _run_windowed,
@@ -105,6 +106,7 @@ def ray_append(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
     **_ignored,
 ) -> dict:
     """Append new gallery rows to a finished exact run (``run_url``) as new blocks: each new block's top-k
@@ -135,7 +137,7 @@ def ray_append(
             for r0 in range(0, src.n, plan["partition_rows"])
         ]
         records: dict = {}
-        with ray_session(address, num_cpus, num_gpus, init_kwargs) as ray:
+        with ray_session(address, num_cpus, num_gpus, init_kwargs, io_timeout=io_timeout) as ray:
             part_fn = ray.remote(partial_topk_task).options(**task_options(max_retries, gpus_per_task))
             merge_fn = ray.remote(merge_bias_task).options(**task_options(max_retries))
             n_ref = ray.put(new)
@@ -215,6 +217,7 @@ def ray_add_reference(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
     **_ignored,
 ) -> dict:
     """Fold new reference queries into a finished exact run saved with top-k: one task per (block, new
@@ -247,7 +250,7 @@ def ray_add_reference(
         blocks = sorted(int(b) for b in m["blocks_done"])
         news = [(r0, min(new.n, r0 + plan["partition_rows"])) for r0 in range(0, new.n, plan["partition_rows"])]
         records: dict = {}
-        with ray_session(address, num_cpus, num_gpus, init_kwargs) as ray:
+        with ray_session(address, num_cpus, num_gpus, init_kwargs, io_timeout=io_timeout) as ray:
             part_fn = ray.remote(partial_topk_task).options(**task_options(max_retries, gpus_per_task))
             merge_fn = ray.remote(merge_update_task).options(**task_options(max_retries))
             q_ref = ray.put(new)

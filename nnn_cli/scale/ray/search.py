@@ -10,6 +10,7 @@ from nnn_cli.core.topk import DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, Pr
 from nnn_cli.data.manifest import read_manifest_bias
 from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.scale.ray.cluster import DEFAULT_IO_TIMEOUT
 from nnn_cli.scale.ray.session import _round_up, make_plan, open_input, ray_session, task_options
 from nnn_cli.scale.ray.tasks import merge_search, partial_search_task
 
@@ -37,6 +38,7 @@ def ray_search(
     storage_options: dict | None = None,
     num_cpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float = DEFAULT_IO_TIMEOUT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows per query by ``q.r - b(r)`` (plain ``q.r`` when ``bias`` is None), as Ray
     tasks over query blocks x gallery partitions.  ``bias``: an array, a manifest folder/URL, or None.
@@ -67,7 +69,7 @@ def ray_search(
     )
     scores = np.empty((queries.n, top_k), dtype=np.float32)
     indices = np.empty((queries.n, top_k), dtype=np.int64)
-    with ray_session(address, num_cpus, None, init_kwargs) as ray:
+    with ray_session(address, num_cpus, None, init_kwargs, io_timeout=io_timeout) as ray:
         fn = ray.remote(partial_search_task).options(**task_options(max_retries, gpus_per_task))
         q_ref, g_ref = ray.put(queries), ray.put(gallery)
         b_refs = [None if bias is None else ray.put(bias[r0:r1]) for r0, r1 in plan.partitions]

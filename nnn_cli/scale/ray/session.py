@@ -3,7 +3,6 @@ partition plan on the fixed tile grid, the windowed submission loop, inputs by U
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
@@ -14,18 +13,11 @@ import numpy as np
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn
 from nnn_cli.data import objstore
 from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.scale.ray.cluster import ray_session  # noqa: F401 - the cluster's lifecycle lives there
 
 DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE  # 65,536 gallery rows per task
 DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
 STREAM_ROWS = 8 * DATABASE_TILE  # reference rows fetched per ranged read inside a task
-
-
-def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise ParameterError("--engine ray needs Ray: pip install 'nnn-cli[ray]'") from None
-    return ray
 
 
 # ---------------------------------------------------------------------------
@@ -75,43 +67,6 @@ def make_plan(
             f"partition_rows must be a positive multiple of {partition_multiple}, got {partition_rows}"
         )
     return Plan(int(n_rows), int(n_stream), block_rows, partition_rows)
-
-
-# ---------------------------------------------------------------------------
-# Ray session: a private local cluster, or a connection to an existing one
-# ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def ray_session(
-    address: str | None = None,
-    num_cpus: int | None = None,
-    num_gpus: int | None = None,
-    init_kwargs: dict | None = None,
-):
-    """Yield with Ray initialised.  Reuses a connection the caller already holds (and leaves it);
-    ``address=None`` starts a private cluster bound to 127.0.0.1 and shuts it down after."""
-    if address is None:  # read by Ray at import: keeps a private cluster's addresses on 127.0.0.1
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray = _ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    kwargs = {"configure_logging": False, "log_to_driver": False, **(init_kwargs or {})}
-    if address is None:
-        kwargs = {
-            "num_cpus": num_cpus or os.cpu_count(),
-            "include_dashboard": False,
-            "_node_ip_address": "127.0.0.1",
-            **({"num_gpus": num_gpus} if num_gpus is not None else {}),
-            **kwargs,
-        }
-        ray.init(**kwargs)
-    else:
-        ray.init(address=address, **kwargs)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 # ---------------------------------------------------------------------------
