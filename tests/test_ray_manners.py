@@ -210,11 +210,26 @@ class SlowRun:
             time.sleep(0.2)
         raise AssertionError("no task started")
 
-    def wait_until_gone(self, timeout: float) -> list[str]:
+    def holder_sessions(self) -> set[int]:
+        """Session ids of the driver's children other than its own (the private cluster's holder)."""
+        mine = _sid(self.proc.pid) if self.proc.poll() is None else None
+        return {s for pid in self.seen if (s := _sid(pid)) is not None and s != mine and s == pid}
+
+    def wait_until_gone(self, timeout: float, sessions: set[int] = frozenset()) -> list[str]:
+        """What is still alive after ``timeout`` s: processes seen, and any process of the ``sessions``."""
+
+        def left():
+            stray = [
+                f"{p.info['name']}({p.pid}, session {_sid(p.pid)})"
+                for p in psutil.process_iter(["name", "status"])
+                if p.info["status"] != psutil.STATUS_ZOMBIE and _sid(p.pid) in sessions
+            ]
+            return _alive(self.seen) + stray
+
         deadline = time.time() + timeout
-        while time.time() < deadline and _alive(self.seen):
+        while time.time() < deadline and left():
             time.sleep(0.2)
-        return _alive(self.seen)
+        return left()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -243,25 +258,24 @@ def test_quiet_private_cluster_prints_nothing_and_leaves_nothing(inputs, tmp_pat
 @pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "Terminated"), (signal.SIGINT, 130, "Interrupted")])
 def test_signal_to_driver_exits_with_one_line_and_tears_down(slow_run, sig, code, word):
     slow_run.wait_for_task()
+    sessions = slow_run.holder_sessions()
     slow_run.proc.send_signal(sig)
     _, err = slow_run.proc.communicate(timeout=60)
     assert slow_run.proc.returncode == code, err
     lines = _lines(err)
     assert len(lines) == 1 and lines[0].startswith(f"{word}; "), err
     assert not ANSI.search(err)
-    assert slow_run.wait_until_gone(10) == []  # torn down before the driver exited (10 s of slack for psutil)
+    assert slow_run.wait_until_gone(10, sessions) == []  # torn down before the driver exited (10 s of slack for psutil)
 
 
 def test_kill_9_of_the_driver_leaves_no_cluster_process(slow_run):
     slow_run.wait_for_task()
-    holder = [pid for pid, (_, name) in slow_run.seen.items() if psutil.Process(pid).ppid() == slow_run.proc.pid]
+    sessions = slow_run.holder_sessions()
+    assert len(sessions) == 1, sessions  # the cluster runs in a session of its own, apart from the driver's
     os.kill(slow_run.proc.pid, signal.SIGKILL)
     slow_run.proc.wait(10)
-    left = slow_run.wait_until_gone(30)
+    left = slow_run.wait_until_gone(30, sessions)
     assert left == [], f"still alive 30 s after kill -9 of the driver: {left}"
-    for pid in holder:  # and nothing else of the holder's session either
-        session = [p.pid for p in psutil.process_iter() if _sid(p.pid) == pid]
-        assert session == []
 
 
 def _sid(pid: int) -> int | None:
