@@ -344,3 +344,54 @@ def test_io_timeout_from_the_environment(inputs, tmp_path):
         srv.close()
     assert res.returncode == 2
     assert "within 1.5s" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- the address check, without a cluster
+@pytest.mark.parametrize(
+    "address,want",
+    [
+        ("127.0.0.1:6379", ("", "127.0.0.1", 6379)),
+        ("head-node.cluster.local:6379", ("", "head-node.cluster.local", 6379)),
+        ("ray://10.0.0.5:10001", ("ray", "10.0.0.5", 10001)),
+        ("[::1]:6379", ("", "::1", 6379)),
+    ],
+)
+def test_address_forms(address, want):
+    from nnn_cli.scale.ray.cluster import parse_address
+
+    assert parse_address(address) == want
+
+
+@pytest.mark.parametrize("address", ["foo://x:1", "http://h:80", "h", "h:", ":80", "h:0", "h:70000", "a b:1", "h:8x"])
+def test_bad_address_forms(address):
+    from nnn_cli.errors import ParameterError
+    from nnn_cli.scale.ray.cluster import parse_address
+
+    with pytest.raises(ParameterError, match=f"^--address {re.escape(address)}: "):
+        parse_address(address)
+
+
+def test_an_http_server_is_not_a_cluster():
+    """A real server that answers, but not as gRPC does (HTTP/1.1): refused at once, naming the address."""
+    import http.server
+
+    from nnn_cli.errors import ParameterError
+    from nnn_cli.scale.ray.cluster import check_address
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        address = f"127.0.0.1:{srv.server_address[1]}"
+        with pytest.raises(ParameterError, match=f"^--address {address}: not a Ray cluster"):
+            check_address(address, 5)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_one_line_drops_colours_and_later_lines():
+    from nnn_cli.scale.ray.cluster import one_line
+
+    assert one_line("\x1b[31mray::task()\x1b[39m failed\n  File x\nValueError: y") == "ray::task() failed"
+    assert one_line("") == "" and len(one_line("x" * 1000)) == 500

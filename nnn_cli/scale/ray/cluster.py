@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from nnn_cli.errors import DependencyError, NNNError, ParameterError
@@ -251,7 +252,7 @@ class PrivateCluster:
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         env.pop("RAY_ADDRESS", None)  # the holder starts a cluster, never joins the one RAY_ADDRESS names
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__import__("nnn_cli").__file__)))
+        root = str(Path(__file__).resolve().parents[3])  # the folder holding nnn_cli, for the holder's import
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         self._log = None if self.debug else tempfile.TemporaryFile(prefix="nnn-ray-holder-")
         try:
@@ -339,7 +340,7 @@ def _refresh_auth() -> None:
     """Make a Ray imported before :func:`private_auth` set the environment read it again (as Ray's own
     ``_enable_token_auth`` does): its config (the auth mode) and its cached token."""
     with contextlib.suppress(Exception):
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
