@@ -35,7 +35,7 @@ pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ray_cluster import LOOPBACK_ENV, LocalRayCluster  # noqa: E402
+from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[")
@@ -247,11 +247,17 @@ def slow_run(inputs, tmp_path):
         run.close()
 
 
-def test_quiet_private_cluster_prints_nothing_and_leaves_nothing(inputs, tmp_path):
-    """Ray's own lines (the token-authentication banner among them) never reach stderr; with -q nothing does."""
-    res = _nnn([*_bias_args(inputs, tmp_path / "out"), "-q"], _env())
+@pytest.mark.parametrize("quiet", [True, False])
+def test_private_cluster_prints_only_our_lines(inputs, tmp_path, quiet):
+    """Ray's own lines (the token-authentication banner among them) never reach stderr: with -q nothing does,
+    without it only nnn's summary line."""
+    res = _nnn([*_bias_args(inputs, tmp_path / "out"), *(["-q"] if quiet else [])], _env())
     assert res.returncode == 0, res.stderr
-    assert res.stderr == ""
+    if quiet:
+        assert res.stderr == ""
+    else:
+        lines = _lines(res.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"wrote {tmp_path / 'out'}: "), res.stderr
     assert (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -272,6 +278,8 @@ def test_kill_9_of_the_driver_leaves_no_cluster_process(slow_run):
     slow_run.wait_for_task()
     sessions = slow_run.holder_sessions()
     assert len(sessions) == 1, sessions  # the cluster runs in a session of its own, apart from the driver's
+    sockets = listening_sockets(set(slow_run.seen))
+    assert sockets and {ip for _, ip, _ in sockets} <= {"127.0.0.1"}, sockets  # loopback only
     os.kill(slow_run.proc.pid, signal.SIGKILL)
     slow_run.proc.wait(10)
     left = slow_run.wait_until_gone(30, sessions)
