@@ -386,18 +386,20 @@ def _reap() -> None:
 
 
 def _end_cluster() -> None:
-    """In the holder: SIGTERM every process of the cluster, SIGKILL what is left after STOP_GRACE, exit."""
+    """In the holder: SIGTERM every process of the cluster, SIGKILL what is left after STOP_GRACE, exit.  Each
+    round signals again whatever it finds, so a process started meanwhile (a start-up cut short) ends too."""
     me = os.getpid()
     try:
         for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
-            for pid in _cluster_pids(me):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, sig)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 _reap()
-                if not _cluster_pids(me):
+                pids = _cluster_pids(me)
+                if not pids:
                     os._exit(0)
+                for pid in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, sig)
                 time.sleep(0.05)
     except Exception:  # no /proc: the session is our process group
         with contextlib.suppress(OSError):
