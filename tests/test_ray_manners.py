@@ -210,6 +210,17 @@ class SlowRun:
             time.sleep(0.2)
         raise AssertionError("no task started")
 
+    def wait_for_start_up(self, timeout: float = 240) -> None:
+        """Until the cluster's GCS runs: the holder is still inside ``ray.init`` (raylet starting)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.seen.update(_cluster_processes(self.proc.pid))
+            if "gcs_server" in {name for _, name in self.seen.values()}:
+                return
+            assert self.proc.poll() is None, self.proc.communicate()
+            time.sleep(0.05)
+        raise AssertionError("no GCS started")
+
     def holder_sessions(self) -> set[int]:
         """Session ids of the driver's children other than its own (the private cluster's holder)."""
         mine = _sid(self.proc.pid) if self.proc.poll() is None else None
@@ -280,6 +291,16 @@ def test_kill_9_of_the_driver_leaves_no_cluster_process(slow_run):
     assert len(sessions) == 1, sessions  # the cluster runs in a session of its own, apart from the driver's
     sockets = listening_sockets(set(slow_run.seen))
     assert sockets and {ip for _, ip, _ in sockets} <= {"127.0.0.1"}, sockets  # loopback only
+    os.kill(slow_run.proc.pid, signal.SIGKILL)
+    slow_run.proc.wait(10)
+    left = slow_run.wait_until_gone(30, sessions)
+    assert left == [], f"still alive 30 s after kill -9 of the driver: {left}"
+
+
+def test_kill_9_of_the_driver_during_start_up_leaves_no_cluster_process(slow_run):
+    slow_run.wait_for_start_up()
+    sessions = slow_run.holder_sessions()
+    assert len(sessions) == 1, sessions
     os.kill(slow_run.proc.pid, signal.SIGKILL)
     slow_run.proc.wait(10)
     left = slow_run.wait_until_gone(30, sessions)
