@@ -525,12 +525,16 @@ def ray_session(
     owned = False
     try:
         if not ray.is_initialized():
+            owned = True  # ray.shutdown() after a failed init is harmless
             if address is None:
                 cluster = PrivateCluster(num_cpus, num_gpus, init_kwargs, debug)
                 _init(ray, address=cluster.start(), **{"_node_ip_address": "127.0.0.1", **driver})
             else:
-                _init(ray, address=check_address(address, float(io_timeout)), **driver)
-            owned = True
+                target = check_address(address, float(io_timeout))
+                try:
+                    _init(ray, address=target, **driver)
+                except Exception as exc:  # it answered, but as another Ray (version, token): still the address
+                    raise _bad_address(address, f"cannot join the Ray cluster there ({one_line(exc)})") from exc
         try:
             yield ray
         except KeyboardInterrupt as exc:
