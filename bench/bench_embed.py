@@ -1,7 +1,7 @@
 """Throughput of `nnn embed` with the default model (all-MiniLM-L6-v2) on short sentences.
 
 Sentences of 10-15 words are made from a fixed word list (seeded), written to a text file,
-and embedded end to end with :func:`nnn_cli.embed.embed_input` (reading, batching, the model,
+and embedded end to end with :func:`nnn_cli.embed.run.embed_input` (reading, batching, the model,
 normalising, streaming HDF5 writes), after one warm-up batch.  The raw model call
 (sentence-transformers ``encode``) is timed on the same sentences for comparison.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -70,9 +69,12 @@ def bias_cmd(
         Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")
     ] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
-            "--output", "-o", help="Bias file to write (.h5 or .npy); with --append-to/--update defaults to that file."
+            "--output",
+            "-o",
+            help="Bias file to write (.h5 or .npy), or a run folder (a folder or URL such as s3://bucket/run: "
+            "manifest.json + blocks/); with --append-to/--update defaults to that file.",
         ),
     ] = None,
     alpha: AlphaOpt = None,
@@ -131,7 +133,7 @@ def bias_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
-    io_timeout: IoTimeoutOpt = 30.0,
+    io_timeout: IoTimeoutOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 

@@ -105,7 +105,7 @@ def search_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
-    io_timeout: IoTimeoutOpt = 30.0,
+    io_timeout: IoTimeoutOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 

@@ -47,7 +47,6 @@ from typing import IO, Any
 from nnn_cli.errors import DependencyError, NNNError, ParameterError
 from nnn_cli.signals import Terminated, raise_if_interrupted
 
-DEFAULT_IO_TIMEOUT = 30.0
 """Seconds to reach an existing cluster (``--io-timeout``, ``NNN_IO_TIMEOUT``)."""
 START_TIMEOUT = 300.0
 """Seconds a private cluster may take to start (a loaded machine takes tens of seconds)."""
@@ -210,8 +209,19 @@ def probe(address: str, host: str, port: int, timeout: float) -> None:
         raise _bad_address(address, "not a Ray cluster (it does not answer as Ray's GCS or Ray Client do)")
 
 
-def check_address(address: str, io_timeout: float = DEFAULT_IO_TIMEOUT) -> str:
-    """The address to give ``ray.init``, once it parsed and answered within ``io_timeout`` seconds."""
+def _seconds(io_timeout: float | None) -> float:
+    """``io_timeout``, else the run's ``--io-timeout`` / ``NNN_IO_TIMEOUT`` / 30 s (the one I/O timeout of
+    :mod:`nnn_cli.data.objstore`, shared by object stores and clusters)."""
+    from nnn_cli.data.objstore import check_io_timeout
+    from nnn_cli.data.objstore import io_timeout as run_io_timeout
+
+    return run_io_timeout() if io_timeout is None else check_io_timeout(io_timeout)
+
+
+def check_address(address: str, io_timeout: float | None = None) -> str:
+    """The address to give ``ray.init``, once it parsed and answered within ``io_timeout`` seconds (None:
+    the run's ``--io-timeout``, ``NNN_IO_TIMEOUT`` or 30 s)."""
+    io_timeout = _seconds(io_timeout)
     target = _resolve_auto(address) if address.strip() == "auto" else address.strip()
     _, host, port = parse_address(target)
     probe(address if target == address.strip() else f"{address} ({target})", host, port, io_timeout)
@@ -505,7 +515,7 @@ def ray_session(
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
     *,
-    io_timeout: float = DEFAULT_IO_TIMEOUT,
+    io_timeout: float | None = None,
     debug: bool | None = None,
 ) -> Iterator[Any]:
     """Yield the ``ray`` module with Ray initialised, and raise what fails inside as one-line exceptions.
@@ -513,7 +523,8 @@ def ray_session(
     Reuses a connection the caller already holds (and leaves it).  ``address=None`` starts a
     :class:`PrivateCluster` on 127.0.0.1 for the ``with`` body and ends every process of it after
     (also when the driver is killed).  Otherwise ``address`` (``HOST:PORT``, ``ray://HOST:PORT`` or
-    ``auto``) must answer within ``io_timeout`` seconds; the cluster is left running."""
+    ``auto``) must answer within ``io_timeout`` seconds (None: the run's ``--io-timeout``); the cluster is
+    left running."""
     auth = private_auth() if address is None else {}
     os.environ.update(auth)  # read by Ray at import (the driver presents the token; the holder inherits it)
     ray = import_ray(address is None, debug)
@@ -530,7 +541,7 @@ def ray_session(
                 cluster = PrivateCluster(num_cpus, num_gpus, init_kwargs, debug)
                 _init(ray, address=cluster.start(), **{"_node_ip_address": "127.0.0.1", **driver})
             else:
-                target = check_address(address, float(io_timeout))
+                target = check_address(address, io_timeout)
                 try:
                     _init(ray, address=target, **driver)
                 except Exception as exc:  # it answered, but as another Ray (version, token): still the address
@@ -562,7 +573,6 @@ def ray_session(
 
 
 __all__ = [
-    "DEFAULT_IO_TIMEOUT",
     "ClusterError",
     "PrivateCluster",
     "check_address",
