@@ -142,6 +142,25 @@ def test_error_in_a_task_is_one_line(shared, inputs, tmp_path, mode, code, line)
     assert not ANSI.search(res.stderr + res.stdout)
 
 
+def test_bad_rows_found_after_blocks_were_written_is_one_line_and_leaves_nothing(shared, tmp_path):
+    """A task of the last block finds NaN after writing began (six blocks, at most five in flight on the two
+    CPUs: the sixth is submitted only once a block was written): the task's own one line (exit 2, no ANSI), and
+    the run folder is aborted (no manifest, no block file)."""
+    cluster, auth = shared
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((6 * 1024, 16)).astype(np.float32)
+    g[5500, 3] = np.nan
+    np.save(tmp_path / "g.npy", g)
+    np.save(tmp_path / "r.npy", rng.standard_normal((900, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    res = _nnn([*_bias_args(tmp_path, out, "--address", cluster.address, "--block-rows", "1024")], _env(**auth))
+    assert res.returncode == 2, res.stderr
+    lines = _lines(res.stderr)
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "5500" in lines[0], res.stderr
+    assert not ANSI.search(res.stderr + res.stdout)
+    assert not (out / "manifest.json").exists() and not list(out.rglob("*.npy"))
+
+
 # ---------------------------------------------------------------- private clusters: quiet, signals, kill -9
 def _cluster_processes(pid: int) -> dict[int, tuple[float, str]]:
     """pid -> (create time, name) of every descendant of ``pid``."""
