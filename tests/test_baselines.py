@@ -12,13 +12,13 @@ from nnn_cli.core.baselines import (
     BaselineParams,
     activation_set,
     log_sum_exp_scores,
-    parse_methods,
     rank_dn,
     rank_dualdis,
     rank_dualis,
     rank_inverted_softmax,
 )
 from nnn_cli.core.compare import bootstrap_recall, compare_methods
+from nnn_cli.core.methods import parse_methods
 from nnn_cli.core.truth import Truth
 from nnn_cli.errors import ParameterError
 

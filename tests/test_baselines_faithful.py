@@ -12,16 +12,16 @@ from nnn_cli.core.baselines import (
     GALLERY_BANK_WARNING,
     BaselineParams,
     activation_set,
-    parse_methods,
     rank_dualdis,
     rank_dualis,
     rank_inverted_softmax,
-    rank_method,
     rank_qbnorm,
 )
 from nnn_cli.core.compare import compare_methods
+from nnn_cli.core.leak import find_leaks
+from nnn_cli.core.methods import parse_methods, rank_method
 from nnn_cli.core.metrics import hubness, recall_from_topk
-from nnn_cli.core.protocol import duplicate_rows, leak_check, paired_truth, reference_subsample
+from nnn_cli.core.protocol import paired_truth, reference_subsample
 from nnn_cli.core.synthetic import make_hub_data
 from nnn_cli.core.truth import Truth
 from nnn_cli.data.labels import check_explicit_groups
@@ -228,12 +228,11 @@ def test_protocol_helpers():
     rng = np.random.default_rng(0)
     q = rng.standard_normal((50, 8)).astype(np.float32)
     ref = np.vstack([rng.standard_normal((30, 8)).astype(np.float32), q[[4, 9]], -0.0 * q[:1] + q[:1]])
-    np.testing.assert_array_equal(duplicate_rows(q, ref), [0, 4, 9])
-    out = leak_check(q, ref)
-    assert out["n_duplicates"] == 3 and out["warning"]
+    out = find_leaks(q, ref)
+    assert out.rows == [0, 4, 9] and out.to_dict()["n_duplicates"] == 3 and out.warning
     with pytest.raises(ParameterError):
-        leak_check(q, ref, strict=True)
-    assert leak_check(q[10:], ref)["warning"] is None
+        out.raise_if(True)
+    assert find_leaks(q[10:], ref).warning is None
     a, b = reference_subsample(1000, 0.2, seed=3), reference_subsample(1000, 0.2, seed=3)
     np.testing.assert_array_equal(a, b)
     assert len(a) == 200 and len(np.unique(a)) == 200 and not np.array_equal(a, reference_subsample(1000, 0.2, 4))
@@ -242,3 +241,65 @@ def test_protocol_helpers():
     t = paired_truth(["i2", "i1", "i2"], ["c1", "c2", "c3"], ["i1", "i2"], ["c3", "c2", "c1"])
     np.testing.assert_array_equal(t["text_to_image"], [[0, 1], [1, 0], [2, 1]])
     np.testing.assert_array_equal(t["image_to_text"], [[0, 1], [1, 0], [1, 2]])
+
+
+def test_dualdis_beta1_zero_is_qbnorm_dis_as_released(data):
+    """beta1 = 0: the gallery factor is absent (no gate, no factor), so DualDIS is QB-Norm's DIS (App. A2).
+
+    The released formula at beta 0: exp(0 * s) / sum exp(0) is 1/|bank| for every row; with the gallery as its
+    own bank every item is active, so the released db_norm's zero factor is exactly that constant."""
+    d, bank = data
+    s = s64(d.queries, d.gallery)
+    oracle = db_norm(
+        s64(d.reference, d.gallery), s64(d.gallery, d.gallery), s, beta1=20.0, beta2=0.0, dynamic_normalized=True
+    )
+    ours = rank_dualdis(d.queries, d.gallery, d.reference, 0.0, 20.0)
+    agree(ours, oracle)
+    agree(ours, qb_norm(s64(d.reference, d.gallery), s, k=1, beta=20.0))
+    # with a separate gallery bank the zero factor has no gate either: still QB-Norm DIS over the query bank
+    np.testing.assert_array_equal(
+        rank_dualdis(d.queries, d.gallery, d.reference, 0.0, 20.0, bank),
+        rank_qbnorm(d.queries, d.gallery, d.reference, 20.0),
+    )
+
+
+def test_dualdis_beta2_zero_is_dis_over_the_gallery_bank(data):
+    d, bank = data
+    s = s64(d.queries, d.gallery)
+    # a query bank holding gallery row 0 makes item 0 active, where the released qb_norm's beta-0 ties land
+    ref = np.concatenate([d.reference, d.gallery[:1]])
+    oracle = db_norm(s64(ref, d.gallery), s64(bank, d.gallery), s, beta1=0.0, beta2=3.0, dynamic_normalized=True)
+    ours = rank_dualdis(d.queries, d.gallery, ref, 3.0, 0.0, bank)
+    agree(ours, oracle)
+    agree(ours, qb_norm(s64(bank, d.gallery), s, k=1, beta=3.0))
+    # the old rule (a gate on the zero factor, raw score when it is off) ranks differently on this data
+    act_q = activation_set(d.gallery, ref)[oracle_rank(s, 1)[:, 0]]
+    assert (~act_q).any()
+
+
+def test_dualdis_both_betas_zero_refused(data):
+    d, _ = data
+    with pytest.raises(ParameterError, match="beta1"):
+        rank_dualdis(d.queries, d.gallery, d.reference, 0.0, 0.0)
+    with pytest.raises(ParameterError, match="cannot both be 0"):
+        BaselineParams(db_beta1=0, db_beta2=0).check()
+
+
+def test_dualdis_sweep_equals_rankings_at_zero_betas(data):
+    d, bank = data
+    truth = Truth.from_array(d.truth, len(d.queries), len(d.gallery))
+    grid = {"db_beta1": [0.0, 3.0], "db_beta2": [0.0, 20.0]}
+    doc = tune_baseline("dbnorm_dis", d.queries, d.gallery, truth, d.reference, grid, gallery_bank=bank)
+    for point in doc["grid"]:
+        idx = rank_dualdis(d.queries, d.gallery, d.reference, point["db_beta1"], point["db_beta2"], bank)
+        assert recall_from_topk(idx, truth)["R@1"] == pytest.approx(point["R@1"]), point
+
+
+def test_dualis_tiny_betas_keep_float64_rankings(data):
+    """The bias's constant (about log|bank| / beta) is subtracted before the float32 cast."""
+    d, bank = data
+    s = s64(d.queries, d.gallery)
+    oracle = db_norm(s64(d.reference, d.gallery), s64(bank, d.gallery), s, beta1=0.001, beta2=0.001)
+    ours = rank_dualis(d.queries, d.gallery, d.reference, 0.001, 0.001, bank)
+    same = np.mean((ours == oracle_rank(oracle)).all(axis=1))
+    assert same >= 0.99, same

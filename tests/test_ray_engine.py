@@ -688,6 +688,30 @@ def test_embed_hdf5_through_ray_equals_local_and_same_json(cluster, data, tmp_pa
         assert np.array_equal(f["bias"][()], want) and list(f["ids"][:2].astype(str)) == ["img0", "img1"]
 
 
+def test_queries_and_reference_fraction_on_ray(cluster, data, tmp_path):
+    """`nnn bias --engine ray --queries Q --reference-fraction F --seed S` goes through the pipeline as on
+    --engine local: the same share, the same biases bit for bit, the same leak report and reference sketch."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    np.save(tmp_path / "q.npy", _raw(data["root"], "reference")[:40])  # 40 queries copied into the reference
+    run = CliRunner()
+    args = ["bias", str(data["root"] / "gallery"), "-r", str(data["root"] / "reference"), "-a", str(ALPHA),
+            "-k", str(K), "--queries", str(tmp_path / "q.npy"), "--reference-fraction", "0.5", "--seed", "3", "--json"]  # fmt: skip
+    docs = {}
+    for engine in ("local", "ray"):
+        res = run.invoke(app, args + ["--engine", engine, "-o", str(tmp_path / f"{engine}.h5")])
+        assert res.exit_code == 0, res.output
+        docs[engine] = json.loads(res.stdout)
+    assert docs["ray"]["engine"] == "ray" and docs["ray"]["leak"] == docs["local"]["leak"]
+    assert docs["ray"]["n_reference"] == N_REFERENCE // 2 and 0 < docs["ray"]["leak"]["near_duplicates"] < 40
+    with h5py.File(tmp_path / "local.h5") as f, h5py.File(tmp_path / "ray.h5") as g:
+        assert np.array_equal(f["bias"][()], g["bias"][()]) and g.attrs["reference_fraction"] == 0.5
+        assert np.array_equal(f["leak_sketch_codes"][()], g["leak_sketch_codes"][()])
+
+
 def test_loopback_only(cluster, data):
     """Last: after every job above, each socket the cluster's processes (and this driver) listen on is loopback."""
     pids = {p.pid for p in cluster.descendants()} | {os.getpid()}

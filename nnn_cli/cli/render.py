@@ -126,7 +126,7 @@ def silence_stdout() -> None:
 
 def render_methods_table(result: dict) -> None:
     """A rich table with one row per method: recall (with 95% intervals when bootstrapped), hub max, seconds."""
-    from nnn_cli.jobs.eval import METHOD_LABELS, METHODS
+    from nnn_cli.jobs.eval import METHOD_LABELS
 
     table = Table(
         title=f"Retrieval by method ({result['n_queries_with_truth']} queries, {result['n_gallery']} gallery items)"
@@ -137,7 +137,7 @@ def render_methods_table(result: dict) -> None:
     table.add_column("hub max", justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("params", overflow="fold")
-    for m in METHODS:
+    for m in METHOD_LABELS:
         if m not in result:
             continue
         r = result[m]
@@ -153,7 +153,7 @@ def render_methods_table(result: dict) -> None:
             f"{r['seconds']:.3f}",
             "\n".join(f"{a}={v:g}" if isinstance(v, float) else f"{a}={v}" for a, v in p.items()),
         )
-    if any("R@1_ci" in result.get(m, {}) for m in METHODS):
+    if any("R@1_ci" in result.get(m, {}) for m in METHOD_LABELS):
         table.caption = "under each recall: its 95% bootstrap interval"
     out_console.print(table)
 

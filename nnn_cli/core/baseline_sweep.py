@@ -124,9 +124,8 @@ def _db_points(
     if not pairs:
         raise ParameterError("db_beta1/db_beta2 grids need a pair with beta1 + beta2 > 0")
     biases = np.stack([inverted_softmax_bias(lse1[i], lse2[j], b1s[i], b2s[j]) for i, j in pairs])
-    all_rows = np.arange(len(queries))
     if method == "dbnorm":
-        ranks = _bias_ranks(queries, gallery, truth, biases, all_rows, block_rows)
+        ranks = _bias_ranks(queries, gallery, truth, biases, np.arange(len(queries)), block_rows)
     else:
         state = DualDISState(
             lse1[0],
@@ -134,23 +133,17 @@ def _db_points(
             activation_set(gallery, bank, activation_k),
             activation_set(gallery, reference, activation_k),
         )
-        groups = dualdis_groups(top1, state)
         ranks = np.empty((len(pairs), len(queries)), dtype=np.uint8)
-        if len(groups["both"]):
-            ranks[:, groups["both"]] = _bias_ranks(queries, gallery, truth, biases, groups["both"], block_rows)
-        if len(groups["neither"]):
-            ranks[:, groups["neither"]] = _raw_ranks(queries, gallery, truth, groups["neither"], block_rows)[None, :]
-        pair_i = np.array([i for i, _ in pairs])
-        pair_j = np.array([j for _, j in pairs])
-        for name, betas, lse, which in (("gallery_only", b1s, lse1, pair_i), ("query_only", b2s, lse2, pair_j)):
-            rows = groups[name]
-            if not len(rows):
-                continue
-            for v in np.unique(which):
-                cells = np.flatnonzero(which == v)
-                ranks[np.ix_(cells, rows)] = _product_ranks(
-                    queries, gallery, truth, betas[v], lse[v], rows, block_rows
-                )[None, :]
+        pair_b1 = np.array([b1s[i] for i, _ in pairs])
+        pair_b2 = np.array([b2s[j] for _, j in pairs])
+        # a beta-0 factor is absent (no gate), so the query groups depend on which betas are positive
+        for on1, on2 in ((True, True), (False, True), (True, False)):
+            cells = np.flatnonzero(((pair_b1 > 0) == on1) & ((pair_b2 > 0) == on2))
+            if len(cells):
+                groups = dualdis_groups(top1, state, float(on1), float(on2))
+                _dualdis_ranks(
+                    ranks, cells, groups, pairs, b1s, b2s, lse1, lse2, biases, queries, gallery, truth, block_rows
+                )
     rec = recall_from_ranks(ranks, truth.has_truth())
     return [
         {
@@ -161,6 +154,25 @@ def _db_points(
         }
         for c, (i, j) in enumerate(pairs)
     ]
+
+
+def _dualdis_ranks(ranks, cells, groups, pairs, b1s, b2s, lse1, lse2, biases, queries, gallery, truth, block_rows):
+    """Fill ``ranks[cells]`` (DualDIS grid cells sharing which betas are positive) group by group."""
+    if len(groups["both"]):
+        ranks[np.ix_(cells, groups["both"])] = _bias_ranks(
+            queries, gallery, truth, biases[cells], groups["both"], block_rows
+        )
+    if len(groups["neither"]):
+        ranks[np.ix_(cells, groups["neither"])] = _raw_ranks(queries, gallery, truth, groups["neither"], block_rows)
+    pair_i = np.array([pairs[c][0] for c in cells])
+    pair_j = np.array([pairs[c][1] for c in cells])
+    for name, betas, lse, which in (("gallery_only", b1s, lse1, pair_i), ("query_only", b2s, lse2, pair_j)):
+        rows = groups[name]
+        if not len(rows):
+            continue
+        for v in np.unique(which):
+            sub = cells[which == v]
+            ranks[np.ix_(sub, rows)] = _product_ranks(queries, gallery, truth, betas[v], lse[v], rows, block_rows)
 
 
 def tune_baseline(

@@ -3,10 +3,13 @@
 Each method follows one published definition (and says where it departs from
 the released code):
 
-* **DN** (Zhou et al., 2023): score ``(q - lam * mean(Qhat)) . (r - lam * mean(Rhat))``;
-  ``Qhat`` the reference queries, ``Rhat`` a gallery-side bank (the gallery
-  itself when none is given, as in DN's released ``compute_retrieval.py``,
-  which centres the test features by their own means).  ``lam = 0.25`` by
+* **DN** (Zhou et al., 2023; NNN paper App. A3): score
+  ``(q - lam * mean(Qhat)) . (r - lam * mean(Rhat))`` with ``Qhat`` the reference queries and
+  ``Rhat`` a gallery-side bank (the gallery itself when none is given).  DN's released
+  ``compute_retrieval.py`` centres *both* sides by the means of the test features themselves
+  (test captions by the test captions' mean, test images by the test images' mean), not by a
+  reference set; we follow the NNN paper's protocol (means of reference data), and the gallery-side
+  shift never changes a ranking, so only the query side's mean matters.  ``lam = 0.25`` by
   default: the coefficient of Zhou et al.'s code and paper.  (``nnn-retrieval``'s
   ``DNRanker`` uses 0.5 and adds NNN on top; that is not DN.)
 * **qbnorm** = QB-Norm's released method, **Dynamic Inverted Softmax**
@@ -36,7 +39,9 @@ the released code):
   (3) a query with *neither* factor active would score ``s * s`` there, which
   ranks negative scores by their magnitude; we keep ``s`` (QB-Norm's rule:
   an unnormalised query keeps its raw score).  They agree whenever the scores
-  compared are positive.
+  compared are positive.  A factor with beta 0 is absent (the constant ``1/|bank|``: no
+  gate, no factor), as in App. A2 and in the released code, where ``exp(0 * s)`` is 1 for
+  every item; so DualDIS with ``beta1 = 0`` is QB-Norm's DIS over the query bank.
 
 **Naming of beta1/beta2.**  Ours follow the NNN paper (App. A1): ``db_beta1``
 is the gallery-bank (``Rhat``) factor, ``db_beta2`` the query-bank (``Qhat``)
@@ -50,13 +55,14 @@ own top-1 in the bank, so DualDIS's gallery factor is always active, and
 DualIS's gallery factor changes.  :func:`gallery_bank_warning` gives the line
 to print; :func:`compare_methods` puts it in the JSON.
 
-Every method ranks one query by a per-item bias (or, for DualDIS queries with
-one factor active, a monotone per-query key), computed with float32 GEMM
-blocks and a running-maximum log-sum-exp over the banks, which is linear in
-the bank size (the paper's App. A1).  An exact NNN bias is linear in the
-reference size too (one pass over gallery x reference); NNN is sublinear only
-with ``--index`` (approximate top-k).  At query time every method here is one
-inner-product search over ``[r, b]``, the same cost as NNN's.
+Cost.  The per-item terms (log-sum-exp over a bank) take one blocked float32 GEMM pass over
+gallery x bank, linear in the bank size (the paper's App. A1); an exact NNN bias is linear in the
+reference size too (one pass over gallery x reference), sublinear only with ``--index``.  At query
+time NNN, DN, ``is`` and ``dbnorm`` (DualIS) are one inner-product search over ``[r, b]`` (DN: over
+the shifted vectors), the cost of a plain search.  ``qbnorm`` (DIS) and ``dbnorm_dis`` (DualDIS) are
+not: each query first needs its plain top-1 (one search) to pick its rule, and then a second search
+with the bias; a DualDIS query with exactly one factor active is ranked by ``s * shat``, which is no
+inner product, so it scans every gallery item (an exhaustive pass, no index).
 
 Why one module of about 460 lines: 60 are this docstring (what each method follows and where it
 departs from released code); the five rankers share one log-sum-exp kernel and one ranking helper,
@@ -76,7 +82,7 @@ from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk
 from nnn_cli.errors import ParameterError
 
 METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
-"""Method names accepted by ``nnn eval --methods`` (and the JSON keys they produce)."""
+"""The built-in method names; the registry (:mod:`nnn_cli.core.methods`) is what commands accept."""
 
 METHOD_ALIASES = {"qbnorm_is": "is", "qbnorm_dis": "qbnorm", "dualis": "dbnorm", "dualdis": "dbnorm_dis"}
 """Other accepted spellings, mapped to the names above."""
@@ -154,32 +160,6 @@ class BaselineParams:
         self.activation_k = int(self.activation_k)
         return self
 
-    def for_method(self, method: str) -> dict:
-        """The hyperparameters ``method`` uses, by name."""
-        keys = {
-            "dn": ("dn_lambda",),
-            "qbnorm": ("qb_beta", "activation_k"),
-            "is": ("qb_beta",),
-            "dbnorm": ("db_beta1", "db_beta2"),
-            "dbnorm_dis": ("db_beta1", "db_beta2", "activation_k"),
-        }.get(method, ())
-        return {key: getattr(self, key) for key in keys}
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"baseline,nnn,dn"`` -> ordered unique method names (aliases resolved); unknown names raise ParameterError."""
-    names = [part.strip().lower() for part in str(text).split(",") if part.strip()]
-    if not names:
-        raise ParameterError(f"--methods is empty; choose from {', '.join(METHODS)}")
-    names = [METHOD_ALIASES.get(n, n) for n in names]
-    unknown = [n for n in names if n not in METHODS]
-    if unknown:
-        raise ParameterError(
-            f"unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}"
-            f" (or {', '.join(METHOD_ALIASES)})"
-        )
-    return tuple(dict.fromkeys(names))
-
 
 def _check_dims(*arrays: tuple[str, np.ndarray]) -> None:
     check_same_dims((n, a.shape[1]) for n, a in arrays)
@@ -250,7 +230,9 @@ def inverted_softmax_bias(
     """(N,) float32 bias whose debiased ranking equals DualIS's (inverted softmax when ``beta1 == 0``).
 
     ``log s_hat = (b1 + b2) s - L1 - L2`` ranks like ``s - (L1 + L2) / (b1 + b2)``.
-    A factor with beta 0 is the constant ``1/|bank|`` and is left out.
+    A factor with beta 0 is the constant ``1/|bank|`` and is left out.  The bias's constant
+    part (about ``log|bank| / beta``, thousands for tiny betas) is subtracted in float64
+    before the float32 cast (the smallest bias becomes 0), so the cast keeps the part that ranks.
     """
     total = 0.0
     acc = None
@@ -260,7 +242,8 @@ def inverted_softmax_bias(
             total += beta
     if acc is None:
         raise ParameterError("inverted softmax needs a positive beta")
-    return (acc / total).astype(np.float32)
+    bias = np.asarray(acc, dtype=np.float64) / total
+    return (bias - bias.min()).astype(np.float32) if bias.size else bias.astype(np.float32)
 
 
 def product_key(scores: np.ndarray, beta: float, lse: np.ndarray) -> np.ndarray:
@@ -461,10 +444,28 @@ def dualdis_state(
     )
 
 
-def dualdis_groups(top1: np.ndarray, state: DualDISState) -> dict[str, np.ndarray]:
-    """Query rows by which DualDIS factors are active: ``both``, ``gallery_only``, ``query_only``, ``neither``."""
-    use_r = state.active_gallery_bank[top1]
-    use_q = state.active_query_bank[top1]
+def dualdis_groups(
+    top1: np.ndarray, state: DualDISState, beta1: float = 1.0, beta2: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Query rows by which DualDIS factors are active: ``both``, ``gallery_only``, ``query_only``, ``neither``.
+
+    A factor with beta 0 is absent (the constant ``1/|bank|``: no gate, no factor, App. A2), so with one
+    beta 0 a query ranks by the other factor alone when that one is active (``both``: the per-item
+    bias of the present factor) and by the raw score otherwise (``neither``); the ``*_only`` groups,
+    where the raw score multiplies one factor, exist only when both betas are positive.
+    """
+    n = len(top1)
+    use_r = state.active_gallery_bank[top1] if beta1 > 0 else np.ones(n, dtype=bool)
+    use_q = state.active_query_bank[top1] if beta2 > 0 else np.ones(n, dtype=bool)
+    if beta1 <= 0 or beta2 <= 0:
+        present = use_r & use_q
+        empty = np.zeros(0, dtype=np.int64)
+        return {
+            "both": np.flatnonzero(present),
+            "gallery_only": empty,
+            "query_only": empty,
+            "neither": np.flatnonzero(~present),
+        }
     return {
         "both": np.flatnonzero(use_r & use_q),
         "gallery_only": np.flatnonzero(use_r & ~use_q),
@@ -492,7 +493,8 @@ def rank_dualdis(
     ``top1`` (the plain rank-1 item of each query) is computed when not given.
     Both factors active: DualIS (a per-item bias).  One active: ``s * shat``
     (:func:`rank_product`).  Neither: the raw score ``s`` (see the module
-    docstring for why not ``s * s``).
+    docstring for why not ``s * s``).  A factor with beta 0 is absent (no gate,
+    no factor), so DualDIS(beta1 = 0) is QB-Norm's DIS over the query bank (App. A2).
     """
     if beta1 + beta2 <= 0:
         raise ParameterError("DualDIS needs beta1 + beta2 > 0")
@@ -502,7 +504,7 @@ def rank_dualdis(
         top1 = plain_top1(queries, gallery, block_rows)
     k = min(top_k, len(gallery))
     out = np.empty((len(queries), k), dtype=np.int64)
-    groups = dualdis_groups(top1, state)
+    groups = dualdis_groups(top1, state, beta1, beta2)
     rows = groups["both"]
     if len(rows):
         bias = inverted_softmax_bias(state.lse_gallery_bank, state.lse_query_bank, beta1, beta2)
@@ -520,54 +522,3 @@ def rank_dualdis(
     if progress:
         progress(len(queries), len(queries))
     return out
-
-
-def rank_method(
-    method: str,
-    queries: np.ndarray,
-    gallery: np.ndarray,
-    reference: np.ndarray,
-    params: BaselineParams,
-    gallery_bank: np.ndarray | None = None,
-    top_k: int = 10,
-    block_rows: int = DEFAULT_QUERY_BLOCK,
-    top1: np.ndarray | None = None,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """(Q, top_k) ranking of one comparison method (``dn``, ``qbnorm``, ``is``, ``dbnorm``, ``dbnorm_dis``)."""
-    method = METHOD_ALIASES.get(method, method)
-    if method == "dn":
-        return rank_dn(queries, gallery, reference, params.dn_lambda, gallery_bank, top_k, block_rows, progress)
-    if method == "qbnorm":
-        return rank_qbnorm(
-            queries,
-            gallery,
-            reference,
-            params.qb_beta,
-            top_k,
-            block_rows,
-            progress,
-            activation_k=params.activation_k,
-            top1=top1,
-        )
-    if method == "is":
-        return rank_inverted_softmax(queries, gallery, reference, params.qb_beta, top_k, block_rows, progress)
-    if method == "dbnorm":
-        return rank_dualis(
-            queries, gallery, reference, params.db_beta1, params.db_beta2, gallery_bank, top_k, block_rows, progress
-        )
-    if method == "dbnorm_dis":
-        return rank_dualdis(
-            queries,
-            gallery,
-            reference,
-            params.db_beta1,
-            params.db_beta2,
-            gallery_bank,
-            top_k,
-            block_rows,
-            top1=top1,
-            progress=progress,
-            activation_k=params.activation_k,
-        )
-    raise ParameterError(f"unknown comparison method {method!r}; choose from {', '.join(BANK_METHODS)}")

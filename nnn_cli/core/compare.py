@@ -9,19 +9,13 @@ intervals for every recall figure.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from nnn_cli.core.baselines import (
-    BANK_METHODS,
-    GALLERY_BANK_WARNED,
-    GALLERY_BANK_WARNING,
-    METHOD_ALIASES,
-    BaselineParams,
-    rank_method,
-)
+from nnn_cli.core import methods as registry
+from nnn_cli.core.baselines import GALLERY_BANK_WARNING, BaselineParams
 from nnn_cli.core.evaluate import MethodResult, evaluate_ranking
 from nnn_cli.core.metrics import DEFAULT_KS, hubness
 from nnn_cli.core.nnn import compute_bias
@@ -128,90 +122,96 @@ def compare_methods(
     bias: np.ndarray | None = None,
     nnn_alpha: float | None = None,
     nnn_k: int | None = None,
-    params: BaselineParams | None = None,
+    params: BaselineParams | Mapping[str, float] | None = None,
+    method_params: Mapping[str, Mapping[str, float]] | None = None,
     gallery_bank: np.ndarray | None = None,
     bootstrap: int = 0,
     seed: int = 0,
     block_rows: int = DEFAULT_QUERY_BLOCK,
     progress: ProgressFn | None = None,
 ) -> dict[str, MethodRun]:
-    """Rank with every method in ``methods`` and score each ranking.
+    """Rank with every method in ``methods`` (names from :mod:`nnn_cli.core.methods`) and score each ranking.
 
     NNN uses ``bias`` when given, otherwise computes it from ``reference``
     with ``nnn_alpha``/``nnn_k`` (that time counts toward NNN's seconds).
-    The comparison methods need ``reference`` (their query bank); ``gallery_bank``
-    defaults to the gallery itself, and then each DBNorm result carries
-    ``"gallery_bank": "gallery"`` and ``"warnings": [GALLERY_BANK_WARNING]``
-    (the published protocol uses separate training items).  The baseline is
-    always run first (QB-Norm's DIS and DualDIS need its rank-1 items); it is
-    returned only when asked for.  Hubness holds the ``N_1`` and ``N_10``
-    figures of each (Q, 10) ranking (:func:`nnn_cli.core.metrics.hubness`).
+    Each comparison method's values: its registry defaults, overlaid by the shared ``params``
+    (the CLI's flags), then by ``method_params[name]`` (its own tuned values).  The comparison
+    methods need ``reference`` (their query bank); ``gallery_bank`` defaults to the gallery itself,
+    and then each DBNorm result carries ``"gallery_bank": "gallery"`` and
+    ``"warnings": [GALLERY_BANK_WARNING]`` (the published protocol uses separate training items).
+    The baseline is always run first (QB-Norm's DIS and DualDIS need its rank-1 items); it is
+    returned only when asked for.  Hubness holds the ``N_1`` and ``N_10`` figures of each (Q, 10)
+    ranking (:func:`nnn_cli.core.metrics.hubness`).
     """
-    params = (params or BaselineParams()).check()
-    methods = list(dict.fromkeys(METHOD_ALIASES.get(m, m) for m in methods))
-    if any(m in BANK_METHODS for m in methods) and reference is None:
-        raise ParameterError("methods dn, qbnorm, is, dbnorm and dbnorm_dis need the reference queries (--reference)")
-    if "nnn" in methods and bias is None and (reference is None or nnn_alpha is None or nnn_k is None):
+    names = registry.parse_methods(list(methods))
+    values = _method_values(names, params, method_params)
+    if any(registry.get(m).needs_reference and m != "nnn" for m in names) and reference is None:
+        needing = [m for m in names if registry.get(m).rank is not None]
+        raise ParameterError(f"methods {', '.join(needing)} need the reference queries (--reference)")
+    if "nnn" in names and bias is None and (reference is None or nnn_alpha is None or nnn_k is None):
         raise ParameterError("NNN needs --bias, or --reference with --alpha and --k (or --params)")
-    n_gallery = len(gallery)
+    steps = _Steps(len(names) + (0 if "baseline" in names else 1), progress)
+    base = _timed(lambda: DebiasedIndex(gallery).search(queries, TOP_K, block_rows)[1], truth, len(gallery))
+    steps()
+    data = registry.MethodData(queries, gallery, reference, gallery_bank, base.topk[:, 0], TOP_K, block_rows)
     runs: dict[str, MethodRun] = {}
-    total = len(methods) + (0 if "baseline" in methods else 1)
-    done = 0
-
-    def step() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, total)
-
-    start = time.perf_counter()
-    _, base_idx = DebiasedIndex(gallery).search(queries, TOP_K, block_rows)
-    base = MethodRun(evaluate_ranking(base_idx, truth, n_gallery, time.perf_counter() - start), base_idx)
-    base.result.hubness = hubness(base_idx, n_gallery)
-    step()
-    for method in methods:
-        if method == "baseline":
-            runs[method] = base
-            continue
-        start = time.perf_counter()
-        extra: dict = {}
-        if method == "nnn":
-            if bias is not None:
-                b = bias
-            else:
-                assert reference is not None and nnn_alpha is not None and nnn_k is not None  # checked above
-                b = compute_bias(gallery, reference, nnn_alpha, nnn_k, block_rows)
-            _, idx = DebiasedIndex(gallery, b).search(queries, TOP_K, block_rows)
-            if bias is None:
-                extra["params"] = {"alpha": nnn_alpha, "k": nnn_k}
-        else:
-            # reference is checked above for every bank method; any other name raises in rank_method
-            idx = rank_method(
-                method,
-                queries,
-                gallery,
-                cast(np.ndarray, reference),
-                params,
-                gallery_bank,
-                TOP_K,
-                block_rows,
-                top1=base_idx[:, 0],
-            )
-            extra["params"] = params.for_method(method)
-            if method in GALLERY_BANK_WARNED and gallery_bank is None:
-                extra["gallery_bank"] = "gallery"
-                extra["warnings"] = [GALLERY_BANK_WARNING]
-        res = evaluate_ranking(idx, truth, n_gallery, time.perf_counter() - start)
-        res.hubness = hubness(idx, n_gallery)
-        res.extra.update(extra)
-        runs[method] = MethodRun(res, idx)
-        step()
+    for name in names:
+        runs[name] = base if name == "baseline" else _run_one(name, data, truth, values, bias, nnn_alpha, nnn_k)
+        steps()
     if bootstrap:
-        has = truth.has_truth()
-        base_rank = truth.first_hit_rank(base.topk)
-        for method, run in runs.items():
-            rank = truth.first_hit_rank(run.topk)
-            run.result.extra.update(bootstrap_recall(rank, has, bootstrap, seed))
-            if method != "baseline":  # paired: the gain's own interval, what a reader wants to see
-                run.result.extra.update(bootstrap_gain(rank, base_rank, has, bootstrap, seed))
+        _add_bootstrap(runs, base, truth, bootstrap, seed)
     return runs
+
+
+def _method_values(names, params, method_params) -> dict[str, dict[str, float]]:
+    """Each comparison method's values: defaults < shared flags < files naming no method ("*") < its own file."""
+    shared = asdict(params) if isinstance(params, BaselineParams) else dict(params or {})
+    files = method_params or {}
+    return {n: registry.get(n).values(shared, files.get("*"), files.get(n)) for n in names if registry.get(n).rank}
+
+
+class _Steps:
+    def __init__(self, total: int, progress: ProgressFn | None):
+        self.done, self.total, self.progress = 0, total, progress
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress:
+            self.progress(self.done, self.total)
+
+
+def _timed(rank, truth: Truth, n_gallery: int, extra: dict | None = None) -> MethodRun:
+    start = time.perf_counter()
+    idx = rank()
+    res = evaluate_ranking(idx, truth, n_gallery, time.perf_counter() - start)
+    res.hubness = hubness(idx, n_gallery)
+    res.extra.update(extra or {})
+    return MethodRun(res, idx)
+
+
+def _run_one(name, data, truth, values, bias, nnn_alpha, nnn_k) -> MethodRun:
+    g, n = data.gallery, len(data.gallery)
+    if name == "nnn":
+
+        def rank_nnn():
+            b = bias if bias is not None else compute_bias(g, data.reference, nnn_alpha, nnn_k, data.block_rows)
+            return DebiasedIndex(g, b).search(data.queries, TOP_K, data.block_rows)[1]
+
+        return _timed(rank_nnn, truth, n, {"params": {"alpha": nnn_alpha, "k": nnn_k}} if bias is None else None)
+    entry = registry.get(name)
+    rank = entry.rank
+    assert rank is not None  # _method_values keeps only methods with a scorer
+    extra: dict = {"params": values[name]}
+    if entry.warn_without_gallery_bank and data.gallery_bank is None:
+        extra.update({"gallery_bank": "gallery", "warnings": [GALLERY_BANK_WARNING]})
+    return _timed(lambda: rank(data, values[name]), truth, n, extra)
+
+
+def _add_bootstrap(runs: dict[str, MethodRun], base: MethodRun, truth: Truth, bootstrap: int, seed: int) -> None:
+    has = truth.has_truth()
+    base_rank = truth.first_hit_rank(base.topk)
+    for method, run in runs.items():
+        rank = truth.first_hit_rank(run.topk)
+        run.result.extra.update(bootstrap_recall(rank, has, bootstrap, seed))
+        if method != "baseline":  # paired: the gain's own interval, what a reader wants to see
+            run.result.extra.update(bootstrap_gain(rank, base_rank, has, bootstrap, seed))

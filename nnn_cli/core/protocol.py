@@ -1,9 +1,6 @@
-"""The paper's protocol helpers: leak check, reference-fraction subsampling, paired truth.
+"""The paper's protocol helpers: reference-fraction subsampling, paired truth (the leak check is
+:mod:`nnn_cli.core.leak`).
 
-* :func:`leak_check`: tuning (or test) queries that also appear, row for row,
-  in the reference set.  NNN's bias then contains the query's own score, and
-  tuning picks a cell that will not transfer (on synthetic data a leak moved
-  the chosen cell and cost 0.5 R@1).  Warn; refuse under ``--strict``.
 * :func:`reference_subsample`: the reference-size ablation (Tables A12-A15:
   NNN with 50%, 20%, 10% of the reference queries), a seeded random subset.
 * :func:`paired_truth`: one file of ``(image_id, caption_id)`` pairs gives both
@@ -18,45 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from nnn_cli.errors import InputError, ParameterError
-
-
-def _row_keys(x: np.ndarray) -> np.ndarray:
-    """One opaque bytes key per row (float32, -0.0 folded into 0.0), for exact row equality."""
-    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32) + np.float32(0.0))
-    return x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
-
-
-def duplicate_rows(queries: np.ndarray, reference: np.ndarray, block_rows: int = 65536) -> np.ndarray:
-    """Sorted row indices of ``queries`` that equal some row of ``reference`` exactly (as float32)."""
-    if queries.shape[1] != reference.shape[1]:
-        raise ParameterError(f"dimension mismatch: queries d={queries.shape[1]}, reference d={reference.shape[1]}")
-    ref_keys = np.unique(
-        np.concatenate(
-            [_row_keys(reference[s : s + block_rows]) for s in range(0, len(reference), block_rows)]
-            or [_row_keys(reference)]
-        )
-    )
-    hits = [
-        s + np.flatnonzero(np.isin(_row_keys(queries[s : s + block_rows]), ref_keys))
-        for s in range(0, len(queries), block_rows)
-    ]
-    return np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
-
-
-def leak_check(queries: np.ndarray, reference: np.ndarray, strict: bool = False, what: str = "tuning queries") -> dict:
-    """``{"n_duplicates", "share", "rows" (first 10), "warning"}``; with ``strict``, a leak raises ParameterError."""
-    rows = duplicate_rows(queries, reference)
-    n = int(len(rows))
-    share = n / max(1, len(queries))
-    out = {"n_duplicates": n, "share": share, "rows": rows[:10].tolist(), "warning": None}
-    if n:
-        out["warning"] = (
-            f"{n} of {len(queries)} {what} ({100 * share:.1f}%) also appear in the reference set; "
-            "their own scores enter the biases, so tuned settings and recall are optimistic"
-        )
-        if strict:
-            raise ParameterError(out["warning"] + " (--strict)")
-    return out
 
 
 def reference_subsample(n_reference: int, fraction: float, seed: int = 0) -> np.ndarray:

@@ -7,9 +7,11 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from nnn_cli.core.leak import SKETCH_BITS, id_hashes, sketch_codes
 from nnn_cli.data.h5 import (
     attr_value,
     create_h5,
@@ -188,3 +190,38 @@ def update_bias_file(
     with locked_bias_update(target, output, wait) as stored:
         b, topk, ids, attrs = compute(stored)
         return write_bias(out, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
+
+
+def read_bias_datasets(spec: str | os.PathLike, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Extra datasets of an HDF5 bias file among ``names`` (those present); ``{}`` for ``.npy`` files."""
+    path, _ = split_spec(spec, "bias")
+    if not is_h5_path(path) or not path.exists():
+        return {}
+    with open_h5_safe(path, "bias file") as f:
+        try:
+            return {name: np.asarray(f[name][()]) for name in names if name in f}
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read {', '.join(names)} ({short_error(exc)})") from None
+
+
+SKETCH_DATASETS = ("leak_sketch_codes", "leak_sketch_id_hashes")
+
+
+def carried_sketch(stored_path, reference_unchanged: bool, new_reference: Any, attrs: dict) -> dict:
+    """The sketch datasets of an updated bias file: kept as they are after ``--append-to`` (same reference),
+    extended with the new queries' codes and id hashes after ``--update --reference-add``.  A file that
+    recorded none gets none (and ``attrs`` loses any stale sketch attributes)."""
+    found = read_bias_datasets(stored_path, SKETCH_DATASETS)
+    if "leak_sketch_codes" not in found:
+        for key in ("leak_sketch_bits", "leak_sketch_rows"):
+            attrs.pop(key, None)
+        return {}
+    if reference_unchanged or new_reference is None:
+        return found
+    codes = np.concatenate([found["leak_sketch_codes"], sketch_codes(new_reference.read("ip"))])
+    out = {"leak_sketch_codes": codes}
+    new_ids = new_reference.ids()
+    if "leak_sketch_id_hashes" in found and new_ids is not None:
+        out["leak_sketch_id_hashes"] = np.union1d(found["leak_sketch_id_hashes"], id_hashes(new_ids))
+    attrs.update({"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))})
+    return out

@@ -401,6 +401,7 @@ class BiasFileSink:
     ids: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)  # written with the file
     provenance: Callable[[], dict] | None = None  # called at commit (input fingerprints: free after a full read)
+    datasets: Callable[[], dict] | None = None  # extra arrays written with the file (the reference's leak sketch)
     remote_writes: bool = False
     _bias: np.ndarray | None = field(default=None, repr=False)
     _topk: np.ndarray | None = field(default=None, repr=False)
@@ -435,7 +436,8 @@ class BiasFileSink:
 
     def commit(self, attrs: dict) -> None:
         assert self._bias is not None
-        extra = {"topk": self._topk} if self._topk is not None else None
+        extra = {"topk": self._topk} if self._topk is not None else {}
+        extra.update(self.datasets() if self.datasets else {})
         merged = {
             **(self.provenance() if self.provenance else {}),
             **self.attrs,

@@ -5,13 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from nnn_cli.core.baselines import BaselineParams
 from nnn_cli.core.truth import Truth
 from nnn_cli.data.h5 import is_h5_path, open_h5_safe, short_error, split_spec
 from nnn_cli.data.npy import load_npy
@@ -110,26 +107,69 @@ def read_params(path: str | os.PathLike) -> dict:
     return {**data, "alpha": alpha, "k": k}
 
 
-def read_method_params(paths, params: BaselineParams) -> BaselineParams:
-    """``params`` with the best values of ``nnn tune --method`` JSON files (``{"method", "best": {...}}``) put in."""
-    known = {f.name for f in fields(BaselineParams)}
+ALL_METHODS = "*"
+"""Key of :func:`read_method_params`' result for values from a file that names no method (legacy)."""
+
+
+def read_method_params(paths) -> dict[str, dict[str, float]]:
+    """Per-method values from parameter files: ``{method: {name: value}}``.
+
+    A file is what ``nnn tune --method M`` writes (``{"method": M, "best": {...}}``: the values go to
+    ``M`` only), or one file with a section per method (``{"methods": {"dbnorm": {...}, "is": {...}}}``,
+    each section either the values or a tune document).  A file naming no method gives its ``best`` to
+    every method using those names (key ``"*"``).  Later files win for the same method.
+    """
+    from nnn_cli.core import methods as registry
+
+    out: dict[str, dict[str, float]] = {}
     for path in paths or ():
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file (method params from `nnn tune --method`)") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: not a readable JSON file ({exc})") from None
-        best = doc.get("best") if isinstance(doc, dict) else None
-        if not isinstance(best, dict) or not best or not set(best) <= known:
-            raise InputError(
-                f'{path}: expected {{"method": ..., "best": {{...}}}} as written by `nnn tune --method`'
-                f" with keys among {', '.join(sorted(known))}"
-            )
-        try:
-            values: dict[str, Any] = {key: float(value) for key, value in best.items()}
-            params = replace(params, **values)
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: the values under 'best' must be numbers") from None
-    return params.check()
+        for method, values in _method_sections(Path(path), registry).items():
+            out.setdefault(method, {}).update(values)
+    return out
+
+
+def _method_sections(path: Path, registry) -> dict[str, dict[str, float]]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (method params from `nnn tune --method`)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("methods"), dict):
+        return {
+            _method_name(path, registry, m): _section_values(path, registry, m, sec)
+            for m, sec in doc["methods"].items()
+        }
+    if isinstance(doc, dict) and "method" in doc:
+        name = _method_name(path, registry, doc["method"])
+        return {name: _section_values(path, registry, name, doc)}
+    return {ALL_METHODS: _section_values(path, registry, None, doc)}
+
+
+def _method_name(path: Path, registry, name) -> str:
+    try:
+        return registry.resolve(str(name))
+    except Exception:
+        raise InputError(
+            f"{path}: unknown method {name!r}; choose from {', '.join(registry.comparison_names())}"
+        ) from None
+
+
+def _section_values(path: Path, registry, method, doc) -> dict[str, float]:
+    known = (
+        set(registry.get(method).params) if method else {n for m in registry.names() for n in registry.get(m).params}
+    )
+    best = doc.get("best", doc) if isinstance(doc, dict) else None
+    if isinstance(best, dict) and method and "activation_k" in known and "activation_k" in doc:
+        best = {**best, "activation_k": doc["activation_k"]}
+    if isinstance(best, dict):
+        best = {k: v for k, v in best.items() if k != "method"}
+    if not isinstance(best, dict) or not best or not set(best) <= known:
+        raise InputError(
+            f'{path}: expected {{"method": ..., "best": {{...}}}} as written by `nnn tune --method`'
+            f"{' (' + method + ')' if method else ''} with keys among {', '.join(sorted(known))}"
+        )
+    try:
+        return {key: float(value) for key, value in best.items()}
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: the values under 'best' must be numbers") from None

@@ -6,16 +6,16 @@ a :class:`~nnn_cli.jobs.common.JobResult` and never prints.
 >>> jobs.bias("g.h5", reference="r.h5", output="bias.h5", alpha=0.75, k=16).summary["bias_mean"]  # doctest: +SKIP
 """
 
-from nnn_cli.jobs.attribute import attribute_bias
+from nnn_cli.jobs.attribute import AttributeRequest, AttributeResult, attribute_bias, run_attribute_bias
 from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
 from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
-from nnn_cli.jobs.eval import evaluate
+from nnn_cli.jobs.eval import EvalRequest, EvalResult, evaluate, run_evaluate
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
 from nnn_cli.jobs.truth import truth_from_pairs
-from nnn_cli.jobs.tune import tune
+from nnn_cli.jobs.tune import TuneJobResult, TuneRequest, run_tune, tune
 
 __all__ = [
     "attribute_bias",
@@ -36,4 +36,13 @@ __all__ = [
     "EngineOptions",
     "IndexOptions",
     "JobResult",
+    "AttributeRequest",
+    "AttributeResult",
+    "run_attribute_bias",
+    "EvalRequest",
+    "EvalResult",
+    "run_evaluate",
+    "TuneRequest",
+    "TuneJobResult",
+    "run_tune",
 ]

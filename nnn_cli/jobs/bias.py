@@ -3,7 +3,10 @@
 One typed request (:class:`BiasRequest`, validated once where it is built), one typed result
 (:class:`BiasResult`, its ``--json`` document from :meth:`BiasResult.to_json`).  Three operations: a fresh
 bias (a bias file or a run folder, local or by URL), ``append_to`` (new gallery items) and ``update`` with
-``reference_add`` (new reference queries).  Where the blocks run and where they go is decided in
+``reference_add`` (new reference queries).  The paper's protocol (:mod:`nnn_cli.jobs.protocol`): ``queries``
+are checked for leaks into the reference (warned, refused with ``strict``); ``reference_fraction`` and
+``reference_seed`` pick a seeded share of the reference (params tuned on a share apply it); a bias file records
+the sketch of its reference so ``eval --bias`` can check test queries later.  Where the blocks run and where they go is decided in
 :mod:`nnn_cli.scale.runs`; this job names no engine and no store.
 """
 
@@ -32,6 +35,7 @@ from nnn_cli.jobs.common import (
     resolve_params,
     setup_threads,
 )
+from nnn_cli.jobs.protocol import bias_protocol, queries_leak_check, reference_share
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.pipeline import BiasParams
 from nnn_cli.scale.runs import bias_sink, check_bias_options, compute_bias, grow_bias
@@ -61,6 +65,10 @@ class BiasRequest:
     gallery_ids: Optional[str] = None
     ids_column: Optional[str] = None
     engine: EngineOptions = field(default_factory=EngineOptions)
+    queries: Optional[str] = None  # checked for leaks into the reference
+    strict: bool = False  # a leak refuses (exit 2) instead of warning
+    reference_fraction: float = 1.0  # resolved with the params' record (jobs.protocol.reference_share)
+    reference_seed: int = 0
 
     @property
     def operation(self) -> str:
@@ -81,9 +89,11 @@ class BiasRequest:
     ) -> BiasRequest:
         """Check every value once (alpha, k, metric, engine, combinations) and return the request."""
         text = {key: _text(v) for key, v in options.items() if key in _PATH_OPTIONS}
+        share = reference_share(options.pop("reference_fraction", None), options.pop("reference_seed", None), params)
         req = cls(
             os.fspath(gallery), _text(reference), _text(output), alpha, k,
             **{**options, **text, "memory_budget": parse_memory_budget(memory_budget)},
+            reference_fraction=share[0], reference_seed=share[1],
         )  # fmt: skip
         check_metric(req.metric)
         req.engine.check()
@@ -96,7 +106,7 @@ class BiasRequest:
         return req
 
 
-_PATH_OPTIONS = ("append_to", "update", "reference_add", "gallery_ids")
+_PATH_OPTIONS = ("append_to", "update", "reference_add", "gallery_ids", "queries")
 
 
 def _text(value: Optional[PathLike]) -> Optional[str]:
@@ -133,6 +143,11 @@ def _check_grow(req: BiasRequest) -> None:
         )
     if req.engine.resume or req.engine.block_rows is not None or req.engine.partition_rows is not None:
         raise ParameterError("--append-to/--update keep the run's plan: drop --resume, --block-rows, --partition-rows")
+    if req.reference_fraction < 1:
+        raise ParameterError(
+            "--append-to/--update keep the reference the file was made with: drop --reference-fraction "
+            "(and params that record a share)"
+        )
 
 
 @dataclass
@@ -202,19 +217,22 @@ def _create(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> Bias
     r_src = open_source(req.reference, "reference", notes, None, req.ids_column, so)  # type: ignore[arg-type]
     check_same_dim(g_src, r_src)
     assert req.alpha is not None and req.k is not None and req.output is not None
-    params = BiasParams(req.alpha, check_k(req.k, r_src.n), req.metric, req.store_topk)
-    sink = bias_sink(req.output, [req.gallery, req.reference], req.engine, g_src.ids())
+    sink = bias_sink(req.output, [req.gallery, req.reference, req.queries], req.engine, g_src.ids())
     sink.check(req.engine.resume)  # the output checked (and a store reached) before the inputs are read
+    proto = bias_protocol(r_src, req.reference_fraction, req.reference_seed, req.queries, req.strict, req.metric,
+                          notes, so)  # fmt: skip
+    r_src = proto.reference
+    params = BiasParams(req.alpha, check_k(req.k, r_src.n), req.metric, req.store_topk)
 
     def provenance() -> dict:
         head = base_attrs("bias", alpha=params.alpha, k=params.k, metric=req.metric)
-        return {**head, **bias_provenance(g_src, r_src)}
+        return {**head, **bias_provenance(g_src, r_src), **proto.attrs, **proto.sketch()[1]}
 
     outcome = compute_bias(
         g_src, r_src, params, sink, req.engine, req.index, memory_budget=req.memory_budget, device=req.device,
-        threads=req.threads, provenance=provenance, progress=progress, note=notes,
+        threads=req.threads, provenance=provenance, datasets=lambda: proto.sketch()[0], progress=progress, note=notes,
     )  # fmt: skip
-    stats = _bias_stats(outcome.bias)
+    stats = {**_bias_stats(outcome.bias), **proto.summary}
     message = f"wrote {req.output}: {g_src.n} biases (alpha={params.alpha}, k={params.k}, metric={req.metric}, "
     message += f"{r_src.n} reference queries) in {outcome.seconds:.2f}s" + stats.pop("_text", "")
     return BiasResult(
@@ -238,6 +256,7 @@ def _bias_stats(b: Any) -> dict:
 def _grow(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasResult:
     target = req.append_to if req.append_to is not None else req.update
     assert target is not None
+    leak = _grow_leaks(req, target, notes)
     out = grow_bias(
         target, req.gallery, req.reference if req.append_to is not None else req.reference_add, req.operation,
         req.output, req.engine, req.threads, alpha=req.alpha, k=req.k, metric=req.metric, wait=req.wait,
@@ -249,7 +268,20 @@ def _grow(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasRe
     message = f"wrote {out['output']}: {what}; {out['n_gallery']} biases against {out['n_reference']} reference "
     message += f"queries in {out['seconds']:.2f}s"
     stats = {key: out[key] for key in ("n_added", "blocks_added", "blocks_rewritten", "generation") if key in out}
+    stats.update(leak)
     return BiasResult(
         out["output"], req.operation, out["n_gallery"], out["n_reference"], out["alpha"], out["k"], out["metric"],
         out["engine"], out["seconds"], message, stats, {}, notes.lines,
     )  # fmt: skip
+
+
+def _grow_leaks(req: BiasRequest, target: str, notes: Notes) -> dict:
+    """``--queries`` on ``--append-to``/``--update``: checked against the reference this run reads (the file's
+    reference, or the new reference queries and the sketch of the file's reference)."""
+    if req.queries is None:
+        return {}
+    so = dict(req.engine.storage_options)
+    reference = req.reference if req.append_to is not None else req.reference_add
+    r_src = open_source(reference, "reference", notes, None, req.ids_column, so)  # type: ignore[arg-type]
+    stored = None if req.append_to is not None else target
+    return queries_leak_check(req.queries, r_src, req.strict, req.metric, notes, so, stored)[0]

@@ -13,17 +13,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from nnn_cli.core.methods import LABELS
 from nnn_cli.data.outputs import atomic_output
 
-METHOD_LABELS = {
-    "baseline": "Baseline",
-    "nnn": "NNN",
-    "dn": "DN",
-    "qbnorm": "QB-Norm (DIS)",
-    "is": "Inverted softmax",
-    "dbnorm": "DBNorm (DualIS)",
-    "dbnorm_dis": "DBNorm (DualDIS)",
-}
+METHOD_LABELS = LABELS
+"""``{method: label}``, a live view of the method registry (:mod:`nnn_cli.core.methods`), in table order."""
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222}

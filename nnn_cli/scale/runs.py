@@ -85,12 +85,14 @@ def compute_bias(
     device: str = "cpu",
     threads: int = 0,
     provenance: Callable[[], dict] | None = None,
+    datasets: Callable[[], dict] | None = None,
     progress: ProgressFn | None = None,
     note: NoteFn = lambda line: None,
 ) -> BiasOutcome:
-    """Compute the bias of every gallery row into ``sink``; ``provenance()`` is written with a bias file."""
+    """Compute the bias of every gallery row into ``sink``; ``provenance()`` (attributes) and ``datasets()``
+    (extra arrays: the reference's leak sketch) are written with a bias file (a run folder records neither)."""
     if isinstance(sink, BiasFileSink):
-        sink.provenance = provenance
+        sink.provenance, sink.datasets = provenance, datasets
     t0 = time.perf_counter()
     if blocked(engine, sink.target):
         details = _blocked_bias(gallery, reference, params, sink, engine, index, threads, progress, note)
@@ -233,7 +235,7 @@ def _open(path: str, label: str, storage_options: dict) -> Any:
 
 
 def _grow_file(target, gallery, other, operation, output, alpha, k, metric, wait, progress) -> dict:
-    from nnn_cli.data.biasfile import locked_bias_update, write_bias
+    from nnn_cli.data.biasfile import carried_sketch, locked_bias_update, write_bias
     from nnn_cli.data.inputs import open_embeddings
     from nnn_cli.data.outputs import check_output_path
     from nnn_cli.scale.incremental import add_reference, append_items
@@ -252,7 +254,8 @@ def _grow_file(target, gallery, other, operation, output, alpha, k, metric, wait
             b, topk, ids, attrs = append_items(stored, new_src, other_src, metric, alpha, k, progress=progress)
         else:
             b, topk, ids, attrs = add_reference(stored, other_src, new_src, metric, alpha, k, progress=progress)
-        write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
+        sketch = carried_sketch(target, operation == "append", new_src if operation != "append" else None, attrs)
+        write_bias(output, b, attrs, ids=ids, extra={**({"topk": topk} if topk is not None else {}), **sketch})
     return {
         "output": str(output), "n_added": new_src.n, "n_gallery": int(attrs.get("n_gallery", len(b))),
         "n_reference": int(attrs.get("n_reference", 0)), "alpha": stored.alpha, "k": stored.k,

@@ -26,6 +26,7 @@ from nnn_cli.cli.options import (
     block_size_note,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_attribute_table
+from nnn_cli.errors import ParameterError
 
 EPILOG = (
     "Examples:\n\n"
@@ -89,6 +90,13 @@ def attribute_bias_cmd(
             help="PNG of each query group's bias before and after NNN (the paper's Fig. 3; needs --query-groups and matplotlib).",
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) when the queries are in the reference set (same id or a near-duplicate row); default: warn.",
+        ),
+    ] = False,
 ) -> None:
     """Attribute bias **(#a - #b) / n** of each query's top n, averaged, before and after NNN.
 
@@ -97,8 +105,9 @@ def attribute_bias_cmd(
     top n that are correct items) is reported beside it.
     """
     note = note_printer(quiet or json_out)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("attribute bias", quiet) as progress:
         result = jobs.attribute_bias(
             queries,
@@ -110,8 +119,8 @@ def attribute_bias_cmd(
             k=k,
             params=params,
             truth=truth,
-            ns=n_values,
-            precision_ns=precision_n,
+            ns=parse_ints(n_values, "--n"),
+            precision_ns=parse_ints(precision_n, "--precision-n"),
             query_groups=query_groups,
             group_a=group_a,
             group_b=group_b,
@@ -119,6 +128,7 @@ def attribute_bias_cmd(
             threads=threads,
             force=force,
             plot=plot,
+            strict=strict,
             progress=progress,
             on_note=note,
         ).summary
@@ -126,3 +136,11 @@ def attribute_bias_cmd(
         print_json(result)
     else:
         render_attribute_table(result)
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """A comma list of integers (``--n``, ``--precision-n``)."""
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ParameterError(f"{option} must be a comma list of integers, got {text!r}") from None

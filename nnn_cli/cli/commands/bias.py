@@ -134,6 +134,25 @@ def bias_cmd(
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
     io_timeout: IoTimeoutOpt = None,
+    queries: Annotated[
+        Optional[str],
+        typer.Option(
+            "--queries",
+            "-Q",
+            help="Queries to check for leaks into the reference (same id, or a near-duplicate row, cosine >= 0.999).",
+        ),
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="With --queries: refuse (exit 2) on a leak.")] = False,
+    reference_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--reference-fraction",
+            help="Use a seeded random share of the reference (Tables A12-A15); params tuned on a share apply it.",
+        ),
+    ] = None,
+    reference_seed: Annotated[
+        Optional[int], typer.Option("--reference-seed", "--seed", help="Seed of --reference-fraction (default 0).")
+    ] = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -178,6 +197,10 @@ def bias_cmd(
             wait=wait,
             gallery_ids=gallery_ids,
             ids_column=ids_column,
+            queries=queries,
+            strict=strict,
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
             progress=progress,
             on_note=note,
         )

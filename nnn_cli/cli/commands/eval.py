@@ -29,7 +29,14 @@ from nnn_cli.cli.options import (
     block_size_note,
 )
 from nnn_cli.cli.render import note_printer, print_json, progress_bar, render_eval_table, render_methods_table
-from nnn_cli.jobs.eval import BaselineParams
+from nnn_cli.jobs.eval import method_defaults, method_names
+
+DEFAULTS = method_defaults()
+
+
+def comparison_methods() -> list[str]:
+    return [m for m in method_names() if m not in ("baseline", "nnn")]
+
 
 EPILOG = (
     "Examples:\n\n"
@@ -74,10 +81,10 @@ def eval_cmd(
         typer.Option(
             "--dn-lambda", help="DN: weight of the subtracted reference means (Zhou et al.'s code and paper: 0.25)."
         ),
-    ] = BaselineParams.dn_lambda,
+    ] = DEFAULTS["dn_lambda"],
     qb_beta: Annotated[
         float, typer.Option("--qb-beta", help="QBNorm: inverse temperature beta of the querybank softmax.")
-    ] = BaselineParams.qb_beta,
+    ] = DEFAULTS["qb_beta"],
     db_beta1: Annotated[
         float,
         typer.Option(
@@ -85,10 +92,10 @@ def eval_cmd(
             help="DBNorm: beta1 of the gallery-bank factor (NNN paper App. A1 naming; DBNorm's code calls it beta2). "
             "0 = the inverted softmax over the query bank.",
         ),
-    ] = BaselineParams.db_beta1,
+    ] = DEFAULTS["db_beta1"],
     db_beta2: Annotated[
         float, typer.Option("--db-beta2", help="DBNorm: beta2 of the query-bank factor (DBNorm's code calls it beta1).")
-    ] = BaselineParams.db_beta2,
+    ] = DEFAULTS["db_beta2"],
     gallery_bank: Annotated[
         Optional[str],
         typer.Option(
@@ -109,8 +116,9 @@ def eval_cmd(
         Optional[list[Path]],
         typer.Option(
             "--method-params",
-            help="JSON from `nnn tune --method ...` (repeatable); its best values replace "
-            "--dn-lambda/--qb-beta/--db-beta1/--db-beta2.",
+            help="JSON from `nnn tune --method M` (repeatable): its values apply to M only (its 'method' key); "
+            'or one file with a section per method, {"methods": {"dbnorm": {...}, "is": {...}}}. They replace '
+            "--dn-lambda/--qb-beta/--db-beta1/--db-beta2 for that method.",
         ),
     ] = None,
     bootstrap: Annotated[
@@ -127,6 +135,25 @@ def eval_cmd(
     query_ids: QueryIdsOpt = None,
     gallery_ids: GalleryIdsOpt = None,
     ids_column: IdsColumnOpt = None,
+    reference_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            "--reference-fraction",
+            help="Use a seeded random share of --reference (the paper's reference-size ablation, Tables A12-A15); "
+            "params tuned on a share apply that share by themselves.",
+        ),
+    ] = None,
+    reference_seed: Annotated[
+        Optional[int], typer.Option("--reference-seed", help="Seed of --reference-fraction (default 0).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 2) when test queries are in the reference set, by id or as near-duplicate rows "
+            "(checked against --reference, or the sketch a bias file records); default: warn.",
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -141,8 +168,9 @@ def eval_cmd(
     draw the hubness histogram and write an HTML page.
     """
     note = note_printer(quiet or json_out)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("eval", quiet) as progress:
         result = jobs.evaluate(
             queries,
@@ -156,9 +184,15 @@ def eval_cmd(
             metric=metric.value,
             threads=threads,
             force=force,
-            methods=methods,
-            method_params=method_params,
-            baseline_params=BaselineParams(dn_lambda, qb_beta, db_beta1, db_beta2, activation_k),
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            method_params=tuple(method_params or ()),
+            baseline_params={
+                "dn_lambda": dn_lambda,
+                "qb_beta": qb_beta,
+                "db_beta1": db_beta1,
+                "db_beta2": db_beta2,
+                "activation_k": activation_k,
+            },
             gallery_bank=gallery_bank,
             bootstrap=bootstrap,
             seed=seed,
@@ -167,16 +201,15 @@ def eval_cmd(
             query_ids=query_ids,
             gallery_ids=gallery_ids,
             ids_column=ids_column,
+            reference_fraction=reference_fraction,
+            reference_seed=reference_seed,
+            strict=strict,
             progress=progress,
             on_note=note,
-        ).summary
+        ).to_json()
     if json_out:
         print_json(result)
-    elif (
-        {"baseline", "nnn"} <= set(result)
-        and not bootstrap
-        and not any(m in result for m in ("dn", "qbnorm", "is", "dbnorm", "dbnorm_dis"))
-    ):
+    elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(m in result for m in comparison_methods()):
         render_eval_table(result)
     else:
         render_methods_table(result)

@@ -21,6 +21,8 @@ from nnn_cli.cli.options import (
     block_size_note,
 )
 from nnn_cli.cli.render import info, note_printer, print_json, progress_bar, render_method_sweep, render_tune_grid
+from nnn_cli.errors import ParameterError
+from nnn_cli.jobs.eval import tunable_methods
 from nnn_cli.jobs.tune import PAPER_ALPHAS_TEXT, PAPER_KS_TEXT
 
 EPILOG = (
@@ -96,7 +98,9 @@ def tune_cmd(
         str,
         typer.Option(
             "--method",
-            help="nnn (default), or a comparison method to tune instead: dn, qbnorm, is, dbnorm, dbnorm_dis (supervised only).",
+            help="nnn (default), or a comparison method to tune instead (supervised only): "
+            + ", ".join(tunable_methods()[1:])
+            + ".",
         ),
     ] = "nnn",
     method_grid: Annotated[
@@ -131,12 +135,13 @@ def tune_cmd(
             help="Use a seeded random share of the reference queries (the paper's reference-size ablation, Tables A12-A15).",
         ),
     ] = 1.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of --reference-fraction.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", "--reference-seed", help="Seed of --reference-fraction.")] = 0,
     strict: Annotated[
         bool,
         typer.Option(
             "--strict",
-            help="Refuse (exit 2) when tuning queries also appear in the reference set (a leak); default: warn.",
+            help="Refuse (exit 2) when tuning queries also appear in the reference set (a leak: the same id, or a "
+            "near-duplicate row, cosine >= 0.999); default: warn.",
         ),
     ] = False,
 ) -> None:
@@ -158,8 +163,9 @@ def tune_cmd(
     held-out queries' plain rank-1 item wins (least intervention).
     """
     note = note_printer(quiet)
-    if block_size_note(block_size):
-        note(block_size_note(block_size))
+    block_note = block_size_note(block_size)
+    if block_note:
+        note(block_note)
     with progress_bar("tune" if method == "nnn" else f"tune {method}", quiet) as progress:
         result = jobs.tune(
             gallery,
@@ -167,8 +173,8 @@ def tune_cmd(
             output,
             queries=queries,
             truth=truth,
-            alphas=alphas,
-            ks=ks,
+            alphas=parse_numbers(alphas, "alpha", float),
+            ks=parse_numbers(ks, "k", int),
             objective=objective.value,
             unsupervised=unsupervised,
             holdout=holdout,
@@ -176,7 +182,7 @@ def tune_cmd(
             metric=metric.value,
             threads=threads,
             method=method,
-            method_grid=method_grid,
+            method_grid=parse_method_grid(method_grid),
             gallery_bank=gallery_bank,
             plot=plot,
             db_dense=db_dense,
@@ -187,15 +193,48 @@ def tune_cmd(
             progress=progress,
             on_note=None,
         )
-    doc = {key: v for key, v in result.summary.items() if key not in ("message", "_result")}
+    doc = result.to_json()
     if json_out:
         print_json(doc)
     elif quiet:
         pass
-    elif method == "nnn":
-        render_tune_grid(result.summary["_result"])
+    elif result.grid is not None:
+        render_tune_grid(result.grid)
     else:
-        render_method_sweep(method, doc)
+        render_method_sweep(result.document["method"], doc)
     for line in result.notes:
         note(line)
-    info(result.summary["message"], quiet)
+    info(result.message, quiet)
+
+
+def parse_numbers(text: str, kind: str, cast: type) -> list:
+    """``--alphas``/``--ks``: a comma list of numbers (alpha) or integers (k)."""
+    items = [item.strip() for item in str(text).split(",") if item.strip()]
+    if not items:
+        raise ParameterError(f"the {kind} list {text!r} is empty; give comma-separated values")
+    out = []
+    for item in items:
+        try:
+            out.append(cast(item))
+        except ValueError:
+            expected = "a number" if cast is float else "an integer"
+            raise ParameterError(f"bad {kind} value {item!r} in {text!r}: expected {expected}") from None
+    return out
+
+
+def parse_method_grid(text: Optional[str]) -> Optional[dict[str, list[float]]]:
+    """``"db_beta1=0,1,5;db_beta2=25,50"`` -> ``{"db_beta1": [0, 1, 5], "db_beta2": [25, 50]}``."""
+    if not text:
+        return None
+    out: dict[str, list[float]] = {}
+    for part in str(text).split(";"):
+        if not part.strip():
+            continue
+        name, sep, values = part.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"bad --method-grid entry {part.strip()!r}: use NAME=V1,V2;NAME2=...")
+        try:
+            out[name.strip().replace("-", "_")] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ParameterError(f"bad --method-grid values for {name.strip()}: {values!r}") from None
+    return out
