@@ -27,6 +27,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    note_backend_mismatch,
     open_source,
     resolve_params,
     setup_threads,
@@ -132,6 +133,7 @@ def bias(
     g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
     r_src = open_source(reference, "reference", notes, None, ids_column)
     check_same_dim(g_src, r_src)
+    note_backend_mismatch(notes, g_src, r_src)
     check_k(k, r_src.n)
     setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile
     plan = plan_bias(

@@ -26,6 +26,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    note_backend_mismatch,
     open_source,
     read_checked_bias,
     resolve_params,
@@ -100,6 +101,7 @@ def evaluate(
     if reference is not None:
         r_src = open_embeddings(reference, "reference")
         check_same_dim(q_src, g_src, r_src)
+    note_backend_mismatch(notes, q_src, g_src, r_src)
     if want_nnn and bias is None:
         alpha, k = resolve_params(alpha, k, params)
         check_k(k, r_src.n)

@@ -19,6 +19,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    note_backend_mismatch,
     open_source,
     setup_threads,
 )
@@ -92,6 +93,7 @@ def search(
         q_src = open_source(queries, "queries", notes, query_ids, ids_column)
         g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
         check_same_dim(q_src, g_src)
+        note_backend_mismatch(notes, q_src, g_src)
         b = bf = None
         if bias is not None:
             bf = load_bias(bias)

@@ -9,7 +9,7 @@ import typer
 from nnn_cli import jobs
 from nnn_cli.cli.errors import handle_errors
 from nnn_cli.cli.options import BiasFileOpt, ForceOpt, GalleryOpt, JsonOpt, Metric, MetricOpt, ThreadsOpt
-from nnn_cli.cli.render import print_json_lines, render_query
+from nnn_cli.cli.render import note_printer, print_json_lines, render_query
 
 EPILOG = (
     "Examples:\n\n"
@@ -35,6 +35,17 @@ def query_cmd(
     threads: ThreadsOpt = 0,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
+    backend: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backend",
+            help="torch, onnx or openvino (default: as the gallery was embedded; a torch fp32 gallery is "
+            "queried through the cached fp32 ONNX export when onnxruntime is installed).",
+        ),
+    ] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option("--quantize", help="none or int8 (default: as the gallery was embedded).")
+    ] = None,
 ) -> None:
     """Embed TEXT with the model recorded in the gallery and **show the debiased ranking**, without writing a file."""
     result = jobs.query(
@@ -47,6 +58,9 @@ def query_cmd(
         device=device,
         force=force,
         threads=threads,
+        backend=backend,
+        quantize=quantize,
+        on_note=note_printer(False),
     ).summary
     if json_out:
         print_json_lines(result["results"])
