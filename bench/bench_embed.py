@@ -10,7 +10,8 @@ For each backend (torch fp32, ONNX fp32, ONNX int8, OpenVINO fp32 when ``openvin
 ``nnn embed`` runs as a whole process on the first ``--small`` fraction of the lines and on all of
 them, the backends interleaved in each of ``--rounds`` rounds; the **marginal rate** is
 ``(n - n_small) / (t_all - t_small)`` with each time the best of the rounds, so start-up (imports,
-model load) cancels out.  The export cache is filled before timing (its one-off cost is printed).
+model load) cancels out.  The same rate from the processes' CPU time (user + system, all threads) is
+printed beside it: on a machine shared with other work it moves far less than wall time.  The export cache is filled before timing (its one-off cost is printed).
 From the full outputs: cosine of each row to torch fp32 (min, 0.1% quantile), the test queries'
 top-10 agreement with torch's, and R@1 of the task without and with NNN (alpha 0.5, k 8, exact).
 Last, ``nnn query`` whole-process wall time (the second of two runs, so the export is cached).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util as importlib_util
 import inspect
 import json
 import os
@@ -105,30 +107,42 @@ def paragraphs() -> list[str]:
 def build_task(n: int) -> dict:
     """Lines (queries, gallery items, filler) and the retrieval task's index ranges."""
     paras = paragraphs()
-    pairs, rest = [], []
+    pairs: list[tuple[str, str]] = []
+    rest: list[str] = []
     for text in paras:
         m = re.search(r"(?<=[.!?])\s+(?=[A-Z])", text)
-        first, second = (text[: m.start()], text[m.end() :]) if m else (text, "")
-        (pairs if m and len(first) >= 20 and len(second) >= 20 else rest).append((first, second) if m else text)
+        if m and m.start() >= 20 and len(text) - m.end() >= 20:
+            pairs.append((text[: m.start()], text[m.end() :]))
+        else:
+            rest.append(text)
     pairs = pairs[: n // 2]
     queries = [q for q, _ in pairs]
     gallery = [g for _, g in pairs]
-    filler = [t if isinstance(t, str) else " ".join(t) for t in rest][: max(0, n - 2 * len(pairs))]
+    filler = rest[: max(0, n - 2 * len(pairs))]
     lines = queries + gallery + filler
     return {"lines": lines[:n], "n_pairs": len(pairs), "n_paragraphs": len(paras)}
 
 
-def run_embed(lines_file: Path, out: Path, flags: list[str], threads: int) -> float:
+def _child_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_embed(lines_file: Path, out: Path, flags: list[str], threads: int) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, all threads) of one whole `nnn embed` process."""
     cmd = [sys.executable, "-m", "nnn_cli", "embed", str(lines_file), "-o", str(out), "-q", "--restart", *flags]
     if threads:
         cmd += ["--threads", str(threads)]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cpu = _child_cpu()
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return seconds
+    return seconds, _child_cpu() - cpu
 
 
 def read_rows(path: Path, n: int) -> np.ndarray:
@@ -183,7 +197,7 @@ def main() -> None:
     args = ap.parse_args()
 
     names = [b for b in args.backends.split(",") if b]
-    if "openvino" in names and importlib.util.find_spec("openvino") is None:
+    if "openvino" in names and importlib_util.find_spec("openvino") is None:
         print("openvino is not installed: its column is left out")
         names.remove("openvino")
     if names[0] != "torch":
@@ -205,24 +219,36 @@ def main() -> None:
         warm.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
         first_run = {}
         for name in names:  # fills the export cache (a no-op when it is already there)
-            first_run[name] = run_embed(warm, tmp_path / "warm.h5", BACKENDS[name], args.threads)
-        times: dict[str, dict[str, list[float]]] = {name: {"small": [], "all": []} for name in names}
+            first_run[name] = run_embed(warm, tmp_path / "warm.h5", BACKENDS[name], args.threads)[0]
+        times: dict[str, dict[str, list[float]]] = {
+            name: {"small": [], "all": [], "small_cpu": [], "all_cpu": []} for name in names
+        }
         for r in range(args.rounds):
             for name in names:
-                times[name]["small"].append(run_embed(small, tmp_path / f"{name}-s.h5", BACKENDS[name], args.threads))
-                times[name]["all"].append(run_embed(full, tmp_path / f"{name}.h5", BACKENDS[name], args.threads))
-                print(f"  round {r + 1} {name}: {times[name]['small'][-1]:.1f}s, {times[name]['all'][-1]:.1f}s")
+                for size, path in (("small", small), ("all", full)):
+                    out = tmp_path / (f"{name}.h5" if size == "all" else f"{name}-s.h5")
+                    wall, cpu = run_embed(path, out, BACKENDS[name], args.threads)
+                    times[name][size].append(wall)
+                    times[name][f"{size}_cpu"].append(cpu)
+                print(
+                    f"  round {r + 1} {name}: {times[name]['small'][-1]:.1f}s, {times[name]['all'][-1]:.1f}s wall; "
+                    f"{times[name]['small_cpu'][-1]:.1f}s, {times[name]['all_cpu'][-1]:.1f}s CPU",
+                    flush=True,
+                )
         emb = {name: read_rows(tmp_path / f"{name}.h5", n) for name in names}
         quality = {name: retrieval(emb[name], task["n_pairs"]) for name in names}
         query_s = {}
         for name in names:
             query_s[name] = query_wall(tmp_path / f"{name}.h5", [])
     rows = []
-    base = None
+    base = cpu_base = None
     for name in names:
         t_small, t_all = min(times[name]["small"]), min(times[name]["all"])
         rate = (n - n_small) / max(t_all - t_small, 1e-9)
+        c_small, c_all = min(times[name]["small_cpu"]), min(times[name]["all_cpu"])
+        cpu_rate = (n - n_small) / max(c_all - c_small, 1e-9)
         base = base or rate
+        cpu_base = cpu_base or cpu_rate
         cos = (emb[name] * emb["torch"]).sum(axis=1)
         agree = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(quality[name]["top10"], quality["torch"]["top10"])])
         rows.append(
@@ -230,6 +256,8 @@ def main() -> None:
                 "backend": name,
                 "texts_per_s": round(rate, 1),
                 "speedup": round(rate / base, 2),
+                "texts_per_cpu_s": round(cpu_rate, 1),
+                "cpu_speedup": round(cpu_rate / cpu_base, 2),
                 "whole_run_s": round(t_all, 1),
                 "first_run_s": round(first_run[name], 1),
                 "cos_min": round(float(cos.min()), 4),
@@ -241,17 +269,19 @@ def main() -> None:
             }
         )
     header = (
-        f"{'backend':<10} {'texts/s':>8} {'x torch':>8} {'cos min':>8} {'cos 0.1%':>9} {'top10':>6} "
+        f"{'backend':<10} {'texts/s':>8} {'x torch':>8} {'texts/CPU-s':>11} {'x torch':>8} {'cos min':>8} {'cos 0.1%':>9} {'top10':>6} "
         f"{'R@1':>6} {'R@1 NNN':>8} {'query s':>8}"
     )
     print(header)
-    for r in rows:
+    for row in rows:
         print(
-            f"{r['backend']:<10} {r['texts_per_s']:>8.1f} {r['speedup']:>8.2f} {r['cos_min']:>8.4f} "
-            f"{r['cos_q001']:>9.4f} {r['top10_agree']:>5.1f}% {r['r1']:>6.2f} {r['r1_nnn']:>8.2f} {r['query_s']:>8.2f}"
+            f"{row['backend']:<10} {row['texts_per_s']:>8.1f} {row['speedup']:>8.2f} {row['texts_per_cpu_s']:>11.1f} "
+            f"{row['cpu_speedup']:>8.2f} {row['cos_min']:>8.4f} {row['cos_q001']:>9.4f} {row['top10_agree']:>5.1f}% "
+            f"{row['r1']:>6.2f} {row['r1_nnn']:>8.2f} {row['query_s']:>8.2f}"
         )
     print(
         f"texts/s: marginal rate of whole `nnn embed` processes ({n_small} vs {n} lines, best of {args.rounds}); "
+        "texts/CPU-s: the same from their CPU time (user + system, all threads), steadier on a shared machine; "
         f"R@1 on {task['n_pairs'] // 2} test queries, NNN alpha {ALPHA} k {K} with {task['n_pairs'] // 2} "
         f"reference queries; query s: whole `nnn query` process, export cached; load average at the end "
         f"{os.getloadavg()[0]:.1f}"

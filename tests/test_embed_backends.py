@@ -279,7 +279,11 @@ def test_cli_embed_onnx_int8_records_provenance_and_info_shows_it(tiny_model, ca
 def test_backend_mismatch_warns_in_search_eval_and_bias(tiny_model, cache, tmp_path):
     (tmp_path / "q.txt").write_text("\n".join(TEXTS[:6]) + "\n")
     (tmp_path / "g.txt").write_text("\n".join(TEXTS[6:]) + "\n")
-    for name, flags in (("q8", ["--backend", "onnx", "--quantize", "int8"]), ("qt", ["--backend", "torch"])):
+    for name, flags in (
+        ("q8", ["--backend", "onnx", "--quantize", "int8"]),
+        ("qt", ["--backend", "torch"]),
+        ("q32", ["--backend", "onnx"]),
+    ):
         assert (
             run_cli("embed", tmp_path / "q.txt", "-o", tmp_path / f"{name}.h5", "-m", tiny_model, *flags).exit_code == 0
         )
@@ -289,7 +293,10 @@ def test_backend_mismatch_warns_in_search_eval_and_bias(tiny_model, cache, tmp_p
     )
     res = run_cli("search", tmp_path / "q8.h5", "--gallery", tmp_path / "g.h5", "-o", tmp_path / "r.jsonl")
     assert res.exit_code == 0, res.stderr
-    assert "different backends" in res.stderr and "onnx int8" in res.stderr and "torch fp32" in res.stderr
+    assert "warning: these embeddings were computed with different backends" in res.stderr
+    assert "onnx int8" in res.stderr and "torch fp32" in res.stderr
+    res = run_cli("search", tmp_path / "q32.h5", "--gallery", tmp_path / "g.h5", "-o", tmp_path / "r3.jsonl")
+    assert res.exit_code == 0 and "note: these embeddings" in res.stderr and "warning" not in res.stderr
     res = run_cli("search", tmp_path / "qt.h5", "--gallery", tmp_path / "g.h5", "-o", tmp_path / "r2.jsonl")
     assert res.exit_code == 0 and "different backends" not in res.stderr
     res = run_cli("bias", tmp_path / "g.h5", "--reference", tmp_path / "q8.h5", "--alpha", "0.5",

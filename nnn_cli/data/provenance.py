@@ -272,6 +272,8 @@ def backend_mismatch(sources: list[EmbeddingSource]) -> str | None:
         return f"{recipe[0]} {'fp32' if recipe[1] == 'none' else recipe[1]}"
 
     parts = ", ".join(f"{src.label} {src.name}: {how(recipe)}" for src, recipe in known)
+    if len({recipe[1] for _, recipe in known}) == 1:  # all fp32: the same arithmetic, rows agree to ~1e-5
+        return f"note: these embeddings were computed with different backends ({parts}), all in fp32"
     return (
         f"warning: these embeddings were computed with different backends ({parts}); "
         "scores across them are not exactly comparable: embed all with one --backend/--quantize"
