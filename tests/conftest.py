@@ -9,6 +9,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from nnn_cli.core.synthetic import make_hub_data
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_export_cache(tmp_path_factory):
+    """`nnn embed --backend onnx|openvino` exports go to a cache of this session, never ~/.cache/nnn."""
+    if os.environ.get("NNN_CACHE_DIR"):
+        yield
+        return
+    import shutil
+
+    path = tmp_path_factory.mktemp("nnn-export-cache")
+    os.environ["NNN_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop("NNN_CACHE_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def hub_data():
     """Small synthetic data with planted hubs (baseline R@1 24%, NNN at alpha 0.75, k 16: 39%)."""

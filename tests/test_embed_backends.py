@@ -60,7 +60,8 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("nnn-cache")
+    """The session's private cache (tests/conftest.py), so the default model is exported once per session."""
+    return Path(os.environ["NNN_CACHE_DIR"]) if os.environ.get("NNN_CACHE_DIR") else tmp_path_factory.mktemp("c")
 
 
 @pytest.fixture
