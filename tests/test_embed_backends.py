@@ -413,3 +413,30 @@ def test_query_uses_the_gallerys_backend_from_the_cache(default_vectors, cache, 
                           env=env, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "NO-TORCH" in proc.stderr and json.loads(proc.stdout.splitlines()[0])["query_text"] == "a text editor"
+
+
+def test_a_cached_export_runs_without_torch(tiny_model, cache, tmp_path):
+    ensure_export(tiny_model, "onnx", "int8")
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
+    copy = tmp_path / "uncached"
+    shutil.copytree(tiny_model, copy)
+    (copy / "README.md").write_text("ignored by the checksum")
+    with open(next(copy.rglob("config.json")), "a") as fh:
+        fh.write("\n")  # another model folder: not in the cache
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NNN_CACHE_DIR": str(cache)}
+
+    def nnn_without_torch(model: Path, out: str) -> subprocess.CompletedProcess:
+        code = (
+            "import sys; sys.modules['torch'] = None\nfrom nnn_cli.cli import main\n"
+            f"sys.argv = ['nnn', 'embed', {str(tmp_path / 't.txt')!r}, '-o', {str(tmp_path / out)!r}, "
+            f"'-m', {str(model)!r}, '--backend', 'onnx', '--quantize', 'int8']\nmain()\n"
+        )
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+    proc = nnn_without_torch(tiny_model, "o.h5")
+    assert proc.returncode == 0, proc.stderr
+    assert _attrs(tmp_path / "o.h5")["backend"] == "onnx"
+    proc = nnn_without_torch(copy, "u.h5")
+    assert proc.returncode == 2 and "pip install 'nnn-cli[embed]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 2  # the export note, then the one-line error
+    assert not (tmp_path / "u.h5").exists()
