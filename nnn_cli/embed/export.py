@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nnn_cli.errors import DependencyError, InputError, NNNError, ParameterError
 
@@ -328,10 +329,10 @@ def _export_raw(folder: Path, entry: Path) -> dict:
         raise DependencyError("exporting a model needs sentence-transformers: pip install 'nnn-cli[embed]'") from None
     _quiet_transformers()
     try:
-        st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+        st: Any = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{folder}: not a loadable sentence-transformers model ({str(exc)[:200]})") from None
-    modules = list(st)
+    modules: list[Any] = list(st)
     kinds = [type(m).__name__ for m in modules]
     if (
         len(modules) < 2
@@ -344,11 +345,11 @@ def _export_raw(folder: Path, entry: Path) -> dict:
             f"Transformer, Pooling and Normalize (this one has {', '.join(kinds)}); use --backend torch"
         )
     pooling = _pooling_mode(modules[1])
-    transformer = modules[0]
-    hf = transformer.auto_model.eval()
+    transformer: Any = modules[0]
+    hf: Any = transformer.auto_model.eval()
     with contextlib.suppress(Exception):
         hf.set_attn_implementation("eager")  # the attention pattern onnxruntime's fusion recognises
-    tokenizer = transformer.tokenizer
+    tokenizer: Any = transformer.tokenizer
     inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
     if "input_ids" not in inputs or "attention_mask" not in inputs:
         raise ParameterError(f"{folder}: the tokenizer gives {tokenizer.model_input_names}; cannot export it")
@@ -361,7 +362,9 @@ def _export_raw(folder: Path, entry: Path) -> dict:
     else:
         raise ParameterError(f"{folder}: no fast tokenizer (tokenizer.json); use --backend torch")
 
-    class Pooled(torch.nn.Module):
+    module_base: Any = torch.nn.Module
+
+    class Pooled(module_base):  # type: ignore[misc,valid-type]
         def __init__(self, model):
             super().__init__()
             self.model = model
@@ -420,7 +423,7 @@ def _pooling_mode(pooling) -> str:
     mode = getattr(pooling, "pooling_mode", None)
     if isinstance(mode, str) and mode in ("mean", "cls"):
         return mode
-    flags = getattr(pooling, "get_config_dict", dict)()
+    flags: dict = getattr(pooling, "get_config_dict", dict)()
     if flags.get("pooling_mode_mean_tokens") and not flags.get("pooling_mode_cls_token"):
         return "mean"
     if flags.get("pooling_mode_cls_token") and not flags.get("pooling_mode_mean_tokens"):
