@@ -271,8 +271,12 @@ def test_cli_embed_onnx_int8_records_provenance_and_info_shows_it(tiny_model, ca
     assert recorded["backend"] == "onnx" and recorded["quantization"] == "int8"
     assert recorded["export_checksum"] == exported.checksum
     # torch runs record their backend too
-    res = run_cli("embed", tmp_path / "t.txt", "-o", tmp_path / "t.h5", "-m", tiny_model, "--backend", "torch")
+    res = run_cli(
+        "embed", tmp_path / "t.txt", "-o", tmp_path / "t.h5", "-m", tiny_model, "--backend", "torch", "--json"
+    )
     assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["backend"] == "torch" and doc["quantization"] == "none"
     attrs = _attrs(tmp_path / "t.h5")
     assert attrs["backend"] == "torch" and attrs["quantization"] == "none" and "export_checksum" not in attrs
 

@@ -77,6 +77,8 @@ class EmbedSummary:
             "model": self.attrs.get("model"),
             "modality": self.attrs.get("modality"),
             "dtype": self.attrs.get("dtype"),
+            "backend": self.attrs.get("backend"),
+            "quantization": self.attrs.get("quantization"),
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
             "discarded_partial": self.discarded_partial,
         }
