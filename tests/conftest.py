@@ -9,19 +9,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from nnn_cli.core.synthetic import make_hub_data
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_export_cache(tmp_path_factory):
-    """`nnn embed --backend onnx|openvino` exports go to a cache of this session, never ~/.cache/nnn."""
-    if os.environ.get("NNN_CACHE_DIR"):
-        yield
-        return
-    import shutil
+def pytest_configure(config):
+    """`nnn embed --backend onnx|openvino` exports go to a cache of this session, never ~/.cache/nnn.
 
-    path = tmp_path_factory.mktemp("nnn-export-cache")
-    os.environ["NNN_CACHE_DIR"] = str(path)
-    try:
-        yield
-    finally:
+    Set here, before collection, so that test modules which copy ``os.environ`` at import time for
+    their subprocesses carry it too."""
+    if not os.environ.get("NNN_CACHE_DIR"):
+        import tempfile
+
+        config._nnn_export_cache = tempfile.mkdtemp(prefix="nnn-export-cache-")
+        os.environ["NNN_CACHE_DIR"] = config._nnn_export_cache
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_nnn_export_cache", None)
+    if path:
+        import shutil
+
         os.environ.pop("NNN_CACHE_DIR", None)
         shutil.rmtree(path, ignore_errors=True)
 
