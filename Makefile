@@ -2,6 +2,7 @@
 #
 #   make demo          core + plots into .venv/ (numpy, faiss-cpu, h5py, typer, rich, matplotlib; no torch)
 #   make test          the rest too (torch, the embed models, test tools), then the test suite
+#   make lint          ruff (lint + format check), mypy and the layer contracts (needs `make setup-test`)
 #   make system-deps   optional: Chromium (a system package, needs root + apt-get) for the report rendering test
 #
 # torch: `make test` installs $(TORCH_SPEC) first with $(PIP_TORCH_ARGS). On a machine without a GPU,
@@ -19,7 +20,7 @@ STAMP_VENV     := $(VENV)/.stamp-venv
 STAMP_DEMO     := $(VENV)/.stamp-demo
 STAMP_TEST     := $(VENV)/.stamp-test
 
-.PHONY: setup setup-demo setup-test system-deps demo test bench clean
+.PHONY: setup setup-demo setup-test system-deps demo test lint bench clean
 
 $(STAMP_VENV):
 	@echo "== creating the virtual environment $(VENV)/ ($(PY))"
@@ -64,6 +65,14 @@ test: $(STAMP_TEST)
 	  echo "note: chromium not found, the report rendering test will be skipped (make system-deps installs it)"
 	@echo "== running the test suite"
 	$(BIN)/python -m pytest -p no:cacheprovider
+
+# The checks CI runs besides the tests: lint, format, types (config in pyproject.toml), layer contracts.
+LINT_PATHS := nnn_cli tests bench scripts
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Quick sizes; see each script's --help for the full ones (e.g. bench/bench_scale.py --full).
 bench: $(STAMP_TEST)

@@ -1,7 +1,7 @@
 """NNN beside DN, QBNorm and DBNorm (DualIS, DualDIS): Recall@1 and seconds per method.
 
 Each method's hyperparameters are tuned on a held-out split (NNN: the paper's
-alpha x k grid; the others: ``nnn_cli.baselines.DEFAULT_GRIDS``), then every
+alpha x k grid; the others: ``nnn_cli.core.baselines.DEFAULT_GRIDS``), then every
 method is run once on the test split and timed end to end (its per-gallery
 precomputation + the search of all test queries).
 

@@ -12,8 +12,8 @@ Prints the measured table (seconds, overhead % with and without Ray start-up, pe
 and a projection for 1e8 x 1e8 and 1e9 x 1e9 at d=768: FLOP, bytes read, tasks, GPU-hours, all
 *projected* from the formulas below and the assumed GPU rate, next to what one task measured here.
 
-    /work/venv-ray/bin/python bench/bench_engine.py --quick     # 50k x 50k, d=256 (about a minute)
-    /work/venv-ray/bin/python bench/bench_engine.py             # the issue's 200k x 200k, d=512
+    .venv/bin/python bench/bench_engine.py --quick     # 50k x 50k, d=256 (about a minute)
+    .venv/bin/python bench/bench_engine.py             # the issue's 200k x 200k, d=512
 """
 
 from __future__ import annotations

@@ -321,17 +321,22 @@ def test_inputs_and_outputs_on_s3(cluster, data, s3):
         "s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/gallery", "s3://nnn-test/out", 5, storage_options=opts
     )
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
-    # incremental on the object store (no lock there): append the gallery again, then add the queries
+    # incremental on the object store (no lock there): append the queries as new items, then add them as
+    # reference queries; a repeated append (a cron job re-run) is refused: it would count those rows twice
     s = ray_append(
-        "s3://nnn-test/emb/gallery", "s3://nnn-test/emb/reference", "s3://nnn-test/out", storage_options=opts
+        "s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/reference", "s3://nnn-test/out", storage_options=opts
     )
-    assert s["blocks_added"] == 3
+    assert s["blocks_added"] == 2
+    with pytest.raises(ParameterError, match="already part of"):
+        ray_append(
+            "s3://nnn-test/emb/queries.npy", "s3://nnn-test/emb/reference", "s3://nnn-test/out", storage_options=opts
+        )
     s = ray_add_reference(
         "s3://nnn-test/emb/gallery", "s3://nnn-test/emb/queries.npy", "s3://nnn-test/out", storage_options=opts
     )
-    assert s["blocks_rewritten"] == 6 and not fs.exists("nnn-test/out/blocks/bias_000000.npy")
+    assert s["blocks_rewritten"] == 5 and not fs.exists("nnn-test/out/blocks/bias_000000.npy")
     got = read_manifest_bias("s3://nnn-test/out", opts, with_topk=True)
-    both_g, both_r = np.vstack([data["G"], data["G"]]), np.vstack([data["R"], data["Q"]])
+    both_g, both_r = np.vstack([data["G"], data["Q"]]), np.vstack([data["R"], data["Q"]])
     assert_same_to_rounding(got.bias, compute_bias(both_g, both_r, ALPHA, K))
     assert_same_to_rounding(got.attrs["topk"], topk_scores(both_g, both_r, K))
     # the S3 server listens on loopback only
@@ -443,9 +448,12 @@ def test_cli_engine_ray_end_to_end(cluster, data, tmp_path):
         assert np.array_equal(results[name][0], results["local"][0])
         assert np.array_equal(results[name][1], results["local"][1])
     bad = run.invoke(app, args + ["--resume", "-o", str(tmp_path / "x.h5")])
-    assert bad.exit_code == 2 and "--engine ray" in bad.output
-    bad = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "x.h5")])
-    assert bad.exit_code == 2 and "folder or URL" in bad.output
+    assert bad.exit_code == 2 and "run folders" in bad.output and not (tmp_path / "x.h5").exists()
+    # one pipeline: Ray tasks can write a bias file too, equal to --engine local byte for byte
+    res = run.invoke(app, args + ["--engine", "ray", "--block-rows", "2048", "-o", str(tmp_path / "x.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert np.array_equal(f["bias"][()], local_bias) and f.attrs["alpha"] == ALPHA
 
 
 def _raw(root, name):
@@ -614,7 +622,7 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["blocks_rewritten"] == 2
     m = read_manifest(str(out))
-    assert m["generation"] == 1 and m["inputs"]["reference_parts"][0]["rows"] == [13000, N_REFERENCE]
+    assert m["generation"] == 1 and m["inputs"]["reference"]["parts"][1]["rows"] == N_REFERENCE - 13000
     assert m["blocks_done"]["0"]["file"] == "blocks/bias_000000.g1.npy"
     assert not (out / before["blocks_done"]["0"]["file"]).exists()  # replaced files removed after the commit
     want = compute_bias(data["G"][:3000], data["R"], ALPHA, K)
@@ -624,7 +632,7 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["blocks_added"] == 1
     got = read_manifest_bias(str(out), with_topk=True)
-    assert got.attrs["gallery_parts"] == 2 and got.attrs["reference_parts"] == 2
+    assert got.attrs["gallery_parts_added"] == 1 and got.attrs["reference_parts_added"] == 1
     assert_same_to_rounding(got.bias, data["bias"])
     assert_same_to_rounding(got.attrs["topk"], data["topk"])
     m = read_manifest(str(out))
@@ -641,6 +649,43 @@ def test_append_and_update_equal_a_fresh_run(cluster, data, tmp_path):
     ray_bias(ga, ra, ALPHA, K, "cosine", str(tmp_path / "notopk"), save_topk=False, **PLAN)
     with pytest.raises(ParameterError, match="without top-k"):
         ray_add_reference(ga, rb, str(tmp_path / "notopk"))
+
+
+def test_embed_hdf5_through_ray_equals_local_and_same_json(cluster, data, tmp_path):
+    """`nnn embed`'s HDF5 layout (embeddings + ids) goes through --engine ray (no conversion): the run folder and a
+    bias file from Ray tasks equal --engine local byte for byte, and --json has the same keys on both engines."""
+    import h5py
+    from typer.testing import CliRunner
+
+    from nnn_cli.cli import app
+
+    g = _raw(data["root"], "gallery")
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f["embeddings"] = g
+        f.create_dataset("ids", data=np.array([f"img{i}" for i in range(len(g))], dtype=object),
+                         dtype=h5py.string_dtype())  # fmt: skip
+        f.attrs["model"] = "test"
+    run = CliRunner()
+    args = ["bias", str(tmp_path / "g.h5"), "-r", str(data["root"] / "reference"), "-a", str(ALPHA), "-k", str(K)]
+    plan = ["--block-rows", "2048", "--partition-rows", "8192", "--json"]
+    docs = {}
+    for engine in ("local", "ray"):
+        res = run.invoke(app, args + ["--engine", engine, "-o", str(tmp_path / f"run_{engine}"), *plan])
+        assert res.exit_code == 0, res.output
+        docs[engine] = json.loads(res.stdout)
+    assert set(docs["local"]) == set(docs["ray"]) and docs["ray"]["engine"] == "ray"
+    assert isinstance(docs["ray"]["seconds"], float) and isinstance(docs["local"]["seconds"], float)
+    res = run.invoke(app, args + ["-o", str(tmp_path / "local.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "local.h5") as f:
+        want = f["bias"][()]
+    assert np.array_equal(want, data["bias"])
+    for engine in ("local", "ray"):
+        assert np.array_equal(read_manifest_bias(tmp_path / f"run_{engine}").bias, want)
+    res = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "ray.h5")])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "ray.h5") as f:
+        assert np.array_equal(f["bias"][()], want) and list(f["ids"][:2].astype(str)) == ["img0", "img1"]
 
 
 def test_loopback_only(cluster, data):

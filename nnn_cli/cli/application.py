@@ -32,8 +32,8 @@ def _hide_flag_type() -> None:
     def display_type_rich(self, ctx):
         return None if getattr(self, "is_flag", False) else shown(self, ctx)
 
-    display_type_rich._nnn_flags_hidden = True
-    TyperOption.display_type_rich = display_type_rich
+    display_type_rich._nnn_flags_hidden = True  # type: ignore[attr-defined]  # a marker: patched once
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]  # the patch itself
 
 
 _hide_flag_type()

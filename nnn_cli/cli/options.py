@@ -159,7 +159,7 @@ ResumeOpt = Annotated[
     bool,
     typer.Option(
         "--resume",
-        help="--engine ray: keep the blocks an interrupted run finished (inputs, parameters and plan must "
+        help="A run folder (any engine): keep the verified blocks an interrupted run finished (inputs, parameters and plan must "
         "match its manifest.json) and compute the rest.",
     ),
 ]
@@ -174,7 +174,7 @@ BlockRowsOpt = Annotated[
     typer.Option(
         "--block-rows",
         min=1,
-        help="--engine ray: gallery (bias) or query (search) rows per task; a multiple of "
+        help="Blocked runs (a run folder, --engine ray): gallery (bias) or query (search) rows per task; a multiple of "
         "1024 (default 65536 for bias).",
     ),
 ]
@@ -183,15 +183,23 @@ PartitionRowsOpt = Annotated[
     typer.Option(
         "--partition-rows",
         min=1,
-        help="--engine ray: reference (bias) or gallery (search) rows per task; a multiple of 8192 (default 1048576).",
+        help="Blocked runs: reference (bias) or gallery (search) rows per task; a multiple of 8192 (default 1048576).",
     ),
 ]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", min=0, help="--engine ray: retries of a failed task.")]
+IoTimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--io-timeout",
+        help="Seconds an object store (s3://, gs://, ...) may take to answer before the run stops with one "
+        "line naming the URL (default: env NNN_IO_TIMEOUT, else 30).",
+    ),
+]
 StorageOptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         "--storage-option",
-        help="--engine ray: fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
+        help="URLs (any engine): fsspec storage option KEY=VALUE for URLs (repeatable), e.g. "
         "endpoint_url=http://127.0.0.1:9000 or anon=true.",
     ),
 ]
@@ -252,10 +260,10 @@ def index_options(
     return IndexOptions(index, nlist, nprobe, ef_search, recall, save_index, load_index)
 
 
-def block_size_note(block_size: Optional[int]) -> Optional[str]:
-    """The deprecation line for ``--block-size`` (None when it was not given)."""
+def block_size_note(block_size: Optional[int]) -> str:
+    """The deprecation line for ``--block-size`` (empty when it was not given)."""
     if block_size is None:
-        return None
+        return ""
     return (
         "note: --block-size is deprecated and has no effect (memory is bounded by fixed GEMM tiles); "
         "use --memory-budget to bound memory"
@@ -271,6 +279,7 @@ def engine_options(
     partition_rows: Optional[int],
     max_retries: int,
     storage_option: Optional[list[str]],
+    io_timeout: Optional[float] = None,
 ) -> EngineOptions:
     return EngineOptions(
         engine,
@@ -281,4 +290,5 @@ def engine_options(
         partition_rows,
         max_retries,
         parse_storage_options(storage_option),
+        io_timeout,
     )

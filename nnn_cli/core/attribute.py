@@ -135,7 +135,7 @@ def compare_attribute_bias(
     for n in ns:
         rec = {}
         for name, topk in rankings.items():
-            if grouped:
+            if query_groups is not None:
                 rec[name] = grouped_attribute_bias(topk, labels, n, query_groups, group_names)
             else:
                 rec[name] = {"bias": attribute_bias(topk, labels, n)}
@@ -149,8 +149,10 @@ def compare_attribute_bias(
             for name, topk in rankings.items():
                 values = precision_per_query(topk, truth, m)
                 has = ~np.isnan(values)
-                entry = {"precision_mean_over_queries": float(values[has].mean()) if has.any() else 0.0}
-                if grouped:
+                entry: dict[str, object] = {
+                    "precision_mean_over_queries": float(values[has].mean()) if has.any() else 0.0
+                }
+                if query_groups is not None:
                     per = group_means(np.where(has, values, 0.0), np.where(has, query_groups, -1), len(group_names))
                     ok = ~np.isnan(per)
                     entry["precision"] = float(per[ok].mean()) if ok.any() else 0.0
@@ -159,7 +161,7 @@ def compare_attribute_bias(
                     entry["precision"] = entry["precision_mean_over_queries"]
                 rec[name] = entry
             out["precision_at"][str(m)] = rec
-    if grouped:
+    if query_groups is not None:
         out["n_groups"] = int(len(np.unique(query_groups[query_groups >= 0])))
         out["bias_is"] = "mean over query groups"
     out["n_label_a"] = int((labels == LABEL_A).sum())

@@ -34,7 +34,7 @@ from nnn_cli.errors import ParameterError
 # Hyperparameter sweep (used by `nnn tune --method`)
 # ---------------------------------------------------------------------------
 CELL_CHUNK = 32
-"""Grid cells ranked together by :func:`nnn_cli.tune.truth_ranks` (keeps its bias envelope narrow)."""
+"""Grid cells ranked together by :func:`nnn_cli.core.tune.truth_ranks` (keeps its bias envelope narrow)."""
 
 
 def _sig(value: float) -> float:

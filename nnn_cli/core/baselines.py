@@ -70,9 +70,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.search import DebiasedIndex
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, top_k_exact, topk_inner_product
-from nnn_cli.errors import MismatchError, ParameterError
+from nnn_cli.errors import ParameterError
 
 METHODS = ("baseline", "nnn", "dn", "qbnorm", "is", "dbnorm", "dbnorm_dis")
 """Method names accepted by ``nnn eval --methods`` (and the JSON keys they produce)."""
@@ -181,9 +182,7 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def _check_dims(*arrays: tuple[str, np.ndarray]) -> None:
-    dims = {a.shape[1] for _, a in arrays}
-    if len(dims) > 1:
-        raise MismatchError("dimension mismatch: " + ", ".join(f"{n} d={a.shape[1]}" for n, a in arrays))
+    check_same_dims((n, a.shape[1]) for n, a in arrays)
 
 
 # ---------------------------------------------------------------------------

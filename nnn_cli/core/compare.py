@@ -1,7 +1,7 @@
 """Run several scoring methods on one query set and score them side by side.
 
 Used by ``nnn eval --methods``: baseline, NNN and the paper's comparison
-methods (:mod:`nnn_cli.baselines`), each timed end to end (its per-gallery
+methods (:mod:`nnn_cli.core.baselines`), each timed end to end (its per-gallery
 precomputation plus the search), with optional bootstrap confidence
 intervals for every recall figure.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def compare_methods(
     (the published protocol uses separate training items).  The baseline is
     always run first (QB-Norm's DIS and DualDIS need its rank-1 items); it is
     returned only when asked for.  Hubness holds the ``N_1`` and ``N_10``
-    figures of each (Q, 10) ranking (:func:`nnn_cli.metrics.hubness`).
+    figures of each (Q, 10) ranking (:func:`nnn_cli.core.metrics.hubness`).
     """
     params = (params or BaselineParams()).check()
     methods = list(dict.fromkeys(METHOD_ALIASES.get(m, m) for m in methods))
@@ -175,13 +176,26 @@ def compare_methods(
         start = time.perf_counter()
         extra: dict = {}
         if method == "nnn":
-            b = bias if bias is not None else compute_bias(gallery, reference, nnn_alpha, nnn_k, block_rows)
+            if bias is not None:
+                b = bias
+            else:
+                assert reference is not None and nnn_alpha is not None and nnn_k is not None  # checked above
+                b = compute_bias(gallery, reference, nnn_alpha, nnn_k, block_rows)
             _, idx = DebiasedIndex(gallery, b).search(queries, TOP_K, block_rows)
             if bias is None:
                 extra["params"] = {"alpha": nnn_alpha, "k": nnn_k}
         else:
+            # reference is checked above for every bank method; any other name raises in rank_method
             idx = rank_method(
-                method, queries, gallery, reference, params, gallery_bank, TOP_K, block_rows, top1=base_idx[:, 0]
+                method,
+                queries,
+                gallery,
+                cast(np.ndarray, reference),
+                params,
+                gallery_bank,
+                TOP_K,
+                block_rows,
+                top1=base_idx[:, 0],
             )
             extra["params"] = params.for_method(method)
             if method in GALLERY_BANK_WARNED and gallery_bank is None:

@@ -10,6 +10,8 @@ reference scores and hands it to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, topk_scores
@@ -25,12 +27,19 @@ def check_k(k: int, n_reference: int) -> int:
     return int(k)
 
 
-def check_dims(**arrays: np.ndarray) -> int:
-    """The shared dimension of 2-D arrays given by name; :class:`MismatchError` naming each otherwise."""
-    dims = {name: a.shape[1] for name, a in arrays.items() if a is not None}
-    if len(set(dims.values())) > 1:
-        raise MismatchError("dimension mismatch: " + ", ".join(f"{n} d={d}" for n, d in dims.items()))
-    return next(iter(dims.values()))
+def check_same_dims(named_dims: Iterable[tuple[str, int]]) -> int:
+    """The one dimension rule: the shared ``d`` of named vector sets, or :class:`MismatchError` naming
+    each (``dimension mismatch: gallery d=8, reference d=4``).  Arrays (:func:`check_dims`), sources
+    (``nnn_cli.data.inputs.check_same_dim``) and the engines all check through it."""
+    dims = list(named_dims)
+    if len({d for _, d in dims}) > 1:
+        raise MismatchError("dimension mismatch: " + ", ".join(f"{n} d={d}" for n, d in dims))
+    return dims[0][1]
+
+
+def check_dims(**arrays: np.ndarray | None) -> int:
+    """The shared dimension of 2-D arrays given by name (None skipped); :func:`check_same_dims`."""
+    return check_same_dims((name, a.shape[1]) for name, a in arrays.items() if a is not None)
 
 
 def check_alpha(alpha: float) -> float:
@@ -49,7 +58,7 @@ def reference_topk(
 ) -> np.ndarray:
     """(N, kmax) float32: for each gallery row, its kmax highest reference scores, descending.
 
-    Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.topk.topk_scores`),
+    Exact: GEMM tiles plus ``np.partition`` (:func:`nnn_cli.core.topk.topk_scores`),
     the fastest of faiss ``IndexFlatIP.search``, ``faiss.knn`` and this one as
     measured by ``bench/bench_scale.py``.  The GEMM tiles are fixed
     (``block_rows`` is accepted for compatibility and no longer changes the

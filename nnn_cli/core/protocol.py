@@ -10,7 +10,7 @@
   directions' ground truth (text->image: caption queries, image gallery;
   image->text: image queries, caption gallery).
 
-Math only: arrays in, arrays out (reading files is :mod:`nnn_cli.groups_io`).
+Math only: arrays in, arrays out (reading files is :mod:`nnn_cli.data.groups`).
 """
 
 from __future__ import annotations

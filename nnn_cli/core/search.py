@@ -3,7 +3,7 @@
 ``q' . r' = q . r - b(r)``, so an ordinary inner-product index over the
 augmented gallery returns NNN-debiased rankings at the cost of plain search.
 The exact index here is BLAS GEMM tiles + O(n) top-k selection
-(:class:`~nnn_cli.topk.GemmIndex`); approximate faiss indexes over the same
+(:class:`~nnn_cli.core.topk.GemmIndex`); approximate faiss indexes over the same
 augmented vectors live in :mod:`nnn_cli.scale.index`.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, GemmIndex, ProgressFn, search_blocks
 from nnn_cli.errors import MismatchError
 
@@ -41,14 +42,13 @@ class DebiasedIndex:
         self.debiased = bias is not None
         self.ntotal = len(gallery)
         self.dim = gallery.shape[1]
-        self.index = GemmIndex(augment_gallery(gallery, bias) if self.debiased else gallery)
+        self.index = GemmIndex(augment_gallery(gallery, bias) if bias is not None else gallery)
 
     def search(
         self, queries: np.ndarray, k: int, block_rows: int = DEFAULT_QUERY_BLOCK, progress: ProgressFn | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, indices), each (Q, min(k, N)), best first; scores are debiased when a bias was given."""
-        if queries.shape[1] != self.dim:
-            raise MismatchError(f"dimension mismatch: queries d={queries.shape[1]}, gallery d={self.dim}")
+        check_same_dims([("queries", queries.shape[1]), ("gallery", self.dim)])
         if not self.debiased:
             return search_blocks(self.index, queries, k, block_rows, progress)
         return search_blocks(_AugmentingIndex(self.index), queries, k, block_rows, progress)

@@ -214,11 +214,12 @@ class GemmIndex:
         self.db_starts = list(range(0, self.ntotal, DATABASE_TILE))
 
     def _tile_topk(self, q: np.ndarray, tiles: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-        best = None
+        best: tuple[np.ndarray, np.ndarray] | None = None
         for j in tiles:
             s0 = self.db_starts[j]
             vals, idx = top_k_exact(tile_scores(q, self.database[s0 : s0 + DATABASE_TILE]), k)
             best = merge_top_k(best, (vals, idx + s0), k)
+        assert best is not None, "no database tiles"
         return best
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -357,10 +358,12 @@ class RunningTopScores:
             return np.empty((0, self.k), dtype=np.float32)
         out = []
         for i in range(len(self.tiles)):
-            merged = None
+            merged: np.ndarray | None = None
             for best in self._best:
-                if best[i] is not None:
-                    merged = merge_top_scores(merged, best[i], self.k)
+                tile_best = best[i]
+                if tile_best is not None:
+                    merged = merge_top_scores(merged, tile_best, self.k)
+            assert merged is not None, "a query tile no worker folded"
             out.append(sort_descending(merged))
         return np.vstack(out)
 

@@ -1,6 +1,6 @@
 """Reading query groups and paired id files (csv/tsv) for the paper's protocol.
 
-Kept apart from the math (:mod:`nnn_cli.attribute`, :mod:`nnn_cli.protocol`),
+Kept apart from the math (:mod:`nnn_cli.core.attribute`, :mod:`nnn_cli.core.protocol`),
 which takes plain arrays.
 """
 

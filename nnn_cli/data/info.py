@@ -72,7 +72,7 @@ def _describe_folder(path: Path, spec, fingerprint: bool) -> dict:
     }
     if src.notes:
         attrs["notes"] = list(src.notes)
-    out = {
+    out: dict = {
         "path": str(path),
         "bytes": sum(p.stat().st_size for p in src.shard_paths),
         "format": "npy shards",
@@ -220,10 +220,10 @@ def _describe_manifest(path: Path) -> dict:
     n_rows = sum(int(r["rows"][1]) - int(r["rows"][0]) for r in m.get("blocks_done", {}).values())
     attrs = {
         **m.get("params", {}),
-        "engine": "ray",
+        "engine": m.get("engine", "ray"),
         "blocks_done": done,
         "blocks_total": n_blocks,
-        "complete": done == n_blocks,
+        "complete": bool(m.get("complete")) and done == n_blocks,
         "plan": m["plan"],
         "inputs": m.get("inputs", {}),
     }

@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nnn_cli.core.nnn import check_same_dims
 from nnn_cli.data.h5 import decode_strings, is_h5_path, open_h5_safe, split_spec
 from nnn_cli.data.npy import STDIN, load_npy, read_stdin_embeddings
+from nnn_cli.data.objstore import is_url, open_url
 from nnn_cli.data.shards import open_shard_folder
 from nnn_cli.data.sources import EmbeddingSource, read_ids_file, read_sidecar_ids
 from nnn_cli.errors import InputError, MismatchError, ParameterError
@@ -19,6 +21,7 @@ def open_embeddings(
     *,
     ids_file: str | os.PathLike | None = None,
     ids_column: str | None = None,
+    storage_options: dict | None = None,
 ) -> EmbeddingSource:
     """Open an embedding file (``.npy``, ``.h5``, ``FILE.h5:DATASET``, or ``-``: .npy or HDF5 bytes on stdin) and check its header.
 
@@ -28,9 +31,16 @@ def open_embeddings(
     (column ``ids_column``).  ``ids_file`` works for any input and replaces the file's own ids.
     A ``.npy`` file's ids come from the sidecar ``FILE.npy.json`` that ``nnn embed`` writes.
 
+    A URL (``s3://``, ``gs://``, ``file://``, ...; ``storage_options`` for fsspec) opens through
+    :func:`nnn_cli.data.objstore.open_url`: the same kinds of input, read by byte ranges, named as written.
+
     Raises :class:`InputError` naming the file for: missing file, unreadable
     format, missing dataset, not 2-D, empty, non-float dtype.
     """
+    if is_url(spec):
+        if ids_file is not None or ids_column is not None:
+            raise ParameterError(f"{spec}: --ids/--ids-column apply to local inputs; a URL input keeps its own ids")
+        return open_url(str(spec), storage_options, label)
     path, dataset = split_spec(spec)
     if str(spec) == STDIN:
         arr, ids = read_stdin_embeddings(label)
@@ -84,8 +94,6 @@ def open_embeddings(
 
 
 def check_same_dim(*sources: EmbeddingSource) -> None:
-    """Raise :class:`MismatchError` unless all sources share one dimension."""
-    dims = {s.dim for s in sources}
-    if len(dims) > 1:
-        desc = ", ".join(f"{s.label} {s.name} has d={s.dim}" for s in sources)
-        raise MismatchError(f"dimension mismatch: {desc}")
+    """Raise :class:`MismatchError` unless all sources share one dimension (the one rule:
+    :func:`nnn_cli.core.nnn.check_same_dims`, each source named by its role and file)."""
+    check_same_dims((f"{s.label} {s.name}", s.dim) for s in sources)

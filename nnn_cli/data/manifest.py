@@ -1,105 +1,49 @@
-"""Bias manifests: the output folder of `nnn bias --engine ray` (``manifest.json`` + per-block files),
-read back as one bias wherever a bias file is accepted (``search``, ``eval``, ``info``), by path or URL."""
+"""Run folders read back as one bias wherever a bias is accepted (``search``, ``eval``, ``query``, ``info``),
+by path or URL; the format and its checks are :mod:`nnn_cli.data.sinks`."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+from pathlib import Path
 
 from nnn_cli.data import objstore
-from nnn_cli.data.biasfile import BiasFile
+from nnn_cli.data.biasfile import BiasFile, read_bias
+from nnn_cli.data.sinks import FORMAT, MANIFEST, RunFolderSink, missing_blocks, read_run_bias
 from nnn_cli.errors import InputError
 
-MANIFEST = "manifest.json"
-FORMAT = "nnn-ray-bias/1"
 
-
-def is_manifest(spec, storage_options: dict | None = None) -> bool:
-    """True when ``spec`` is a folder/URL holding a ``manifest.json`` written by :func:`ray_bias`."""
+def is_manifest(spec: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """True when ``spec`` is a folder/URL holding a run's ``manifest.json``."""
     try:
-        return objstore.exists(objstore.join(str(spec), MANIFEST), storage_options)
+        return RunFolderSink(str(spec), dict(storage_options or {})).exists()
     except Exception:
         return False
 
 
-def read_manifest(spec, storage_options: dict | None = None) -> dict:
-    m = objstore.read_json(objstore.join(str(spec), MANIFEST), storage_options)
-    if m.get("format") != FORMAT:
-        raise InputError(f"{spec}: {MANIFEST} is not an nnn bias manifest (format {m.get('format')!r})")
-    return m
+def read_manifest(spec: str | os.PathLike, storage_options: dict | None = None) -> dict:
+    """The manifest of a run folder (checked to be one), finished or not."""
+    return RunFolderSink(str(spec), dict(storage_options or {})).read_manifest()
 
 
-def missing_blocks(m: dict) -> list[int]:
-    """The blocks of a manifest's plan that are not done yet (an unfinished run)."""
-    return [b for b in range(int(m["plan"]["blocks"])) if str(b) not in m["blocks_done"]]
+def read_manifest_bias(
+    spec: str | os.PathLike, storage_options: dict | None = None, with_topk: bool = False
+) -> BiasFile:
+    """A finished run folder as one verified bias (see :func:`nnn_cli.data.sinks.read_run_bias`)."""
+    return read_run_bias(spec, storage_options, with_topk)
 
 
-def read_manifest_bias(spec, storage_options: dict | None = None, with_topk: bool = False) -> BiasFile:
-    """A manifest folder as one bias (N,) float32 :class:`nnn_cli.data.biasfile.BiasFile` (attrs: params + inputs);
-    ``with_topk`` also loads the per-block top-k into ``attrs['topk']``.  Refuses an unfinished run."""
-    m = read_manifest(spec, storage_options)
-    n_blocks = m["plan"]["blocks"]
-    missing = missing_blocks(m)
-    if missing:
-        raise InputError(
-            f"{spec}: unfinished: {len(missing)} of {n_blocks} blocks not done "
-            f"(first: {missing[0]}); finish it with --resume"
-        )
-    parts, topk = [], []
-    for b in range(n_blocks):
-        rec = m["blocks_done"][str(b)]
-        arr = objstore.read_npy(objstore.join(str(spec), rec["file"]), storage_options)
-        if arr.shape != (rec["rows"][1] - rec["rows"][0],):
-            raise InputError(f"{spec}: {rec['file']} holds {arr.shape} values, expected rows {rec['rows']}")
-        parts.append(arr)
-        if with_topk:
-            # an --update rewrites blocks under new names (``topk_file``); older runs use the plain name
-            topk.append(
-                objstore.read_npy(
-                    objstore.join(str(spec), rec.get("topk_file", f"blocks/topk_{b:06d}.npy")), storage_options
-                )
-            )
-    bias = np.concatenate(parts).astype(np.float32, copy=False)
-    # the engine's input fingerprints are sampled (shard table + first/last 64 KiB of each shard), not the
-    # full-content hash that `nnn bias` records: named apart, so the local stale-file check does not
-    # compare the two kinds (the row count and the metric are still checked)
-    attrs = {
-        **m["params"],
-        "engine": "ray",
-        "gallery_sampled_fingerprint": m["inputs"]["gallery"]["fingerprint"],
-        "reference_sampled_fingerprint": m["inputs"]["reference"]["fingerprint"],
-        "n": int(len(bias)),
-    }
-    if isinstance(attrs.get("index"), dict):  # made through an index: the options asked for, flattened
-        asked = attrs.pop("index")
-        attrs.update(
-            {"index": asked.get("index")},
-            **{f"index_{key}": v for key, v in asked.items() if key != "index" and v is not None},
-        )
-    for part in ("gallery", "reference"):  # parts added by --append-to / --update
-        if m["inputs"].get(f"{part}_parts"):
-            attrs[f"{part}_parts"] = 1 + len(m["inputs"][f"{part}_parts"])
-    if with_topk:
-        attrs["topk"] = np.vstack(topk)
-    return BiasFile(bias, attrs, None)
-
-
-def load_bias(spec, storage_options: dict | None = None) -> BiasFile:
-    """Any bias input: a bias file (``.h5``/``.npy``), or a manifest folder or URL from `nnn bias --engine ray`."""
-    from pathlib import Path
-
-    from nnn_cli.data.biasfile import read_bias
-
+def load_bias(spec: str | os.PathLike, storage_options: dict | None = None) -> BiasFile:
+    """Any bias input: a bias file (``.h5``/``.npy``), or a run folder (path or URL) of `nnn bias`."""
     text = str(spec)
-    if objstore.is_url(text) or Path(text).is_dir():
-        if Path(text).is_dir() and not (Path(text) / MANIFEST).exists():
+    if objstore.is_url(text):
+        return read_run_bias(text, storage_options)
+    if Path(text).is_dir():
+        if not (Path(text) / MANIFEST).exists():
             raise InputError(
-                f"{text}: is a folder without {MANIFEST}; give a bias file (.h5/.npy) or the output "
-                "folder of `nnn bias --engine ray`"
+                f"{text}: is a folder without {MANIFEST}; give a bias file (.h5/.npy) or a run folder of `nnn bias`"
             )
-        if objstore.is_url(text) and not is_manifest(text, storage_options):
-            raise InputError(
-                f"{text}: no {MANIFEST} there (or it cannot be read); give the output of "
-                "`nnn bias --engine ray` (needs pip install 'nnn-cli[ray]' for URLs)"
-            )
-        return read_manifest_bias(text, storage_options)
+        return read_run_bias(text, storage_options)
     return read_bias(spec)
+
+
+__all__ = ["FORMAT", "MANIFEST", "is_manifest", "load_bias", "missing_blocks", "read_manifest", "read_manifest_bias"]

@@ -139,6 +139,7 @@ class NpyRows:
         if step != 1:
             raise ValueError("NpyRows supports contiguous row slices only")
         count = max(0, stop - start)
+        assert self._fh is not None  # no memory map: the file is open
         self._fh.seek(self.offset + start * self.row_items * self.dtype.itemsize)
         out = np.fromfile(self._fh, dtype=self.dtype, count=count * self.row_items)
         if len(out) != count * self.row_items:

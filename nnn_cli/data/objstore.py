@@ -5,7 +5,7 @@ Embeddings on an object store are read the way clip-retrieval / autofaiss write 
 learn its shape, then rows are fetched as byte ranges (``fs.cat_file(path, start, end)``): a task that
 needs rows ``[a, b)`` transfers ``(b - a) * d * itemsize`` bytes, never the whole file.
 
-:class:`UrlSource` is an :class:`nnn_cli.io.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
+:class:`UrlSource` is an :class:`nnn_cli.data.sources.EmbeddingSource`, so ``iter_blocks`` / ``read`` /
 ``take_rows`` check and normalise rows exactly as the local readers do (same ``_prepare``), which keeps
 the distributed engine byte-identical to the local one.
 
@@ -18,46 +18,158 @@ fsspec and the protocol's driver (s3fs, gcsfs, ...) are optional dependencies: `
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.errors import InputError
+from nnn_cli.errors import DependencyError, InputError, NNNError, ParameterError
+
+T = TypeVar("T")
 
 HEADER_PROBE = 4096
 """Bytes fetched to parse a ``.npy`` header (a v1/v2 header is almost always shorter; refetched if not)."""
 
-SAMPLE_BYTES = 65536
-"""Bytes hashed from the head and the tail of each shard for the cheap input fingerprint."""
-
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 ID_FILES = ("ids.npy",)
+
+
+DEFAULT_IO_TIMEOUT = 30.0
+"""Seconds an object store may take to answer one request before the run stops (``--io-timeout``)."""
+
+IO_TIMEOUT_ENV = "NNN_IO_TIMEOUT"
+_IO_TIMEOUT: list[float] = []  # set by set_io_timeout (the run's --io-timeout), else the env or the default
+
+VOLATILE_SCHEMES = ("memory",)
+"""Schemes whose data lives in this process only: refused as outputs (they would vanish when nnn exits)."""
 
 
 def _fsspec():
     try:
         import fsspec
     except ImportError:  # pragma: no cover - exercised only without the extra
-        raise InputError("URL inputs need fsspec: pip install 'nnn-cli[ray]'") from None
+        raise DependencyError(
+            "run folders and URL inputs/outputs need fsspec: pip install fsspec (or 'nnn-cli[ray]')"
+        ) from None
     return fsspec
+
+
+def check_io_timeout(seconds: float | str, what: str = "--io-timeout") -> float:
+    """A positive, finite number of seconds (raises :class:`ParameterError` naming ``what``)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{what} must be a number of seconds, got {seconds!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ParameterError(f"{what} must be a positive number of seconds, got {seconds!r}")
+    return value
+
+
+def set_io_timeout(seconds: float | None) -> None:
+    """The run's I/O timeout (None: back to ``NNN_IO_TIMEOUT`` or the default of 30 s)."""
+    _IO_TIMEOUT.clear()
+    if seconds is not None:
+        _IO_TIMEOUT.append(check_io_timeout(seconds))
+
+
+def io_timeout() -> float:
+    """Seconds one request to a store may take: :func:`set_io_timeout`, else ``NNN_IO_TIMEOUT``, else 30."""
+    if _IO_TIMEOUT:
+        return _IO_TIMEOUT[0]
+    env = os.environ.get(IO_TIMEOUT_ENV)
+    return check_io_timeout(env, IO_TIMEOUT_ENV) if env else DEFAULT_IO_TIMEOUT
 
 
 def is_url(spec: str | os.PathLike) -> bool:
     return "://" in str(spec)
 
 
+def scheme(url: str | os.PathLike) -> str:
+    """``s3`` for ``s3://b/x``; ``file`` for a plain path."""
+    text = str(url)
+    return text.split("://", 1)[0].lower() if is_url(text) else "file"
+
+
+def url_error(url: str, exc: BaseException) -> NNNError:
+    """One line naming ``url`` for what went wrong reaching it (exit 2)."""
+    if isinstance(exc, NNNError):
+        return exc
+    text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    name = type(exc).__name__
+    if isinstance(exc, ImportError):
+        return DependencyError(f"{url}: the {scheme(url)}:// driver is not installed ({text})")
+    if "Protocol not known" in text or "not known" in text and "rotocol" in text:
+        return InputError(f"{url}: unknown URL scheme {scheme(url)!r}")
+    if "Credentials" in name or "credentials" in text.lower():
+        return InputError(f"{url}: no credentials for {scheme(url)}:// ({text})")
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{url}: no such file or folder")
+    if isinstance(exc, PermissionError):
+        return InputError(f"{url}: access denied ({text})")
+    return InputError(f"{url}: cannot reach it ({name}: {text})")
+
+
+def bounded(fn: Callable[[], T], url: str, seconds: float | None = None) -> T:
+    """``fn()`` (one or a few requests to the store behind ``url``), given at most ``seconds`` (default
+    :func:`io_timeout`); a silent endpoint or any error becomes one line naming ``url`` (exit 2)."""
+    limit = io_timeout() if seconds is None else seconds
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="nnn-io", daemon=True)
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise InputError(f"{url}: no answer within {limit:g} s (set --io-timeout or {IO_TIMEOUT_ENV})")
+    if "error" in box:
+        raise url_error(url, box["error"]) from None
+    return box["value"]
+
+
+def _timeouts(protocol: str, storage_options: dict) -> dict:
+    """Storage options with the store client's own timeouts set from :func:`io_timeout` (S3: botocore)."""
+    if protocol in ("s3", "s3a") and "config_kwargs" not in storage_options:
+        limit = io_timeout()
+        config = {"connect_timeout": limit, "read_timeout": limit, "retries": {"max_attempts": 2}}
+        return {**storage_options, "config_kwargs": config}
+    return storage_options
+
+
 def url_fs(url: str | os.PathLike, storage_options: dict | None = None):
-    """``(filesystem, path)`` for a URL or a plain path."""
-    fs, path = _fsspec().core.url_to_fs(str(url), **(storage_options or {}))
-    return fs, path
+    """``(filesystem, path)`` for a URL or a plain path; an unknown scheme or missing driver is one line."""
+    text = str(url)
+    try:
+        return _fsspec().core.url_to_fs(text, **_timeouts(scheme(text), dict(storage_options or {})))
+    except (ValueError, ImportError, TypeError) as exc:
+        raise url_error(text, exc) from None
+
+
+def check_output_url(url: str, storage_options: dict | None = None, what: str = "output") -> None:
+    """Refuse an output URL that cannot hold data beyond this process, or whose store cannot be reached."""
+    if scheme(url) in VOLATILE_SCHEMES:
+        raise ParameterError(
+            f"{url}: {scheme(url)}:// lives in this process's memory and would vanish when nnn exits; "
+            f"give a folder or a persistent URL (s3://, gs://, file://) for the {what}"
+        )
+    fs, path = url_fs(url, storage_options)
+    if not is_local(fs):
+        parent = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else path
+        bounded(lambda: fs.exists(parent) or fs.ls(parent.split("/", 1)[0], detail=False), url)
 
 
 def join(url: str, *parts: str) -> str:
@@ -121,7 +233,8 @@ def npy_info(fs, path: str) -> NpyInfo:
 
 
 def _read_v3(buf):  # pragma: no cover - numpy writes v3 only for non-latin1 field names
-    return np.lib.format._read_array_header(buf, version=(3, 0))
+    # a private numpy helper (no public reader for v3 headers), absent from numpy's stubs
+    return np.lib.format._read_array_header(buf, version=(3, 0))  # type: ignore[attr-defined]
 
 
 class RangedRows:
@@ -154,7 +267,7 @@ class RangedRows:
 
 
 class _ConcatRanged:
-    """Rows across shard boundaries (same contract as :class:`nnn_cli.shards._ConcatRows`)."""
+    """Rows across shard boundaries (same contract as :class:`nnn_cli.data.shards._ConcatRows`)."""
 
     def __init__(self, fs, infos: tuple[NpyInfo, ...], offsets: np.ndarray):
         self.parts = [RangedRows(fs, i) for i in infos]
@@ -203,32 +316,8 @@ class UrlSource(EmbeddingSource):
     @contextlib.contextmanager
     def _raw(self):
         fs, _ = url_fs(self.url, self.storage_options)
-        rows = _ConcatRanged(fs, self.infos, self.offsets)
-        try:
-            yield rows
-        finally:
-            self.bytes_read += rows.bytes_read
-
-    def rows(self, start: int, stop: int, metric: str) -> np.ndarray:
-        """Rows ``[start, stop)`` as float32, checked and normalised exactly as the local readers do."""
-        with self._raw() as raw:
-            chunk = np.ascontiguousarray(raw[start:stop])
-        return self._prepare(chunk, start, metric)
-
-    def cheap_fingerprint(self) -> str:
-        """Hash of the shard table (names, shapes, dtype, sizes) and the head and tail bytes of every shard.
-
-        Costs two small ranged reads per shard, not a pass over the data (at 1e9 rows a content hash
-        would cost as much I/O as the job), and still catches a replaced, regenerated or truncated shard.
-        """
-        fs, _ = url_fs(self.url, self.storage_options)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{self.shape}|{np.dtype(self.dtype).str}".encode())
-        for info in self.infos:
-            h.update(f"|{info.path.rsplit('/', 1)[-1]}|{info.shape}|{info.size}".encode())
-            h.update(fs.cat_file(info.path, start=0, end=min(info.size, SAMPLE_BYTES)))
-            h.update(fs.cat_file(info.path, start=max(0, info.size - SAMPLE_BYTES), end=info.size))
-        return h.hexdigest()
+        assert self.offsets is not None  # set when the source is opened
+        yield _ConcatRanged(fs, self.infos, self.offsets)
 
 
 def shard_paths(fs, folder: str) -> list[str]:
@@ -251,14 +340,27 @@ def shard_paths(fs, folder: str) -> list[str]:
     return [p for _, _, p in sorted(numbered, key=lambda t: t[1])]
 
 
-def open_url(url: str | os.PathLike, storage_options: dict | None = None, label: str = "embeddings") -> UrlSource:
-    """Open a ``.npy`` shard folder or one ``.npy`` behind a URL (or a plain path); reads only headers."""
+def open_url(url: str | os.PathLike, storage_options: dict | None = None, label: str = "embeddings") -> EmbeddingSource:
+    """Open an input behind a URL (or a plain path): a ``.npy`` shard folder, one ``.npy`` (read by byte
+    ranges), or an HDF5 file (``URL.h5`` or ``URL.h5:DATASET``, read through a file object with ranged
+    reads).  Reads only headers, each request bounded by :func:`io_timeout`."""
     url = str(url)
     storage_options = dict(storage_options or {})
+    head, _, tail = url.rpartition(":")
+    if head.lower().endswith((".h5", ".hdf5", ".he5")) and tail and "/" not in tail:
+        return open_h5_url(head, tail, storage_options, label)
+    if url.lower().endswith((".h5", ".hdf5", ".he5")):
+        return open_h5_url(url, "embeddings", storage_options, label)
     fs, path = url_fs(url, storage_options)
+    return bounded(lambda: _open_npy_url(url, fs, path, storage_options, label), url)
+
+
+def _open_npy_url(url: str, fs, path: str, storage_options: dict, label: str) -> UrlSource:
     if not fs.exists(path):
         raise InputError(f"{url}: no such file or folder (the {label})")
     paths = shard_paths(fs, path) if fs.isdir(path) else [path]
+    if len(paths) == 1 and not paths[0].lower().endswith(".npy"):
+        raise InputError(f"{url}: unknown file type; use .npy, a folder of .npy shards, or .h5/.hdf5")
     infos = tuple(npy_info(fs, p) for p in paths)
     for info in infos:
         if len(info.shape) != 2:
@@ -282,6 +384,78 @@ def open_url(url: str | os.PathLike, storage_options: dict | None = None, label:
         storage_options=storage_options,
         infos=infos,
         offsets=offsets,
+    )
+
+
+@dataclass
+class H5UrlSource(EmbeddingSource):
+    """An HDF5 dataset behind a URL, read through an fsspec file object (h5py reads by ranges from it).
+
+    Picklable (URL, dataset name and storage options, no open handle), so tasks open it where they run."""
+
+    url: str = ""
+    storage_options: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.url}:{self.dataset}"
+
+    @contextlib.contextmanager
+    def _raw(self):
+        with _h5_url_file(self.url, self.storage_options) as f:
+            yield f[self.dataset]
+
+
+@contextlib.contextmanager
+def _h5_url_file(url: str, storage_options: dict):
+    from nnn_cli.data.h5 import check_h5_self_contained, h5py_module, short_error
+
+    fs, path = url_fs(url, storage_options)
+    with fs.open(path, "rb", block_size=1 << 20, cache_type="bytes") as fh:
+        try:
+            f = h5py_module().File(fh, "r")
+        except OSError as exc:
+            raise InputError(f"{url}: not a readable HDF5 file ({short_error(exc)})") from None
+        try:
+            check_h5_self_contained(f, url)
+            yield f
+        finally:
+            f.close()
+
+
+def open_h5_url(url: str, dataset: str, storage_options: dict, label: str) -> H5UrlSource:
+    """Open ``URL.h5:DATASET`` (header, shape, dtype and ids only)."""
+    from nnn_cli.data.h5 import decode_strings
+
+    def probe():
+        fs, path = url_fs(url, storage_options)
+        if not fs.exists(path):
+            raise InputError(f"{url}: no such file (the {label})")
+        with _h5_url_file(url, storage_options) as f:
+            if dataset not in f or not hasattr(f[dataset], "shape"):
+                have = ", ".join(sorted(f.keys())) or "nothing"
+                raise InputError(f"{url}: no dataset {dataset!r} (the file has: {have}); name one with {url}:DATASET")
+            dset = f[dataset]
+            ids = decode_strings(f["ids"][()]) if "ids" in f and dataset != "ids" else None
+            return tuple(int(x) for x in dset.shape), dset.dtype, ids
+
+    shape, dtype, ids = bounded(probe, url)
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"{url}:{dataset}: expected a non-empty 2-D array (N, d), got shape {shape}")
+    if np.dtype(dtype).kind != "f":
+        raise InputError(f"{url}:{dataset}: dtype {dtype} is not floating point; store float16 or float32")
+    if ids is not None and len(ids) != shape[0]:
+        raise InputError(f"{url}: dataset 'ids' has {len(ids)} entries but {dataset!r} has {shape[0]} rows")
+    return H5UrlSource(
+        Path(url),
+        dataset,
+        "h5url",
+        (shape[0], shape[1]),
+        np.dtype(dtype),
+        label,
+        _ids=ids,
+        url=url,
+        storage_options=storage_options,
     )
 
 

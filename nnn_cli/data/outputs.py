@@ -67,7 +67,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         if published:
             # the new output is in place and complete: say so (see nnn_cli.signals.published_outputs)
             with contextlib.suppress(AttributeError, TypeError):
-                exc.nnn_published = str(path)
+                exc.nnn_published = str(path)  # type: ignore[attr-defined]  # a marker attribute, read by signals
             raise
         if tmp is not None:
             with contextlib.suppress(OSError):

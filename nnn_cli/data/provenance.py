@@ -19,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 
 from nnn_cli._version import __version__
 from nnn_cli.data.sources import EmbeddingSource
@@ -218,7 +219,7 @@ def bias_source_attrs(attrs: dict, bias, label: str) -> dict:
     return out
 
 
-def run_provenance(sources: dict[str, EmbeddingSource], bias_attrs: dict | None = None) -> dict:
+def run_provenance(sources: Mapping[str, EmbeddingSource | None], bias_attrs: dict | None = None) -> dict:
     """A JSON-able record of the inputs of a run (for ``--json`` outputs): tool version and each input's
     path, shape and fingerprint (already known after the inputs were read)."""
     out: dict = {"nnn_version": __version__, "time": now_utc()}

@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def write_results(
     if path.suffix.lower() == ".npz":
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as fh:
-                arrays = {"indices": indices.astype(np.int64), "scores": scores.astype(np.float32)}
+                arrays: dict[str, Any] = {"indices": indices.astype(np.int64), "scores": scores.astype(np.float32)}
                 if ids is not None:
                     arrays["ids"] = np.asarray(ids, dtype=str)
                 np.savez(fh, **arrays)
@@ -48,7 +48,11 @@ def jsonl_lines(
     for qi in range(len(idx)):
         results = []
         for rank in range(idx.shape[1]):
-            item = {"rank": rank + 1, "index": int(idx[qi, rank]), "score": round(float(scores[qi, rank]), 6)}
+            item: dict[str, int | float | str] = {
+                "rank": rank + 1,
+                "index": int(idx[qi, rank]),
+                "score": round(float(scores[qi, rank]), 6),
+            }
             if ids is not None:
                 item["id"] = str(ids[qi, rank])
             results.append(item)
@@ -69,9 +73,10 @@ def write_jsonl(
     """JSON lines to a text stream (flushed), or atomically to a file."""
     lines = jsonl_lines(scores, idx, ids, query_ids)
     if hasattr(output, "write"):
+        stream = cast(TextIO, output)
         for line in lines:
-            output.write(line + "\n")
-        output.flush()
+            stream.write(line + "\n")
+        stream.flush()
         return
     with atomic_output(Path(output)) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -25,6 +25,7 @@ the shard folders inside (``img_emb/``, ``text_emb/``).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ class ShardedSource(EmbeddingSource):
 
     @contextlib.contextmanager
     def _raw(self):
+        assert self.offsets is not None  # set by open_shard_folder
         rows = _ConcatRows(self.shard_paths, self.offsets)
         try:
             yield rows
@@ -135,7 +137,7 @@ def shard_files(folder: Path) -> list[Path]:
 
 def _shard_subfolders(folder: Path, depth: int = 2) -> list[tuple[Path, int]]:
     """Subfolders (up to ``depth`` levels, sorted) that hold ``.npy`` files, with their counts."""
-    found = []
+    found: list[tuple[Path, int]] = []
     try:
         children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
     except OSError:
@@ -169,7 +171,11 @@ def metadata_files(folder: Path, shard_paths: list[Path]) -> list[Path] | None:
             by_number[int(match.group(2))] = p
     if not by_number:
         return None
-    numbers = [int(_NUMBERED.match(p.stem).group(2)) for p in shard_paths]
+    numbers = []
+    for p in shard_paths:
+        match = _NUMBERED.match(p.stem)
+        assert match is not None  # shard_files lists numbered names only
+        numbers.append(int(match.group(2)))
     missing = [n for n in numbers if n not in by_number]
     if missing:
         raise InputError(
@@ -216,7 +222,10 @@ def _first_column(path: Path) -> str:
 
 
 def open_shard_folder(
-    folder: str | Path, label: str = "embeddings", ids_file: str | Path | None = None, ids_column: str | None = None
+    folder: str | Path,
+    label: str = "embeddings",
+    ids_file: str | os.PathLike | None = None,
+    ids_column: str | None = None,
 ) -> ShardedSource:
     """Open a folder of ``.npy`` shards as one (N, d) source; checks every shard's header.
 

@@ -105,6 +105,30 @@ class EmbeddingSource:
         if hasher is not None:
             self._fingerprint = hasher.hexdigest()
 
+    def rows(self, start: int, stop: int, metric: str = "cosine", hasher=None) -> np.ndarray:
+        """Rows ``[start, stop)`` as float32, checked and normalised (only those rows are read).
+
+        ``hasher`` (a ``hashlib`` object), when given, is updated with the stored bytes, so a task that reads
+        rows anyway gets their content hash (:meth:`fingerprint_rows`) for free."""
+        check_metric(metric)
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        try:
+            with self._raw() as raw:
+                chunk = np.ascontiguousarray(raw[start:stop])
+        except InputError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        self.bytes_read = getattr(self, "bytes_read", 0) + chunk.nbytes  # reported by tasks
+        if hasher is not None:
+            hasher.update(chunk.reshape(-1).view(np.uint8))
+        return self._prepare(chunk, start, metric)
+
+    def rows_hasher(self, start: int, stop: int):
+        """The hasher :meth:`fingerprint_rows` starts from for rows ``[start, stop)`` (feed it to :meth:`rows`)."""
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        return _fingerprint_hasher((stop - start, self.dim), self.dtype)
+
     def take_rows(
         self, positions: np.ndarray, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS
     ) -> np.ndarray:

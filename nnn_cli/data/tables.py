@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _read_truth_table(
                 return np.asarray([int(v) for v in values], dtype=np.int64)
             except ValueError:
                 raise InputError(f"{path}: the {side} file has no ids, so {side} values must be row numbers") from None
-        table = {}
+        table: dict[str, int] = {}
         for i, v in enumerate(ids):
             if str(v) in table:
                 raise InputError(
@@ -127,7 +128,8 @@ def read_method_params(paths, params: BaselineParams) -> BaselineParams:
                 f" with keys among {', '.join(sorted(known))}"
             )
         try:
-            params = replace(params, **{key: float(value) for key, value in best.items()})
+            values: dict[str, Any] = {key: float(value) for key, value in best.items()}
+            params = replace(params, **values)
         except (TypeError, ValueError):
             raise InputError(f"{path}: the values under 'best' must be numbers") from None
     return params.check()

@@ -34,6 +34,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -248,6 +249,7 @@ class OpenClipEncoder(Encoder):
                 model_name = f"local-dir:{folder}"
                 model, _, preprocess = open_clip.create_model_and_transforms(model_name, device=device)
             else:
+                assert arch is not None  # open_clip:ARCH:WEIGHTS (load_encoder passes one or the other)
                 model_name = arch
                 if arch.lower().endswith(".json"):
                     config = Path(arch)
@@ -314,7 +316,7 @@ class HFDualEncoder(Encoder):
             model = model.half()
         self.model = model.to(device).eval()
         self.folder = folder
-        self._tokenizer = None
+        self._tokenizer: Any = None
         self._image_processor = None
         self.dtype = next(model.parameters()).dtype
         proj = getattr(model.config, "projection_dim", None)
@@ -435,7 +437,7 @@ def _square_pixels(img, size: int) -> np.ndarray:
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC)
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 

@@ -364,7 +364,7 @@ def _export_raw(folder: Path, entry: Path) -> dict:
 
     module_base: Any = torch.nn.Module
 
-    class Pooled(module_base):  # type: ignore[misc,valid-type]
+    class Pooled(module_base):
         def __init__(self, model):
             super().__init__()
             self.model = model

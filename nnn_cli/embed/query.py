@@ -33,7 +33,7 @@ class QueryResult:
         """One JSON object, like a line of ``nnn search -o -`` plus the query text."""
         results = []
         for rank, (i, s) in enumerate(zip(self.indices, self.scores)):
-            item = {"rank": rank + 1, "index": int(i), "score": round(float(s), 6)}
+            item: dict[str, object] = {"rank": rank + 1, "index": int(i), "score": round(float(s), 6)}
             if self.ids is not None:
                 item["id"] = self.ids[rank]
             results.append(item)

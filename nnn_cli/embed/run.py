@@ -1,7 +1,7 @@
 """`nnn embed`: raw texts or images -> an embedding file, in batches, resumable.
 
-:func:`embed_input` streams the records of an :class:`~nnn_cli.readers.InputSource` through an
-:class:`~nnn_cli.encoders.Encoder` batch by batch, L2-normalises each row in float32, and
+:func:`embed_input` streams the records of an :class:`~nnn_cli.embed.readers.InputSource` through an
+:class:`~nnn_cli.embed.encoders.Encoder` batch by batch, L2-normalises each row in float32, and
 appends it to the partial output (:mod:`nnn_cli.embed.store`: committed with counts and checksums
 after each durable flush, verified before a resume).  Empty items, unreadable
 images and vectors the model returns as zero or non-finite are skipped and listed, never fatal.
@@ -113,6 +113,7 @@ def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _decode(encoder: Encoder, record: Record):
+    assert record.value is not None  # a record without a value carries a problem and is not decoded
     try:
         return encoder.load_image(Path(record.value)), None
     except FileNotFoundError:

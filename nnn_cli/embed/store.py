@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -104,10 +105,10 @@ class PartialStore:
         self.dtype = dtype
         self.resumed = resumed
         self.discarded = discarded  # why an old partial was thrown away, if one was
-        self.state = {"records_done": 0, "rows": 0, "skipped": 0, "dim": None}
+        self.state: dict[str, Any] = {"records_done": 0, "rows": 0, "skipped": 0, "dim": None}
         self.lengths = dict.fromkeys(DATA_FILES, 0)
         self.hashes = {name: _new_hash() for name in DATA_FILES}
-        self.files: dict[str, object] = {}
+        self.files: dict[str, BinaryIO] = {}
 
     # -- opening ---------------------------------------------------------
     @classmethod
@@ -338,7 +339,7 @@ class PartialStore:
 
     # -- reading ---------------------------------------------------------
     def _lines(self, name: str, limit: int | None = None) -> list:
-        out = []
+        out: list = []
         with open(self.path / DATA_FILES[name], "rb") as fh:
             left = self.lengths[name]
             data = fh.read(left)
@@ -360,6 +361,7 @@ class PartialStore:
         """The committed rows, memory-mapped read-only (the folder is locked: nobody truncates it)."""
         if not self.rows:
             return np.zeros((0, self.dim or 0), dtype=self.dtype)
+        assert self.dim is not None  # set by the first batch with rows
         return np.memmap(self.path / DATA_FILES["embeddings"], dtype=self.dtype, mode="r", shape=(self.rows, self.dim))
 
     # -- closing ---------------------------------------------------------

@@ -7,19 +7,25 @@ a :class:`~nnn_cli.jobs.common.JobResult` and never prints.
 """
 
 from nnn_cli.jobs.attribute import attribute_bias
-from nnn_cli.jobs.bias import bias
+from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
 from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import evaluate
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
-from nnn_cli.jobs.search import search
+from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import tune
 
 __all__ = [
     "attribute_bias",
     "bias",
+    "BiasRequest",
+    "BiasResult",
+    "run_bias",
+    "run_search",
+    "SearchRequest",
+    "SearchResult",
     "embed",
     "evaluate",
     "info",

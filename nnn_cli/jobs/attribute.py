@@ -85,6 +85,7 @@ def attribute_bias(
     if bias is not None:
         b = read_checked_bias(bias, g_src, metric, force).bias
     else:
+        assert r_src is not None and alpha is not None and k is not None  # --reference: resolved above
         b = compute_bias(g, r_src.read(metric), alpha, k, progress=progress)
     result = compare_attribute_bias(
         q, g, lab, b, n_list, tr, query_groups=groups, group_names=group_names, precision_ns=p_list

@@ -1,28 +1,29 @@
 """`nnn bias`: each gallery item's bias, alpha x mean of its k highest reference-query scores.
 
-Three use cases, one entry point :func:`bias`: a fresh bias file (exact, streamed
-or through an index), ``append_to`` (new gallery items) and ``update`` with
-``reference_add`` (new reference queries); the last two are exact and cost
-only the new rows.
+One typed request (:class:`BiasRequest`, validated once where it is built), one typed result
+(:class:`BiasResult`, its ``--json`` document from :meth:`BiasResult.to_json`).  Three operations: a fresh
+bias (a bias file or a run folder, local or by URL), ``append_to`` (new gallery items) and ``update`` with
+``reference_add`` (new reference queries).  Where the blocks run and where they go is decided in
+:mod:`nnn_cli.scale.runs`; this job names no engine and no store.
 """
 
 from __future__ import annotations
 
-import time
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from nnn_cli.core.nnn import check_k
-from nnn_cli.data.biasfile import locked_bias_update, write_bias
-from nnn_cli.data.inputs import check_same_dim, open_embeddings
+from nnn_cli.data import objstore
+from nnn_cli.data.inputs import check_same_dim
 from nnn_cli.data.locks import DEFAULT_WAIT
-from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_provenance
+from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import (
     EngineOptions,
     IndexOptions,
-    JobResult,
     NoteFn,
     Notes,
     PathLike,
@@ -33,10 +34,140 @@ from nnn_cli.jobs.common import (
     setup_threads,
 )
 from nnn_cli.scale.budget import parse_memory_budget
-from nnn_cli.scale.incremental import add_reference, append_items
-from nnn_cli.scale.plan import plan_bias, run_bias_plan
+from nnn_cli.scale.pipeline import BiasParams
+from nnn_cli.scale.runs import bias_sink, check_bias_options, compute_bias, grow_bias
 
 BIAS_SUFFIXES = (".h5", ".hdf5", ".npy")
+
+
+@dataclass(frozen=True)
+class BiasRequest:
+    """A validated `nnn bias`: build it with :meth:`build` (strings are parsed in the CLI, not here)."""
+
+    gallery: str
+    reference: Optional[str]
+    output: Optional[str]
+    alpha: Optional[float]  # None: taken from the file grown by append_to/update
+    k: Optional[int]
+    metric: str = "cosine"
+    store_topk: bool = True
+    append_to: Optional[str] = None
+    update: Optional[str] = None
+    reference_add: Optional[str] = None
+    index: IndexOptions = field(default_factory=IndexOptions)
+    memory_budget: Optional[int] = None
+    device: str = "cpu"
+    threads: int = 0
+    wait: float = DEFAULT_WAIT
+    gallery_ids: Optional[str] = None
+    ids_column: Optional[str] = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+    @property
+    def operation(self) -> str:
+        return "append" if self.append_to is not None else "reference-add" if self.update is not None else "create"
+
+    @classmethod
+    def build(
+        cls,
+        gallery: PathLike,
+        reference: Optional[PathLike] = None,
+        output: Optional[PathLike] = None,
+        *,
+        alpha: Optional[float] = None,
+        k: Optional[int] = None,
+        params: Optional[PathLike] = None,
+        memory_budget: str | int | None = None,
+        **options: Any,
+    ) -> BiasRequest:
+        """Check every value once (alpha, k, metric, engine, combinations) and return the request."""
+        text = {key: _text(v) for key, v in options.items() if key in _PATH_OPTIONS}
+        req = cls(
+            os.fspath(gallery), _text(reference), _text(output), alpha, k,
+            **{**options, **text, "memory_budget": parse_memory_budget(memory_budget)},
+        )  # fmt: skip
+        check_metric(req.metric)
+        req.engine.check()
+        grow = req.append_to is not None or req.update is not None or req.reference_add is not None
+        if params is not None or not grow:
+            alpha, k = resolve_params(alpha, k, params)
+            req = _replace(req, alpha=alpha, k=k)
+        (_check_grow if grow else _check_create)(req)
+        check_bias_options(req.engine, req.output, req.index, req.memory_budget)
+        return req
+
+
+_PATH_OPTIONS = ("append_to", "update", "reference_add", "gallery_ids")
+
+
+def _text(value: Optional[PathLike]) -> Optional[str]:
+    """A path or URL as the text the user gave (a URL must never pass through ``pathlib.Path``)."""
+    return None if value is None else os.fspath(value)
+
+
+def _replace(req: BiasRequest, **changes: Any) -> BiasRequest:
+    from dataclasses import replace
+
+    return replace(req, **changes)
+
+
+def _check_create(req: BiasRequest) -> None:
+    if req.reference is None or req.output is None:
+        raise ParameterError("give --reference R and -o BIAS.h5 or -o RUN_FOLDER (or --append-to / --update)")
+    if req.reference_add is not None:
+        raise ParameterError("--reference-add goes with --update BIAS")
+
+
+def _check_grow(req: BiasRequest) -> None:
+    if (req.append_to is None) == (req.update is None):
+        raise ParameterError(
+            "give either --append-to BIAS (new gallery items) or --update BIAS --reference-add NEW "
+            "(new reference queries), not both"
+        )
+    if req.append_to is not None and (req.reference is None or req.reference_add is not None):
+        raise ParameterError("--append-to needs --reference R (the file's reference) and no --reference-add")
+    if req.update is not None and (req.reference_add is None or req.reference is not None):
+        raise ParameterError("--update needs --reference-add NEW_QUERIES (and no --reference)")
+    if not req.index.exact_flat or req.memory_budget is not None:
+        raise ParameterError(
+            "--append-to/--update compute exactly: drop --index, --load-index, --save-index and --memory-budget"
+        )
+    if req.engine.resume or req.engine.block_rows is not None or req.engine.partition_rows is not None:
+        raise ParameterError("--append-to/--update keep the run's plan: drop --resume, --block-rows, --partition-rows")
+
+
+@dataclass
+class BiasResult:
+    """What `nnn bias` did; :meth:`to_json` is the ``--json`` document (the same on every engine)."""
+
+    target: str  # the output as given: a path or a URL
+    operation: str
+    n_gallery: int
+    n_reference: int
+    alpha: float
+    k: int
+    metric: str
+    engine: str
+    seconds: float
+    message: str
+    stats: dict = field(default_factory=dict)  # bias_mean/min/max (bias files), n_added, blocks
+    details: dict = field(default_factory=dict)  # plan, index, per-task figures
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        head = {"output": self.target, **{key: getattr(self, key) for key in ("operation", "n_gallery", "n_reference")}}
+        head.update(alpha=self.alpha, k=self.k, metric=self.metric, engine=self.engine)
+        return {**self.details, **head, "seconds": round(float(self.seconds), 3), **self.stats}
+
+    @property
+    def summary(self) -> dict:
+        """The ``--json`` document plus ``message`` (kept for callers of the earlier dict results)."""
+        return {**self.to_json(), "message": self.message}
+
+    @property
+    def output(self) -> Path | str:
+        """The output: a :class:`~pathlib.Path` for a local file or folder, the URL text for a URL."""
+        return self.target if objstore.is_url(self.target) else Path(self.target)
 
 
 def bias(
@@ -44,359 +175,83 @@ def bias(
     reference: Optional[PathLike] = None,
     output: Optional[PathLike] = None,
     *,
-    alpha: Optional[float] = None,
-    k: Optional[int] = None,
-    params: Optional[PathLike] = None,
-    metric: str = "cosine",
-    threads: int = 0,
-    store_topk: bool = True,
-    append_to: Optional[PathLike] = None,
-    update: Optional[PathLike] = None,
-    reference_add: Optional[PathLike] = None,
-    index: IndexOptions | None = None,
-    memory_budget: str | int | None = None,
-    device: str = "cpu",
-    wait: float = DEFAULT_WAIT,
-    gallery_ids: Optional[PathLike] = None,
-    ids_column: Optional[str] = None,
-    engine: EngineOptions | None = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
-) -> JobResult:
-    """Compute and write a bias file with full provenance; returns its summary.
+    **options: Any,
+) -> BiasResult:
+    """Compute a bias (file or run folder), or grow one; returns its typed result.
 
-    ``gallery`` etc. are paths (``FILE.h5:DATASET``, ``.npy``, shard folders, ``-``).
-    Raises :class:`~nnn_cli.errors.NNNError` subclasses on bad input, before any heavy work.
-    """
-    index = index or IndexOptions()
-    engine = (engine or EngineOptions()).check()
+    ``options`` are :meth:`BiasRequest.build`'s (``alpha``, ``k``, ``params``, ``metric``, ``append_to``,
+    ``update``, ``reference_add``, ``index``, ``engine``, ...).  Raises :class:`~nnn_cli.errors.NNNError`
+    subclasses on bad input, before any heavy work and before anything is written."""
+    return run_bias(BiasRequest.build(gallery, reference, output, **options), progress=progress, on_note=on_note)
+
+
+def run_bias(request: BiasRequest, *, progress: ProgressFn | None = None, on_note: NoteFn | None = None) -> BiasResult:
+    """Carry out a built :class:`BiasRequest`."""
     notes = Notes(on_note)
-    if engine.engine == "ray":
-        if index.save_index is not None or index.load_index is not None or memory_budget or gallery_ids is not None:
-            raise ParameterError(
-                "--engine ray builds its index on the driver and keeps it in the output folder "
-                "(index.faiss), blocks bound memory: drop --load-index, --save-index, "
-                "--memory-budget and --gallery-ids"
-            )
-        if append_to is not None or update is not None or reference_add is not None:
-            if index.index != "flat":
-                raise ParameterError("--append-to/--update compute exactly: drop --index")
-            return _incremental(
-                gallery,
-                reference,
-                output,
-                alpha,
-                k,
-                params,
-                metric,
-                0,
-                append_to,
-                update,
-                reference_add,
-                wait,
-                progress,
-                notes,
-                engine,
-            )
-        return _bias_ray(
-            gallery, reference, output, alpha, k, params, metric, store_topk, engine, progress, notes, index
-        )
-    if append_to is not None or update is not None or reference_add is not None:
-        if not index.exact_flat or memory_budget:
-            raise ParameterError(
-                "--append-to/--update compute exactly, in memory: drop --index, --load-index, "
-                "--save-index and --memory-budget"
-            )
-        return _incremental(
-            gallery,
-            reference,
-            output,
-            alpha,
-            k,
-            params,
-            metric,
-            threads,
-            append_to,
-            update,
-            reference_add,
-            wait,
-            progress,
-            notes,
-        )
-    if reference is None or output is None:
-        raise ParameterError("give --reference R and -o BIAS.h5 (or --append-to / --update an existing bias file)")
-    check_output_path(output, [gallery, reference], BIAS_SUFFIXES, "bias output")
-    if index.save_index is not None:
-        check_output_path(index.save_index, [gallery, reference, output], None, "--save-index")
-    budget = parse_memory_budget(memory_budget)
-    alpha, k = resolve_params(alpha, k, params)
-    g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
-    r_src = open_source(reference, "reference", notes, None, ids_column)
+    objstore.set_io_timeout(request.engine.io_timeout)
+    setup_threads(request.threads)
+    if request.operation == "create":
+        return _create(request, progress, notes)
+    return _grow(request, progress, notes)
+
+
+def _create(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasResult:
+    so = dict(req.engine.storage_options)
+    g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_column, so)
+    r_src = open_source(req.reference, "reference", notes, None, req.ids_column, so)  # type: ignore[arg-type]
     check_same_dim(g_src, r_src)
     note_backend_mismatch(notes, g_src, r_src)
-    check_k(k, r_src.n)
-    setup_threads(threads)  # before planning: the block plan gives each worker thread its own tile
-    plan = plan_bias(
-        g_src,
-        r_src,
-        k,
-        index.index,
-        index.nlist,
-        index.nprobe,
-        index.ef_search,
-        index.recall,
-        budget,
-        device,
-        index.load_index,
-        index.save_index,
-        store_topk,
-    )
-    for note in plan.notes:
-        notes(note)
-    if plan.mode != "exact" or index.index != "flat":
-        notes(plan.describe())
+    assert req.alpha is not None and req.k is not None and req.output is not None
+    params = BiasParams(req.alpha, check_k(req.k, r_src.n), req.metric, req.store_topk)
+    sink = bias_sink(req.output, [req.gallery, req.reference], req.engine, g_src.ids())
+    sink.check(req.engine.resume)  # the output checked (and a store reached) before the inputs are read
 
-    t0 = time.perf_counter()
-    b, topk, run_info = run_bias_plan(plan, g_src, r_src, alpha, k, metric, progress)
-    elapsed = time.perf_counter() - t0
-    attrs = base_attrs("bias", alpha=alpha, k=k, metric=metric, seconds=round(elapsed, 3))
-    attrs.update(bias_provenance(g_src, r_src))
-    attrs.update(plan.attrs())
-    attrs.update({key: value for key, value in run_info.items() if not isinstance(value, dict)})
-    write_bias(output, b, attrs, ids=g_src.ids(), extra={"topk": topk} if topk is not None else None)
-    if "index_sample_recall" in run_info:
-        notes(
-            f"index top-{k} recall on {run_info['index_sample_rows']} sampled gallery rows: "
-            f"{run_info['index_sample_recall']:.3f}"
-        )
-    if "index_warning" in run_info:
-        notes(f"warning: {run_info['index_warning']}")
-    summary = {
-        "output": str(output),
-        "n_gallery": g_src.n,
-        "n_reference": r_src.n,
-        "dim": g_src.dim,
-        "alpha": alpha,
-        "k": k,
-        "metric": metric,
-        "seconds": round(elapsed, 3),
-        "bias_mean": float(b.mean()),
-        "bias_min": float(b.min()),
-        "bias_max": float(b.max()),
-        **plan.attrs(),
-        **run_info,
+    def provenance() -> dict:
+        head = base_attrs("bias", alpha=params.alpha, k=params.k, metric=req.metric)
+        return {**head, **bias_provenance(g_src, r_src)}
+
+    outcome = compute_bias(
+        g_src, r_src, params, sink, req.engine, req.index, memory_budget=req.memory_budget, device=req.device,
+        threads=req.threads, provenance=provenance, progress=progress, note=notes,
+    )  # fmt: skip
+    stats = _bias_stats(outcome.bias)
+    message = f"wrote {req.output}: {g_src.n} biases (alpha={params.alpha}, k={params.k}, metric={req.metric}, "
+    message += f"{r_src.n} reference queries) in {outcome.seconds:.2f}s" + stats.pop("_text", "")
+    return BiasResult(
+        req.output, "create", g_src.n, r_src.n, params.alpha, params.k, req.metric, outcome.details.pop("engine"),
+        outcome.seconds, message, stats, {"dim": g_src.dim, **outcome.details}, notes.lines,
+    )  # fmt: skip
+
+
+def _bias_stats(b: Any) -> dict:
+    if b is None:
+        return {}
+    lo, hi, mean = float(b.min()), float(b.max()), float(b.mean())
+    return {
+        "bias_mean": mean,
+        "bias_min": lo,
+        "bias_max": hi,
+        "_text": f"; mean {mean:.4f}, range [{lo:.4f}, {hi:.4f}]",
     }
-    summary["message"] = (
-        f"wrote {output}: {g_src.n} biases (alpha={alpha}, k={k}, metric={metric}, "
-        f"{r_src.n} reference queries) in {elapsed:.2f}s; mean {b.mean():.4f}, "
-        f"range [{b.min():.4f}, {b.max():.4f}]"
-    )
-    return JobResult(summary, Path(output), notes.lines)
 
 
-def _incremental(
-    gallery,
-    reference,
-    output,
-    alpha,
-    k,
-    params,
-    metric,
-    threads,
-    append_to,
-    update,
-    reference_add,
-    wait,
-    progress,
-    notes: Notes,
-    engine: EngineOptions | None = None,
-) -> JobResult:
-    """``--append-to`` / ``--update --reference-add``: validate, then read, merge exactly and write under an
-    exclusive lock on the file (a second writer waits up to ``wait`` s, then exits 2 naming the holder).
-    With ``--engine ray`` the target is a run folder/URL of `nnn bias --engine ray` (see :func:`_incremental_ray`)."""
-    if params is not None:
-        alpha, k = resolve_params(alpha, k, params)
-    if (append_to is None) == (update is None):
-        raise ParameterError(
-            "give either --append-to BIAS.h5 (new gallery items) or --update BIAS.h5 "
-            "--reference-add NEW (new reference queries), not both"
-        )
-    if append_to is not None:
-        if reference is None or reference_add is not None:
-            raise ParameterError("--append-to needs --reference R (the file's reference) and no --reference-add")
-        target = append_to
-    else:
-        if reference_add is None or reference is not None:
-            raise ParameterError("--update needs --reference-add NEW_QUERIES (and no --reference)")
-        target = update
-    if engine is not None and engine.engine == "ray":
-        return _incremental_ray(
-            gallery,
-            reference,
-            output,
-            alpha,
-            k,
-            metric,
-            append_to,
-            update,
-            reference_add,
-            target,
-            wait,
-            progress,
-            notes,
-            engine,
-        )
-    target = Path(target)
-    output = output or target
-    check_output_path(output, [gallery, reference, reference_add], (".h5", ".hdf5"), "an updated bias file (HDF5)")
-    setup_threads(threads)
-    new_label = "new gallery items" if append_to is not None else "new reference queries"
-    new_src = open_embeddings(gallery if append_to is not None else reference_add, new_label)
-    other_src = (
-        open_embeddings(reference, "reference") if append_to is not None else open_embeddings(gallery, "gallery")
-    )
-    t0 = time.perf_counter()
-    with locked_bias_update(target, output, wait) as stored:
-        if append_to is not None:
-            b, topk, ids, attrs = append_items(stored, new_src, other_src, metric, alpha, k, progress=progress)
-            what = f"appended {new_src.n} items"
-        else:
-            b, topk, ids, attrs = add_reference(stored, other_src, new_src, metric, alpha, k, progress=progress)
-            what = f"added {new_src.n} reference queries"
-        write_bias(output, b, attrs, ids=ids, extra={"topk": topk} if topk is not None else None)
-    elapsed = time.perf_counter() - t0
-    summary = {
-        "output": str(output),
-        "operation": "append" if append_to is not None else "reference-add",
-        "n_added": new_src.n,
-        "n_gallery": int(attrs.get("n_gallery", len(b))),
-        "n_reference": int(attrs.get("n_reference", 0)),
-        "alpha": stored.alpha,
-        "k": stored.k,
-        "metric": stored.metric,
-        "seconds": round(elapsed, 3),
-    }
-    summary["message"] = (
-        f"wrote {output}: {what}; {len(b)} biases against {summary['n_reference']} reference queries in {elapsed:.2f}s"
-    )
-    return JobResult(summary, Path(output), notes.lines)
-
-
-def _incremental_ray(
-    gallery,
-    reference,
-    output,
-    alpha,
-    k,
-    metric,
-    append_to,
-    update,
-    reference_add,
-    target,
-    wait,
-    progress,
-    notes: Notes,
-    engine: EngineOptions,
-) -> JobResult:
-    """``--append-to RUN`` / ``--update RUN --reference-add NEW`` on a run folder/URL of ``--engine ray``:
-    new blocks (append) or every block's stored top-k merged with the new queries (update), exact; the
-    manifest is rewritten once at the end (the commit), under the folder's lock when it is local."""
-    if output is not None and str(output).rstrip("/") != str(target).rstrip("/"):
-        raise ParameterError("with --engine ray, --append-to/--update change the run folder in place: drop -o")
-    if engine.resume or engine.block_rows is not None or engine.partition_rows is not None:
-        raise ParameterError(
-            "--append-to/--update keep the run's plan: drop --resume, --block-rows and --partition-rows"
-        )
-    try:
-        from nnn_cli.scale.ray import ray_add_reference, ray_append
-    except ImportError as exc:  # pragma: no cover - the optional extra
-        from nnn_cli.errors import DependencyError
-
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
-    kw = {**engine.ray_kwargs(), "alpha": alpha, "k": k, "metric": metric, "wait": wait, "progress": progress}
-    if append_to is not None:
-        summary = ray_append(gallery, reference, str(target), **kw)
-        what = f"appended {summary['n_added']} items as {summary['blocks_added']} new blocks"
-    else:
-        summary = ray_add_reference(gallery, reference_add, str(target), **kw)
-        what = f"added {summary['n_added']} reference queries to {summary['blocks_rewritten']} blocks"
-    summary["message"] = (
-        f"updated {target}: {what} (alpha={summary['alpha']}, k={summary['k']}, "
-        f"metric={summary['metric']}) with --engine ray in {summary['seconds']['total']:.1f}s"
-    )
-    return JobResult(summary, None, notes.lines)
-
-
-def _bias_ray(
-    gallery,
-    reference,
-    output,
-    alpha,
-    k,
-    params,
-    metric,
-    store_topk,
-    engine: EngineOptions,
-    progress,
-    notes: Notes,
-    index: IndexOptions | None = None,
-) -> JobResult:
-    """``--engine ray``: the exact bias as Ray tasks, written block by block into the folder/URL ``output``
-    (``manifest.json`` + ``blocks/``), resumable; byte-identical to ``--engine local`` on one machine."""
-    if reference is None or output is None:
-        raise ParameterError("give --reference R and -o OUT_FOLDER (a folder or URL for the manifest and blocks)")
-    if str(output).lower().endswith((".h5", ".hdf5", ".npy", ".npz", ".json")):
-        raise ParameterError(
-            f"{output}: with --engine ray the output is a folder or URL (manifest.json + blocks/), not a file name"
-        )
-    alpha, k = resolve_params(alpha, k, params)
-    try:
-        from nnn_cli.scale.ray import ray_bias
-    except ImportError as exc:  # pragma: no cover - the optional extra
-        from nnn_cli.errors import DependencyError
-
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
-    index_opts = None
-    if index is not None and index.index != "flat":
-        index_opts = {
-            "index": index.index,
-            "nlist": index.nlist,
-            "nprobe": index.nprobe,
-            "ef_search": index.ef_search,
-            "recall": index.recall,
-        }
-    summary = ray_bias(
-        gallery,
-        reference,
-        alpha,
-        k,
-        metric,
-        str(output),
-        resume=engine.resume,
-        save_topk=store_topk,
+def _grow(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasResult:
+    target = req.append_to if req.append_to is not None else req.update
+    assert target is not None
+    out = grow_bias(
+        target, req.gallery, req.reference if req.append_to is not None else req.reference_add, req.operation,
+        req.output, req.engine, req.threads, alpha=req.alpha, k=req.k, metric=req.metric, wait=req.wait,
         progress=progress,
-        index=index_opts,
-        **engine.ray_kwargs(),
+    )  # fmt: skip
+    what = (
+        f"appended {out['n_added']} items" if req.append_to is not None else f"added {out['n_added']} reference queries"
     )
-    if summary.get("index"):
-        rec = summary["index"]
-        notes(
-            f"index: {rec.get('index_description')}; {rec.get('index_reason')}; built once on the driver in "
-            f"{rec.get('index_driver_seconds', 0):.1f}s, {rec.get('index_bytes', 0) / 1e6:.1f} MB shipped to tasks"
-        )
-        if "index_sample_recall" in rec:
-            notes(
-                f"index top-{k} recall on {rec['index_sample_rows']} sampled gallery rows: "
-                f"{rec['index_sample_recall']:.3f}"
-            )
-        if "index_warning" in rec:
-            notes(f"warning: {rec['index_warning']}")
-    done = summary.get("blocks_computed", 0)
-    skipped = summary.get("blocks_skipped", 0)
-    secs = summary.get("seconds", {}).get("total", 0.0) if isinstance(summary.get("seconds"), dict) else 0.0
-    summary["message"] = (
-        f"wrote {output}: {summary.get('blocks', done + skipped)} blocks ({done} computed, "
-        f"{skipped} resumed) of biases (alpha={alpha}, k={k}, metric={metric}) with --engine ray "
-        f"in {secs:.1f}s"
-    )
-    return JobResult(summary, None, notes.lines)
+    message = f"wrote {out['output']}: {what}; {out['n_gallery']} biases against {out['n_reference']} reference "
+    message += f"queries in {out['seconds']:.2f}s"
+    stats = {key: out[key] for key in ("n_added", "blocks_added", "blocks_rewritten", "generation") if key in out}
+    return BiasResult(
+        out["output"], req.operation, out["n_gallery"], out["n_reference"], out["alpha"], out["k"], out["metric"],
+        out["engine"], out["seconds"], message, stats, {}, notes.lines,
+    )  # fmt: skip

@@ -25,6 +25,7 @@ from nnn_cli.data.provenance import check_bias_matches
 from nnn_cli.data.tables import read_params
 from nnn_cli.errors import ParameterError
 from nnn_cli.scale.device import set_threads
+from nnn_cli.scale.scheduler import EngineOptions
 
 NoteFn = Callable[[str], None]
 """Called with one line meant for a person (a choice made, a warning)."""
@@ -71,55 +72,6 @@ class IndexOptions:
         return self.index == "flat" and self.save_index is None and self.load_index is None
 
 
-@dataclass
-class EngineOptions:
-    """Where the exact steps run: ``local`` (this process) or ``ray`` (Ray tasks on a cluster; see
-    :mod:`nnn_cli.scale.ray`).  ``address`` None starts a private local Ray for the run."""
-
-    engine: str = "local"
-    address: Optional[str] = None
-    resume: bool = False
-    gpus_per_task: float = 0.0
-    block_rows: Optional[int] = None
-    partition_rows: Optional[int] = None
-    max_retries: int = 3
-    storage_options: dict = field(default_factory=dict)
-
-    def check(self) -> EngineOptions:
-        if self.engine not in ("local", "ray"):
-            raise ParameterError(f"unknown --engine {self.engine!r}: use local or ray")
-        if self.engine == "local":
-            used = [
-                name
-                for name, on in (
-                    ("--address", self.address is not None),
-                    ("--resume", self.resume),
-                    ("--gpus-per-task", bool(self.gpus_per_task)),
-                    ("--partition-rows", self.partition_rows is not None),
-                    ("--storage-option", bool(self.storage_options)),
-                )
-                if on
-            ]
-            if used:
-                raise ParameterError(f"{', '.join(used)} only apply with --engine ray")
-        if self.gpus_per_task < 0 or self.max_retries < 0:
-            raise ParameterError("--gpus-per-task and --max-retries must be >= 0")
-        return self
-
-    def ray_kwargs(self) -> dict:
-        kw = {
-            "address": self.address,
-            "gpus_per_task": self.gpus_per_task,
-            "max_retries": self.max_retries,
-            "storage_options": self.storage_options or None,
-        }
-        if self.block_rows is not None:
-            kw["block_rows"] = self.block_rows
-        if self.partition_rows is not None:
-            kw["partition_rows"] = self.partition_rows
-        return kw
-
-
 def parse_storage_options(items) -> dict:
     """``KEY=VALUE`` strings (``--storage-option``) as fsspec storage options (``true``/``false``/numbers typed)."""
     out: dict = {}
@@ -142,11 +94,16 @@ def _number_or_text(value: str):
 
 
 def open_source(
-    spec: PathLike, label: str, notes: Notes, ids_file: Optional[PathLike] = None, ids_column: Optional[str] = None
+    spec: PathLike,
+    label: str,
+    notes: Notes,
+    ids_file: Optional[PathLike] = None,
+    ids_column: Optional[str] = None,
+    storage_options: Optional[dict] = None,
 ):
-    """Open an embedding input (ids from ``ids_file``, or a parquet ``ids_column`` for clip-retrieval
-    folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
-    src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column)
+    """Open an embedding input, a path or a URL (ids from ``ids_file``, or a parquet ``ids_column`` for
+    clip-retrieval folders) and pass on what the opening noticed (e.g. parquet ids not read without pyarrow)."""
+    src = open_embeddings(spec, label, ids_file=ids_file, ids_column=ids_column, storage_options=storage_options)
     for line in getattr(src, "notes", None) or []:
         notes(line)
     return src

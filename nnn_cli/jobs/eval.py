@@ -104,6 +104,7 @@ def evaluate(
     note_backend_mismatch(notes, q_src, g_src, r_src)
     if want_nnn and bias is None:
         alpha, k = resolve_params(alpha, k, params)
+        assert r_src is not None  # NNN without --bias needs --reference (checked above)
         check_k(k, r_src.n)
     tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
     setup_threads(threads)
@@ -176,6 +177,7 @@ def eval_pictures(
 
     missing = plots_unavailable()
     with tempfile.TemporaryDirectory(prefix="nnn-plots-") as tmp:
+        note: str | None
         if missing is not None:
             pics_images, note = {}, missing
         else:

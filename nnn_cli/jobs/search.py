@@ -1,20 +1,28 @@
-"""`nnn search`: top-N gallery items per query by the debiased score s(q, r) - b(r)."""
+"""`nnn search`: top-N gallery items per query by the debiased score s(q, r) - b(r).
+
+A typed request (:class:`SearchRequest`, validated once in :meth:`SearchRequest.build`) and result
+(:class:`SearchResult`, ``--json`` from :meth:`SearchResult.to_json`); where it runs is decided in
+:mod:`nnn_cli.scale.runs`.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
+from nnn_cli.data import objstore
 from nnn_cli.data.inputs import check_same_dim
 from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import base_attrs, bias_source_attrs, check_bias_matches, source_attrs
 from nnn_cli.data.results import write_jsonl, write_results
+from nnn_cli.data.sources import check_metric
 from nnn_cli.errors import ParameterError
 from nnn_cli.jobs.common import (
     EngineOptions,
     IndexOptions,
-    JobResult,
     NoteFn,
     Notes,
     PathLike,
@@ -23,7 +31,7 @@ from nnn_cli.jobs.common import (
     open_source,
     setup_threads,
 )
-from nnn_cli.scale.plan import plan_search, run_search_plan
+from nnn_cli.scale.runs import check_search_options, search_topk
 
 RESULT_SUFFIXES = (".h5", ".hdf5", ".npz", ".jsonl")
 FORMATS = ("h5", "jsonl")
@@ -38,174 +46,146 @@ def output_format(output: PathLike, fmt: Optional[str]) -> str:
     return "jsonl" if str(output) == "-" or str(output).lower().endswith(".jsonl") else "h5"
 
 
+@dataclass(frozen=True)
+class SearchRequest:
+    """A validated `nnn search`."""
+
+    queries: str
+    gallery: str
+    output: str
+    bias: Optional[str] = None
+    top_k: int = 10
+    fmt: str = "h5"
+    metric: str = "cosine"
+    threads: int = 0
+    force: bool = False
+    index: IndexOptions = field(default_factory=IndexOptions)
+    overfetch: Optional[int] = None
+    device: str = "cpu"
+    query_ids: Optional[str] = None
+    gallery_ids: Optional[str] = None
+    ids_column: Optional[str] = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+    @classmethod
+    def build(cls, queries: PathLike, gallery: PathLike, output: PathLike, **options: Any) -> SearchRequest:
+        """Check every value once; the output path before any input is read."""
+        texts = {key: os.fspath(v) for key, v in options.items() if key in _PATHS and v is not None}
+        fmt = output_format(output, options.pop("fmt", None))
+        req = cls(os.fspath(queries), os.fspath(gallery), os.fspath(output), **{**options, **texts, "fmt": fmt})
+        check_metric(req.metric)
+        req.engine.check()
+        check_search_options(req.engine, req.index)
+        if req.top_k < 1:
+            raise ParameterError(f"--top-k must be >= 1, got {req.top_k}")
+        if req.output != "-":
+            suffixes = (".jsonl",) if req.fmt == "jsonl" else (".h5", ".hdf5", ".npz")
+            check_output_path(req.output, [req.queries, req.gallery, req.bias], suffixes, "results output")
+        if req.index.save_index is not None:
+            out = None if req.output == "-" else req.output
+            check_output_path(req.index.save_index, [req.queries, req.gallery, req.bias, out], None, "--save-index")
+        return req
+
+
+_PATHS = ("bias", "query_ids", "gallery_ids")
+
+
+@dataclass
+class SearchResult:
+    """What `nnn search` did; :meth:`to_json` is the ``--json`` document (the same on every engine)."""
+
+    target: str  # the results file as given, or "-"
+    format: str
+    n_queries: int
+    n_gallery: int
+    top_k: int
+    debiased: bool
+    metric: str
+    engine: str
+    message: str = ""
+    details: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        keys = ("format", "n_queries", "n_gallery", "top_k", "debiased", "metric", "engine")
+        return {"output": self.target, **{key: getattr(self, key) for key in keys}, **self.details}
+
+    @property
+    def summary(self) -> dict:
+        return {**self.to_json(), **({"message": self.message} if self.message else {})}
+
+    @property
+    def output(self) -> Optional[Path]:
+        """The results file (None when written to a stream)."""
+        return None if self.target == "-" else Path(self.target)
+
+
 def search(
     queries: PathLike,
     gallery: PathLike,
     output: PathLike,
     *,
-    bias: Optional[PathLike] = None,
-    top_k: int = 10,
-    fmt: Optional[str] = None,
-    metric: str = "cosine",
-    threads: int = 0,
-    force: bool = False,
-    index: IndexOptions | None = None,
-    overfetch: Optional[int] = None,
-    device: str = "cpu",
     stream: TextIO | None = None,
-    query_ids: Optional[PathLike] = None,
-    gallery_ids: Optional[PathLike] = None,
-    ids_column: Optional[str] = None,
-    engine: EngineOptions | None = None,
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
-) -> JobResult:
-    """Search and write results (HDF5/npz, or JSON lines to a file or, for ``output="-"``, to ``stream``)."""
-    index = index or IndexOptions()
-    engine = (engine or EngineOptions()).check()
-    if engine.engine == "ray" and (not index.exact_flat or engine.resume):
-        raise ParameterError(
-            "--engine ray searches exactly and does not resume: drop --index/--load-index/--save-index and --resume"
-        )
-    notes = Notes(on_note)
-    fmt = output_format(output, fmt)
-    to_stream = str(output) == "-"
-    if to_stream and stream is None:
+    **options: Any,
+) -> SearchResult:
+    """Search and write results (HDF5/npz, or JSON lines to a file or, for ``output="-"``, to ``stream``).
+    ``options`` are :class:`SearchRequest`'s fields (``bias``, ``top_k``, ``fmt``, ``engine``, ...)."""
+    request = SearchRequest.build(queries, gallery, output, **options)
+    return run_search(request, stream=stream, progress=progress, on_note=on_note)
+
+
+def run_search(
+    req: SearchRequest,
+    *,
+    stream: TextIO | None = None,
+    progress: ProgressFn | None = None,
+    on_note: NoteFn | None = None,
+) -> SearchResult:
+    """Carry out a built :class:`SearchRequest`."""
+    if req.output == "-" and stream is None:
         raise ParameterError("output '-' needs a stream to write the JSON lines to")
-    if top_k < 1:
-        raise ParameterError(f"--top-k must be >= 1, got {top_k}")
-    if not to_stream:
-        suffixes = (".jsonl",) if fmt == "jsonl" else (".h5", ".hdf5", ".npz")
-        check_output_path(output, [queries, gallery, bias], suffixes, "results output")
-    if index.save_index is not None:
-        check_output_path(
-            index.save_index, [queries, gallery, bias, None if to_stream else output], None, "--save-index"
-        )
-    if engine.engine == "ray":
-        scores, idx, search_info, q_ids, g_ids = _search_ray(
-            queries, gallery, bias, top_k, metric, force, engine, progress, notes
-        )
-        b = bf = None
-        debiased = bias is not None
-        q_src = g_src = None
-    else:
-        debiased = bias is not None
-        q_src = open_source(queries, "queries", notes, query_ids, ids_column)
-        g_src = open_source(gallery, "gallery", notes, gallery_ids, ids_column)
-        check_same_dim(q_src, g_src)
-        note_backend_mismatch(notes, q_src, g_src)
-        b = bf = None
-        if bias is not None:
-            bf = load_bias(bias)
-            if len(bf.bias) != g_src.n or bf.attrs.get("metric", metric) != metric:
-                check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric, force)
-            b = bf.bias
-        splan = plan_search(
-            q_src.n,
-            g_src.n,
-            g_src.dim,
-            top_k,
-            index.index,
-            index.nlist,
-            index.nprobe,
-            index.ef_search,
-            index.recall,
-            overfetch,
-            device,
-            index.load_index,
-            index.save_index,
-        )
-        setup_threads(threads)
-        for note in splan.notes:
-            notes(note)
-        if splan.indexed:
-            notes(splan.describe())
+    notes = Notes(on_note)
+    objstore.set_io_timeout(req.engine.io_timeout)
+    so = dict(req.engine.storage_options)
+    q_src = open_source(req.queries, "queries", notes, req.query_ids, req.ids_column, so)
+    g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_column, so)
+    check_same_dim(q_src, g_src)
+    note_backend_mismatch(notes, q_src, g_src)
+    bf = load_bias(req.bias, so) if req.bias is not None else None
+    if bf is not None and (len(bf.bias) != g_src.n or bf.attrs.get("metric", req.metric) != req.metric):
+        check_bias_matches(bf.attrs, len(bf.bias), req.bias, g_src, req.metric, req.force)  # type: ignore[arg-type]
+    setup_threads(req.threads)
+    scores, idx, info = search_topk(
+        q_src, g_src, None if bf is None else bf.bias, req.top_k, req.metric, req.engine, req.index,
+        overfetch=req.overfetch, device=req.device, threads=req.threads, progress=progress, note=notes,
+    )  # fmt: skip
+    if bf is not None:  # made for this gallery (its fingerprint is free once the gallery was read)
+        check_bias_matches(bf.attrs, len(bf.bias), req.bias, g_src, req.metric, req.force)  # type: ignore[arg-type]
+    result = SearchResult(
+        req.output, req.fmt, q_src.n, g_src.n, int(idx.shape[1]), bf is not None, req.metric, info.pop("engine"),
+        details=info, notes=notes.lines,
+    )  # fmt: skip
+    _write(req, result, scores, idx, q_src, g_src, bf, stream)
+    return result
 
-        q = q_src.read(metric)
-        g = g_src.read(metric)
-        if bf is not None:  # the fingerprint is free now that the gallery was read
-            check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric, force)
-        scores, idx, search_info = run_search_plan(
-            splan, q, g, b, top_k, g_src.fingerprint(), metric, progress=progress
-        )
-        if "index_sample_recall" in search_info:
-            notes(
-                f"index top-{idx.shape[1]} recall (debiased, vs exact) on {search_info['index_sample_rows']} "
-                f"sampled queries: {search_info['index_sample_recall']:.3f}"
-            )
-        if "index_warning" in search_info:
-            notes(f"warning: {search_info['index_warning']}")
-        q_ids, g_ids = q_src.ids(), g_src.ids()
+
+def _write(req: SearchRequest, result: SearchResult, scores, idx, q_src, g_src, bf, stream) -> None:
+    g_ids = g_src.ids()
     ids = g_ids[idx] if g_ids is not None else None
-    n_queries, n_gallery = (q_src.n, g_src.n) if q_src is not None else (len(idx), search_info.get("n_gallery"))
-    summary = {
-        "output": str(output),
-        "format": fmt,
-        "n_queries": n_queries,
-        "n_gallery": n_gallery,
-        "top_k": int(idx.shape[1]),
-        "debiased": debiased,
-        "metric": metric,
-        "engine": engine.engine,
-        **{key: value for key, value in search_info.items() if key != "index_tuned"},
-    }
-    if fmt == "jsonl":
-        write_jsonl(stream if to_stream else output, scores, idx, ids, q_ids)
-        return JobResult(summary, None if to_stream else Path(output), notes.lines)
+    if req.fmt == "jsonl":
+        write_jsonl(stream if req.output == "-" else req.output, scores, idx, ids, q_src.ids())
+        return
     attrs = base_attrs(
-        "search",
-        top_k=top_k,
-        metric=metric,
-        debiased=debiased,
-        bias_path=str(bias) if bias else None,
-        engine=engine.engine,
+        "search", top_k=req.top_k, metric=req.metric, debiased=bf is not None, bias_path=req.bias, engine=result.engine
     )
-    if q_src is not None:
-        attrs.update(source_attrs("queries", q_src))
-        attrs.update(source_attrs("gallery", g_src))
-    else:
-        attrs.update({"queries_path": str(queries), "gallery_path": str(gallery)})
-    if b is not None:
-        attrs.update(bias_source_attrs(bf.attrs, b, str(bias)))
-    attrs.update({key: value for key, value in search_info.items() if key != "index_tuned"})
-    write_results(output, idx, scores, ids, attrs)
-    summary["message"] = (
-        f"wrote {output}: top-{idx.shape[1]} of {n_gallery} for {n_queries} queries"
-        f" ({'debiased' if debiased else 'plain'} scores{', --engine ray' if q_src is None else ''})"
+    attrs.update({**source_attrs("queries", q_src), **source_attrs("gallery", g_src)})
+    if bf is not None:
+        attrs.update(bias_source_attrs(bf.attrs, bf.bias, str(req.bias)))
+    attrs.update({key: v for key, v in result.details.items() if not isinstance(v, dict)})
+    write_results(req.output, idx, scores, ids, attrs)
+    result.message = (
+        f"wrote {req.output}: top-{idx.shape[1]} of {g_src.n} for {q_src.n} queries"
+        f" ({'debiased' if bf is not None else 'plain'} scores)"
     )
-    return JobResult(summary, Path(output), notes.lines)
-
-
-def _search_ray(queries, gallery, bias, top_k, metric, force, engine: EngineOptions, progress, notes: Notes):
-    """``--engine ray``: query blocks x gallery partitions as Ray tasks (byte-identical to local).  Ids and the
-    stale-bias check need the gallery as a local file; for URLs they are left out (with a note)."""
-    from pathlib import Path
-
-    from nnn_cli.data import objstore
-
-    try:
-        from nnn_cli.scale.ray import ray_search
-    except ImportError as exc:  # pragma: no cover - the optional extra
-        from nnn_cli.errors import DependencyError
-
-        raise DependencyError(f"--engine ray needs the ray extra: pip install 'nnn-cli[ray]' ({exc})") from None
-    local = not objstore.is_url(str(gallery)) and Path(str(gallery)).exists()
-    q_ids = g_ids = None
-    g_src = open_source(gallery, "gallery", notes) if local else None
-    b = None
-    if bias is not None:
-        bf = load_bias(bias, engine.storage_options or None)
-        b = bf.bias
-        if g_src is not None:
-            check_bias_matches(bf.attrs, len(bf.bias), str(bias), g_src, metric, force)
-    if g_src is not None:
-        g_ids = g_src.ids()
-        if not objstore.is_url(str(queries)) and Path(str(queries)).exists():
-            q_ids = open_source(queries, "queries", notes).ids()
-    else:
-        notes(
-            "note: inputs by URL: results carry row numbers only (no ids), and the bias is not checked "
-            "against the gallery's fingerprint"
-        )
-    scores, idx = ray_search(queries, gallery, b, top_k, metric, progress=progress, **engine.ray_kwargs())
-    return scores, idx, {"n_gallery": len(b) if b is not None else None}, q_ids, g_ids

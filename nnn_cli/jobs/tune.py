@@ -85,7 +85,11 @@ def tune(
     if method == "nnn":
         n_bias_rows = len(split_reference(n_reference, holdout)[0]) if mode_unsupervised else n_reference
         check_grid(alpha_list, k_list, n_bias_rows)
-    tr = read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids()) if truth is not None else None
+    tr = (
+        read_truth(truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
+        if truth is not None and q_src is not None
+        else None
+    )
     setup_threads(threads)
 
     g = g_src.read(metric)
@@ -106,6 +110,7 @@ def tune(
             notes(f"warning: {leak['warning']}")
         protocol["leak"] = {key: value for key, value in leak.items() if key != "warning"}
     if method != "nnn":
+        assert q is not None  # supervised only (checked above)
         start = time.perf_counter()
         doc = tune_baseline(
             method,
@@ -139,6 +144,7 @@ def tune(
             g, r, alpha_list, k_list, holdout=holdout, tolerance=tolerance, queries=q, truth=tr, progress=progress
         )
     else:
+        assert q is not None and tr is not None  # supervised: --queries and --truth (checked above)
         result = tune_grid(q, g, r, tr, alpha_list, k_list, objective=objective, progress=progress)
     doc = result.to_dict()
     doc["metric"] = metric

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from nnn_cli.errors import ParameterError
 from nnn_cli.report.plots import _save, pyplot
 
 
-def plot_attribute_groups(result: Mapping, path: str | Path) -> Path:
+def plot_attribute_groups(result: Mapping, path: str | os.PathLike) -> Path:
     """One panel per n: each group's bias (#a - #b)/n as a dot, baseline and NNN side by side, lines
     joining a group's two values, the mean over groups marked.  ``result`` is `nnn attribute-bias --json`
     with ``--query-groups`` (``at[n][method]["per_group"]``)."""

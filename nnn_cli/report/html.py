@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -152,7 +153,7 @@ def render_report(
 
 
 def write_report(
-    path: str | Path,
+    path: str | os.PathLike,
     result: Mapping,
     images: Mapping[str, str | Path] | None = None,
     title: str = "NNN evaluation report",

@@ -55,7 +55,10 @@ def eval_pictures(
         return Pictures({}, note)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    label = lambda m: METHOD_LABELS.get(m, m)  # noqa: E731
+
+    def label(m: str) -> str:
+        return METHOD_LABELS.get(m, m)
+
     shown = [m for m in ("baseline", "nnn") if m in top1] if "nnn" in top1 else list(top1)
     try:
         images = {

@@ -6,8 +6,10 @@ them.  matplotlib is the optional extra ``plots``: ``pip install '.[plots]'``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +43,7 @@ def label_decimals(values, min_digits: int = 1, max_digits: int = 4) -> int:
     return max_digits
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig, path: str | os.PathLike) -> Path:
     from nnn_cli.data.outputs import atomic_output
 
     path = Path(path)
@@ -55,7 +57,7 @@ def plot_hubness(counts: Mapping[str, np.ndarray], path: str | Path, title: str 
     """Histogram of queries retrieved (at rank 1) per gallery item, one series per method, log-scale y.
 
     ``counts`` maps a label (e.g. "baseline", "NNN") to an (N,) integer array
-    from :func:`nnn_cli.metrics.retrieval_counts`.  Like the paper's Figure 2:
+    from :func:`nnn_cli.core.metrics.retrieval_counts`.  Like the paper's Figure 2:
     hubs show up as a long right tail, which NNN should shorten.
     """
     if not counts:
@@ -95,7 +97,7 @@ def plot_recall_bars(results: Mapping[str, Mapping], path: str | Path, key: str 
     fig, ax = plt.subplots(figsize=(1.5 * len(names) + 2, 3.8))
     bars = ax.bar(names, values, color="#1f77b4")
     ax.tick_params(axis="x", labelsize=8)
-    cis = [results[n].get(f"{key}_ci") for n in names]
+    cis: list[Any] = [results[n].get(f"{key}_ci") for n in names]
     if all(ci is not None for ci in cis):
         err = np.array([[v - ci[0], ci[1] - v] for v, ci in zip(values, cis)]).T
         ax.errorbar(names, values, yerr=np.clip(err, 0, None), fmt="none", ecolor="black", capsize=4)
@@ -138,7 +140,7 @@ def plot_gain(
     labels = dict(labels or {})
     base = float(results[baseline][key])
     gains = np.array([float(results[m].get(f"{key}_gain", float(results[m][key]) - base)) for m in names])
-    cis = [results[m].get(f"{key}_gain_ci") for m in names]
+    cis: list[Any] = [results[m].get(f"{key}_gain_ci") for m in names]
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.6))
     y = np.arange(len(names))[::-1]
@@ -175,7 +177,7 @@ def plot_tune_grid(
     alphas: Sequence[float],
     ks: Sequence[int],
     values,
-    path: str | Path,
+    path: str | os.PathLike,
     metric: str = "R@1",
     best: tuple[float, int] | None = None,
     title: str | None = None,

@@ -81,7 +81,7 @@ def plan_blocks(budget: int, dim: int, k: int, n_gallery: int, workers: int | No
     """Choose block sizes so the streamed bias stays within ``budget`` bytes of resident memory.
 
     Fixed: the interpreter, and per worker thread (see
-    :class:`~nnn_cli.topk.RunningTopScores`) a QUERY_TILE x DATABASE_TILE score
+    :class:`~nnn_cli.core.topk.RunningTopScores`) a QUERY_TILE x DATABASE_TILE score
     tile, one reference tile (raw read, float32 copy, normalised copy) and
     merge buffers.  Per gallery row: the float32 row (x2 while reading) and the
     running top-k (x3 while merging, plus one per extra worker).  The

@@ -12,14 +12,14 @@ reference only through each item's k highest scores.  So:
 
 Both give what a full recompute gives (the same scores, merged), and record
 what was added in the file's ``history`` and ``*_parts`` attributes (see
-:mod:`nnn_cli.provenance`).
+:mod:`nnn_cli.data.provenance`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, merge_topk, reference_topk
+from nnn_cli.core.nnn import bias_from_topk, check_k, merge_topk, reference_topk
 from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn
 from nnn_cli.data.biasfile import StoredBias
 from nnn_cli.data.provenance import (
@@ -43,7 +43,7 @@ def _check_options(stored: StoredBias, metric: str, alpha: float | None, k: int 
             f"{name} was computed with --metric {stored.metric}, but this run uses --metric {metric}; "
             f"pass --metric {stored.metric}"
         )
-    if alpha is not None and not same_number(check_alpha(alpha), stored.alpha):
+    if alpha is not None and not same_number(alpha, stored.alpha):
         raise MismatchError(
             f"{name} was computed with alpha={stored.alpha}, not {alpha}; "
             "drop --alpha (it is taken from the file) or recompute with `nnn bias`"

@@ -7,12 +7,13 @@ the plan's description before the work starts and records it in the output.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k, reference_topk
+from nnn_cli.core.nnn import bias_from_topk, check_k, reference_topk
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import ParameterError
@@ -85,8 +86,8 @@ def plan_bias(
     recall: float | None = None,
     memory_budget: int | None = None,
     device: str = "cpu",
-    load_index: str | Path | None = None,
-    save_index: str | Path | None = None,
+    load_index: str | os.PathLike | None = None,
+    save_index: str | os.PathLike | None = None,
     store_topk: bool = True,
 ) -> BiasPlan:
     """Validate the scale options and decide how to compute the bias (nothing is read yet)."""
@@ -153,10 +154,10 @@ def run_bias_plan(
     metric: str,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan``."""
-    alpha = check_alpha(alpha)
+    """(bias (N,), top-k scores (N, k) or None, info dict) following ``plan`` (``alpha`` validated by the caller)."""
     info: dict = {}
     if plan.mode == "exact-streamed":
+        assert plan.blocks is not None  # an exact-streamed plan has its blocks
         bias, topk = streamed_bias(gallery, reference, alpha, k, metric, plan.blocks, plan.keep_topk, progress)
         return bias, topk, info
     if plan.mode == "indexed":
@@ -216,8 +217,8 @@ def plan_search(
     recall: float | None = None,
     overfetch: int | None = None,
     device: str = "cpu",
-    load_index: str | Path | None = None,
-    save_index: str | Path | None = None,
+    load_index: str | os.PathLike | None = None,
+    save_index: str | os.PathLike | None = None,
 ) -> SearchPlan:
     """Validate the index options of `nnn search` and decide (nothing is read yet)."""
     if overfetch is not None and overfetch < 1:

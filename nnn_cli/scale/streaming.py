@@ -2,7 +2,7 @@
 
 For each resident gallery chunk the reference is read block by block; every
 block's scores are folded into a running (rows, k) top-k.  The GEMM tiles are
-the same as the in-memory path's (:mod:`nnn_cli.topk`), so the result is
+the same as the in-memory path's (:mod:`nnn_cli.core.topk`), so the result is
 bit-identical to ``reference_topk`` on fully loaded arrays.
 """
 
@@ -12,10 +12,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_alpha, check_k
+from nnn_cli.core.nnn import bias_from_topk, check_k, check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn, RunningTopScores
 from nnn_cli.data.sources import EmbeddingSource
-from nnn_cli.errors import MismatchError
 from nnn_cli.scale.budget import BlockPlan
 
 
@@ -28,10 +27,7 @@ def iter_streamed_topk(
     progress: ProgressFn | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_row, topk)`` per gallery chunk, ``topk`` (rows, k) float32 descending."""
-    if gallery.dim != reference.dim:
-        raise MismatchError(
-            f"dimension mismatch: gallery {gallery.name} d={gallery.dim}, reference {reference.name} d={reference.dim}"
-        )
+    check_same_dims([(f"gallery {gallery.name}", gallery.dim), (f"reference {reference.name}", reference.dim)])
     k = check_k(k, reference.n)
     if plan.gallery_rows % QUERY_TILE or plan.reference_rows % DATABASE_TILE:
         raise ValueError("block plan must use multiples of the GEMM tiles")
@@ -77,8 +73,7 @@ def streamed_bias(
 
     ``keep_topk=False`` holds only the (N,) biases, so memory does not grow with N x k.
     """
-    alpha = check_alpha(alpha)
-    k = check_k(k, reference.n)
+    k = check_k(k, reference.n)  # alpha is validated where the request is built
     bias = np.empty(gallery.n, dtype=np.float32)
     topk_all = np.empty((gallery.n, k), dtype=np.float32) if keep_topk else None
     for start, topk in iter_streamed_topk(gallery, reference, k, metric, plan, progress):

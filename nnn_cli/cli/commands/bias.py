@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -21,6 +20,7 @@ from nnn_cli.cli.options import (
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
+    IoTimeoutOpt,
     JsonOpt,
     KOpt,
     LoadIndexOpt,
@@ -69,9 +69,12 @@ def bias_cmd(
         Optional[str], typer.Option("--reference", "-r", help="Reference query embeddings (M, d).")
     ] = None,
     output: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option(
-            "--output", "-o", help="Bias file to write (.h5 or .npy); with --append-to/--update defaults to that file."
+            "--output",
+            "-o",
+            help="Bias file to write (.h5 or .npy), or a run folder (a folder or URL such as s3://bucket/run: "
+            "manifest.json + blocks/); with --append-to/--update defaults to that file.",
         ),
     ] = None,
     alpha: AlphaOpt = None,
@@ -130,6 +133,7 @@ def bias_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = None,
 ) -> None:
     """Compute each gallery item's bias: **alpha x mean of its k highest reference-query scores**.
 
@@ -158,7 +162,15 @@ def bias_cmd(
             update=update,
             reference_add=reference_add,
             engine=engine_options(
-                engine, address, resume, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                resume,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             memory_budget=memory_budget,

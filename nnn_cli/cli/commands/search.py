@@ -22,6 +22,7 @@ from nnn_cli.cli.options import (
     GpusPerTaskOpt,
     IdsColumnOpt,
     IndexOpt,
+    IoTimeoutOpt,
     LoadIndexOpt,
     MaxRetriesOpt,
     Metric,
@@ -104,6 +105,7 @@ def search_cmd(
     partition_rows: PartitionRowsOpt = None,
     max_retries: MaxRetriesOpt = 3,
     storage_option: StorageOptionOpt = None,
+    io_timeout: IoTimeoutOpt = None,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -128,7 +130,15 @@ def search_cmd(
             overfetch=overfetch,
             device=device,
             engine=engine_options(
-                engine, address, False, gpus_per_task, block_rows, partition_rows, max_retries, storage_option
+                engine,
+                address,
+                False,
+                gpus_per_task,
+                block_rows,
+                partition_rows,
+                max_retries,
+                storage_option,
+                io_timeout,
             ),
             index=index_options(index, nlist, nprobe, ef_search, recall, save_index, load_index),
             stream=sys.stdout,

@@ -139,7 +139,7 @@ def _faiss_reason(exc: BaseException) -> str:
 
 
 def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, progress: ProgressFn | None = None):
-    """An ``IndexIVFFlat`` trained and filled with GEMM assignment (:mod:`nnn_cli.kmeans`).
+    """An ``IndexIVFFlat`` trained and filled with GEMM assignment (:mod:`nnn_cli.core.kmeans`).
 
     The same index type as ``IVF{nlist},Flat`` from faiss (saved, loaded and
     searched as one), built several times faster: faiss assigns points with
@@ -149,6 +149,7 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
 
     faiss = faiss_module()
     dim, n = _dim(data), _n_rows(data)
+    assert choice.nlist is not None  # an IVF choice carries its list count
     nl = int(choice.nlist)
     train, _ = sample_rows(data, min(n, max(TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
     centroids = spherical_kmeans(train, nl, KMEANS_ITERATIONS)

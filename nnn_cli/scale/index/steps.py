@@ -54,7 +54,7 @@ def approximate_reference_topk(
     """((N, k) top-k reference scores from ``index``, rows recomputed exactly).
 
     An IVF-Flat index is probed list by list with GEMM
-    (:func:`nnn_cli.listscan.list_major_topk`), the same results as faiss's
+    (:func:`nnn_cli.scale.index.listscan.list_major_topk`), the same results as faiss's
     search several times faster.  Rows for which the index returned fewer
     than k results (too few probed lists) are recomputed exactly with
     ``reference_exact(rows) -> (rows, k)``.

@@ -1,4 +1,4 @@
-"""`nnn search --engine ray`: query blocks x gallery partitions as Ray tasks, merged by (score desc, index asc)."""
+"""``ray_search``: debiased search as Ray tasks (:func:`nnn_cli.scale.pipeline.run_search`)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,15 @@ import os
 
 import numpy as np
 
-from nnn_cli.core.topk import DATABASE_TILE, DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn
-from nnn_cli.data.manifest import read_manifest_bias
+from nnn_cli.core.topk import ProgressFn
+from nnn_cli.data.inputs import check_same_dim, open_embeddings
+from nnn_cli.data.manifest import load_bias
 from nnn_cli.data.sources import check_metric
-from nnn_cli.errors import MismatchError, ParameterError
-from nnn_cli.scale.ray.session import _round_up, make_plan, open_input, ray_session, task_options
-from nnn_cli.scale.ray.tasks import merge_search, partial_search_task
-
-DEFAULT_BLOCK_ROWS = 64 * QUERY_TILE  # 65,536 gallery rows per task
-DEFAULT_PARTITION_ROWS = 128 * DATABASE_TILE  # 1,048,576 reference rows per task
-STREAM_ROWS = 8 * DATABASE_TILE  # reference rows fetched per ranged read inside a task
+from nnn_cli.errors import ParameterError
+from nnn_cli.scale.pipeline import run_search, search_plan
+from nnn_cli.scale.ray.scheduler import RayScheduler
 
 
-# ---------------------------------------------------------------------------
-# Search
-# ---------------------------------------------------------------------------
 def ray_search(
     queries_url,
     gallery_url,
@@ -30,8 +24,8 @@ def ray_search(
     *,
     address: str | None = None,
     gpus_per_task: float = 0,
-    block_rows: int = DEFAULT_QUERY_BLOCK,
-    partition_rows: int = DEFAULT_PARTITION_ROWS,
+    block_rows: int | None = None,
+    partition_rows: int | None = None,
     max_retries: int = 3,
     progress: ProgressFn | None = None,
     storage_options: dict | None = None,
@@ -39,48 +33,17 @@ def ray_search(
     init_kwargs: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows per query by ``q.r - b(r)`` (plain ``q.r`` when ``bias`` is None), as Ray
-    tasks over query blocks x gallery partitions.  ``bias``: an array, a manifest folder/URL, or None.
-    Returns (scores, indices) like :func:`nnn_cli.search.search`."""
+    tasks.  ``bias``: an array, a bias file or run folder/URL, or None.  Returns (scores, indices)."""
     check_metric(metric)
     so = dict(storage_options or {})
-    queries = open_input(queries_url, so, "queries")
-    gallery = open_input(gallery_url, so, "gallery")
-    if queries.dim != gallery.dim:
-        raise MismatchError(f"dimension mismatch: queries d={queries.dim}, gallery d={gallery.dim}")
+    queries = open_embeddings(queries_url, "queries", storage_options=so)
+    gallery = open_embeddings(gallery_url, "gallery", storage_options=so)
+    check_same_dim(queries, gallery)
     if isinstance(bias, (str, os.PathLike)):
-        bias = read_manifest_bias(bias, so).bias
-    if bias is not None:
-        bias = np.asarray(bias, dtype=np.float32)
-        if bias.shape != (gallery.n,):
-            raise MismatchError(
-                f"bias has {bias.shape[0] if bias.ndim else 0} entries but the gallery has {gallery.n} rows"
-            )
+        bias = load_bias(bias, so).bias
     if int(top_k) < 1:
         raise ParameterError(f"top_k must be >= 1, got {top_k}")
-    top_k = min(int(top_k), gallery.n)
-    plan = make_plan(
-        queries.n,
-        gallery.n,
-        min(block_rows, _round_up(queries.n, DEFAULT_QUERY_BLOCK)),
-        min(partition_rows, _round_up(gallery.n, DATABASE_TILE)),
-        block_multiple=DEFAULT_QUERY_BLOCK,
-    )
-    scores = np.empty((queries.n, top_k), dtype=np.float32)
-    indices = np.empty((queries.n, top_k), dtype=np.int64)
-    with ray_session(address, num_cpus, None, init_kwargs) as ray:
-        fn = ray.remote(partial_search_task).options(**task_options(max_retries, gpus_per_task))
-        q_ref, g_ref = ray.put(queries), ray.put(gallery)
-        b_refs = [None if bias is None else ray.put(bias[r0:r1]) for r0, r1 in plan.partitions]
-        futures = {}
-        for bi, (q0, q1) in enumerate(plan.blocks):
-            futures[bi] = [
-                fn.remote(q_ref, q0, q1, g_ref, r0, r1, b_refs[pi], top_k, metric, gallery.n, gpus_per_task)
-                for pi, (r0, r1) in enumerate(plan.partitions)
-            ]
-        for done, (bi, refs) in enumerate(futures.items(), 1):
-            q0, q1 = plan.blocks[bi]
-            parts = [(s, i) for s, i, _ in ray.get(refs)]
-            scores[q0:q1], indices[q0:q1] = merge_search(parts, top_k)
-            if progress:
-                progress(done, len(plan.blocks))
-    return scores, indices
+    b = None if bias is None else np.asarray(bias, dtype=np.float32)
+    plan = search_plan(queries.n, gallery.n, block_rows, partition_rows)
+    scheduler = RayScheduler(address, gpus_per_task, max_retries, num_cpus, None, init_kwargs)
+    return run_search(queries, gallery, b, top_k, metric, plan, scheduler, gpus=bool(gpus_per_task), progress=progress)
