@@ -4,18 +4,72 @@ a :class:`~nnn_cli.jobs.common.JobResult` and never prints.
 
 >>> from nnn_cli import jobs
 >>> jobs.bias("g.h5", reference="r.h5", output="bias.h5", alpha=0.75, k=16).summary["bias_mean"]  # doctest: +SKIP
+
+The jobs are imported on first use (``jobs.query`` loads :mod:`nnn_cli.jobs.query` only), so a
+command starts without importing every other command's modules.
 """
 
-from nnn_cli.jobs.attribute import attribute_bias
-from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
-from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
-from nnn_cli.jobs.embed import embed
-from nnn_cli.jobs.eval import evaluate
-from nnn_cli.jobs.info import info
-from nnn_cli.jobs.query import query
-from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
-from nnn_cli.jobs.truth import truth_from_pairs
-from nnn_cli.jobs.tune import tune
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nnn_cli.jobs.attribute import attribute_bias
+    from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
+    from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
+    from nnn_cli.jobs.embed import embed
+    from nnn_cli.jobs.eval import evaluate
+    from nnn_cli.jobs.info import info
+    from nnn_cli.jobs.query import query
+    from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
+    from nnn_cli.jobs.truth import truth_from_pairs
+    from nnn_cli.jobs.tune import tune
+
+_WHERE = {  # public name: the submodule that defines it
+    "attribute_bias": "attribute",
+    "bias": "bias",
+    "BiasRequest": "bias",
+    "BiasResult": "bias",
+    "run_bias": "bias",
+    "EngineOptions": "common",
+    "IndexOptions": "common",
+    "JobResult": "common",
+    "embed": "embed",
+    "evaluate": "eval",
+    "info": "info",
+    "query": "query",
+    "search": "search",
+    "SearchRequest": "search",
+    "SearchResult": "search",
+    "run_search": "search",
+    "truth_from_pairs": "truth",
+    "tune": "tune",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+class _Jobs(types.ModuleType):
+    """Keeps ``jobs.bias``, ``jobs.query``... the job functions: importing a submodule of the same name
+    (``nnn_cli.jobs.bias``) binds the submodule on the package, which would hide the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _WHERE.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Jobs
 
 __all__ = [
     "attribute_bias",
