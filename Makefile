@@ -35,8 +35,8 @@ $(STAMP_DEMO): $(STAMP_VENV) pyproject.toml
 $(STAMP_TEST): $(STAMP_DEMO) pyproject.toml
 	@echo "== installing $(TORCH_SPEC) first $(if $(PIP_TORCH_ARGS),(pip options: $(PIP_TORCH_ARGS)),(default index; see README for the CPU-only build))"
 	$(BIN)/pip install $(PIP_ARGS) $(PIP_TORCH_ARGS) '$(TORCH_SPEC)'
-	@echo "== installing the embed models, Ray and the test tools (extras embed, parquet, ray, test, test-ray, test-stores)"
-	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,plots,parquet,test,ray,test-ray,test-stores]'
+	@echo "== installing the embed models, ONNX Runtime, OpenVINO, Ray, the store clients and the test tools (extras embed, onnx, openvino, parquet, ray, test, test-ray, test-stores)"
+	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,onnx,openvino,plots,parquet,test,ray,test-ray,test-stores]'
 	@touch $@
 
 setup: setup-demo

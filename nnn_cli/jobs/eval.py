@@ -22,7 +22,16 @@ from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.provenance import bias_source_attrs, run_provenance
 from nnn_cli.data.tables import read_method_params, read_params, read_truth
 from nnn_cli.errors import ParameterError
-from nnn_cli.jobs.common import NoteFn, Notes, PathLike, ProgressFn, open_source, read_checked_bias, setup_threads
+from nnn_cli.jobs.common import (
+    NoteFn,
+    Notes,
+    PathLike,
+    ProgressFn,
+    note_backend_mismatch,
+    open_source,
+    read_checked_bias,
+    setup_threads,
+)
 from nnn_cli.jobs.protocol import apply_fraction, check_fraction, fraction_from_params, leak_check, leak_check_from_bias
 from nnn_cli.report.html import METHOD_LABELS
 
@@ -191,6 +200,7 @@ def _open(req: EvalRequest, notes: Notes) -> _Inputs:
     if req.reference is not None:
         src.r_src = open_embeddings(req.reference, "reference")
     check_same_dim(*(s for s in (src.q_src, src.g_src, src.gb_src, src.r_src) if s is not None))
+    note_backend_mismatch(notes, src.q_src, src.g_src, src.r_src)
     _nnn_settings(req, src, notes)
     src.truth = read_truth(req.truth, src.q_src.n, src.g_src.n, src.q_src.ids(), src.g_src.ids())
     return src
