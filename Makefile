@@ -48,8 +48,8 @@ $(STAMP_EMBED): $(STAMP_TORCH) pyproject.toml
 	@touch $@
 
 $(STAMP_TEST): $(STAMP_EMBED) pyproject.toml
-	@echo "== installing Ray and the test tools (extras embed, parquet, ray, test, test-ray, test-stores)"
-	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,plots,parquet,test,ray,test-ray,test-stores]'
+	@echo "== installing ONNX Runtime, OpenVINO, Ray, the store clients and the test tools (extras embed, onnx, openvino, parquet, ray, test, test-ray, test-stores)"
+	$(BIN)/pip install $(PIP_ARGS) -e '.[embed,onnx,openvino,plots,parquet,test,ray,test-ray,test-stores]'
 	@touch $@
 
 setup: setup-demo

@@ -9,6 +9,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from nnn_cli.core.synthetic import make_hub_data
 
 
+def pytest_configure(config):
+    """`nnn embed --backend onnx|openvino` exports go to a cache of this session, never ~/.cache/nnn.
+
+    Set here, before collection, so that test modules which copy ``os.environ`` at import time for
+    their subprocesses carry it too."""
+    if not os.environ.get("NNN_CACHE_DIR"):
+        import tempfile
+
+        config._nnn_export_cache = tempfile.mkdtemp(prefix="nnn-export-cache-")
+        os.environ["NNN_CACHE_DIR"] = config._nnn_export_cache
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_nnn_export_cache", None)
+    if path:
+        import shutil
+
+        os.environ.pop("NNN_CACHE_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def hub_data():
     """Small synthetic data with planted hubs (baseline R@1 24%, NNN at alpha 0.75, k 16: 39%)."""

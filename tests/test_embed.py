@@ -607,7 +607,7 @@ def test_without_torch_says_what_to_install(tmp_path):
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "from nnn_cli.cli import main\n"
-        f"sys.argv = ['nnn', 'embed', {str(tmp_path / 't.txt')!r}, '-o', {str(tmp_path / 'o.h5')!r}]\n"
+        f"sys.argv = ['nnn', 'embed', {str(tmp_path / 't.txt')!r}, '-o', {str(tmp_path / 'o.h5')!r}, '--backend', 'torch']\n"
         "main()\n"
     )
     proc = _run_python(code)

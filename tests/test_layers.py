@@ -85,6 +85,40 @@ def test_no_module_level_import_cycles():
             visit(m)
 
 
+def _modules_after(code: str) -> set[str]:
+    """Our modules loaded by ``code`` in a fresh interpreter (this checkout first on the path)."""
+    probe = code + "\nimport sys; print('\\n'.join(m for m in sys.modules if m.startswith('nnn_cli')))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_a_command_imports_only_its_own_modules():
+    """`nnn query` builds the application with its command alone and loads no other job; `nnn --help` has all."""
+    setup = "from nnn_cli.cli.application import build_app, _requested\n"
+    query = _modules_after(setup + "build_app(_requested(['nnn', 'query'])); from nnn_cli import jobs; jobs.query")
+    assert {"nnn_cli.cli.commands.query", "nnn_cli.jobs.query"} <= query
+    others = {f"nnn_cli.jobs.{j}" for j in ("attribute", "bias", "embed", "eval", "search", "tune")}
+    assert not query & (others | {"nnn_cli.cli.commands.tune", "nnn_cli.report.html"})
+    everything = _modules_after(setup + "build_app(_requested(['nnn', '--help']))")
+    assert {f"nnn_cli.cli.commands.{c}" for c in ("attribute", "bias", "embed", "eval", "search", "tune")} <= everything
+
+
+def test_jobs_load_on_first_use_and_stay_the_job_functions():
+    import importlib
+
+    from nnn_cli import jobs
+
+    for name in ("bias", "query", "search", "tune", "embed", "info"):
+        importlib.import_module(f"nnn_cli.jobs.{name}")  # binds the submodule on the package
+        assert callable(getattr(jobs, name)) and getattr(jobs, name).__name__ == name
+    assert jobs.BiasRequest.__module__ == "nnn_cli.jobs.bias"
+    with pytest.raises(AttributeError):
+        jobs.no_such_job  # noqa: B018
+
+
 @pytest.fixture
 def no_full_reads(monkeypatch):
     """Any full read of an embedding input fails the test."""

@@ -10,16 +10,30 @@ output on stdout.
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
 from nnn_cli._version import __version__
-from nnn_cli.cli.commands import attribute, bias, embed, export, info, query, search, truth, tune
-from nnn_cli.cli.commands import eval as eval_
 from nnn_cli.cli.errors import NNNGroup
 from nnn_cli.cli.render import silence_stdout
+
+# command: (its module in nnn_cli.cli.commands, its function); imported when the command is registered
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bias": ("bias", "bias_cmd"),
+    "search": ("search", "search_cmd"),
+    "eval": ("eval", "eval_cmd"),
+    "attribute-bias": ("attribute", "attribute_bias_cmd"),
+    "embed": ("embed", "embed_cmd"),
+    "info": ("info", "info_cmd"),
+    "export": ("export", "export_cmd"),
+    "query": ("query", "query_cmd"),
+    "tune": ("tune", "tune_cmd"),
+    "truth-from-pairs": ("truth", "truth_cmd"),
+}
 
 
 def _hide_flag_type() -> None:
@@ -39,34 +53,6 @@ def _hide_flag_type() -> None:
 
 _hide_flag_type()
 
-app = typer.Typer(
-    name="nnn",
-    cls=NNNGroup,
-    help=(
-        "Nearest Neighbor Normalization for contrastive retrieval (Chowdhury et al., EMNLP 2024).\n\n"
-        "Debias any model's retrieval from embedding files: compute per-item biases from reference "
-        "queries (`nnn bias`), search with them (`nnn search`), measure the gain (`nnn eval`).\n\n"
-        "Example:\n\n"
-        "  nnn bias gallery.h5 --reference ref.h5 --alpha 0.75 --k 16 -o bias.h5\n\n"
-        "  nnn eval --queries q.h5 --gallery gallery.h5 --truth truth.npy --bias bias.h5"
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-)
-
-app.command("bias", epilog=bias.EPILOG)(bias.bias_cmd)
-app.command("search", epilog=search.EPILOG)(search.search_cmd)
-app.command("eval", epilog=eval_.EPILOG)(eval_.eval_cmd)
-app.command("attribute-bias", epilog=attribute.EPILOG)(attribute.attribute_bias_cmd)
-app.command("embed", epilog=embed.EPILOG)(embed.embed_cmd)
-app.command("info", epilog=info.EPILOG)(info.info_cmd)
-app.command("export", epilog=export.EPILOG)(export.export_cmd)
-app.command("query", epilog=query.EPILOG)(query.query_cmd)
-app.command("tune", epilog=tune.EPILOG)(tune.tune_cmd)
-app.command("truth-from-pairs", epilog=truth.EPILOG)(truth.truth_cmd)
-
 
 def version_callback(value: bool) -> None:
     if value:
@@ -74,7 +60,6 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     version: Annotated[
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
@@ -83,10 +68,50 @@ def root(
     """Nearest Neighbor Normalization for contrastive retrieval."""
 
 
+def build_app(names: Iterable[str] = COMMANDS) -> typer.Typer:
+    """The Typer application with the commands ``names`` (default all), their modules imported now."""
+    app = typer.Typer(
+        name="nnn",
+        cls=NNNGroup,  # a usage error of any command, Click's own included: one line, exit 2
+        help=(
+            "Nearest Neighbor Normalization for contrastive retrieval (Chowdhury et al., EMNLP 2024).\n\n"
+            "Debias any model's retrieval from embedding files: compute per-item biases from reference "
+            "queries (`nnn bias`), search with them (`nnn search`), measure the gain (`nnn eval`).\n\n"
+            "Example:\n\n"
+            "  nnn bias gallery.h5 --reference ref.h5 --alpha 0.75 --k 16 -o bias.h5\n\n"
+            "  nnn eval --queries q.h5 --gallery gallery.h5 --truth truth.npy --bias bias.h5"
+        ),
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="markdown",
+        pretty_exceptions_enable=False,
+    )
+    for name in names:
+        module_name, function = COMMANDS[name]
+        module = importlib.import_module(f"nnn_cli.cli.commands.{module_name}")
+        app.command(name, epilog=module.EPILOG)(getattr(module, function))
+    app.callback()(root)
+    return app
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the application with every command, built on first use (tests and ``nnn_cli.cli.app``)."""
+    if name == "app":
+        app = globals()["app"] = build_app()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _requested(argv: list[str]) -> Iterable[str]:
+    """The command named on the command line alone (a command's options and help need no other module);
+    every command otherwise (``nnn --help``, ``--version``, a misspelt name: the list and suggestions)."""
+    return [argv[1]] if len(argv) > 1 and argv[1] in COMMANDS else COMMANDS
+
+
 def run() -> None:
     """Run the app (signal handlers are installed by :func:`nnn_cli.cli.main`, before this module loads)."""
     try:
-        app()
+        build_app(_requested(sys.argv))()
     except BrokenPipeError:
         silence_stdout()
         sys.exit(0)

@@ -220,8 +220,8 @@ IoTimeoutOpt = Annotated[
     Optional[float],
     typer.Option(
         "--io-timeout",
-        help="Seconds an object store (s3://, gs://, ...) may take to answer before the run stops with one "
-        "line naming the URL (default: env NNN_IO_TIMEOUT, else 30).",
+        help="Seconds an object store (s3://, gs://, ...) or a cluster (--address) may take to answer before the "
+        "run stops with one line naming the URL or address (default: env NNN_IO_TIMEOUT, else 30).",
     ),
 ]
 StorageOptionOpt = Annotated[

@@ -7,6 +7,13 @@ A second writer waits up to ``wait`` seconds, then raises :class:`~nnn_cli.error
 the holder (pid, host, start time and command recorded in the lock file).  The lock dies with its
 process (also on ``kill -9``); the small lock file stays and is reused.  POSIX only (fcntl); on other
 systems the lock is a no-op.
+
+The lock path sits beside a user's file, possibly in a folder others can write, so it cannot be turned
+into a weapon: it is opened with ``O_NOFOLLOW | O_NONBLOCK`` and never ``O_TRUNC``, and refused (one line,
+:class:`~nnn_cli.errors.OutputError`, exit 2) unless it is a regular file of our own user with a single
+link, as a lock file we created is.  A planted symlink, hard link, FIFO, device or folder is left as it
+is, and so is whatever it points to.  (``filelock`` opens with ``O_NOFOLLOW`` too, but takes a FIFO or a
+hard link as its lock file and keeps no holder record, so the flags and checks are ours.)
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -42,6 +50,44 @@ def _holder(fd: int) -> str:
     return "another process"
 
 
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | os.O_CLOEXEC
+
+
+def _refuse(target: Path, path: Path, what: str) -> OutputError:
+    return OutputError(
+        f"{target}: the lock file {path} {what}; refusing to use it (remove it if no nnn run is using it)"
+    )
+
+
+def open_lock_file(target: Path, path: Path) -> int:
+    """A descriptor on the lock file ``path``, created if missing: never through a symlink, never truncated, and
+    only a regular file of ours with one link (one line naming it otherwise; nothing is changed)."""
+    if os.path.islink(path):
+        raise _refuse(target, path, "is a symbolic link")
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    except FileNotFoundError:
+        raise OutputError(f"{target}: output folder {target.parent} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(target, path, "is a symbolic link") from None
+        if exc.errno == errno.EISDIR:
+            raise _refuse(target, path, "is a folder") from None
+        raise OutputError(f"{target}: cannot create the lock file {path} ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse(target, path, "is not a regular file")
+        if info.st_nlink != 1:
+            raise _refuse(target, path, f"has {info.st_nlink} hard links")
+        if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+            raise _refuse(target, path, f"belongs to another user (uid {info.st_uid})")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def exclusive_lock(target: str | os.PathLike, wait: float = DEFAULT_WAIT, what: str = "file") -> Iterator[Path]:
     """Hold an exclusive lock on ``target`` (a path that need not exist yet) for the ``with`` body."""
@@ -52,12 +98,7 @@ def exclusive_lock(target: str | os.PathLike, wait: float = DEFAULT_WAIT, what: 
         return
     target = Path(target)
     path = lock_path(target)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except FileNotFoundError:
-        raise OutputError(f"{target}: output folder {target.parent} does not exist") from None
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot create the lock file {path} ({exc.strerror})") from None
+    fd = open_lock_file(target, path)
     try:
         deadline = time.monotonic() + max(0.0, float(wait))
         while True:

@@ -229,3 +229,53 @@ def run_provenance(sources: Mapping[str, EmbeddingSource | None], bias_attrs: di
     if bias_attrs:
         out["bias"] = bias_attrs
     return out
+
+
+# ---------------------------------------------------------------------------
+# How embeddings were computed (nnn embed --backend/--quantize)
+# ---------------------------------------------------------------------------
+def embedding_recipe(src: EmbeddingSource) -> tuple[str, str] | None:
+    """``(backend, quantization)`` recorded by ``nnn embed`` in an input (HDF5 attributes or the
+    ``.npy`` sidecar); files from before backends record a model only (torch, fp32); None when the
+    input records no model at all (not made by ``nnn embed``, a shard folder, stdin)."""
+    from pathlib import Path
+
+    from nnn_cli.data.h5 import attr_value, open_h5_safe
+    from nnn_cli.data.sources import sidecar_attrs
+
+    path = Path(src.path) if getattr(src, "path", None) is not None else None
+    if path is None or not path.is_file():
+        return None
+    attrs: dict = {}
+    try:
+        if src.kind == "h5":
+            with open_h5_safe(path) as f:
+                attrs = {
+                    key: attr_value(f.attrs[key]) for key in ("model", "backend", "quantization") if key in f.attrs
+                }
+        elif src.kind == "npy":
+            attrs = sidecar_attrs(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    if not attrs.get("model"):
+        return None
+    return str(attrs.get("backend") or "torch"), str(attrs.get("quantization") or "none")
+
+
+def backend_mismatch(sources: list[EmbeddingSource]) -> str | None:
+    """A warning line when the inputs' embeddings were computed differently (torch fp32 against onnx int8...)."""
+    seen = [(src, embedding_recipe(src)) for src in sources if src is not None]
+    known = [(src, recipe) for src, recipe in seen if recipe is not None]
+    if len({recipe for _, recipe in known}) <= 1:
+        return None
+
+    def how(recipe: tuple[str, str]) -> str:
+        return f"{recipe[0]} {'fp32' if recipe[1] == 'none' else recipe[1]}"
+
+    parts = ", ".join(f"{src.label} {src.name}: {how(recipe)}" for src, recipe in known)
+    if len({recipe[1] for _, recipe in known}) == 1:  # all fp32: the same arithmetic, rows agree to ~1e-5
+        return f"note: these embeddings were computed with different backends ({parts}), all in fp32"
+    return (
+        f"warning: these embeddings were computed with different backends ({parts}); "
+        "scores across them are not exactly comparable: embed all with one --backend/--quantize"
+    )

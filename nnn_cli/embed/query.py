@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.errors import InputError, MismatchError, NNNError, ParameterError
 
 
 @dataclass
@@ -60,9 +60,25 @@ def gallery_model(gallery) -> dict:
     return {}
 
 
-def encoder_for_gallery(gallery, model: str | None = None, device: str = "auto", precision: str = "auto"):
-    """Load the encoder that made ``gallery`` (or ``model``); a :class:`ParameterError` if none is known."""
-    from nnn_cli.embed.encoders import load_encoder
+def encoder_for_gallery(
+    gallery,
+    model: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    *,
+    backend: str | None = None,
+    quantize: str | None = None,
+    notes=None,
+):
+    """Load the encoder that made ``gallery`` (or ``model``); a :class:`ParameterError` if none is known.
+
+    The backend and quantisation are the gallery's recorded ones (``backend``/``quantize`` override them,
+    with a warning to ``notes`` when they differ).  A gallery made by torch in fp32 (or recording no
+    backend) is queried through the cached fp32 ONNX export when onnxruntime is installed and the device
+    is not cuda: the same model and arithmetic (cosine >= 0.9999 to torch), loaded in well under a second
+    instead of importing torch.
+    """
+    from nnn_cli.embed.backends import export_folder, load_text_encoder, onnx_available
 
     attrs = gallery_model(gallery)
     name = model or attrs.get("model")
@@ -72,7 +88,37 @@ def encoder_for_gallery(gallery, model: str | None = None, device: str = "auto",
             f"{label}: the gallery does not record which model made it "
             "(not written by `nnn embed`); name it with --model"
         )
-    return load_encoder(recorded_model_spec(str(name)), device, precision, int(attrs.get("image_size") or 224))
+    spec = recorded_model_spec(str(name))
+    recorded = (str(attrs.get("backend") or "torch"), str(attrs.get("quantization") or "none"))
+    if backend not in (None, "auto") or quantize is not None:
+        chosen = (backend if backend not in (None, "auto") else recorded[0], quantize or "none")
+        if chosen != recorded and notes is not None:
+            notes(
+                f"warning: the gallery's embeddings were made with {describe_backend(*recorded)}, "
+                f"the query's with {describe_backend(*chosen)}: scores are not exactly comparable"
+            )
+    else:
+        chosen = recorded
+        if recorded == ("torch", "none") and device != "cuda" and attrs.get("device") != "cuda" and onnx_available():
+            try:
+                export_folder(spec)
+                chosen = ("onnx", "none")  # same fp32 model, from the export cache
+            except NNNError:
+                pass
+    return load_text_encoder(
+        spec,
+        "cpu" if chosen[0] != "torch" and device == "auto" else device,
+        precision,
+        int(attrs.get("image_size") or 224),
+        backend=chosen[0],
+        quantize=chosen[1],
+        notes=notes,
+    )
+
+
+def describe_backend(backend: str, quantization: str) -> str:
+    """``torch fp32``, ``onnx int8``..."""
+    return f"{backend} {'fp32' if quantization in (None, 'none') else quantization}"
 
 
 def recorded_model_spec(name: str) -> str:
@@ -95,6 +141,9 @@ def query_text(
     device: str = "auto",
     encoder=None,
     force: bool = False,
+    backend: str | None = None,
+    quantize: str | None = None,
+    notes=None,
 ):
     """Rank ``gallery`` for ``text`` (one string, or a list of them) by the plain or debiased score.
 
@@ -126,7 +175,7 @@ def query_text(
         if b.shape != (g_src.n,):
             raise MismatchError(f"bias has {b.size} entries but the gallery {g_src.name} has {g_src.n} rows")
     if encoder is None:
-        encoder = encoder_for_gallery(g_src, model, device)
+        encoder = encoder_for_gallery(g_src, model, device, backend=backend, quantize=quantize, notes=notes)
     encoder.check_modality("text")
     vectors, good = normalise_rows(encoder.encode_texts([str(t) for t in texts]))
     if not good.all():

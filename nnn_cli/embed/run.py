@@ -77,6 +77,8 @@ class EmbedSummary:
             "model": self.attrs.get("model"),
             "modality": self.attrs.get("modality"),
             "dtype": self.attrs.get("dtype"),
+            "backend": self.attrs.get("backend"),
+            "quantization": self.attrs.get("quantization"),
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
             "discarded_partial": self.discarded_partial,
         }
@@ -94,7 +96,14 @@ def resume_key(source: InputSource, encoder: Encoder, dtype: str) -> dict:
         "model_kind": desc["model_kind"],
         "image_size": desc.get("image_size"),
         "dtype": dtype,
-    }
+    } | _backend_key(desc)
+
+
+def _backend_key(desc: dict) -> dict:
+    """An export backend's identity joins the resume key (torch runs keep the older key, so their partials resume)."""
+    if desc.get("backend", "torch") == "torch":
+        return {}
+    return {key: desc.get(key) for key in ("backend", "quantization", "export_checksum")}
 
 
 def _batches(records: Iterable[Record], size: int) -> Iterator[list[Record]]:
@@ -322,7 +331,18 @@ def _output_attrs(source: InputSource, encoder: Encoder, store: PartialStore, dt
         input_fingerprint=store.key["input_fingerprint"],
         n_embedded=store.rows,
         n_skipped=store.n_skipped,
+        **embedding_recipe(desc),
     )
+
+
+def embedding_recipe(desc: dict) -> dict:
+    """How the vectors were computed (``nnn info`` shows it; search/eval/bias warn when inputs differ):
+    ``backend`` (torch, onnx, openvino), ``quantization`` and, for an export, its checksums."""
+    out = {"backend": desc.get("backend", "torch"), "quantization": desc.get("quantization", "none")}
+    for key in ("export_checksum", "model_checksum"):
+        if desc.get(key):
+            out[key] = desc[key]
+    return out
 
 
 __all__ = ["EmbedSummary", "embed_input", "normalise_rows", "resume_key", "partial_path", "sidecar_path"]

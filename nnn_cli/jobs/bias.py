@@ -32,6 +32,7 @@ from nnn_cli.jobs.common import (
     PathLike,
     ProgressFn,
     check_reference_k,
+    note_backend_mismatch,
     open_source,
     resolve_params,
     setup_threads,
@@ -221,6 +222,7 @@ def _create(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> Bias
     g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_columns, so)
     r_src = open_source(req.reference, "reference", notes, None, req.ids_columns, so)  # type: ignore[arg-type]
     check_same_dim(g_src, r_src)
+    note_backend_mismatch(notes, g_src, r_src)
     assert req.alpha is not None and req.k is not None and req.output is not None
     sink = bias_sink(req.output, [req.gallery, req.reference, req.queries], req.engine, g_src.ids())
     sink.check(req.engine.resume)  # the output checked (and a store reached) before the inputs are read

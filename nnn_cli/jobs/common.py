@@ -162,6 +162,15 @@ def check_reference_k(k: int, reference_src, params: Optional[PathLike] = None) 
         ) from exc
 
 
+def note_backend_mismatch(notes: Notes, *sources) -> None:
+    """A warning when the inputs' embeddings were made with different backends/quantisations (``nnn embed``)."""
+    from nnn_cli.data.provenance import backend_mismatch
+
+    line = backend_mismatch([s for s in sources if s is not None])
+    if line:
+        notes(line)
+
+
 def resolve_params(alpha: Optional[float], k: Optional[int], params: Optional[PathLike]) -> tuple[float, int]:
     """alpha and k from the arguments or a params file (exactly one of the two ways), both validated."""
     if params is not None:
@@ -194,6 +203,7 @@ __all__ = [
     "JobResult",
     "parse_storage_options",
     "open_source",
+    "note_backend_mismatch",
     "Notes",
     "NoteFn",
     "PathLike",

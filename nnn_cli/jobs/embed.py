@@ -9,7 +9,8 @@ from typing import BinaryIO, Optional
 
 from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
-from nnn_cli.embed.encoders import load_encoder, set_torch_threads
+from nnn_cli.embed.backends import load_text_encoder
+from nnn_cli.embed.encoders import set_torch_threads
 from nnn_cli.embed.readers import open_input
 from nnn_cli.embed.run import EmbedSummary, embed_input
 from nnn_cli.embed.store import check_embed_output
@@ -42,13 +43,19 @@ def embed(
     progress: ProgressFn | None = None,
     on_note: NoteFn | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    backend: str = "auto",
+    quantize: Optional[str] = None,
 ) -> JobResult:
     """Embed and write ``output`` (``summary`` is `nnn embed --json`'s document; ``summary["_summary"]``
     the :class:`~nnn_cli.embed.run.EmbedSummary`).  A KeyboardInterrupt leaves ``OUT.partial`` to resume from.
 
     ``input_path="-"`` reads standard input (``stdin``, default the process's) exactly once, as do
     pipes, FIFOs and process substitution; ``output="-"`` writes the finished file's bytes to
-    ``stream`` (HDF5 with ids, or ``.npy`` with ``output_format="npy"``) and nothing unless complete."""
+    ``stream`` (HDF5 with ids, or ``.npy`` with ``output_format="npy"``) and nothing unless complete.
+
+    ``backend``: ``torch``, ``onnx`` or ``openvino`` (an export made once and cached, see
+    :mod:`nnn_cli.embed.export`), or ``auto`` (:func:`~nnn_cli.embed.backends.resolve_backend`);
+    ``quantize="int8"`` runs the int8 export (onnx only)."""
     notes = Notes(on_note)
     to_stream = str(output) == "-"
     if to_stream and output_format not in ("h5", "npy"):
@@ -60,9 +67,19 @@ def embed(
         check_embed_output(output)
         check_output_path(output, [input_path] if str(input_path) != "-" and Path(input_path).is_file() else [])
     source = open_input(input_path, modality, text_column, id_column, input_format=input_format, stdin=stdin)
-    set_torch_threads(threads)
     t0 = time.perf_counter()
-    encoder = load_encoder(model, device, precision, image_size)
+    encoder = load_text_encoder(
+        model,
+        device,
+        precision,
+        image_size,
+        backend=backend if (source.modality == "text" or backend != "auto") else "torch",
+        quantize=quantize,
+        threads=threads,
+        notes=notes,
+    )
+    if getattr(encoder, "backend", "torch") == "torch":
+        set_torch_threads(threads)
     load_seconds = time.perf_counter() - t0
     skipped: list[str] = []
 
@@ -104,7 +121,7 @@ def embed(
         skipped_text = f"; {summary.n_skipped} skipped (see {where})" if summary.n_skipped else ""
         message = (
             f"wrote {'<stdout>' if to_stream else output}: {summary.n_embedded} x {summary.dim} {summary.attrs['modality']} embeddings "
-            f"({summary.attrs['model']}, {summary.attrs['device']}) in {summary.seconds:.1f}s, "
+            f"({summary.attrs['model']}, {_how(summary.attrs)}) in {summary.seconds:.1f}s, "
             f"{summary.items_per_second:.1f} items/s{resumed}{skipped_text}"
         )
     return JobResult(
@@ -112,3 +129,11 @@ def embed(
         Path(output) if summary.complete and not to_stream else None,
         notes.lines,
     )
+
+
+def _how(attrs: dict) -> str:
+    """``cpu``, ``cuda``, ``onnx cpu``, ``onnx int8 cpu``: what ran the model."""
+    backend = attrs.get("backend", "torch")
+    quant = attrs.get("quantization", "none")
+    parts = ([] if backend == "torch" else [backend]) + ([] if quant in (None, "none") else [quant])
+    return " ".join([*parts, str(attrs.get("device"))])

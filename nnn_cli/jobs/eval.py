@@ -29,6 +29,7 @@ from nnn_cli.jobs.common import (
     PathLike,
     ProgressFn,
     check_reference_k,
+    note_backend_mismatch,
     open_source,
     read_checked_bias,
     setup_threads,
@@ -201,6 +202,7 @@ def _open(req: EvalRequest, notes: Notes) -> _Inputs:
     if req.reference is not None:
         src.r_src = open_embeddings(req.reference, "reference")
     check_same_dim(*(s for s in (src.q_src, src.g_src, src.gb_src, src.r_src) if s is not None))
+    note_backend_mismatch(notes, src.q_src, src.g_src, src.r_src)
     _nnn_settings(req, src, notes)
     src.truth = read_truth(req.truth, src.q_src.n, src.g_src.n, src.q_src.ids(), src.g_src.ids())
     return src

@@ -26,7 +26,7 @@ from nnn_cli.data.stores.common import (
     nnn_rows,
     where,
 )
-from nnn_cli.errors import InputError, ParameterError
+from nnn_cli.errors import InputError, ParameterError, install_hint
 from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, open_source, read_checked_bias
 
 
@@ -162,7 +162,7 @@ def _read_columns(path: PathLike, n: int) -> dict[str, list]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise InputError(f"{path}: reading parquet needs pyarrow: pip install 'nnn-cli[parquet]'") from None
+            raise InputError(f"{path}: reading parquet needs pyarrow: {install_hint('parquet')}") from None
         table = pq.read_table(path)
         records = table.to_pylist()
     else:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from nnn_cli.embed.query import query_text
-from nnn_cli.jobs.common import JobResult, PathLike, setup_threads
+from nnn_cli.jobs.common import JobResult, NoteFn, Notes, PathLike, setup_threads
 
 
 def query(
@@ -20,8 +20,15 @@ def query(
     device: str = "auto",
     force: bool = False,
     threads: int = 0,
+    backend: Optional[str] = None,
+    quantize: Optional[str] = None,
+    on_note: NoteFn | None = None,
 ) -> JobResult:
-    """``summary["results"]``: one entry per text, as a line of `nnn search -o -` plus the text."""
+    """``summary["results"]``: one entry per text, as a line of `nnn search -o -` plus the text.
+
+    The text is embedded the way the gallery was (its recorded model, backend and quantisation; see
+    :func:`~nnn_cli.embed.query.encoder_for_gallery`); ``backend``/``quantize`` override that with a warning."""
+    notes = Notes(on_note)
     setup_threads(threads)
     found = query_text(
         list(texts) if not isinstance(texts, str) else texts,
@@ -32,6 +39,9 @@ def query(
         metric=metric,
         device=device,
         force=force,
+        backend=backend,
+        quantize=quantize,
+        notes=notes,
     )
     found = found if isinstance(found, list) else [found]
     return JobResult(
@@ -39,5 +49,6 @@ def query(
             "results": [r.to_dict() for r in found],
             "debiased": bias is not None,
             "model": found[0].model if found else model,
-        }
+        },
+        notes=notes.lines,
     )

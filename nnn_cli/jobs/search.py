@@ -28,6 +28,7 @@ from nnn_cli.jobs.common import (
     Notes,
     PathLike,
     ProgressFn,
+    note_backend_mismatch,
     open_source,
     setup_threads,
 )
@@ -155,6 +156,7 @@ def run_search(
     q_src = open_source(req.queries, "queries", notes, req.query_ids, req.ids_columns, so)
     g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_columns, so)
     check_same_dim(q_src, g_src)
+    note_backend_mismatch(notes, q_src, g_src)
     bf = load_bias(req.bias, so) if req.bias is not None else None
     if bf is not None and (len(bf.bias) != g_src.n or bf.attrs.get("metric", req.metric) != req.metric):
         check_bias_matches(bf.attrs, len(bf.bias), req.bias, g_src, req.metric, req.force)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ import numpy as np
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.sinks import BiasFileSink, RunFolderSink, is_run_target
 from nnn_cli.errors import ParameterError
-from nnn_cli.scale.engines import make_scheduler
+from nnn_cli.scale.engines import check_reachable, make_scheduler
 from nnn_cli.scale.grid import bias_plan
 from nnn_cli.scale.pipeline import BiasParams, index_plan, index_spec, run_bias
 from nnn_cli.scale.scheduler import EngineOptions
@@ -62,6 +62,7 @@ def bias_sink(output: str, inputs: list, engine: EngineOptions, ids: np.ndarray 
 
 def check_bias_options(engine: EngineOptions, output: str | None, index: Any, memory_budget: int | None) -> None:
     """Refuse option combinations the chosen way of running cannot honour (before anything is opened)."""
+    check_reachable(engine)
     if not blocked(engine, output):
         return
     if index.save_index is not None or index.load_index is not None or memory_budget is not None:
@@ -263,11 +264,12 @@ def _grow_file(target, gallery, other, operation, output, alpha, k, metric, wait
 
 
 def check_search_options(engine: EngineOptions, index: Any) -> None:
-    """A blocked search (``--engine ray``) is exact and not resumable."""
+    """A blocked search (``--engine ray``) is exact and not resumable; its cluster answers."""
     if engine.resume:
         raise ParameterError("search does not resume (it writes one results file): drop --resume")
     if blocked(engine, None) and not index.exact_flat:
         raise ParameterError(f"--engine {engine.engine} searches exactly: drop --index, --load-index and --save-index")
+    check_reachable(engine)
 
 
 def search_topk(

@@ -65,7 +65,12 @@ class EngineOptions:
         return self
 
     def scheduler_kwargs(self) -> dict:
-        return {"address": self.address, "gpus_per_task": self.gpus_per_task, "max_retries": self.max_retries}
+        return {
+            "address": self.address,
+            "gpus_per_task": self.gpus_per_task,
+            "max_retries": self.max_retries,
+            "io_timeout": self.io_timeout,
+        }
 
     def ray_kwargs(self) -> dict:
         """Keyword arguments of :func:`nnn_cli.scale.ray.ray_bias` and friends."""

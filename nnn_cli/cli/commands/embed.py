@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, BinaryIO, Optional, cast
 
@@ -25,10 +26,39 @@ from nnn_cli.cli.options import (
 from nnn_cli.cli.render import StdoutSink, embed_progress, err_console, info, note_printer, print_json
 from nnn_cli.signals import exit_code
 
+
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        "--backend",
+        envvar="NNN_EMBED_BACKEND",
+        help="torch, onnx or openvino (text models of sentence-transformers: exported once from the local "
+        "folder and cached in $NNN_CACHE_DIR, else $XDG_CACHE_HOME/nnn or ~/.cache/nnn). auto: onnx on the "
+        "CPU when onnxruntime is installed, else torch.",
+    ),
+]
+QuantizeOpt = Annotated[
+    Optional[Quantize],
+    typer.Option("--quantize", help="int8: the int8 export (needs --backend onnx or auto; faster, inexact)."),
+]
+
 EPILOG = (
     "Examples:\n\n"
     "  nnn embed captions.txt -o captions.h5\n\n"
     "  nnn embed captions.jsonl --text-column caption --id-column image_id -o q.h5\n\n"
+    "  nnn embed captions.txt -o q.h5 --backend onnx --quantize int8\n\n"
     "  nnn embed images/ --model open_clip:ViT-B-32:/models/vit_b32.pt -o gallery.h5 --device auto\n\n"
     "  nnn embed images/ --model /models/clip-vit-base-patch32 --modality image -o g.h5 --dtype float16\n\n"
     "  nnn embed images/ --model encoder.pt --image-size 224 -o g.npy   (ids go to g.npy.json)\n\n"
@@ -128,6 +158,8 @@ def embed_cmd(
     output_format: Annotated[
         StreamFormat, typer.Option("--output-format", help="For -o -: h5 (default, keeps ids) or npy.")
     ] = StreamFormat.h5,
+    backend: BackendOpt = Backend.auto,
+    quantize: QuantizeOpt = None,
     wait: WaitOpt = 10.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
@@ -162,6 +194,8 @@ def embed_cmd(
                 wait=wait,
                 progress=progress,
                 on_note=note_printer(quiet),
+                backend=backend.value,
+                quantize=quantize.value if quantize else None,
             )
     except KeyboardInterrupt as exc:
         if output != "-" and Path(f"{output}.partial").exists():

@@ -24,7 +24,7 @@ from nnn_cli.cli.options import (
     store_only,
     store_options,
 )
-from nnn_cli.cli.render import print_json_lines, render_query
+from nnn_cli.cli.render import note_printer, print_json_lines, render_query
 from nnn_cli.errors import ParameterError
 
 EPILOG = (
@@ -56,6 +56,17 @@ def query_cmd(
     table: TableOpt = None,
     io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
+    backend: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backend",
+            help="torch, onnx or openvino (default: as the gallery was embedded; a torch fp32 gallery is "
+            "queried through the cached fp32 ONNX export when onnxruntime is installed).",
+        ),
+    ] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option("--quantize", help="none or int8 (default: as the gallery was embedded).")
+    ] = None,
 ) -> None:
     """Embed TEXT with the model recorded in the gallery and **show the debiased ranking**, without writing a file."""
     for i, text in enumerate(texts, 1):
@@ -100,6 +111,9 @@ def query_cmd(
         device=device.value,
         force=force,
         threads=threads,
+        backend=backend,
+        quantize=quantize,
+        on_note=note_printer(False),
     ).summary
     if json_out:
         print_json_lines(result["results"])

@@ -36,7 +36,7 @@ from nnn_cli.data.stores.common import (
     uri_secrets,
     where,
 )
-from nnn_cli.errors import DependencyError, InputError, MismatchError, OutputError, ParameterError
+from nnn_cli.errors import DependencyError, InputError, MismatchError, OutputError, ParameterError, install_hint
 
 META_KEY = b"nnn_meta"
 ID_COLUMN = "id"
@@ -52,9 +52,7 @@ def _libs():
         import pyarrow as pa
         import pyarrow.compute as pc
     except ImportError as exc:
-        raise DependencyError(
-            f"LanceDB stores need the lancedb extra: pip install 'nnn-cli[lancedb]' ({exc})"
-        ) from None
+        raise DependencyError(f"LanceDB stores need the lancedb extra: {install_hint('lancedb')} ({exc})") from None
     return lancedb, pa, pc
 
 

@@ -35,7 +35,15 @@ from nnn_cli.data.stores.common import (
     uri_secrets,
     where,
 )
-from nnn_cli.errors import BusyError, DependencyError, InputError, MismatchError, OutputError, ParameterError
+from nnn_cli.errors import (
+    BusyError,
+    DependencyError,
+    InputError,
+    MismatchError,
+    OutputError,
+    ParameterError,
+    install_hint,
+)
 
 META_TABLE = "nnn_meta"
 ID_COLUMN = "id"
@@ -51,7 +59,7 @@ def _psycopg():
         from psycopg import sql
     except ImportError as exc:
         raise DependencyError(
-            f"PostgreSQL stores need the pgvector extra: pip install 'nnn-cli[pgvector]' ({exc})"
+            f"PostgreSQL stores need the pgvector extra: {install_hint('pgvector')} ({exc})"
         ) from None
     return psycopg, sql
 

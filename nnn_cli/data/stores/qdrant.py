@@ -34,7 +34,7 @@ from nnn_cli.data.stores.common import (
     uri_secrets,
     where,
 )
-from nnn_cli.errors import BusyError, DependencyError, InputError, MismatchError, ParameterError
+from nnn_cli.errors import BusyError, DependencyError, InputError, MismatchError, ParameterError, install_hint
 
 EMBED_VECTOR = "embedding"
 ID_FIELD = "id"
@@ -45,7 +45,7 @@ def _client():
     try:
         from qdrant_client import QdrantClient, models
     except ImportError as exc:
-        raise DependencyError(f"Qdrant stores need the qdrant extra: pip install 'nnn-cli[qdrant]' ({exc})") from None
+        raise DependencyError(f"Qdrant stores need the qdrant extra: {install_hint('qdrant')} ({exc})") from None
     return QdrantClient, models
 
 

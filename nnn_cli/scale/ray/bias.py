@@ -32,6 +32,7 @@ def ray_bias(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float | None = None,
     max_blocks_in_flight: int | None = None,
     index: dict | None = None,
     _task_delay: float = 0.0,
@@ -57,7 +58,14 @@ def ray_bias(
     else:
         plan = index_plan(gallery.n, reference.n, block_rows, spec.choice.kind)
     scheduler = RayScheduler(
-        address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs, max_in_flight=max_blocks_in_flight
+        address,
+        gpus_per_task,
+        max_retries,
+        num_cpus,
+        num_gpus,
+        init_kwargs,
+        max_in_flight=max_blocks_in_flight,
+        io_timeout=io_timeout,
     )
     sink = RunFolderSink(str(output_url), so)
     stats = run_bias(

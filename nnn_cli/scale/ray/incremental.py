@@ -38,11 +38,14 @@ def ray_append(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float | None = None,
 ) -> dict:
     """Append new gallery rows to a finished exact run as new blocks (under the folder's lock when local)."""
     so = dict(storage_options or {})
     sink = RunFolderSink(str(run_url), so)
-    scheduler = RayScheduler(address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs)
+    scheduler = RayScheduler(
+        address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs, io_timeout=io_timeout
+    )
     with sink.lock(wait):
         new = open_embeddings(new_items_url, "new gallery items", storage_options=so)
         reference = open_embeddings(reference_url, "reference", storage_options=so)
@@ -78,11 +81,14 @@ def ray_add_reference(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float | None = None,
 ) -> dict:
     """Fold new reference queries into a finished exact run saved with top-k (under the folder's lock when local)."""
     so = dict(storage_options or {})
     sink = RunFolderSink(str(run_url), so)
-    scheduler = RayScheduler(address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs)
+    scheduler = RayScheduler(
+        address, gpus_per_task, max_retries, num_cpus, num_gpus, init_kwargs, io_timeout=io_timeout
+    )
     with sink.lock(wait):
         gallery = open_embeddings(gallery_url, "gallery", storage_options=so)
         new = open_embeddings(new_reference_url, "new reference queries", storage_options=so)

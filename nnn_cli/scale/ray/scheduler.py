@@ -1,4 +1,7 @@
-"""The Ray scheduler: block tasks as Ray tasks on a private local Ray or an existing cluster."""
+"""The Ray scheduler: block tasks as Ray tasks on a private local Ray or an existing cluster.
+
+The cluster itself (start, ownership, quiet, the address checked within ``io_timeout``, one-line errors,
+signals) is :func:`nnn_cli.scale.ray.cluster.ray_session`, entered for the ``with`` block."""
 
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ class RayScheduler:
         num_gpus: int | None = None,
         init_kwargs: dict | None = None,
         max_in_flight: int | None = None,
+        io_timeout: float | None = None,
     ):
         self.address, self.gpus_per_task, self.max_retries = address, float(gpus_per_task), int(max_retries)
         self._session_args = (address, num_cpus, num_gpus, init_kwargs)
+        self.io_timeout = io_timeout  # seconds to reach --address (None: the run's --io-timeout / NNN_IO_TIMEOUT)
         self._stack: contextlib.ExitStack | None = None
         self._ray: Any = None
         self._remote: dict = {}
@@ -36,13 +41,15 @@ class RayScheduler:
         from nnn_cli.scale.ray.session import ray_session
 
         self._stack = contextlib.ExitStack()
-        self._ray = self._stack.enter_context(ray_session(*self._session_args))
+        self._ray = self._stack.enter_context(ray_session(*self._session_args, io_timeout=self.io_timeout))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._stack is not None:
-            self._stack.close()
-        self._stack, self._ray, self._remote = None, None, {}
+    def __exit__(self, *exc: Any) -> None:
+        # the exception of the `with` body goes through the session, which turns a signal's KeyboardInterrupt
+        # back into what the handler raised (SIGTERM: Terminated) and Ray's errors into one-line ones
+        stack, self._stack, self._ray, self._remote = self._stack, None, None, {}
+        if stack is not None:
+            stack.__exit__(*(exc if len(exc) == 3 else (None, None, None)))
 
     @property
     def slots(self) -> int:
@@ -99,13 +106,15 @@ class RayScheduler:
 
 
 def _get(ray: Any, ref: Any) -> Any:
-    """``ray.get(ref)``; a task's own :class:`~nnn_cli.errors.NNNError` is raised as itself (one line)."""
-    from nnn_cli.errors import NNNError
+    """``ray.get(ref)``; a task's exception is raised as itself with a one-line message (an
+    :class:`~nnn_cli.errors.NNNError` exactly as raised, so the pipeline aborts its sink), Ray's own failures as
+    one-line :class:`~nnn_cli.scale.ray.cluster.ClusterError` (:func:`~nnn_cli.scale.ray.cluster.translate`)."""
+    from nnn_cli.scale.ray.cluster import translate
 
     try:
         return ray.get(ref)
     except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, NNNError):
-            raise cause from None
-        raise
+        better = translate(exc, ray)
+        if better is None or better is exc:
+            raise
+        raise better from exc

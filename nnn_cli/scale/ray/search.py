@@ -31,6 +31,7 @@ def ray_search(
     storage_options: dict | None = None,
     num_cpus: int | None = None,
     init_kwargs: dict | None = None,
+    io_timeout: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery rows per query by ``q.r - b(r)`` (plain ``q.r`` when ``bias`` is None), as Ray
     tasks.  ``bias``: an array, a bias file or run folder/URL, or None.  Returns (scores, indices)."""
@@ -45,5 +46,5 @@ def ray_search(
         raise ParameterError(f"top_k must be >= 1, got {top_k}")
     b = None if bias is None else np.asarray(bias, dtype=np.float32)
     plan = search_plan(queries.n, gallery.n, block_rows, partition_rows)
-    scheduler = RayScheduler(address, gpus_per_task, max_retries, num_cpus, None, init_kwargs)
+    scheduler = RayScheduler(address, gpus_per_task, max_retries, num_cpus, None, init_kwargs, io_timeout=io_timeout)
     return run_search(queries, gallery, b, top_k, metric, plan, scheduler, gpus=bool(gpus_per_task), progress=progress)
