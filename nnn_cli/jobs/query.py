@@ -30,25 +30,12 @@ def query(
     :func:`~nnn_cli.embed.query.encoder_for_gallery`); ``backend``/``quantize`` override that with a warning."""
     notes = Notes(on_note)
     setup_threads(threads)
+    items = list(texts) if not isinstance(texts, str) else texts
     found = query_text(
-        list(texts) if not isinstance(texts, str) else texts,
-        gallery,
-        bias,
-        top_k,
-        model,
-        metric=metric,
-        device=device,
-        force=force,
-        backend=backend,
-        quantize=quantize,
-        notes=notes,
-    )
+        items, gallery, bias, top_k, model, metric=metric, device=device, force=force, backend=backend,
+        quantize=quantize, notes=notes,
+    )  # fmt: skip
     found = found if isinstance(found, list) else [found]
-    return JobResult(
-        {
-            "results": [r.to_dict() for r in found],
-            "debiased": bias is not None,
-            "model": found[0].model if found else model,
-        },
-        notes=notes.lines,
-    )
+    model_used = found[0].model if found else model
+    summary = {"results": [r.to_dict() for r in found], "debiased": bias is not None, "model": model_used}
+    return JobResult(summary, notes=notes.lines)

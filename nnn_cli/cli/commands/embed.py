@@ -207,5 +207,5 @@ def embed_cmd(
             raise typer.Exit(exit_code(exc)) from None
         raise
     if json_out and output != "-":
-        print_json({key: v for key, v in result.summary.items() if key not in ("message", "_summary")})
+        print_json({key: v for key, v in result.summary.items() if key != "message"})
     info(result.summary["message"], quiet)
