@@ -84,7 +84,13 @@ class InPlaceRequest:
         if not table:
             raise ParameterError("--in-place needs --table NAME (and --column, the vector column)")
         if options.get("reference_add") is not None:
-            if reference is not None or options.get("only_new") or alpha is not None or k is not None or params:
+            if (
+                reference is not None
+                or options.get("only_new")
+                or alpha is not None
+                or k is not None
+                or params is not None
+            ):
                 raise ParameterError(
                     "--reference-add on a store uses the recorded reference and parameters: drop -r, --only-new, "
                     "--alpha/--k/--params"
