@@ -11,11 +11,29 @@ from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
 from nnn_cli.jobs.common import EngineOptions, IndexOptions, JobResult
 from nnn_cli.jobs.embed import embed
 from nnn_cli.jobs.eval import EvalRequest, EvalResult, evaluate, run_evaluate
-from nnn_cli.jobs.export import export
+from nnn_cli.jobs.export import ExportRequest, ExportResult, export, run_export
 from nnn_cli.jobs.info import info
 from nnn_cli.jobs.query import query
 from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
-from nnn_cli.jobs.stores import bias_in_place, query_store, search_store, store_info, store_recall
+from nnn_cli.jobs.stores import (
+    InPlaceRequest,
+    InPlaceResult,
+    StoreQueryRequest,
+    StoreQueryResult,
+    StoreRecallRequest,
+    StoreRecallResult,
+    StoreSearchRequest,
+    StoreSearchResult,
+    bias_in_place,
+    query_store,
+    run_bias_in_place,
+    run_query_store,
+    run_search_store,
+    run_store_recall,
+    search_store,
+    store_info,
+    store_recall,
+)
 from nnn_cli.jobs.truth import truth_from_pairs
 from nnn_cli.jobs.tune import TuneJobResult, TuneRequest, run_tune, tune
 
@@ -53,4 +71,19 @@ __all__ = [
     "TuneRequest",
     "TuneJobResult",
     "run_tune",
+    "ExportRequest",
+    "ExportResult",
+    "run_export",
+    "InPlaceRequest",
+    "InPlaceResult",
+    "run_bias_in_place",
+    "StoreSearchRequest",
+    "StoreSearchResult",
+    "run_search_store",
+    "StoreRecallRequest",
+    "StoreRecallResult",
+    "run_store_recall",
+    "StoreQueryRequest",
+    "StoreQueryResult",
+    "run_query_store",
 ]
