@@ -38,7 +38,9 @@ def info_cmd(
     Reads headers and attributes only; never unpickles, never follows HDF5 links out of the file.
     """
     if table is not None:  # a vector store's table: its rows and recorded provenance (credentials masked)
-        store_desc = jobs.store_info(file, table, io_timeout=io_timeout, storage_options=store_options(store_option))
+        store_desc = jobs.store_info(
+            file, table, io_timeout=io_timeout, storage_options=store_options(store_option)
+        ).to_json()
         if json_out:
             print_json(store_desc)
         else:
