@@ -347,3 +347,46 @@ def test_reference_add_in_place_equals_whole_reference(tmp_path, hub_data, biase
         f"lancedb:{path}", "grow", "embedding", tmp_path, hub_data, file_bias,
         lambda: lancedb.connect(str(path)).open_table("grow").to_arrow().column("nnn_bias").to_numpy(),
     )  # fmt: skip
+
+
+def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data, biased):
+    """`nnn bias URI --in-place` commits through a pipeline Sink: a Sink by protocol, nothing visible before
+    commit, and the committed biases equal the bias file's."""
+    from nnn_cli.data.contracts import Sink
+    from nnn_cli.data.inputs import open_embeddings
+    from nnn_cli.data.stores import open_store
+    from nnn_cli.data.stores.common import closing
+    from nnn_cli.data.stores.records import Target, in_place_meta
+    from nnn_cli.data.stores.sink import StoreBiasSink
+    from nnn_cli.errors import ParameterError
+    from nnn_cli.jobs.common import IndexOptions
+    from nnn_cli.scale.pipeline import BiasParams
+    from nnn_cli.scale.runs import compute_bias
+    from nnn_cli.scale.scheduler import EngineOptions
+    from nnn_cli.scale.stores import _gallery
+
+    alpha, k = float(ALPHA), int(K)
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("docs", user_table(db, "docs", hub_data.gallery, range(120)))
+    r_src = open_embeddings(hub_files["reference"])
+    with closing(open_store(f"lancedb:{path}")) as store:
+        target = Target("docs")
+        ids, g_src = _gallery(store, target)
+        sink = StoreBiasSink(
+            store,
+            target,
+            ids,
+            g_src,
+            "cosine",
+            lambda: in_place_meta(None, store, target, g_src, r_src, alpha, k, "cosine"),
+        )
+        assert isinstance(sink, Sink) and not sink.remote_writes
+        with pytest.raises(ParameterError, match="--resume applies to run folders"):
+            sink.check(True)
+        sink.put_block(0, (0, 60), {"bias": np.zeros(60, np.float32), "topk": np.zeros((60, k), np.float32)})
+        assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").to_arrow().column_names
+        out = compute_bias(g_src, r_src, BiasParams(alpha, k, "cosine", True), sink, EngineOptions(), IndexOptions())
+    after = lancedb.connect(str(path)).open_table("docs").to_arrow()
+    assert np.allclose(after.column("nnn_bias").to_numpy(), h5py.File(biased)["bias"][:120], atol=1e-6)
+    assert np.allclose(out.bias, h5py.File(biased)["bias"][:120], atol=1e-6)

@@ -94,11 +94,11 @@ def compute_bias(
     if isinstance(sink, BiasFileSink):
         sink.provenance, sink.datasets = provenance, datasets
     t0 = time.perf_counter()
-    if blocked(engine, sink.target):
+    if blocked(engine, sink.target if sink.remote_writes else None):  # a sink written whole needs no run folder
         details = _blocked_bias(gallery, reference, params, sink, engine, index, threads, progress, note)
     else:
         details = _whole_bias(gallery, reference, params, sink, index, memory_budget, device, progress, note)
-    bias = sink.bias if isinstance(sink, BiasFileSink) else None
+    bias = None if sink.remote_writes else sink.bias  # gathered on the driver (a bias file, a store)
     return BiasOutcome(bias, time.perf_counter() - t0, details)
 
 

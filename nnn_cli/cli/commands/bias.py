@@ -244,8 +244,8 @@ def bias_cmd(
                 on_note=note,
             )
         if json_out:
-            print_json({key: v for key, v in store_result.summary.items() if key != "message"})
-        info(store_result.summary["message"], quiet)
+            print_json(store_result.to_json())
+        info(store_result.message, quiet)
         return
     with progress_bar("bias", quiet) as progress:
         result = jobs.bias(

@@ -237,7 +237,7 @@ def eval_cmd(
                 gallery_ids=gallery_ids,
                 io_timeout=io_timeout,
                 storage_options=store_options(store_option),
-            )
+            ).to_json()
         )
         if not json_out:
             from nnn_cli.cli.render import info as show

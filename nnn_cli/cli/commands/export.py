@@ -97,5 +97,5 @@ def export_cmd(
         on_note=note,
     )
     if json_out:
-        print_json({key: v for key, v in result.summary.items() if key != "message"})
-    info(result.summary["message"], quiet)
+        print_json(result.to_json())
+    info(result.message, quiet)

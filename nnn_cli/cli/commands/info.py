@@ -49,7 +49,7 @@ def info_cmd(
             raise ParameterError("--table describes one store: give one URI (FILE...)")
         store_desc = jobs.store_info(
             files[0], table, io_timeout=io_timeout, storage_options=store_options(store_option)
-        )
+        ).to_json()
         if json_out:
             print_json(store_desc)
         else:
