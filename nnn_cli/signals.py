@@ -136,7 +136,7 @@ def exit_process(code: int, say: Callable[[str], None]) -> NoReturn:
                 stream.flush()
         if check == 0:
             with contextlib.suppress(Exception):
-                atexit._run_exitcallbacks()  # type: ignore[attr-defined]  # what the teardown would have run (weakref.finalize, Ray)
+                atexit._run_exitfuncs()  # what the teardown would have run (weakref.finalize, Ray)
     os._exit(code)
 
 
