@@ -110,6 +110,10 @@ def _lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()]
 
 
+def _reset_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # ---------------------------------------------------------------- a shared cluster for the error tests
 @pytest.fixture(scope="module")
 def shared():
@@ -212,6 +216,7 @@ class SlowRun:
             text=True,
             env=env,
             cwd=REPO,
+            preexec_fn=_reset_sigint,  # a background job may inherit SIGINT ignored (nnn then keeps it ignored)
         )
         self.seen: dict[int, tuple[float, str]] = {}
 
