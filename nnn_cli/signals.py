@@ -36,6 +36,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 _received: int | None = None
+_reported = False  # the signal's one line was printed
 _defer_depth = 0
 _pending: int | None = None
 
@@ -90,6 +91,20 @@ def published_outputs() -> list[str]:
     return list(_published)
 
 
+def mark_reported() -> None:
+    """The line for the received signal has been printed: nobody says it again."""
+    global _reported
+    _reported = True
+
+
+def raise_if_unreported() -> None:
+    """Raise the received signal again if nobody has said its line yet: a signal that landed where a
+    library turned it into a bare exit code (Typer makes any ``KeyboardInterrupt`` a silent ``Exit(130)``,
+    e.g. one arriving while the command's context closes) still gets its line and 143/130."""
+    if _received is not None and not _reported:
+        _raise_for(_received)
+
+
 def raise_if_interrupted() -> None:
     """Raise again if SIGINT/SIGTERM arrived, even if its first exception was swallowed somewhere."""
     if _received is not None:
@@ -130,6 +145,7 @@ def exit_process(code: int, say: Callable[[str], None]) -> NoReturn:
             done = ", ".join(_published)
             what = "Terminated" if _received == signal.SIGTERM else "Interrupted"
             say(f"{what}; {done} was already written in full." if done else f"{what}; no output was written.")
+            mark_reported()
             code = EXIT_TERMINATED if _received == signal.SIGTERM else EXIT_INTERRUPTED
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

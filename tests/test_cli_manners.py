@@ -524,6 +524,49 @@ def test_query_text_that_is_not_utf8_is_one_line():
     assert "empty" in one_error_line(run("query", "fine", "  ", "-g", SAMPLE / "gallery.h5"))
 
 
+LATE_SIGNAL = """
+import os, signal, sys, time
+import typer
+import nnn_cli.cli.application as application
+from nnn_cli.cli.errors import NNNGroup, handle_errors
+
+app = typer.Typer(cls=NNNGroup, add_completion=False)
+
+
+@app.command()
+@handle_errors
+def late(ctx: typer.Context):
+    # the command has returned when the context closes: the signal lands outside handle_errors
+    ctx.call_on_close(lambda: (os.kill(os.getpid(), signal.SIG{name}), time.sleep(5)))
+
+
+@app.command()
+def other():
+    pass
+
+
+application.run = app
+sys.argv = ["nnn", "late"]
+from nnn_cli.cli import main
+
+main()
+"""
+
+
+@pytest.mark.parametrize("name, code, what", [("TERM", 143, "Terminated"), ("INT", 130, "Interrupted")])
+def test_a_signal_while_the_context_closes_gets_its_line_and_code(name, code, what):
+    """Typer turns a KeyboardInterrupt raised outside the command (here while its context closes) into a
+    silent exit 130; the signal's own line and code come back (CI once saw a bare 130 after SIGTERM)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LATE_SIGNAL.replace("{name}", name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (proc.returncode, proc.stderr) == (code, f"{what}; no output was written.\n")
+
+
 def test_a_signal_just_after_the_rename_still_gets_its_line(tmp_path):
     """SIGTERM sent the moment the output appears: never a silent death by the signal; 143 says the
     file is complete (and it is), 0 means the process had already ended."""

@@ -13,7 +13,7 @@ import sys
 
 def main() -> None:
     """Console entry point (``nnn``)."""
-    from nnn_cli.signals import Terminated, exit_code, exit_process, install_handlers, published_outputs
+    from nnn_cli.signals import Terminated, exit_code, exit_process, install_handlers, mark_reported, published_outputs
 
     def say(line: str) -> None:
         with contextlib.suppress(Exception):
@@ -23,6 +23,7 @@ def main() -> None:
         done = ", ".join(published_outputs())
         what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
         say(f"{what}; {done} was already written in full." if done else f"{what}; no output was written.")
+        mark_reported()
         return exit_code(exc)
 
     code = 1

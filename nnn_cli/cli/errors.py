@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - older Typer on the click package
 
 from nnn_cli.cli.render import drop_notes, err_console, flush_stdout, release_notes, silence_stdout
 from nnn_cli.errors import NNNError, ParameterError
-from nnn_cli.signals import Terminated, exit_code, published_outputs
+from nnn_cli.signals import Terminated, exit_code, mark_reported, published_outputs, raise_if_unreported
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -131,6 +131,7 @@ class NNNGroup(TyperGroup):
             rv = super().main(
                 args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
             )
+            raise_if_unreported()  # Typer turned a late signal into a silent 130: say it, with its own code
         except click_exceptions.NoArgsIsHelpError as exc:
             if not standalone_mode:
                 raise
@@ -153,6 +154,7 @@ class NNNGroup(TyperGroup):
         except typer.Abort:
             if not standalone_mode:
                 raise
+            raise_if_unreported()  # the signal's own line and code (143 for SIGTERM)
             err_console.print("Interrupted; no output was written.", markup=False, soft_wrap=True)
             sys.exit(130)
         if not standalone_mode:
@@ -186,6 +188,7 @@ def handle_errors(func: Callable) -> Callable:
             done = getattr(exc, "nnn_published", None) or ", ".join(published_outputs())
             tail = f"{done} was already written in full." if done else "no output was written."
             err_console.print(f"{what}; {tail}", markup=False, highlight=False, soft_wrap=True)
+            mark_reported()
             raise typer.Exit(exit_code(exc)) from None
         except MemoryError:
             fail("out of memory; use --memory-budget or smaller inputs", 1)
