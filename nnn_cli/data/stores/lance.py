@@ -25,6 +25,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    SearchEffort,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -357,7 +358,9 @@ class LanceStore:
         self._write(table, data, "overwrite")
 
     # -- queries ---------------------------------------------------------------------------
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits:
         store_metric = meta.get("store_metric", "ip")
         key = meta.get("id_column") or ID_COLUMN
         tbl = self._open(table)
@@ -366,13 +369,18 @@ class LanceStore:
         q = query_rows(queries, store_metric)
         has_row = ROW_COLUMN in tbl.schema.names
         select = [key] + ([ROW_COLUMN] if has_row else [])
-        res = (
+        builder = (
             tbl.search(list(q), vector_column_name=VECTOR_COLUMN)
             .distance_type("dot" if store_metric == "ip" else "l2")
             .limit(top_k)
             .select(select)
-            .to_arrow()
         )
+        effort = effort or SearchEffort()
+        if effort.exact:
+            builder = builder.bypass_vector_index()
+        elif effort.ef_search is not None:  # IVF partitions probed, and the HNSW candidate list (>= top-k)
+            builder = builder.nprobes(effort.ef_search).ef(max(effort.ef_search, top_k))
+        res = builder.to_arrow()
         qi = (
             np.asarray(res.column("query_index"))
             if "query_index" in res.column_names

@@ -23,6 +23,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    SearchEffort,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -355,7 +356,9 @@ class QdrantStore:
             raise
 
     # -- queries ----------------------------------------------------------------------------------
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits:
         m = self.m
         real = self._collection(table)
         params = self._vector_params(real)
@@ -369,8 +372,14 @@ class QdrantStore:
             )
         store_metric = "ip" if distance == m.Distance.DOT else "l2"
         q = query_rows(queries, store_metric)
+        effort = effort or SearchEffort()
+        knobs = None  # local mode always scans every point (and warns on stderr when given search params)
+        if not self.local and (effort.exact or effort.ef_search is not None):
+            knobs = m.SearchParams(hnsw_ef=effort.ef_search, exact=effort.exact)
         requests = [
-            m.QueryRequest(query=row.tolist(), using=VECTOR_COLUMN, limit=top_k, with_payload=[ID_FIELD, ROW_COLUMN])
+            m.QueryRequest(
+                query=row.tolist(), using=VECTOR_COLUMN, limit=top_k, params=knobs, with_payload=[ID_FIELD, ROW_COLUMN]
+            )
             for row in q
         ]
         answers = self.client.query_batch_points(real, requests)
