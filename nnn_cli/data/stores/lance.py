@@ -4,7 +4,9 @@ Rows move as Arrow columns.  Every write is one new table version (Lance commits
 a reader sees the old table or the new one): an export creates or overwrites the table, ``--append`` and
 in-place biases write the whole table back with the user's columns as the very Arrow arrays that were read
 (so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  The provenance is the
-schema metadata key ``nnn_meta``; the lock is a ``flock`` beside a local table (object stores: none).
+schema metadata key ``nnn_meta``.  The lock: a ``flock`` beside a local table; on ``s3://`` a lease object
+``.NAME.lance.lock`` taken with a conditional write (:mod:`nnn_cli.data.stores.objlock`, its limits there);
+other object stores (``gs://``, ``az://``): none, so run one writer at a time there.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class LanceStore:
         if not self.location:
             raise ParameterError("lancedb: needs a folder or URL, e.g. lancedb:./vectors or lancedb:s3://bucket/db")
         opts = {k: str(v) for k, v in (storage_options or {}).items()}
+        self._storage_options = dict(opts)  # the lock on s3:// talks to the same endpoint
         if not self.local:
             opts.setdefault("timeout", f"{max(1, math.ceil(self.io_timeout))}s")
             opts.setdefault("connect_timeout", f"{max(1, math.ceil(self.io_timeout))}s")
@@ -204,7 +207,15 @@ class LanceStore:
 
     @contextlib.contextmanager
     def lock(self, table: str, wait: float) -> Iterator[None]:
-        if not self.local:
+        if self.location.startswith(("s3://", "s3a://")):
+            from nnn_cli.data.stores.objlock import lock_key, s3_client, s3_lease_lock
+
+            bucket, key = lock_key(self.location, f"{table}.lance")
+            client = s3_client(self._storage_options, self.io_timeout)
+            with s3_lease_lock(client, bucket, key, wait, where(self, table)):
+                yield
+            return
+        if not self.local:  # gs://, az://, ...: no lock (see the module's docstring)
             yield
             return
         from pathlib import Path
