@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("lancedb")
@@ -147,3 +148,24 @@ def test_dead_holder_taken_over_after_a_lease_live_holder_never(s3):
         release.set()
         thread.join(timeout=30)
     assert not exists(client, key)
+
+
+def test_export_append_and_replace_wait_for_the_lock(s3, tmp_path, hub_files):
+    from nnn_cli.data.stores.lance import LanceStore
+    from nnn_cli.jobs.export import ExportRequest, run_export
+
+    uri = f"lancedb:s3://{BUCKET}/exp"
+    opts = cli_options(s3)
+    bias = tmp_path / "bias.npy"
+    np.save(bias, np.zeros(300, np.float32))
+    assert_ok(run("export", hub_files["gallery"], "--bias", bias, "--to", uri, "--table", "items", "--force", *opts))
+    with LanceStore(uri, 10, s3).lock("items", 0):
+        for mode in ("--replace", "--append"):
+            res = run("export", hub_files["gallery"], "--bias", bias, "--to", uri, "--table", "items", "--force",
+                      mode, "--wait", 1, *opts)  # fmt: skip
+            assert_clean_error(res, "another nnn run is writing", f"pid {os.getpid()}")
+        with pytest.raises(BusyError):
+            run_export(ExportRequest.build(hub_files["gallery"], bias, uri, table="items", force=True, replace=True,
+                                           storage_options=s3, wait=0.5))  # fmt: skip
+    assert_ok(run("export", hub_files["gallery"], "--bias", bias, "--to", uri, "--table", "items", "--force",
+                  "--replace", *opts))  # fmt: skip
