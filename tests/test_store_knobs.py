@@ -157,3 +157,30 @@ def test_pgvector_effort_and_exact(pg, case):
         "at most 1000",
         secret="s3cr3t-pa55",
     )
+
+
+def test_query_store_exact_and_effort(tmp_path):
+    """`nnn query --store` takes the same knobs: --exact equals `nnn query` on the files (tie-aware)."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("lancedb")
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    bias = tmp_path / "bias.h5"
+    assert_ok(
+        run("bias", sample / "gallery.h5", "-r", sample / "reference.h5", "--alpha", "0.75", "--k", 16, "-o", bias)
+    )
+    uri = f"lancedb:{tmp_path / 'db'}"
+    assert_ok(run("export", sample / "gallery.h5", "--bias", bias, "--to", uri, "--table", "docs", "--index", "ivf"))
+    text = "a text editor for the terminal"
+    plain = json.loads(assert_ok(run("query", text, "--gallery", sample / "gallery.h5", "--bias", bias, "-n", 5,
+                                     "--json")).stdout)  # fmt: skip
+    exact = json.loads(assert_ok(run("query", text, "--store", uri, "--table", "docs", "-n", 5, "--exact",
+                                     "--json")).stdout)  # fmt: skip
+    assert_same_ranking(
+        [[(r["id"], r["score"]) for r in exact["results"]]], [[(r["id"], r["score"]) for r in plain["results"]]]
+    )
+    some = json.loads(assert_ok(run("query", text, "--store", uri, "--table", "docs", "-n", 5, "--ef-search", 2,
+                                    "--json")).stdout)  # fmt: skip
+    assert len(some["results"]) == 5
+    assert_clean_error(run("query", text, "--store", uri, "--table", "docs", "--ef-search", 0), "--ef-search")
