@@ -106,7 +106,7 @@ EfSearchOpt = Annotated[
     typer.Option(
         "--ef-search",
         help="HNSW efSearch (default max(128, 2k), or tuned by --recall); with --store: the search effort of the "
-        "store's ANN index (pgvector hnsw.ef_search and ivfflat.probes, LanceDB nprobes and ef, Qdrant hnsw_ef).",
+        "store's ANN index (pgvector hnsw.ef_search and ivfflat.probes, LanceDB nprobes, ef and refine_factor, Qdrant hnsw_ef).",
     ),
 ]
 RecallOpt = Annotated[
@@ -392,7 +392,7 @@ StoreEfSearchOpt = Annotated[
     typer.Option(
         "--ef-search",
         help="With --store: the search effort of the store's ANN index (pgvector hnsw.ef_search and ivfflat.probes, "
-        "LanceDB nprobes and ef, Qdrant hnsw_ef); higher finds more of the exact top-k, slower. Default: the store's.",
+        "LanceDB nprobes, ef and refine_factor, Qdrant hnsw_ef); higher finds more of the exact top-k, slower. Default: the store's.",
     ),
 ]
 EfSearchListOpt = Annotated[

@@ -242,7 +242,8 @@ class SearchEffort:
     """How hard a store's ANN index searches (``--ef-search N``, ``--exact``); the default is the store's own.
 
     ``ef_search``: pgvector ``hnsw.ef_search`` (at least the top-k asked for, at most 1000) and
-    ``ivfflat.probes``, set with ``SET LOCAL`` in the search's transaction; LanceDB ``nprobes`` and ``ef``;
+    ``ivfflat.probes``, set with ``SET LOCAL`` in the search's transaction; LanceDB ``nprobes``, ``ef`` and
+    ``refine_factor``;
     Qdrant ``SearchParams(hnsw_ef=N)``.  ``exact``: the store scans every row (pgvector: index scans off in
     the transaction; LanceDB: ``bypass_vector_index``; Qdrant: ``exact=True``)."""
 

@@ -389,8 +389,11 @@ class LanceStore:
         effort = effort or SearchEffort()
         if effort.exact:
             builder = builder.bypass_vector_index()
-        elif effort.ef_search is not None:  # IVF partitions probed, and the HNSW candidate list (>= top-k)
-            builder = builder.nprobes(effort.ef_search).ef(max(effort.ef_search, top_k))
+        elif effort.ef_search is not None:
+            # IVF partitions probed, the HNSW candidate list (>= top-k), and N candidates re-ranked by their
+            # exact vectors (refine_factor): the scalar-quantised IVF_HNSW_SQ index otherwise caps the recall
+            ef = max(effort.ef_search, top_k)
+            builder = builder.nprobes(effort.ef_search).ef(ef).refine_factor(-(-ef // top_k))
         res = builder.to_arrow()
         qi = (
             np.asarray(res.column("query_index"))
