@@ -129,11 +129,11 @@ def test_dead_holder_taken_over_after_a_lease_live_holder_never(s3):
         body = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
         assert body["holder"].startswith(f"pid {os.getpid()} ")
     assert not exists(client, key)
-    # a live holder renews (every lease / 3): a waiter that waits longer than a lease still does not get it
+    # a live holder renews (every lease / 3 = 2 s): a waiter that waits longer than a lease still does not get it
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        with s3_lease_lock(s3_client(s3, 10), BUCKET, key, 10, "test", lease=3.0):
+        with s3_lease_lock(s3_client(s3, 10), BUCKET, key, 10, "test", lease=6.0):
             held.set()
             release.wait(60)
 
@@ -142,7 +142,7 @@ def test_dead_holder_taken_over_after_a_lease_live_holder_never(s3):
     try:
         assert held.wait(30)
         with pytest.raises(BusyError, match="another nnn run"):
-            with s3_lease_lock(client, BUCKET, key, 7, "test", lease=3.0):
+            with s3_lease_lock(client, BUCKET, key, 8, "test", lease=6.0):
                 pass
     finally:
         release.set()
