@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "stores"))  # pg_server: the test's Post
 from nnn_cli import jobs  # noqa: E402
 from nnn_cli.core.search import search as exact_search  # noqa: E402
 from nnn_cli.data.stores import open_store  # noqa: E402
-from nnn_cli.data.stores.common import WriteSpec, closing, nnn_rows  # noqa: E402
+from nnn_cli.data.stores.common import WriteSpec, closing, nnn_rows, search_effort  # noqa: E402
 
 ALPHA, K, TOP = 0.75, 16, 10
 
@@ -104,6 +104,24 @@ def bench_store(
     return row
 
 
+def effort_sweep(uri: str, q: np.ndarray, exact_ids: np.ndarray, efforts: list[int]) -> list[dict]:
+    """R@10 against exact NNN and p50 latency through the HNSW table ``bench_ann`` at each ``--ef-search``,
+    then with ``--exact`` (the store's scan of every row)."""
+    out = []
+    with closing(open_store(uri)) as store:
+        meta = store.read_meta("bench_ann")
+        assert meta is not None
+        for effort in [search_effort(e) for e in efforts] + [search_effort(exact=True)]:
+            lat, hits = [], []
+            for i in range(len(q)):
+                h, dt = timed(lambda: store.search("bench_ann", q[i : i + 1], TOP, meta, effort))
+                lat.append(dt)
+                hits.append(list(h.ids[0]) + [""] * (TOP - len(h.ids[0])))
+            recall = float(np.mean([len(set(hits[i]) & set(exact_ids[i])) / TOP for i in range(len(q))]))
+            out.append({**effort.to_json(), "recall_at_10": recall, "p50_ms": 1000 * float(np.percentile(lat, 50))})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -111,6 +129,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--reference", type=int, default=20_000)
     ap.add_argument("--stores", default="pgvector,lancedb,qdrant")
+    ap.add_argument("--efforts", default="10,20,40,80,160,400", help="--ef-search values swept (then --exact)")
     args = ap.parse_args()
     os.environ.setdefault("LANCEDB_LOG", "error")
     tmp = Path(tempfile.mkdtemp(prefix="nnn-bench-stores-"))
@@ -142,6 +161,7 @@ def main() -> None:
             else:
                 raise SystemExit(f"unknown store {kind!r}")
             rows.append(bench_store(kind, uri, files, q, exact_ids, g, b))
+            rows[-1]["sweep"] = effort_sweep(uri, q, exact_ids, [int(e) for e in args.efforts.split(",") if e])
             if server is not None:
                 server.stop()
                 server = None
@@ -160,6 +180,12 @@ def main() -> None:
             f"{row['store']:9} {row['export_rows_per_s']:13,.0f} {row['sink_rows_per_s']:11,.0f} {row['in_place_s']:10.2f} {row['export_with_index_s']:14.2f} "
             f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['recall_at_10']:13.3f}"
         )
+    print("\nR@10 vs exact (p50 ms) through the hnsw index by search effort (--ef-search N; exact: --exact):")
+    labels = [("exact" if e["exact"] else str(e["ef_search"])) for e in (rows[0]["sweep"] if rows else [])]
+    print(f"{'store':9} " + " ".join(f"{label:>15}" for label in labels))
+    for row in rows:
+        cells = [f"{e['recall_at_10']:.3f} ({e['p50_ms']:.1f})" for e in row["sweep"]]
+        print(f"{row['store']:9} " + " ".join(f"{c:>15}" for c in cells))
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "stores.json").write_text(

@@ -102,7 +102,12 @@ NprobeOpt = Annotated[
     Optional[int], typer.Option("--nprobe", help="IVF lists probed per query (default 32, or tuned by --recall).")
 ]
 EfSearchOpt = Annotated[
-    Optional[int], typer.Option("--ef-search", help="HNSW efSearch (default max(128, 2k), or tuned by --recall).")
+    Optional[int],
+    typer.Option(
+        "--ef-search",
+        help="HNSW efSearch (default max(128, 2k), or tuned by --recall); with --store: the search effort of the "
+        "store's ANN index (pgvector hnsw.ef_search and ivfflat.probes, LanceDB nprobes, ef and refine_factor, Qdrant hnsw_ef).",
+    ),
 ]
 RecallOpt = Annotated[
     Optional[float],
@@ -379,6 +384,30 @@ StoreOptionOpt = Annotated[
     typer.Option(
         "--store-option",
         help="Object-store option for lancedb:s3://... KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9000.",
+    ),
+]
+
+StoreEfSearchOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--ef-search",
+        help="With --store: the search effort of the store's ANN index (pgvector hnsw.ef_search and ivfflat.probes, "
+        "LanceDB nprobes, ef and refine_factor, Qdrant hnsw_ef); higher finds more of the exact top-k, slower. Default: the store's.",
+    ),
+]
+EfSearchListOpt = Annotated[
+    Optional[list[int]],
+    typer.Option(
+        "--ef-search",
+        help="With --store: the search effort of the store's ANN index (see `nnn search --help`); repeat it "
+        "(--ef-search 10 --ef-search 100) to measure R@K at each effort.",
+    ),
+]
+ExactOpt = Annotated[
+    bool,
+    typer.Option(
+        "--exact",
+        help="With --store: ask the store to scan every row instead of its ANN index (the exact debiased top-k).",
     ),
 ]
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnn_cli.data.h5 import create_h5, is_h5_path, set_attrs, write_strings
 from nnn_cli.data.outputs import atomic_output
-from nnn_cli.errors import ParameterError
+from nnn_cli.errors import InputError, ParameterError
 
 
 # ---------------------------------------------------------------------------
@@ -70,7 +70,18 @@ def write_jsonl(
     ids: np.ndarray | None,
     query_ids: np.ndarray | None,
 ) -> None:
-    """JSON lines to a text stream (flushed), or atomically to a file."""
+    """JSON lines to a text stream (flushed), or atomically to a file.  Scores that overflowed float32
+    (``inf`` under ``--metric ip`` with huge rows) are refused before anything is written: JSON has no
+    Infinity, and a line with it would break every reader."""
+    bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+    if bad.any():
+        qi, rank = (int(v) for v in np.argwhere(bad)[0])
+        where = "-o -" if hasattr(output, "write") else str(output)
+        raise InputError(
+            f"{where}: query {qi}'s rank-{rank + 1} score is {float(np.asarray(scores)[qi, rank])} (the inner products "
+            "overflow float32; rows this large come from unnormalised data under --metric ip): JSON cannot hold it; "
+            "scale the embeddings down, use --metric cosine, or write -o FILE.h5"
+        )
     lines = jsonl_lines(scores, idx, ids, query_ids)
     if hasattr(output, "write"):
         stream = cast(TextIO, output)

@@ -9,10 +9,12 @@ are built and written by :func:`nnn_cli.scale.stores.write_export`, whatever the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.stores import open_store
 from nnn_cli.data.stores.common import check_index_kind, check_store_metric, closing
 from nnn_cli.data.stores.records import read_columns
@@ -39,6 +41,7 @@ class ExportRequest:
     force: bool = False
     io_timeout: Optional[float] = None
     storage_options: Optional[dict] = None
+    wait: float = DEFAULT_WAIT  # for another writer of an existing table (the store's lock)
 
     @classmethod
     def build(cls, gallery: PathLike, bias: PathLike, to: str, *, replace: bool = False, append: bool = False,
@@ -89,7 +92,11 @@ def run_export(req: ExportRequest, *, on_note: NoteFn | None = None) -> ExportRe
     spec = {"mode": req.mode, "index": req.index, "store_metric": req.store_metric, "metric": req.metric,
             "model": _model_attrs(g_src)}  # fmt: skip
     with closing(open_store(req.to, io_timeout=req.io_timeout, storage_options=req.storage_options)) as store:
-        meta = write_export(store, req.table, g_src, bf.bias, spec, bf.attrs, extra)
+        # an existing table is read (--append) or rewritten under the store's writers' lock; a new one is
+        # created whole or refused by the store itself
+        exists = req.mode == "append" or store.exists(req.table)
+        with store.lock(req.table, req.wait) if exists else contextlib.nullcontext():
+            meta = write_export(store, req.table, g_src, bf.bias, spec, bf.attrs, extra)
         label = store.label
     doc = {"store": label, "table": req.table, "mode": req.mode, "rows": g_src.n, "n_gallery": meta["n_gallery"],
            "dim": g_src.dim, "store_metric": meta["store_metric"], "index": req.index, "alpha": meta.get("alpha"),

@@ -23,7 +23,7 @@ from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.results import write_jsonl
 from nnn_cli.data.stores import open_store
-from nnn_cli.data.stores.common import BIAS_COLUMN, StoreHits, VectorStore, closing
+from nnn_cli.data.stores.common import BIAS_COLUMN, SearchEffort, StoreHits, VectorStore, closing, search_effort
 from nnn_cli.data.stores.records import Target, check_dim, checked_meta, describe, hit_rows
 from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.jobs.common import (
@@ -191,13 +191,14 @@ def _in_place_message(label: str, table: str, operation: str, out: InPlaceOutcom
 
 
 def store_hits(
-    ref: StoreRef, queries: np.ndarray, top_k: int, metric: str, force: bool, dim_of: str
-) -> tuple[StoreHits, dict, str]:
+    ref: StoreRef, queries: np.ndarray, top_k: int, metric: str, force: bool, dim_of: str,
+    effort: SearchEffort = SearchEffort(),
+) -> tuple[StoreHits, dict, str]:  # fmt: skip
     """The store's answer for prepared query rows, after the stale guard and the dimension check."""
     with closing(ref.open()) as store:
         meta = checked_meta(store, ref.table, metric, force)
         check_dim(meta, int(queries.shape[1]), dim_of, f"{store.label} table {ref.table!r}")
-        return store.search(ref.table, queries, top_k, meta), meta, store.label
+        return store.search(ref.table, queries, top_k, meta, effort), meta, store.label
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,13 @@ class StoreSearchRequest:
     metric: str = "cosine"
     force: bool = False
     query_ids: Optional[str] = None
+    effort: SearchEffort = SearchEffort()  # --ef-search / --exact
 
     @classmethod
     def build(cls, queries: PathLike, store_uri: str, output: PathLike, *, table: str = "", top_k: int = 10,
-              io_timeout: float | None = None, storage_options: dict | None = None,
-              **options: Any) -> StoreSearchRequest:  # fmt: skip
+              io_timeout: float | None = None, storage_options: dict | None = None, ef_search: Optional[int] = None,
+              exact: bool = False, **options: Any) -> StoreSearchRequest:  # fmt: skip
+        effort = search_effort(ef_search, exact)
         if top_k < 1:
             raise ParameterError(f"--top-k must be >= 1, got {top_k}")
         if str(output) != "-":
@@ -224,7 +227,8 @@ class StoreSearchRequest:
             check_output_path(output, [queries], (".jsonl",), "results output")
         ids = options.pop("query_ids", None)
         ref = store_ref(store_uri, table, io_timeout, storage_options)
-        return cls(os.fspath(queries), ref, str(output), top_k, query_ids=None if ids is None else str(ids), **options)
+        return cls(os.fspath(queries), ref, str(output), top_k, query_ids=None if ids is None else str(ids),
+                   effort=effort, **options)  # fmt: skip
 
 
 @dataclass
@@ -240,10 +244,11 @@ class StoreSearchResult:
     store_metric: str
     message: str
     notes: list[str] = field(default_factory=list)
+    effort: SearchEffort = SearchEffort()
 
     def to_json(self) -> dict:
         keys = ("output", "store", "table", "n_queries", "top_k", "metric", "store_metric")
-        return {key: getattr(self, key) for key in keys}
+        return {**{key: getattr(self, key) for key in keys}, **self.effort.to_json()}
 
     @property
     def summary(self) -> dict:
@@ -272,13 +277,15 @@ def run_search_store(
     if req.output == "-" and stream is None:
         raise ParameterError("output '-' needs a stream to write the JSON lines to")
     q_src = open_source(req.queries, "queries", notes, req.query_ids)
-    hits, meta, label = store_hits(req.store, q_src.read(req.metric), req.top_k, req.metric, req.force, q_src.name)
+    hits, meta, label = store_hits(
+        req.store, q_src.read(req.metric), req.top_k, req.metric, req.force, q_src.name, req.effort
+    )
     sink: TextIO | str = req.output if stream is None or req.output != "-" else stream
     write_jsonl(sink, hits.scores, hits.rows, hits.ids, q_src.ids())
     top = int(hits.ids.shape[1])
     message = f"searched {label} table {req.store.table!r} for {q_src.n} queries (top-{top}, debiased)"
     return StoreSearchResult(req.output, label, req.store.table, q_src.n, top, req.metric,
-                             meta.get("store_metric", "ip"), message, notes.lines)  # fmt: skip
+                             meta.get("store_metric", "ip"), message, notes.lines, req.effort)  # fmt: skip
 
 
 @dataclass
@@ -312,32 +319,49 @@ class StoreRecallRequest:
     force: bool = False
     query_ids: Optional[str] = None
     gallery_ids: Optional[str] = None
+    efforts: tuple[SearchEffort, ...] = (SearchEffort(),)  # one measurement each: R@K against search effort
 
 
 @dataclass
 class StoreRecallResult:
-    """Recall@1/5/10 through the store's own index; :meth:`to_json` is what `nnn eval --json` adds."""
+    """Recall@1/5/10 through the store's own index; :meth:`to_json` is what `nnn eval --json` adds.
+    ``recall``/``seconds``/``effort`` are the last effort measured; ``sweep`` has one entry per effort."""
 
     recall: dict
     store: str
     table: str
     store_metric: Any
     seconds: float
+    effort: SearchEffort = SearchEffort()
+    sweep: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        about = {"uri": self.store, "table": self.table, "kind": self.store_metric, "query_seconds": self.seconds}
+        about = {"uri": self.store, "table": self.table, "kind": self.store_metric, "query_seconds": self.seconds,
+                 **self.effort.to_json()}  # fmt: skip
+        if len(self.sweep) > 1:
+            about["sweep"] = self.sweep
         return {"nnn_store": self.recall, "store": about}
 
 
 def store_recall(
     queries: PathLike, gallery: PathLike, truth: PathLike, store_uri: str, *, table: str = "",
-    io_timeout: float | None = None, storage_options: dict | None = None, **options: Any,
+    io_timeout: float | None = None, storage_options: dict | None = None,
+    ef_search: int | list[int] | tuple[int, ...] | None = None, exact: bool = False, **options: Any,
 ) -> StoreRecallResult:  # fmt: skip
     """Recall@1/5/10 of the debiased ranking the store's own index returns (its ANN index, where it has one),
-    to set beside exact NNN: what the index costs.  ``options``: :class:`StoreRecallRequest`'s fields."""
+    to set beside exact NNN: what the index costs.  ``ef_search``: one search effort or several (one
+    measurement each, in the order given: R@K against effort); ``exact``: the store's exact scan.
+    ``options``: :class:`StoreRecallRequest`'s fields."""
     paths = {key: (None if v is None else os.fspath(v)) for key, v in options.items() if key.endswith("_ids")}
     ref = store_ref(store_uri, table, io_timeout, storage_options)
-    req = StoreRecallRequest(os.fspath(queries), os.fspath(gallery), os.fspath(truth), ref, **{**options, **paths})
+    if ef_search is None or isinstance(ef_search, int):
+        efforts: tuple[SearchEffort, ...] = (search_effort(ef_search, exact),)
+    else:
+        if not ef_search:
+            raise ParameterError("--ef-search needs at least one value")
+        efforts = tuple(search_effort(e, exact) for e in ef_search)
+    req = StoreRecallRequest(os.fspath(queries), os.fspath(gallery), os.fspath(truth), ref,
+                             **{**options, **paths, "efforts": efforts})  # fmt: skip
     return run_store_recall(req)
 
 
@@ -351,15 +375,20 @@ def run_store_recall(req: StoreRecallRequest) -> StoreRecallResult:
     g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids)
     check_same_dim(q_src, g_src)
     tr = read_truth(req.truth, q_src.n, g_src.n, q_src.ids(), g_src.ids())
-    t0 = time.perf_counter()
-    hits, meta, label = store_hits(req.store, q_src.read(req.metric), 10, req.metric, req.force, q_src.name)
-    seconds = round(time.perf_counter() - t0, 3)
-    place = f"{label} table {req.store.table!r}"
-    if int(meta.get("n_gallery", g_src.n)) != g_src.n:
-        raise MismatchError(f"{place}: holds {meta['n_gallery']} rows, {g_src.name} has {g_src.n}")
-    rows = hit_rows(hits.rows, hits.ids, g_src.ids(), g_src.name, place)
-    ks = tuple(k for k in (1, 5, 10) if k <= rows.shape[1])
-    return StoreRecallResult(recall_from_topk(rows, tr, ks), label, req.store.table, meta.get("store_metric"), seconds)
+    queries = q_src.read(req.metric)
+    sweep: list[dict] = []
+    for effort in req.efforts:
+        t0 = time.perf_counter()
+        hits, meta, label = store_hits(req.store, queries, 10, req.metric, req.force, q_src.name, effort)
+        seconds = round(time.perf_counter() - t0, 3)
+        place = f"{label} table {req.store.table!r}"
+        if int(meta.get("n_gallery", g_src.n)) != g_src.n:
+            raise MismatchError(f"{place}: holds {meta['n_gallery']} rows, {g_src.name} has {g_src.n}")
+        rows = hit_rows(hits.rows, hits.ids, g_src.ids(), g_src.name, place)
+        ks = tuple(k for k in (1, 5, 10) if k <= rows.shape[1])
+        recall = recall_from_topk(rows, tr, ks)
+        sweep.append({**effort.to_json(), **recall, "query_seconds": seconds})
+    return StoreRecallResult(recall, label, req.store.table, meta.get("store_metric"), seconds, effort, sweep)
 
 
 @dataclass(frozen=True)
@@ -373,6 +402,7 @@ class StoreQueryRequest:
     metric: str = "cosine"
     device: str = "auto"
     force: bool = False
+    effort: SearchEffort = SearchEffort()  # --ef-search / --exact
 
 
 @dataclass
@@ -392,14 +422,15 @@ class StoreQueryResult:
 
 def query_store(
     texts: str | list[str], store_uri: str, *, table: str = "", io_timeout: float | None = None,
-    storage_options: dict | None = None, **options: Any,
+    storage_options: dict | None = None, ef_search: Optional[int] = None, exact: bool = False, **options: Any,
 ) -> StoreQueryResult:  # fmt: skip
     """Embed with the model the store records (or ``model``) and rank through the store's own search."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     if not texts or any(not str(t).strip() for t in texts):
         raise ParameterError("give a non-empty query text")
+    effort = search_effort(ef_search, exact)
     ref = store_ref(store_uri, table, io_timeout, storage_options)
-    return run_query_store(StoreQueryRequest(tuple(str(t) for t in texts), ref, **options))
+    return run_query_store(StoreQueryRequest(tuple(str(t) for t in texts), ref, effort=effort, **options))
 
 
 def run_query_store(req: StoreQueryRequest) -> StoreQueryResult:
@@ -416,7 +447,7 @@ def run_query_store(req: StoreQueryRequest) -> StoreQueryResult:
         check_dim(
             meta, int(vectors.shape[1]), f"model {encoder.name} gives", f"{store.label} table {req.store.table!r}"
         )
-        hits = store.search(req.store.table, vectors, req.top_k, meta)
+        hits = store.search(req.store.table, vectors, req.top_k, meta, req.effort)
     return StoreQueryResult([_ranking(t, encoder.name, hits, i) for i, t in enumerate(req.texts)], encoder.name)
 
 

@@ -14,6 +14,8 @@ from nnn_cli.cli.options import (
     BiasFileOpt,
     BiasReferenceOpt,
     BlockOpt,
+    EfSearchListOpt,
+    ExactOpt,
     ForceOpt,
     GalleryIdsColumnOpt,
     GalleryIdsOpt,
@@ -169,6 +171,8 @@ def eval_cmd(
     table: TableOpt = None,
     io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
+    ef_search: EfSearchListOpt = None,
+    exact: ExactOpt = False,
 ) -> None:
     """Recall@1/5/10 (percent) and hubness, **baseline and NNN side by side**.
 
@@ -182,7 +186,11 @@ def eval_cmd(
     `--bootstrap N` adds 95% intervals ("R@1_ci"...); `--plots`/`--report`
     draw the hubness histogram and write an HTML page.
     """
-    store_only(store is not None, "--store URI", {"--table": table, "--store-option": store_option})
+    store_only(
+        store is not None,
+        "--store URI",
+        {"--table": table, "--store-option": store_option, "--ef-search": ef_search, "--exact": exact or None},
+    )
     note = note_printer(quiet or json_out)
     block_note = block_size_note(block_size)
     if block_note:
@@ -237,13 +245,24 @@ def eval_cmd(
                 gallery_ids=gallery_ids,
                 io_timeout=io_timeout,
                 storage_options=store_options(store_option),
+                ef_search=ef_search,
+                exact=exact,
             ).to_json()
         )
         if not json_out:
             from nnn_cli.cli.render import info as show
 
-            recalls = ", ".join(f"{key} {value:.2f}" for key, value in result["nnn_store"].items())
-            show(f"NNN through {result['store']['uri']} table {table!r}: {recalls}", False)
+            about = result["store"]
+            for row in about.get("sweep") or [{**about, **result["nnn_store"]}]:
+                recalls = ", ".join(f"{key} {row[key]:.2f}" for key in result["nnn_store"])
+                effort = (
+                    " (exact scan)"
+                    if row["exact"]
+                    else f" (--ef-search {row['ef_search']})"
+                    if row["ef_search"]
+                    else ""
+                )
+                show(f"NNN through {about['uri']} table {table!r}{effort}: {recalls}", False)
     if json_out:
         print_json(result)
     elif {"baseline", "nnn"} <= set(result) and not bootstrap and not any(m in result for m in comparison_methods()):

@@ -18,6 +18,7 @@ from nnn_cli.cli.options import (
     MetricOpt,
     QuietOpt,
     StoreOptionOpt,
+    WaitOpt,
     store_options,
 )
 from nnn_cli.cli.render import info, note_printer, print_json
@@ -68,6 +69,7 @@ def export_cmd(
     force: ForceOpt = False,
     io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
+    wait: WaitOpt = 10.0,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -94,6 +96,7 @@ def export_cmd(
         force=force,
         io_timeout=io_timeout,
         storage_options=store_options(store_option),
+        wait=wait,
         on_note=note,
     )
     if json_out:

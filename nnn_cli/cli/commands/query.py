@@ -12,11 +12,13 @@ from nnn_cli.cli.options import (
     DEVICE_DEFAULT,
     BiasFileOpt,
     DeviceOpt,
+    ExactOpt,
     ForceOpt,
     IoTimeoutOpt,
     JsonOpt,
     Metric,
     MetricOpt,
+    StoreEfSearchOpt,
     StoreOpt,
     StoreOptionOpt,
     TableOpt,
@@ -56,6 +58,8 @@ def query_cmd(
     table: TableOpt = None,
     io_timeout: IoTimeoutOpt = None,
     store_option: StoreOptionOpt = None,
+    ef_search: StoreEfSearchOpt = None,
+    exact: ExactOpt = False,
     backend: Annotated[
         Optional[str],
         typer.Option(
@@ -76,7 +80,11 @@ def query_cmd(
             raise ParameterError(f"query text {i} is not valid UTF-8 text (TEXT)") from None
         if not text.strip():
             raise ParameterError(f"query text {i} is empty (TEXT)")
-    store_only(store is not None, "--store URI", {"--table": table, "--store-option": store_option})
+    store_only(
+        store is not None,
+        "--store URI",
+        {"--table": table, "--store-option": store_option, "--ef-search": ef_search, "--exact": exact or None},
+    )
     if store is not None:
         if gallery is not None or bias is not None:
             fail("--store ranks through the store's table: drop --gallery and --bias")
@@ -92,6 +100,8 @@ def query_cmd(
             force=force,
             io_timeout=io_timeout,
             storage_options=store_options(store_option),
+            ef_search=ef_search,
+            exact=exact,
         ).summary
         if json_out:
             print_json_lines(result["results"])

@@ -17,6 +17,7 @@ from nnn_cli.cli.options import (
     DeviceOpt,
     EfSearchOpt,
     EngineOpt,
+    ExactOpt,
     ForceOpt,
     GalleryIdsColumnOpt,
     GalleryIdsOpt,
@@ -123,6 +124,7 @@ def search_cmd(
     store: StoreOpt = None,
     table: TableOpt = None,
     store_option: StoreOptionOpt = None,
+    exact: ExactOpt = False,
 ) -> None:
     """Top-N gallery items per query by the **debiased score s(q, r) - b(r)**.
 
@@ -136,10 +138,16 @@ def search_cmd(
         note(block_size_note(block_size))
     if not output:
         fail("missing option (--output): give -o RESULTS (.h5/.npz/.jsonl) or -o - for JSON lines")
-    store_only(store is not None, "--store URI", {"--table": table, "--store-option": store_option})
+    store_only(
+        store is not None,
+        "--store URI",
+        {"--table": table, "--store-option": store_option, "--exact": exact or None},
+    )
     if store is not None:
         if gallery is not None or bias is not None:
             fail("--store searches the store's table: drop --gallery and --bias")
+        if nlist is not None or nprobe is not None or recall is not None:
+            fail("--nlist/--nprobe/--recall tune nnn's own index: with --store use --ef-search N or --exact")
         store_result = jobs.search_store(
             queries,
             store,
@@ -152,6 +160,8 @@ def search_cmd(
             query_ids=query_ids,
             io_timeout=io_timeout,
             storage_options=store_options(store_option),
+            ef_search=ef_search,
+            exact=exact,
             on_note=note,
         )
         info(store_result.summary["message"], quiet)

@@ -234,6 +234,38 @@ class StoreHits:
     scores: np.ndarray
 
 
+MAX_EF_SEARCH = 100_000
+
+
+@dataclass(frozen=True)
+class SearchEffort:
+    """How hard a store's ANN index searches (``--ef-search N``, ``--exact``); the default is the store's own.
+
+    ``ef_search``: pgvector ``hnsw.ef_search`` (at least the top-k asked for, at most 1000) and
+    ``ivfflat.probes``, set with ``SET LOCAL`` in the search's transaction; LanceDB ``nprobes``, ``ef`` and
+    ``refine_factor``;
+    Qdrant ``SearchParams(hnsw_ef=N)``.  ``exact``: the store scans every row (pgvector: index scans off in
+    the transaction; LanceDB: ``bypass_vector_index``; Qdrant: ``exact=True``)."""
+
+    ef_search: int | None = None
+    exact: bool = False
+
+    def to_json(self) -> dict:
+        return {"ef_search": self.ef_search, "exact": self.exact}
+
+
+def search_effort(ef_search: int | None = None, exact: bool = False) -> SearchEffort:
+    """A checked :class:`SearchEffort` (one-line :class:`ParameterError` for a bad value or combination)."""
+    if ef_search is not None:
+        if isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)):
+            raise ParameterError(f"--ef-search must be a whole number, got {ef_search!r}")
+        if not 1 <= int(ef_search) <= MAX_EF_SEARCH:
+            raise ParameterError(f"--ef-search must be between 1 and {MAX_EF_SEARCH}, got {ef_search}")
+        if exact:
+            raise ParameterError("--exact scans every row without the index: drop --ef-search (or --exact)")
+    return SearchEffort(None if ef_search is None else int(ef_search), bool(exact))
+
+
 @dataclass
 class WriteSpec:
     """What an export writes: ids, the plain vectors, biases, ``[r, b]`` (or its L2 form), extra columns."""
@@ -275,7 +307,9 @@ class VectorStore(Protocol):
         topk: np.ndarray | None,
         meta: dict,
     ) -> None: ...
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits: ...
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits: ...
     def lock(self, table: str, wait: float) -> contextlib.AbstractContextManager[Any]: ...
 
 

@@ -4,7 +4,9 @@ Rows move as Arrow columns.  Every write is one new table version (Lance commits
 a reader sees the old table or the new one): an export creates or overwrites the table, ``--append`` and
 in-place biases write the whole table back with the user's columns as the very Arrow arrays that were read
 (so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  The provenance is the
-schema metadata key ``nnn_meta``; the lock is a ``flock`` beside a local table (object stores: none).
+schema metadata key ``nnn_meta``.  The lock: a ``flock`` beside a local table; on ``s3://`` a lease object
+``.NAME.lance.lock`` taken with a conditional write (:mod:`nnn_cli.data.stores.objlock`, its limits there);
+other object stores (``gs://``, ``az://``): none, so run one writer at a time there.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    SearchEffort,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -77,6 +80,7 @@ class LanceStore:
         if not self.location:
             raise ParameterError("lancedb: needs a folder or URL, e.g. lancedb:./vectors or lancedb:s3://bucket/db")
         opts = {k: str(v) for k, v in (storage_options or {}).items()}
+        self._storage_options = dict(opts)  # the lock on s3:// talks to the same endpoint
         if not self.local:
             opts.setdefault("timeout", f"{max(1, math.ceil(self.io_timeout))}s")
             opts.setdefault("connect_timeout", f"{max(1, math.ceil(self.io_timeout))}s")
@@ -203,7 +207,15 @@ class LanceStore:
 
     @contextlib.contextmanager
     def lock(self, table: str, wait: float) -> Iterator[None]:
-        if not self.local:
+        if self.location.startswith(("s3://", "s3a://")):
+            from nnn_cli.data.stores.objlock import lock_key, s3_client, s3_lease_lock
+
+            bucket, key = lock_key(self.location, f"{table}.lance")
+            client = s3_client(self._storage_options, self.io_timeout)
+            with s3_lease_lock(client, bucket, key, wait, where(self, table)):
+                yield
+            return
+        if not self.local:  # gs://, az://, ...: no lock (see the module's docstring)
             yield
             return
         from pathlib import Path
@@ -357,7 +369,9 @@ class LanceStore:
         self._write(table, data, "overwrite")
 
     # -- queries ---------------------------------------------------------------------------
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits:
         store_metric = meta.get("store_metric", "ip")
         key = meta.get("id_column") or ID_COLUMN
         tbl = self._open(table)
@@ -366,13 +380,21 @@ class LanceStore:
         q = query_rows(queries, store_metric)
         has_row = ROW_COLUMN in tbl.schema.names
         select = [key] + ([ROW_COLUMN] if has_row else [])
-        res = (
+        builder = (
             tbl.search(list(q), vector_column_name=VECTOR_COLUMN)
             .distance_type("dot" if store_metric == "ip" else "l2")
             .limit(top_k)
             .select(select)
-            .to_arrow()
         )
+        effort = effort or SearchEffort()
+        if effort.exact:
+            builder = builder.bypass_vector_index()
+        elif effort.ef_search is not None:
+            # IVF partitions probed, the HNSW candidate list (>= top-k), and N candidates re-ranked by their
+            # exact vectors (refine_factor): the scalar-quantised IVF_HNSW_SQ index otherwise caps the recall
+            ef = max(effort.ef_search, top_k)
+            builder = builder.nprobes(effort.ef_search).ef(ef).refine_factor(-(-ef // top_k))
+        res = builder.to_arrow()
         qi = (
             np.asarray(res.column("query_index"))
             if "query_index" in res.column_names

@@ -24,6 +24,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    SearchEffort,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -51,6 +52,7 @@ EMBED_COLUMN = "embedding"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
 _FLOAT4_OID = 700
+PG_MAX_EF_SEARCH = 1000  # pgvector's range for hnsw.ef_search
 
 
 def _psycopg():
@@ -597,7 +599,25 @@ class PgVectorStore:
             self._write_meta(table, meta)
 
     # -- queries ----------------------------------------------------------------------------
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+    def _effort_settings(self, effort: SearchEffort, top_k: int) -> list[tuple[str, str]]:
+        """The ``SET LOCAL`` settings for ``effort``: ``hnsw.ef_search`` (at least ``top_k``: an HNSW scan
+        returns at most ef rows) and ``ivfflat.probes``; ``--exact`` turns index scans off, so the planner
+        scans and sorts every row."""
+        if effort.exact:
+            return [("enable_indexscan", "off"), ("enable_bitmapscan", "off")]
+        if effort.ef_search is None:
+            return []
+        ef = max(effort.ef_search, top_k)
+        if ef > PG_MAX_EF_SEARCH:
+            raise ParameterError(
+                f"--ef-search {ef}{' (raised to --top-k)' if ef > effort.ef_search else ''}: pgvector's "
+                f"hnsw.ef_search allows at most {PG_MAX_EF_SEARCH}"
+            )
+        return [("hnsw.ef_search", str(ef)), ("ivfflat.probes", str(effort.ef_search))]
+
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits:
         sql = self._sql
         store_metric = meta.get("store_metric", "ip")
         key = meta.get("id_column") or ID_COLUMN
@@ -620,12 +640,21 @@ class PgVectorStore:
         rows = np.full((len(q), top_k), -1, dtype=np.int64)
         dist = np.full((len(q), top_k), np.nan, dtype=np.float64)
         got = top_k
-        for i, vec in enumerate(q):
-            text = "[" + ",".join(repr(float(x)) for x in vec) + "]"
-            res = self.conn.execute(query, (text, text, top_k)).fetchall()
-            got = min(got, len(res))
-            for j, (ident, row, dval) in enumerate(res):
-                ids[i, j], rows[i, j], dist[i, j] = ident, row, dval
+        settings = self._effort_settings(effort or SearchEffort(), top_k)
+        try:
+            with self.conn.transaction():  # SET LOCAL: the knobs end with the search
+                for name, value in settings:
+                    self.conn.execute(sql.SQL("SET LOCAL {} = {}").format(sql.SQL(name), sql.Literal(value)))
+                for i, vec in enumerate(q):
+                    text = "[" + ",".join(repr(float(x)) for x in vec) + "]"
+                    res = self.conn.execute(query, (text, text, top_k)).fetchall()
+                    got = min(got, len(res))
+                    for j, (ident, row, dval) in enumerate(res):
+                        ids[i, j], rows[i, j], dist[i, j] = ident, row, dval
+        except self._psycopg.errors.QueryCanceled:
+            raise InputError(f"{self.label}: no answer within --io-timeout {self.io_timeout:g}s") from None
+        except self._psycopg.Error as exc:
+            raise InputError(f"{where(self, table)}: cannot search ({self._msg(exc)})") from None
         ids, rows, dist = ids[:, :got], rows[:, :got], dist[:, :got]
         if store_metric == "ip":
             scores = (-dist).astype(np.float32)

@@ -6,6 +6,15 @@ A collection cannot gain a vector after it is made, so every write builds a new 
 L2 form) beside the user's vectors and payload, copied as they were, then points the alias ``NAME`` at it
 and deletes the old one: readers of ``NAME`` see the old collection or the new one.  The provenance is the
 collection's metadata (key ``nnn``).  Local mode lets one process open a folder at a time: that is the lock.
+
+The switch is one ``update_collection_aliases`` call (local mode applies it to a copy and writes its
+``meta.json`` whole with ``os.replace``; a server applies the operations together), so a run stopped
+before it, even by ``kill -9`` after the new collection is written, leaves ``NAME`` on the old collection.
+One case cannot be atomic: the first time nnn writes a *plain* collection called ``NAME`` (the user's own,
+debiased in place), an alias cannot take a collection's name, so the plain collection is deleted just
+before the alias is made (two calls back to back; on a server a reader between them finds no ``NAME``).
+The new collection is marked complete (metadata ``nnn_publish``) before that, so if the run dies between
+the two calls, ``NAME`` still resolves to the new, complete collection and the next write makes the alias.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    SearchEffort,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -38,6 +48,7 @@ from nnn_cli.errors import BusyError, DependencyError, InputError, MismatchError
 
 EMBED_VECTOR = "embedding"
 ID_FIELD = "id"
+PUBLISH_KEY = "nnn_publish"  # set on a new collection once it is whole, just before the alias switch
 BATCH = 1024
 
 
@@ -108,7 +119,20 @@ class QdrantStore:
         if table in aliases:
             return aliases[table]
         names = {c.name for c in self.client.get_collections().collections}
-        return table if table in names else None
+        return table if table in names else self._orphan(table, names)
+
+    def _orphan(self, table: str, names: set[str]) -> str | None:
+        """The newest complete collection written for ``table`` whose switch did not happen (a run that died
+        between deleting a plain collection ``table`` and making the alias), or None."""
+        prefix = f"{table[:80]}__nnn_"
+        stamps = sorted(
+            (int(n[len(prefix) :]), n) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit()
+        )
+        for _, name in reversed(stamps):
+            with contextlib.suppress(Exception):
+                if (self.client.get_collection(name).config.metadata or {}).get(PUBLISH_KEY) == table:
+                    return name
+        return None
 
     def exists(self, table: str) -> bool:
         return self._real(table) is not None
@@ -207,16 +231,20 @@ class QdrantStore:
     def _publish(self, table: str, new: str) -> None:
         """Point the alias ``table`` at ``new`` (one aliases operation), then drop what it named before."""
         m = self.m
+        self.client.update_collection(new, metadata={PUBLISH_KEY: table})  # whole: a recovery may use it
         aliases = self._aliases()
         old = aliases.get(table)
         names = {c.name for c in self.client.get_collections().collections}
-        if old is None and table in names:  # a plain collection of that name (e.g. the user's): replaced by the alias
-            self.client.delete_collection(table)
-            old = None
         ops: list[Any] = []
         if table in aliases:
             ops.append(m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=table)))
         ops.append(m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=new, alias_name=table)))
+        if old is None and table in names:
+            # a plain collection of that name (e.g. the user's): an alias cannot take its name while it exists,
+            # so it goes just before the alias is made (the one non-atomic step; see the module's docstring)
+            self.client.delete_collection(table)
+        elif old is None:
+            old = self._orphan(table, names - {new})  # a switch a killed run did not make
         self.client.update_collection_aliases(change_aliases_operations=ops)
         if old is not None and old != new:
             with contextlib.suppress(Exception):
@@ -355,7 +383,9 @@ class QdrantStore:
             raise
 
     # -- queries ----------------------------------------------------------------------------------
-    def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits:
+    def search(
+        self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
+    ) -> StoreHits:
         m = self.m
         real = self._collection(table)
         params = self._vector_params(real)
@@ -369,8 +399,14 @@ class QdrantStore:
             )
         store_metric = "ip" if distance == m.Distance.DOT else "l2"
         q = query_rows(queries, store_metric)
+        effort = effort or SearchEffort()
+        knobs = None  # local mode always scans every point (and warns on stderr when given search params)
+        if not self.local and (effort.exact or effort.ef_search is not None):
+            knobs = m.SearchParams(hnsw_ef=effort.ef_search, exact=effort.exact)
         requests = [
-            m.QueryRequest(query=row.tolist(), using=VECTOR_COLUMN, limit=top_k, with_payload=[ID_FIELD, ROW_COLUMN])
+            m.QueryRequest(
+                query=row.tolist(), using=VECTOR_COLUMN, limit=top_k, params=knobs, with_payload=[ID_FIELD, ROW_COLUMN]
+            )
             for row in q
         ]
         answers = self.client.query_batch_points(real, requests)
