@@ -6,7 +6,27 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from store_cases import assert_clean_error, assert_ok, run
+from typer.testing import CliRunner
+
+from nnn_cli.cli.application import app
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_ok(res):
+    assert res.exit_code == 0, (res.exit_code, res.output)
+    return res
+
+
+def assert_clean_error(res, *needles):
+    """Exit 2 with one line on stderr, naming each of ``needles``."""
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
 
 
 def test_overflowing_scores_refused_before_writing(tmp_path):

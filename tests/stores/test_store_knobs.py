@@ -165,7 +165,7 @@ def test_query_store_exact_and_effort(tmp_path):
     pytest.importorskip("lancedb")
     from pathlib import Path
 
-    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    sample = Path(__file__).resolve().parents[2] / "sample_data"
     bias = tmp_path / "bias.h5"
     assert_ok(
         run("bias", sample / "gallery.h5", "-r", sample / "reference.h5", "--alpha", "0.75", "--k", 16, "-o", bias)
