@@ -358,12 +358,12 @@ def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data
     from nnn_cli.data.stores.common import closing
     from nnn_cli.data.stores.records import Target, in_place_meta
     from nnn_cli.data.stores.sink import StoreBiasSink
+    from nnn_cli.data.stores.source import store_rows
     from nnn_cli.errors import ParameterError
     from nnn_cli.jobs.common import IndexOptions
     from nnn_cli.scale.pipeline import BiasParams
     from nnn_cli.scale.runs import compute_bias
     from nnn_cli.scale.scheduler import EngineOptions
-    from nnn_cli.scale.stores import _gallery
 
     alpha, k = float(ALPHA), int(K)
     path = tmp_path / "db"
@@ -372,21 +372,25 @@ def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data
     r_src = open_embeddings(hub_files["reference"])
     with closing(open_store(f"lancedb:{path}")) as store:
         target = Target("docs")
-        ids, g_src = _gallery(store, target)
+        g_src = store_rows(store, "docs", "embedding", block_rows=50)
         sink = StoreBiasSink(
             store,
             target,
-            ids,
-            g_src,
-            "cosine",
+            g_src.ids(),
             lambda: in_place_meta(None, store, target, g_src, r_src, alpha, k, "cosine"),
+            block_rows=50,
         )
         assert isinstance(sink, Sink) and not sink.remote_writes
         with pytest.raises(ParameterError, match="--resume applies to run folders"):
             sink.check(True)
-        sink.put_block(0, (0, 60), {"bias": np.zeros(60, np.float32), "topk": np.zeros((60, k), np.float32)})
+        g = g_src.rows(0, 60)
+        z = np.zeros(60, np.float32)
+        sink.put_block(0, (0, 60), {"bias": z, "topk": np.zeros((60, k), np.float32), "rows": g})
         assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").to_arrow().column_names
-        out = compute_bias(g_src, r_src, BiasParams(alpha, k, "cosine", True), sink, EngineOptions(), IndexOptions())
+        sink.abort()
+        sink = StoreBiasSink(store, target, g_src.ids(), sink.meta, block_rows=50)
+        compute_bias(g_src, r_src, BiasParams(alpha, k, "cosine", True), sink, EngineOptions(), IndexOptions())
+        assert sink.writes == [50, 50, 20] and g_src.stats.fetches == [50, 50, 50, 50, 20]
     after = lancedb.connect(str(path)).open_table("docs").to_arrow()
     assert np.allclose(after.column("nnn_bias").to_numpy(), h5py.File(biased)["bias"][:120], atol=1e-6)
-    assert np.allclose(out.bias, h5py.File(biased)["bias"][:120], atol=1e-6)
+    assert abs(sink.bias_stats()["bias_mean"] - float(h5py.File(biased)["bias"][:120].mean())) < 1e-6

@@ -246,6 +246,44 @@ class WriteSpec:
     columns: dict[str, list] = field(default_factory=dict)
 
 
+class BiasWriter(Protocol):
+    """In-place biases written by blocks (``put``) and made visible at once (``commit``); ``abort`` leaves the
+    table as it was."""
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None: ...
+    def commit(self, meta: dict) -> None: ...
+    def abort(self) -> None: ...
+
+
+@dataclass
+class GatheredBiasWriter:
+    """For a store whose one atomic write is a whole new table version or collection (LanceDB, Qdrant): the
+    blocks are gathered (bias, ``[r, b]``, top-k: ``N x (d + k + 2)`` floats) and written by ``write_bias`` at
+    :meth:`commit`; nothing is written before."""
+
+    store: Any
+    table: str
+    id_column: str | None
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None:
+        self.parts.append((np.asarray(ids, dtype=object), bias.copy(), nnn_vectors.copy(), None if topk is None
+                           else topk.copy()))  # fmt: skip
+
+    def commit(self, meta: dict) -> None:
+        ids, bias, vectors, topk = (list(x) for x in zip(*self.parts)) if self.parts else ([], [], [], [])
+        if not ids:
+            return
+        self.store.write_bias(
+            self.table, "", self.id_column, np.concatenate(ids), np.concatenate(bias), np.concatenate(vectors),
+            None if topk[0] is None else np.concatenate(topk), meta,
+        )  # fmt: skip
+        self.parts.clear()
+
+    def abort(self) -> None:
+        self.parts.clear()
+
+
 class VectorStore(Protocol):
     """The seam between the jobs and a store (pgvector, LanceDB, Qdrant)."""
 
@@ -275,6 +313,13 @@ class VectorStore(Protocol):
         topk: np.ndarray | None,
         meta: dict,
     ) -> None: ...
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]: ...
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> BiasWriter: ...
     def search(self, table: str, queries: np.ndarray, top_k: int, meta: dict) -> StoreHits: ...
     def lock(self, table: str, wait: float) -> contextlib.AbstractContextManager[Any]: ...
 

@@ -25,6 +25,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    GatheredBiasWriter,
     StoreHits,
     WriteSpec,
     align_topk,
@@ -175,6 +176,58 @@ class LanceStore:
         ids = np.asarray([str(v) for v in arrow.column(key).to_pylist()], dtype=object)
         check_unique(where(self, table, key), ids)
         return ids, vectors
+
+    def _scanner(self, table: str, columns: list[str], only_missing: bool, block_rows: int):
+        """Arrow record batches of ``columns`` (at most ``block_rows`` rows each), in the table's order."""
+        tbl = self._open(table)
+        query = tbl.search().select(columns)
+        if only_missing and BIAS_COLUMN in tbl.schema.names:
+            query = query.where(f"{BIAS_COLUMN} IS NULL")
+        return query.to_batches(max(1, int(block_rows)))
+
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]:
+        """(the row keys in the table's order, d), read as Arrow batches of the key column only."""
+        pa = self._pa
+        schema = self._open(table).schema
+        key = id_column or ID_COLUMN
+        for name, what in ((column, ""), (key, " (the row key; name it with --id-column)")):
+            if name not in schema.names:
+                raise InputError(f"{where(self, table, name)}: no such column{what}")
+        kind = schema.field(column).type
+        if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)) or not pa.types.is_floating(
+            kind.value_type
+        ):
+            raise InputError(f"{where(self, table, column)}: is {kind}, not a vector column (a list of floats)")
+        keys: list[str] = []
+        for batch in self._scanner(table, [key], only_missing, 65536):
+            col = batch.column(0)
+            if col.null_count:
+                raise InputError(f"{where(self, table, key)}: a row has a NULL key")
+            keys.extend(str(v) for v in col.to_pylist())
+        check_unique(where(self, table, key), keys)
+        if pa.types.is_fixed_size_list(kind):
+            dim = kind.list_size
+        else:
+            first = next(iter(self._scanner(table, [column], only_missing, 1)), None)
+            dim = 0 if first is None or not len(first) else len(first.column(0)[0].as_py() or [])
+        return np.asarray(keys, dtype=object), int(dim)
+
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(keys, vectors)`` of at most ``block_rows`` rows at a time: Arrow record batches of the key and
+        the vector column."""
+        key = id_column or ID_COLUMN
+        for batch in self._scanner(table, [key, column], only_missing, block_rows):
+            part = self._pa.Table.from_batches([batch])
+            keys = np.asarray([str(v) for v in part.column(key).to_pylist()], dtype=object)
+            yield keys, self._vectors(part, table, column)
+
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> GatheredBiasWriter:
+        """The blocks gathered, then one new table version (Lance's atomic commit) at commit."""
+        return GatheredBiasWriter(self, table, id_column)
 
     def counts(self, table: str) -> tuple[int, int]:
         tbl = self._open(table)
