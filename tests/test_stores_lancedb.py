@@ -394,3 +394,46 @@ def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data
     after = lancedb.connect(str(path)).open_table("docs").to_arrow()
     assert np.allclose(after.column("nnn_bias").to_numpy(), h5py.File(biased)["bias"][:120], atol=1e-6)
     assert abs(sink.bias_stats()["bias_mean"] - float(h5py.File(biased)["bias"][:120].mean())) < 1e-6
+
+
+def _in_place(uri, reference, table, block_rows=None, **options):
+    """`nnn bias URI --in-place` through the one bias pipeline (jobs.bias), ``block_rows`` rows per batch/write."""
+    from nnn_cli import jobs
+    from nnn_cli.jobs.common import EngineOptions
+
+    place = jobs.in_place_target(table, "embedding", only_new=options.pop("only_new", False))
+    return jobs.bias(uri, reference, in_place=place, engine=EngineOptions(block_rows=block_rows), **options)
+
+
+def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_files, hub_data, monkeypatch):
+    """2500 rows read in Arrow batches of 7 and written 7 at a time equal one block bit for bit; a failure
+    between block writes leaves the table's version and content as they were; --only-new by blocks."""
+    from nnn_cli.data.stores.common import GatheredBiasWriter
+
+    g = np.random.default_rng(5).standard_normal((2500, hub_data.gallery.shape[1])).astype(np.float32)
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    for name in ("small", "one", "fail"):
+        db.create_table(name, user_table(db, name, g, range(2500)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    small = _in_place(uri, ref, "small", 7, alpha=0.75, k=16)
+    _in_place(uri, ref, "one", 100_000, alpha=0.75, k=16)
+    assert small.operation == "in-place" and small.details["plan"]["blocks"] == 3 and small.stats["rows"] == 2500
+    cols = ["id", "nnn_bias", "nnn_vector", "nnn_topk"]
+    one = lancedb.connect(str(path)).open_table("one").to_arrow().select(cols)
+    assert lancedb.connect(str(path)).open_table("small").to_arrow().select(cols).equals(one)
+    put, calls = GatheredBiasWriter.put, []
+
+    def failing_put(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk gone")
+        return put(self, *args)
+
+    monkeypatch.setattr(GatheredBiasWriter, "put", failing_put)
+    before = lancedb.connect(str(path)).open_table("fail")
+    version, content = before.version, before.to_arrow()
+    with pytest.raises(RuntimeError, match="disk gone"):
+        _in_place(uri, ref, "fail", 50, alpha=0.75, k=16)
+    after = lancedb.connect(str(path)).open_table("fail")
+    assert after.version == version and after.to_arrow().equals(content)
