@@ -870,7 +870,11 @@ def test_reference_add_by_blocks_through_the_pipeline(pg, conn, tmp_path, hub_fi
     first = json.loads(assert_ok(run(*base, "-r", a, "--alpha", ALPHA, "--k", K)).stdout)
     assert first["operation"] == "in-place" and first["rows"] == 300 and first["plan"]["mode"] == "sequential"
     added = json.loads(assert_ok(run(*base, "--reference-add", b)).stdout)
-    assert added["operation"] == "reference-add" and added["rows"] == 300 and added["n_added"] == len(hub_data.reference) - 1200
+    assert (
+        added["operation"] == "reference-add"
+        and added["rows"] == 300
+        and added["n_added"] == len(hub_data.reference) - 1200
+    )
     _in_place(pg.uri, whole, "blk_whole", None, alpha=float(ALPHA), k=int(K))
     got, want = _nnn_columns(conn, "blk_grow"), _nnn_columns(conn, "blk_whole")
     assert np.allclose([r[1] for r in got], [r[1] for r in want], atol=1e-6)

@@ -3,7 +3,9 @@
 Rows move as Arrow columns.  Every write is one new table version (Lance commits a version atomically:
 a reader sees the old table or the new one): an export creates or overwrites the table, ``--append`` and
 in-place biases write the whole table back with the user's columns as the very Arrow arrays that were read
-(so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  The provenance is the
+(so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  In place, the vectors are read
+as Arrow record batches of ``block_rows`` rows (:meth:`LanceStore.scan`); the results are gathered for the one
+version (lancedb's ``add_columns`` takes no stream of rows).  The provenance is the
 schema metadata key ``nnn_meta``; the lock is a ``flock`` beside a local table (object stores: none).
 """
 

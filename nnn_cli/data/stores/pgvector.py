@@ -4,8 +4,10 @@
   variable-width field, goes last), so neither direction loops over floats in Python.
 - Identifiers are always :class:`psycopg.sql.Identifier` and values always parameters.
 - An export builds the new table under a temporary name and swaps it in, the old one dropped, in the
-  same transaction: a killed export leaves the old table as it was.  In-place biases are one
-  transaction too (columns added, a temporary table copied in, one ``UPDATE ... FROM``).
+  same transaction: a killed export leaves the old table as it was.  In place, the vectors are read by a
+  server-side cursor in binary fetches of ``block_rows`` rows (:meth:`PgVectorStore.scan`, a session of its
+  own in one snapshot) and the biases written by blocks into a temporary staging table
+  (:class:`PgBiasWriter`), then one transaction adds the columns and sets every row by one ``UPDATE ... FROM``.
 - Provenance lives in the table ``nnn_meta`` (one JSON row per table); the lock is an advisory lock.
 """
 
