@@ -437,3 +437,17 @@ def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_file
         _in_place(uri, ref, "fail", 50, alpha=0.75, k=16)
     after = lancedb.connect(str(path)).open_table("fail")
     assert after.version == version and after.to_arrow().equals(content)
+
+
+def test_in_place_options_refused_in_one_line(tmp_path, hub_files, hub_data):
+    """Combinations the one bias pipeline cannot honour for a store exit 2 with one line, the table unchanged."""
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("docs", user_table(db, "docs", hub_data.gallery, range(40)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    base = ["bias", uri, "--table", "docs", "-r", ref, "--alpha", ALPHA, "--k", K]
+    assert_clean_error(run("bias", uri, "-r", ref, "--alpha", ALPHA, "--only-new"), "--only-new needs --in-place")
+    assert_clean_error(run(*base, "--in-place", "-o", tmp_path / "b.h5"), "takes no -o")
+    assert_clean_error(run(*base, "--in-place", "--index", "hnsw"), "read once, in order", "--index")
+    assert_clean_error(run(*base[:2], "-r", ref, "--alpha", ALPHA, "--k", K, "--in-place"), "--in-place needs --table")
+    assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").schema.names

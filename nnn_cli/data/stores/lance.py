@@ -166,19 +166,6 @@ class LanceStore:
             raise InputError(f"{where(self, table, key)}: a row has a NULL key")
         return key
 
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        tbl = self._open(table)
-        arrow = tbl.to_arrow()
-        key = self._key(arrow, table, id_column)
-        if only_missing and BIAS_COLUMN in arrow.column_names:
-            arrow = arrow.filter(self._pc.is_null(arrow.column(BIAS_COLUMN)))
-        vectors = self._vectors(arrow, table, column)
-        ids = np.asarray([str(v) for v in arrow.column(key).to_pylist()], dtype=object)
-        check_unique(where(self, table, key), ids)
-        return ids, vectors
-
     def _scanner(self, table: str, columns: list[str], only_missing: bool, block_rows: int):
         """Arrow record batches of ``columns`` (at most ``block_rows`` rows each), in the table's order."""
         tbl = self._open(table)

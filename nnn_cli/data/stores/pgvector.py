@@ -219,67 +219,6 @@ class PgVectorStore:
         return int(kind[kind.index("(") + 1 : kind.index(")")])
 
     # -- source ------------------------------------------------------------------------
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids as strings, vectors float32 (N, d)) in key order; refuses NULL vectors and duplicate keys."""
-        sql = self._sql
-        columns = self._check_table(table)
-        dim = self.vector_dim(table, column, columns)
-        key = self._key(table, id_column, columns)
-        t, c, kc = sql.Identifier(table), sql.Identifier(column), sql.Identifier(key)
-        missing = only_missing and BIAS_COLUMN in columns
-        cond = sql.SQL(" WHERE {} IS NULL").format(sql.Identifier(BIAS_COLUMN)) if missing else sql.SQL("")
-        null_cond = sql.SQL(" WHERE {} IS NULL").format(c) + (
-            sql.SQL(" AND {} IS NULL").format(sql.Identifier(BIAS_COLUMN)) if missing else sql.SQL("")
-        )
-        with self._transaction():
-            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # ids and rows: one snapshot
-            self._timeouts(False)
-            null = self._one(sql.SQL("SELECT {k}::text FROM {t}{w} LIMIT 1").format(k=kc, t=t, w=null_cond))
-            if null is not None:
-                raise InputError(f"{where(self, table, column)}: row {null[0]} has a NULL vector; fill or delete it")
-            ids = [
-                r[0]
-                for r in self.conn.execute(
-                    sql.SQL("SELECT {t}.{k}::text FROM {t}{w} ORDER BY {t}.{k}").format(k=kc, t=t, w=cond)
-                ).fetchall()
-            ]
-            if any(v is None for v in ids):
-                raise InputError(f"{where(self, table, key)}: a row has a NULL key")
-            check_unique(where(self, table, key), ids)
-            vectors = np.empty((len(ids), dim), dtype=np.float32)
-            if ids:
-                query = sql.SQL("COPY (SELECT {t}.{c} FROM {t}{w} ORDER BY {t}.{k}) TO STDOUT (FORMAT BINARY)").format(
-                    c=c, t=t, w=cond, k=kc
-                )
-                self._copy_out_vectors(query, vectors)
-        return np.asarray(ids, dtype=object), vectors
-
-    def _copy_out_vectors(self, query, out: np.ndarray) -> None:
-        n, dim = out.shape
-        rec = np.dtype([("fields", ">i2")] + _vector_field(0, dim))
-        buf = bytearray()
-        done = 0
-        header = True
-        with self.conn.cursor() as cur, cur.copy(query) as copy:
-            for chunk in copy:
-                buf += chunk
-                if header:
-                    if len(buf) < 19:
-                        continue
-                    ext = int.from_bytes(buf[15:19], "big")
-                    del buf[: 19 + ext]
-                    header = False
-                rows = min(len(buf) // rec.itemsize, n - done)
-                if rows:
-                    arr = np.frombuffer(bytes(buf[: rows * rec.itemsize]), dtype=rec)
-                    out[done : done + rows] = arr["0_vals"]
-                    del buf[: rows * rec.itemsize]
-                    done += rows
-        if done != n:
-            raise InputError(f"{self.label}: the table changed while it was read (got {done} of {n} rows)")
-
     def _scan_sql(self, table: str, column: str, id_column: str | None, only_missing: bool):
         """(key, dim, the WHERE of the rows to read, the WHERE finding a NULL vector among them)."""
         sql = self._sql
@@ -344,6 +283,11 @@ class PgVectorStore:
                 cur.execute(query)
                 while rows := cur.fetchmany(block_rows):
                     keys = np.asarray([r[0] for r in rows], dtype=object)
+                    null = next((r[0] for r in rows if r[1] is None), None)
+                    if null is not None:
+                        raise InputError(
+                            f"{where(self, table, column)}: row {null} has a NULL vector; fill or delete it"
+                        )
                     raw = np.frombuffer(b"".join(r[1] for r in rows), dtype=rec)
                     yield keys, raw["0_vals"].astype(np.float32)
         except psycopg.Error as exc:

@@ -149,31 +149,6 @@ class QdrantStore:
         m = self.m
         return m.Filter(must=[m.IsEmptyCondition(is_empty=m.PayloadField(key=BIAS_COLUMN))])
 
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        real = self._collection(table)
-        params = self._vector_params(real)
-        using = self._using(table, params, column)
-        ids: list[str] = []
-        rows: list[Any] = []
-        flt = self._missing_filter() if only_missing else None
-        for p in self._points(real, flt, [using] if using else True):
-            vec = p.vector.get(using) if isinstance(p.vector, dict) else p.vector
-            if vec is None:
-                raise InputError(f"{where(self, table, column)}: point {p.id} has no vector; fill or delete it")
-            key = p.id if id_column is None else (p.payload or {}).get(id_column)
-            if key is None:
-                raise InputError(
-                    f"{where(self, table, id_column)}: point {p.id} has no such payload field (--id-column)"
-                )
-            ids.append(str(key))
-            rows.append(vec)
-        dim = params[using].size
-        vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
-        check_unique(where(self, table, id_column or "point id"), ids)
-        return np.asarray(ids, dtype=object), vectors
-
     def _scan_points(self, table: str, column: str, only_missing: bool, block_rows: int, vectors: bool):
         """Scroll pages of at most ``block_rows`` points (in point-id order): ``(page, the vector's name)``."""
         real = self._collection(table)

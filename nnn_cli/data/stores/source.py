@@ -116,7 +116,12 @@ class _Cursor:
         ):
             raise self._changed(f"rows {self.read}..{self.read + n} are not the rows first listed")
         self.src.stats.fetches.append(n)
-        self.buf = np.concatenate([self.buf, np.asarray(vectors, dtype=np.float32).reshape(n, self.src.dim)])
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (n, self.src.dim):
+            raise InputError(
+                f"{self.src.name}: the vectors do not all have d={self.src.dim} (a fetch gave {vectors.shape})"
+            )
+        self.buf = np.concatenate([self.buf, vectors])
         self.read += n
 
     def _changed(self, why: str) -> InputError:
