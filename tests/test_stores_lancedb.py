@@ -408,7 +408,7 @@ def _in_place(uri, reference, table, block_rows=None, **options):
 def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_files, hub_data, monkeypatch):
     """2500 rows read in Arrow batches of 7 and written 7 at a time equal one block bit for bit; a failure
     between block writes leaves the table's version and content as they were; --only-new by blocks."""
-    from nnn_cli.data.stores.common import GatheredBiasWriter
+    from nnn_cli.data.stores.lance import LanceBiasWriter
 
     g = np.random.default_rng(5).standard_normal((2500, hub_data.gallery.shape[1])).astype(np.float32)
     path = tmp_path / "db"
@@ -422,7 +422,7 @@ def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_file
     cols = ["id", "nnn_bias", "nnn_vector", "nnn_topk"]
     one = lancedb.connect(str(path)).open_table("one").to_arrow().select(cols)
     assert lancedb.connect(str(path)).open_table("small").to_arrow().select(cols).equals(one)
-    put, calls = GatheredBiasWriter.put, []
+    put, calls = LanceBiasWriter.put, []
 
     def failing_put(self, *args):
         calls.append(1)
@@ -430,7 +430,7 @@ def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_file
             raise RuntimeError("disk gone")
         return put(self, *args)
 
-    monkeypatch.setattr(GatheredBiasWriter, "put", failing_put)
+    monkeypatch.setattr(LanceBiasWriter, "put", failing_put)
     before = lancedb.connect(str(path)).open_table("fail")
     version, content = before.version, before.to_arrow()
     with pytest.raises(RuntimeError, match="disk gone"):
@@ -451,3 +451,39 @@ def test_in_place_options_refused_in_one_line(tmp_path, hub_files, hub_data):
     assert_clean_error(run(*base, "--in-place", "--index", "hnsw"), "read once, in order", "--index")
     assert_clean_error(run(*base[:2], "-r", ref, "--alpha", ALPHA, "--k", K, "--in-place"), "--in-place needs --table")
     assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").schema.names
+
+
+def test_failure_while_the_version_streams_leaves_it(tmp_path, hub_files, hub_data, monkeypatch):
+    """A failure in the middle of the commit's stream (the new version half written): the table's version and
+    content are as they were, the staging folder is gone, and a later run succeeds."""
+    import nnn_cli.data.stores.lance as lance_store
+
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("docs", user_table(db, "docs", hub_data.gallery, range(300)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    _in_place(uri, ref, "docs", 64, alpha=0.75, k=16)
+    before = lancedb.connect(str(path)).open_table("docs")
+    version, content = before.version, before.to_arrow()
+    merge, calls = lance_store._merge_column, []
+
+    def failing_merge(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return merge(*args)
+
+    monkeypatch.setattr(lance_store, "_merge_column", failing_merge)
+    staged = []
+    monkeypatch.setattr(
+        lance_store.tempfile, "mkdtemp", lambda **kw: staged.append(str(tmp_path / "stage")) or staged[-1]
+    )
+    from nnn_cli.errors import NNNError
+
+    with pytest.raises(NNNError, match="cannot write .*the table is unchanged"):
+        _in_place(uri, ref, "docs", 64, alpha=0.5, k=8)
+    after = lancedb.connect(str(path)).open_table("docs")
+    assert after.version == version and after.to_arrow().equals(content) and not (tmp_path / "stage").exists()
+    monkeypatch.setattr(lance_store, "_merge_column", merge)
+    _in_place(uri, ref, "docs", 64, alpha=0.5, k=8)
+    assert lancedb.connect(str(path)).open_table("docs").to_arrow().schema.field("nnn_topk").type.list_size == 8
