@@ -448,6 +448,7 @@ def test_in_place_options_refused_in_one_line(tmp_path, hub_files, hub_data):
     base = ["bias", uri, "--table", "docs", "-r", ref, "--alpha", ALPHA, "--k", K]
     assert_clean_error(run("bias", uri, "-r", ref, "--alpha", ALPHA, "--only-new"), "--only-new needs --in-place")
     assert_clean_error(run(*base, "--in-place", "-o", tmp_path / "b.h5"), "takes no -o")
+    assert_clean_error(run(*base, "--in-place", "--gallery-ids", tmp_path / "ids.txt"), "drop --gallery-ids")
     assert_clean_error(run(*base, "--in-place", "--index", "hnsw"), "read once, in order", "--index")
     assert_clean_error(run(*base[:2], "-r", ref, "--alpha", ALPHA, "--k", K, "--in-place"), "--in-place needs --table")
     assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").schema.names

@@ -152,6 +152,8 @@ def _check_create(req: BiasRequest) -> None:
 def _check_in_place(req: BiasRequest) -> None:
     if req.output is not None or req.append_to is not None or req.update is not None:
         raise ParameterError("--in-place writes the store GALLERY names: it takes no -o, --update or --append-to")
+    if req.gallery_ids is not None:
+        raise ParameterError("--in-place takes the row keys from the table (--id-column): drop --gallery-ids")
     assert req.in_place is not None
     if req.reference_add is not None and (
         req.reference is not None or req.in_place.only_new or req.params or req.alpha is not None or req.k is not None
