@@ -66,7 +66,14 @@ def timed(fn):
 
 
 def bench_store(
-    kind: str, uri: str, files: dict, q: np.ndarray, exact_ids: np.ndarray, g: np.ndarray, b: np.ndarray
+    kind: str,
+    uri: str,
+    files: dict,
+    q: np.ndarray,
+    exact_ids: np.ndarray,
+    g: np.ndarray,
+    b: np.ndarray,
+    ann: bool = True,
 ) -> dict:
     n = len(g)
     row: dict = {"store": kind}
@@ -78,12 +85,12 @@ def bench_store(
     with closing(open_store(uri)) as store:  # the sink alone (pgvector: binary COPY), rows already in memory
         _, t = timed(lambda: store.write_table("bench_sink", spec, "create", "none", "ip", meta))
     row["sink_rows_per_s"] = n / t
-    res, t = timed(
-        lambda: jobs.bias_in_place(
-            uri, files["reference"], table="bench", column="embedding", alpha=ALPHA, k=K, wait=60
-        )
-    )
+    place = jobs.in_place_target("bench", "embedding")  # the same bias pipeline: the table read and written by blocks
+    res, t = timed(lambda: jobs.bias(uri, files["reference"], alpha=ALPHA, k=K, wait=60, in_place=place))
     row["in_place_s"] = t
+    row["in_place_rows_per_s"] = n / t
+    if not ann:
+        return row
     _, t = timed(
         lambda: jobs.export(files["gallery"], files["bias"], uri, table="bench_ann", index="hnsw", replace=True)
     )
@@ -130,6 +137,7 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=20_000)
     ap.add_argument("--stores", default="pgvector,lancedb,qdrant")
     ap.add_argument("--efforts", default="10,20,40,80,160,400", help="--ef-search values swept (then --exact)")
+    ap.add_argument("--no-ann", action="store_true", help="skip the indexed export, latency and recall columns")
     args = ap.parse_args()
     os.environ.setdefault("LANCEDB_LOG", "error")
     tmp = Path(tempfile.mkdtemp(prefix="nnn-bench-stores-"))
@@ -160,8 +168,9 @@ def main() -> None:
                 uri = f"qdrant:{tmp / 'qdrant'}"
             else:
                 raise SystemExit(f"unknown store {kind!r}")
-            rows.append(bench_store(kind, uri, files, q, exact_ids, g, b))
-            rows[-1]["sweep"] = effort_sweep(uri, q, exact_ids, [int(e) for e in args.efforts.split(",") if e])
+            rows.append(bench_store(kind, uri, files, q, exact_ids, g, b, not args.no_ann))
+            if not args.no_ann:
+                rows[-1]["sweep"] = effort_sweep(uri, q, exact_ids, [int(e) for e in args.efforts.split(",") if e])
             if server is not None:
                 server.stop()
                 server = None
@@ -172,20 +181,24 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     print(f"stores: {args.n} x {args.dim} (clustered), {args.reference} reference, {args.queries} queries; {machine}")
     print(f"bias on files (the same job, exact): {t_file:.2f}s")
-    head = f"{'store':9} {'export rows/s':>13} {'sink rows/s':>11} {'in-place s':>10} {'export+index s':>14} {'p50 ms':>7} {'p99 ms':>7} {'R@10 vs exact':>13}"
+    head = f"{'store':9} {'export rows/s':>13} {'sink rows/s':>11} {'in-place s':>10} {'in-place rows/s':>15}"
+    head += "" if args.no_ann else f" {'export+index s':>14} {'p50 ms':>7} {'p99 ms':>7} {'R@10 vs exact':>13}"
     print(head)
     print("-" * len(head))
     for row in rows:
-        print(
-            f"{row['store']:9} {row['export_rows_per_s']:13,.0f} {row['sink_rows_per_s']:11,.0f} {row['in_place_s']:10.2f} {row['export_with_index_s']:14.2f} "
-            f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['recall_at_10']:13.3f}"
-        )
-    print("\nR@10 vs exact (p50 ms) through the hnsw index by search effort (--ef-search N; exact: --exact):")
-    labels = [("exact" if e["exact"] else str(e["ef_search"])) for e in (rows[0]["sweep"] if rows else [])]
-    print(f"{'store':9} " + " ".join(f"{label:>15}" for label in labels))
-    for row in rows:
-        cells = [f"{e['recall_at_10']:.3f} ({e['p50_ms']:.1f})" for e in row["sweep"]]
-        print(f"{row['store']:9} " + " ".join(f"{c:>15}" for c in cells))
+        line = f"{row['store']:9} {row['export_rows_per_s']:13,.0f} {row['sink_rows_per_s']:11,.0f} "
+        line += f"{row['in_place_s']:10.2f} {row['in_place_rows_per_s']:15,.0f}"
+        if not args.no_ann:
+            line += f" {row['export_with_index_s']:14.2f} {row['p50_ms']:7.2f} {row['p99_ms']:7.2f}"
+            line += f" {row['recall_at_10']:13.3f}"
+        print(line)
+    if not args.no_ann and rows:
+        print("\nR@10 vs exact (p50 ms) through the hnsw index by search effort (--ef-search N; exact: --exact):")
+        labels = [("exact" if e["exact"] else str(e["ef_search"])) for e in rows[0]["sweep"]]
+        print(f"{'store':9} " + " ".join(f"{label:>15}" for label in labels))
+        for row in rows:
+            cells = [f"{e['recall_at_10']:.3f} ({e['p50_ms']:.1f})" for e in row["sweep"]]
+            print(f"{row['store']:9} " + " ".join(f"{c:>15}" for c in cells))
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "stores.json").write_text(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nnn_cli.jobs.attribute import AttributeRequest, AttributeResult, attribute_bias, run_attribute_bias
-    from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, run_bias
+    from nnn_cli.jobs.bias import BiasRequest, BiasResult, bias, in_place_target, run_bias
     from nnn_cli.jobs.common import EngineOptions, IdsColumns, IndexOptions, JobResult
     from nnn_cli.jobs.embed import EmbedRequest, embed, run_embed
     from nnn_cli.jobs.eval import EvalRequest, EvalResult, evaluate, run_evaluate
@@ -27,17 +27,13 @@ if TYPE_CHECKING:
     from nnn_cli.jobs.query import query
     from nnn_cli.jobs.search import SearchRequest, SearchResult, run_search, search
     from nnn_cli.jobs.stores import (
-        InPlaceRequest,
-        InPlaceResult,
         StoreQueryRequest,
         StoreQueryResult,
         StoreRecallRequest,
         StoreRecallResult,
         StoreSearchRequest,
         StoreSearchResult,
-        bias_in_place,
         query_store,
-        run_bias_in_place,
         run_query_store,
         run_search_store,
         run_store_recall,
@@ -78,17 +74,14 @@ _WHERE = {  # public name: the submodule that defines it
     "SearchResult": "search",
     "run_search": "search",
     "search": "search",
-    "InPlaceRequest": "stores",
-    "InPlaceResult": "stores",
     "StoreQueryRequest": "stores",
     "StoreQueryResult": "stores",
     "StoreRecallRequest": "stores",
     "StoreRecallResult": "stores",
     "StoreSearchRequest": "stores",
     "StoreSearchResult": "stores",
-    "bias_in_place": "stores",
+    "in_place_target": "bias",
     "query_store": "stores",
-    "run_bias_in_place": "stores",
     "run_query_store": "stores",
     "run_search_store": "stores",
     "run_store_recall": "stores",
@@ -154,17 +147,14 @@ __all__ = [
     "SearchResult",
     "run_search",
     "search",
-    "InPlaceRequest",
-    "InPlaceResult",
     "StoreQueryRequest",
     "StoreQueryResult",
     "StoreRecallRequest",
     "StoreRecallResult",
     "StoreSearchRequest",
     "StoreSearchResult",
-    "bias_in_place",
+    "in_place_target",
     "query_store",
-    "run_bias_in_place",
     "run_query_store",
     "run_search_store",
     "run_store_recall",

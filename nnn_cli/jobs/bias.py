@@ -40,7 +40,8 @@ from nnn_cli.jobs.common import (
 from nnn_cli.jobs.protocol import bias_protocol, queries_leak_check, reference_share
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.pipeline import BiasParams
-from nnn_cli.scale.runs import bias_sink, check_bias_options, compute_bias, grow_bias
+from nnn_cli.scale.runs import check_bias_options, compute_bias
+from nnn_cli.scale.stores import InPlace, Target, bias_place
 
 BIAS_SUFFIXES = (".h5", ".hdf5", ".npy")
 
@@ -72,10 +73,13 @@ class BiasRequest:
     reference_fraction: float = 1.0  # resolved with the params' record (jobs.protocol.reference_share)
     reference_seed: int = 0
     params: Optional[str] = None  # the params file alpha and k came from (named in their errors)
+    in_place: Optional[InPlace] = None  # the gallery is a store's table, and the biases go back into it
 
     @property
     def operation(self) -> str:
-        return "append" if self.append_to is not None else "reference-add" if self.update is not None else "create"
+        if self.append_to is not None:
+            return "append"
+        return "reference-add" if self.update is not None or self.reference_add is not None else "create"
 
     @classmethod
     def build(
@@ -104,12 +108,24 @@ class BiasRequest:
         check_metric(req.metric)
         req.engine.check()
         grow = req.append_to is not None or req.update is not None or req.reference_add is not None
-        if params is not None or not grow:
+        recorded = grow or (req.in_place is not None and req.in_place.only_new)  # alpha, k: the recorded ones
+        if params is not None or not recorded:
             alpha, k = resolve_params(alpha, k, params)
             req = _replace(req, alpha=alpha, k=k)
-        (_check_grow if grow else _check_create)(req)
+        (_check_in_place if req.in_place is not None else _check_grow if grow else _check_create)(req)
         check_bias_options(req.engine, req.output, req.index, req.memory_budget)
         return req
+
+
+def in_place_target(
+    table: Optional[str], column: str = "embedding", id_column: Optional[str] = None, *, only_new: bool = False,
+    store_options: Optional[dict] = None,
+) -> InPlace:  # fmt: skip
+    """``--in-place``: the table (and vector column, row key) of the store GALLERY names; ``only_new``: the rows
+    without a bias, with the recorded parameters."""
+    if not table:
+        raise ParameterError("--in-place needs --table NAME (and --column, the vector column)")
+    return InPlace(Target(table, column, id_column), only_new, store_options or None)
 
 
 _PATH_OPTIONS = ("append_to", "update", "reference_add", "gallery_ids", "queries")
@@ -131,6 +147,23 @@ def _check_create(req: BiasRequest) -> None:
         raise ParameterError("give --reference R and -o BIAS.h5 or -o RUN_FOLDER (or --append-to / --update)")
     if req.reference_add is not None:
         raise ParameterError("--reference-add goes with --update BIAS")
+
+
+def _check_in_place(req: BiasRequest) -> None:
+    if req.output is not None or req.append_to is not None or req.update is not None:
+        raise ParameterError("--in-place writes the store GALLERY names: it takes no -o, --update or --append-to")
+    if req.gallery_ids is not None:
+        raise ParameterError("--in-place takes the row keys from the table (--id-column): drop --gallery-ids")
+    assert req.in_place is not None
+    if req.reference_add is not None and (
+        req.reference is not None or req.in_place.only_new or req.params or req.alpha is not None or req.k is not None
+    ):
+        raise ParameterError(
+            "--reference-add on a store uses the recorded reference and parameters: drop -r, --only-new, "
+            "--alpha/--k/--params"
+        )  # fmt: skip
+    if req.reference_add is None and req.reference is None:
+        raise ParameterError("--in-place needs --reference R (or --reference-add NEW to grow the recorded one)")
 
 
 def _check_grow(req: BiasRequest) -> None:
@@ -212,24 +245,26 @@ def run_bias(request: BiasRequest, *, progress: ProgressFn | None = None, on_not
     notes = Notes(on_note)
     objstore.set_io_timeout(request.engine.io_timeout)
     setup_threads(request.threads)
-    if request.operation == "create":
-        return _create(request, progress, notes)
-    return _grow(request, progress, notes)
+    eng = request.engine
+    with bias_place(request.gallery, request.in_place, eng.io_timeout, request.wait, eng.block_rows) as place:
+        if request.operation == "create":
+            return _create(request, place, progress, notes)
+        return _grow(request, place, progress, notes)
 
 
-def _create(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasResult:
+def _create(req: BiasRequest, place: Any, progress: ProgressFn | None, notes: Notes) -> BiasResult:
     so = dict(req.engine.storage_options)
-    g_src = open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_columns, so)
+    g_src = place.gallery(lambda: open_source(req.gallery, "gallery", notes, req.gallery_ids, req.ids_columns, so))
     r_src = open_source(req.reference, "reference", notes, None, req.ids_columns, so)  # type: ignore[arg-type]
     check_same_dim(g_src, r_src)
     note_backend_mismatch(notes, g_src, r_src)
-    assert req.alpha is not None and req.k is not None and req.output is not None
-    sink = bias_sink(req.output, [req.gallery, req.reference, req.queries], req.engine, g_src.ids())
+    sink = place.sink(req.output, [req.gallery, req.reference, req.queries], req.engine, g_src)
     sink.check(req.engine.resume)  # the output checked (and a store reached) before the inputs are read
     proto = bias_protocol(r_src, req.reference_fraction, req.reference_seed, req.queries, req.strict, req.metric,
                           notes, so)  # fmt: skip
     r_src = proto.reference
-    params = BiasParams(req.alpha, check_reference_k(req.k, r_src, req.params), req.metric, req.store_topk)
+    alpha, k, metric = place.params(req.alpha, req.k, req.metric, r_src, g_src)
+    params = BiasParams(alpha, check_reference_k(k, r_src, req.params), metric, req.store_topk)
 
     def provenance() -> dict:
         head = base_attrs("bias", alpha=params.alpha, k=params.k, metric=req.metric)
@@ -239,11 +274,11 @@ def _create(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> Bias
         g_src, r_src, params, sink, req.engine, req.index, memory_budget=req.memory_budget, device=req.device,
         threads=req.threads, provenance=provenance, datasets=lambda: proto.sketch()[0], progress=progress, note=notes,
     )  # fmt: skip
-    stats = {**_bias_stats(outcome.bias), **proto.summary}
-    message = f"wrote {req.output}: {g_src.n} biases (alpha={params.alpha}, k={params.k}, metric={req.metric}, "
+    stats = {**_bias_stats(outcome.bias), **proto.summary, **place.fields(g_src, sink)}
+    message = f"wrote {sink.target}: {g_src.n} biases (alpha={params.alpha}, k={params.k}, metric={req.metric}, "
     message += f"{r_src.n} reference queries) in {outcome.seconds:.2f}s" + stats.pop("_text", "")
     return BiasResult(
-        req.output, "create", g_src.n, r_src.n, params.alpha, params.k, req.metric, outcome.details.pop("engine"),
+        sink.target, place.operation_names["create"], g_src.n, r_src.n, params.alpha, params.k, req.metric, outcome.details.pop("engine"),
         outcome.seconds, message, stats, {"dim": g_src.dim, **outcome.details}, notes.lines,
     )  # fmt: skip
 
@@ -260,11 +295,10 @@ def _bias_stats(b: Any) -> dict:
     }
 
 
-def _grow(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasResult:
-    target = req.append_to if req.append_to is not None else req.update
-    assert target is not None
+def _grow(req: BiasRequest, place: Any, progress: ProgressFn | None, notes: Notes) -> BiasResult:
+    target = req.append_to if req.append_to is not None else req.update if req.update is not None else req.gallery
     leak = _grow_leaks(req, target, notes)
-    out = grow_bias(
+    out = place.grow(
         target, req.gallery, req.reference if req.append_to is not None else req.reference_add, req.operation,
         req.output, req.engine, req.threads, alpha=req.alpha, k=req.k, metric=req.metric, wait=req.wait,
         progress=progress,
@@ -274,7 +308,8 @@ def _grow(req: BiasRequest, progress: ProgressFn | None, notes: Notes) -> BiasRe
     )
     message = f"wrote {out['output']}: {what}; {out['n_gallery']} biases against {out['n_reference']} reference "
     message += f"queries in {out['seconds']:.2f}s"
-    stats = {key: out[key] for key in ("n_added", "blocks_added", "blocks_rewritten", "generation") if key in out}
+    keys = ("n_added", "blocks_added", "blocks_rewritten", "generation", "rows", "bias_mean", "bias_min", "bias_max")
+    stats = {key: out[key] for key in keys if key in out}
     stats.update(leak)
     return BiasResult(
         out["output"], req.operation, out["n_gallery"], out["n_reference"], out["alpha"], out["k"], out["metric"],

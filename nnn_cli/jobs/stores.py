@@ -1,4 +1,4 @@
-"""Vector stores in the use cases: biases computed in place (``nnn bias URI --in-place [--only-new]``),
+"""Vector stores in the use cases (biases in place go through `nnn bias`, :mod:`nnn_cli.jobs.bias`):
 debiased queries through the store's own index (``nnn search --store``, ``nnn eval --store``,
 ``nnn query --store``) and its provenance (``nnn info URI --table T``).
 
@@ -19,25 +19,18 @@ from typing import Any, Optional, TextIO
 import numpy as np
 
 from nnn_cli.data.inputs import check_same_dim
-from nnn_cli.data.locks import DEFAULT_WAIT
 from nnn_cli.data.outputs import check_output_path
 from nnn_cli.data.results import write_jsonl
 from nnn_cli.data.stores import open_store
-from nnn_cli.data.stores.common import BIAS_COLUMN, SearchEffort, StoreHits, VectorStore, closing, search_effort
-from nnn_cli.data.stores.records import Target, check_dim, checked_meta, describe, hit_rows
+from nnn_cli.data.stores.common import SearchEffort, StoreHits, VectorStore, closing, search_effort
+from nnn_cli.data.stores.records import check_dim, checked_meta, describe, hit_rows
 from nnn_cli.errors import MismatchError, ParameterError
 from nnn_cli.jobs.common import (
-    IndexOptions,
     NoteFn,
     Notes,
     PathLike,
-    ProgressFn,
     open_source,
-    resolve_params,
-    setup_threads,
 )
-from nnn_cli.scale.stores import InPlaceOutcome, reference_add_in_place
-from nnn_cli.scale.stores import bias_in_place as compute_in_place
 
 
 @dataclass(frozen=True)
@@ -58,136 +51,6 @@ def store_ref(uri: str, table: str, io_timeout: float | None = None, storage_opt
     if not table:
         raise ParameterError("--store needs --table NAME (the table or collection to use)")
     return StoreRef(os.fspath(uri), table, io_timeout, storage_options)
-
-
-@dataclass(frozen=True)
-class InPlaceRequest:
-    """A validated `nnn bias URI --table T --in-place`: build it with :meth:`build`."""
-
-    store: StoreRef
-    target: Target
-    reference: Optional[str]
-    alpha: Optional[float]  # None with only_new/reference_add: the recorded one
-    k: Optional[int]
-    metric: str = "cosine"
-    only_new: bool = False
-    reference_add: Optional[str] = None
-    threads: int = 0
-    wait: float = DEFAULT_WAIT
-
-    @classmethod
-    def build(cls, store_uri: str, reference: Optional[PathLike] = None, *, table: str = "",
-              column: str = "embedding", id_column: Optional[str] = None, alpha: Optional[float] = None,
-              k: Optional[int] = None, params: Optional[PathLike] = None, io_timeout: float | None = None,
-              storage_options: dict | None = None, **options: Any) -> InPlaceRequest:  # fmt: skip
-        """Check the combination once: a reference (or ``reference_add`` alone), alpha and k (or params)."""
-        if not table:
-            raise ParameterError("--in-place needs --table NAME (and --column, the vector column)")
-        if options.get("reference_add") is not None:
-            if (
-                reference is not None
-                or options.get("only_new")
-                or alpha is not None
-                or k is not None
-                or params is not None
-            ):
-                raise ParameterError(
-                    "--reference-add on a store uses the recorded reference and parameters: drop -r, --only-new, "
-                    "--alpha/--k/--params"
-                )
-            options["reference_add"] = os.fspath(options["reference_add"])
-        elif reference is None:
-            raise ParameterError("--in-place needs --reference R (or --reference-add NEW to grow the recorded one)")
-        elif not options.get("only_new"):
-            alpha, k = resolve_params(alpha, k, params)
-        elif params is not None:
-            alpha, k = resolve_params(None, None, params)
-        ref = StoreRef(os.fspath(store_uri), table, io_timeout, storage_options)
-        text = None if reference is None else os.fspath(reference)
-        return cls(ref, Target(table, column, id_column), text, alpha, k, **options)
-
-
-@dataclass
-class InPlaceResult:
-    """What an in-place run wrote; :meth:`to_json` is the ``--json`` document."""
-
-    store: str
-    table: str
-    column: str
-    operation: str  # in-place, only-new, reference-add
-    outcome: InPlaceOutcome
-    message: str
-    notes: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        out = self.outcome
-        doc = {"store": self.store, "table": self.table, "column": self.column, "operation": self.operation,
-               "rows": out.rows, "only_new": self.operation == "only-new", "n_gallery": out.n_gallery,
-               "n_reference": out.n_reference, "alpha": out.alpha, "k": out.k, "metric": out.metric,
-               "seconds": round(out.seconds, 3)}  # fmt: skip
-        extra = {"bias_mean": out.bias_mean, "n_added": out.n_added}
-        return {**doc, **{key: v for key, v in extra.items() if v is not None}}
-
-    @property
-    def summary(self) -> dict:
-        return {**self.to_json(), "message": self.message}
-
-
-def bias_in_place(
-    store_uri: str,
-    reference: Optional[PathLike] = None,
-    *,
-    progress: ProgressFn | None = None,
-    on_note: NoteFn | None = None,
-    **options: Any,
-) -> InPlaceResult:
-    """Read ``column`` of ``table``, compute each row's bias against ``reference`` and write ``nnn_bias``,
-    ``nnn_vector`` (``[r, b]``) and ``nnn_topk`` beside the user's columns (which are never written).
-
-    ``only_new``: only rows whose ``nnn_bias`` is NULL, with the parameters the store recorded (a new
-    item's bias depends on the reference alone, so this equals a full run).  ``reference_add``: new reference
-    queries folded into every row's stored top-k (``nnn_topk``; cost N x M_new), exact.  Runs under the
-    store's lock.  ``options`` are :meth:`InPlaceRequest.build`'s."""
-    request = InPlaceRequest.build(store_uri, reference, **options)
-    return run_bias_in_place(request, progress=progress, on_note=on_note)
-
-
-def run_bias_in_place(
-    req: InPlaceRequest, *, progress: ProgressFn | None = None, on_note: NoteFn | None = None
-) -> InPlaceResult:
-    """Carry out a built :class:`InPlaceRequest` under the store's lock."""
-    notes = Notes(on_note)
-    adding = req.reference_add is not None
-    path = req.reference_add if req.reference_add is not None else req.reference
-    assert path is not None  # InPlaceRequest.build: one of the two
-    src = open_source(path, "new reference queries" if adding else "reference", notes)
-    setup_threads(req.threads)
-    with closing(req.store.open("nnn bias")) as store, store.lock(req.target.table, req.wait):
-        if adding:
-            outcome = reference_add_in_place(store, req.target, src, req.metric)
-        else:
-            outcome = compute_in_place(
-                store, req.target, src, req.alpha, req.k, req.metric, req.only_new, IndexOptions(), progress
-            )
-        label = store.label
-    operation = "reference-add" if adding else "only-new" if req.only_new else "in-place"
-    message = _in_place_message(label, req.target.table, operation, outcome)
-    return InPlaceResult(label, req.target.table, req.target.column, operation, outcome, message, notes.lines)
-
-
-def _in_place_message(label: str, table: str, operation: str, out: InPlaceOutcome) -> str:
-    if out.rows == 0:
-        return f"{label} table {table!r}: no new rows"
-    if operation == "reference-add":
-        return (
-            f"updated {BIAS_COLUMN} of {out.rows} rows in {label} table {table!r}: added {out.n_added} reference "
-            f"queries ({out.n_reference} in all) in {out.seconds:.2f}s"
-        )
-    new = "new " if operation == "only-new" else ""
-    return (
-        f"wrote {BIAS_COLUMN} and nnn_vector of {out.rows} {new}rows in {label} table {table!r} (alpha={out.alpha}, "
-        f"k={out.k}, metric={out.metric}, {out.n_reference} reference queries) in {out.seconds:.2f}s"
-    )
 
 
 def store_hits(

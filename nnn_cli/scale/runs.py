@@ -94,7 +94,9 @@ def compute_bias(
     if isinstance(sink, BiasFileSink):
         sink.provenance, sink.datasets = provenance, datasets
     t0 = time.perf_counter()
-    if blocked(engine, sink.target if sink.remote_writes else None):  # a sink written whole needs no run folder
+    if getattr(gallery, "sequential", False):  # read once, in order (a store's cursor): streamed to the sink
+        details = _sequential_bias(gallery, reference, params, sink, engine, index, memory_budget, progress)
+    elif blocked(engine, sink.target if sink.remote_writes else None):  # a sink written whole needs no run folder
         details = _blocked_bias(gallery, reference, params, sink, engine, index, threads, progress, note)
     else:
         details = _whole_bias(gallery, reference, params, sink, index, memory_budget, device, progress, note)
@@ -129,6 +131,41 @@ def _blocked_bias(gallery, reference, params, sink, engine, index, threads, prog
             f"{rec.get('index_driver_seconds', 0):.1f}s, {rec.get('index_bytes', 0) / 1e6:.1f} MB shipped to tasks"
         )
     return {"engine": scheduler.name, **stats.as_dict()}
+
+
+def _sequential_bias(gallery, reference, params, sink, engine, index, memory_budget, progress) -> dict:
+    """A gallery read once in order, ``round_up(gallery.block_rows, QUERY_TILE)`` rows at a time (a store's
+    cursor, which reads ``block_rows`` per fetch): each block's exact top-k against the reference (held in
+    memory) goes to the sink with its rows as it comes, so memory is bounded by a block; the sink commits
+    once at the end, or aborts on any failure.  The GEMM tiles are the in-memory path's (bit-identical)."""
+    from nnn_cli.core.nnn import bias_from_topk, check_k
+    from nnn_cli.core.topk import QUERY_TILE, RunningTopScores
+    from nnn_cli.scale.grid import round_up
+
+    if engine.engine != "local" or not index.exact_flat or memory_budget is not None:
+        raise ParameterError(
+            f"{gallery.name}: a store is read once, in order, by this process, exactly: drop --engine, --index, "
+            "--load-index, --save-index and --memory-budget"
+        )
+    rows = round_up(max(1, int(gallery.block_rows)), QUERY_TILE)
+    k = check_k(params.k, reference.n)
+    r = reference.read(params.metric)
+    blocks = 0
+    try:
+        for b, (start, g) in enumerate(gallery.iter_blocks(params.metric, rows)):
+            running = RunningTopScores(g, k)
+            running.add(r, last=True)
+            topk = running.result()
+            arrays = {"bias": bias_from_topk(topk, params.alpha, k), "rows": g}
+            sink.put_block(b, (start, start + len(g)), {**arrays, **({"topk": topk} if params.save_topk else {})})
+            blocks += 1
+            if progress:
+                progress(start + len(g), gallery.n)
+        sink.commit({})
+    except BaseException:
+        sink.abort()
+        raise
+    return {"engine": "local", "plan": {"mode": "sequential", "block_rows": rows, "blocks": blocks}}
 
 
 def _whole_bias(gallery, reference, params, sink, index, memory_budget, device, progress, note) -> dict:

@@ -1,28 +1,32 @@
-"""How biases are computed for the rows a vector store holds (``nnn bias URI --in-place``): read the rows,
-run the bias plan (or merge the stored top-k with new reference queries), and commit ``nnn_bias``,
-``nnn_vector`` and ``nnn_topk`` through the store's own atomic write.  The store is used through its
-interface only (:class:`~nnn_cli.data.stores.common.VectorStore`); no store kind is named here.
+"""How biases are computed for the rows a vector store holds (``nnn bias URI --in-place``): where the bias
+pipeline reads its gallery and writes its biases (:func:`bias_place`: files, or a store's table read by
+blocks and written back through its sink), the ``--reference-add`` merge of the stored top-k, and the rows of
+an export.  The store is used through its interface only (:class:`~nnn_cli.data.stores.common.VectorStore`);
+no store kind is named here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
-from nnn_cli.core.nnn import bias_from_topk, check_k, merge_topk, reference_topk
-from nnn_cli.core.topk import ProgressFn
+from nnn_cli.core.nnn import bias_from_topk, merge_topk, reference_topk
+from nnn_cli.core.topk import QUERY_TILE, ProgressFn
 from nnn_cli.data.inputs import check_same_dim
+from nnn_cli.data.sources import DEFAULT_BLOCK_ROWS
+from nnn_cli.data.stores import open_store
 from nnn_cli.data.stores.common import (
-    StoreSource,
     VectorStore,
     WriteSpec,
     check_unique,
+    closing,
     l2_rows,
     nnn_rows,
-    store_source,
     where,
 )
 from nnn_cli.data.stores.records import (
@@ -35,84 +39,147 @@ from nnn_cli.data.stores.records import (
     reference_add_parts,
 )
 from nnn_cli.data.stores.sink import StoreBiasSink
+from nnn_cli.data.stores.source import StoreRows, store_rows
 from nnn_cli.errors import ParameterError
-from nnn_cli.scale.pipeline import BiasParams
-from nnn_cli.scale.runs import compute_bias
+from nnn_cli.scale.grid import round_up
+from nnn_cli.scale.runs import bias_sink, grow_bias
 from nnn_cli.scale.scheduler import EngineOptions
 
 
+@dataclass(frozen=True)
+class InPlace:
+    """``--in-place``: the gallery names a store (its URI), read from ``target``'s table and column, and the
+    biases are written back beside the user's columns; ``only_new``: the rows without a bias, with the
+    recorded parameters; ``store_options``: the store's connection options (LanceDB's object store)."""
+
+    target: Target
+    only_new: bool = False
+    store_options: Optional[dict] = None
+
+
+class FilePlace:
+    """The gallery is a file (or a URL) and the biases go to ``-o`` (a bias file or a run folder)."""
+
+    operation_names = {"create": "create"}
+
+    def gallery(self, open_file: Callable[[], Any]) -> Any:
+        return open_file()
+
+    def sink(self, output: Any, inputs: list, engine: EngineOptions, g_src: Any) -> Any:
+        return bias_sink(output, inputs, engine, g_src.ids())
+
+    def params(self, alpha: Any, k: Any, metric: str, r_src: Any, g_src: Any) -> tuple[Any, Any, str]:
+        return alpha, k, metric
+
+    def fields(self, g_src: Any, sink: Any) -> dict:
+        return {}
+
+    def grow(self, *args: Any, **kwargs: Any) -> dict:
+        return grow_bias(*args, **kwargs)
+
+
 @dataclass
-class InPlaceOutcome:
-    """What an in-place run wrote: ``rows`` biases (0: nothing new), with the parameters it used."""
+class StorePlace:
+    """The gallery is a table of ``store`` (open and locked for the whole run): a blocked source, and the
+    biases go back to it through :class:`~nnn_cli.data.stores.sink.StoreBiasSink`."""
 
-    rows: int
-    n_gallery: int
-    n_reference: int
-    alpha: float
-    k: int
-    metric: str
-    seconds: float
-    bias_mean: Optional[float] = None
-    n_added: Optional[int] = None
+    store: VectorStore
+    spec: InPlace
+    block_rows: Optional[int] = None
+    _run: dict = field(default_factory=dict)
+
+    @property
+    def operation_names(self) -> dict:
+        return {"create": "only-new" if self.spec.only_new else "in-place"}
+
+    def gallery(self, open_file: Callable[[], Any]) -> StoreRows:
+        t = self.spec.target
+        return store_rows(self.store, t.table, t.column, t.id_column, self.spec.only_new, self.block_rows)
+
+    def sink(self, output: Any, inputs: list, engine: EngineOptions, g_src: Any) -> StoreBiasSink:
+        rows = self.block_rows or DEFAULT_BLOCK_ROWS
+        return StoreBiasSink(self.store, self.spec.target, g_src.keys, self._meta, rows)
+
+    def params(self, alpha: Any, k: Any, metric: str, r_src: Any, g_src: Any) -> tuple[Any, Any, str]:
+        """The recorded parameters for ``--only-new`` (what is given must agree, and so must the reference)."""
+        old = self.store.read_meta(self.spec.target.table) if self.spec.only_new else None
+        if self.spec.only_new:
+            alpha, k, metric = recorded_params(self.store, self.spec.target, old, alpha, k, metric, r_src)
+        self._run.update(old=old, g_src=g_src, r_src=r_src, alpha=alpha, k=k, metric=metric)
+        return alpha, k, metric
+
+    def _meta(self) -> dict:
+        r = self._run
+        return in_place_meta(r["old"], self.store, self.spec.target, r["g_src"], r["r_src"], r["alpha"], r["k"],
+                             r["metric"])  # fmt: skip
+
+    def fields(self, g_src: Any, sink: Any) -> dict:
+        t = self.spec.target
+        about = {"store": self.store.label, "table": t.table, "column": t.column, "rows": g_src.n}
+        return {**about, "only_new": self.spec.only_new, **sink.bias_stats()}
+
+    def grow(self, target: Any, gallery: Any, other: Any, operation: str, output: Any, engine: EngineOptions,
+             threads: int = 0, **kwargs: Any) -> dict:  # fmt: skip
+        """``--reference-add NEW``: every row's stored top-k merged with its top-k against NEW, block by block."""
+        from nnn_cli.data.inputs import open_embeddings
+
+        if output is not None or engine.engine != "local":
+            raise ParameterError("--in-place writes the store itself, in this process: drop -o and --engine")
+        t0 = time.perf_counter()
+        out = reference_add_in_place(self.store, self.spec.target, open_embeddings(other, "new reference queries"),
+                                     kwargs.get("metric", "cosine"), self.block_rows, kwargs.get("progress"))  # fmt: skip
+        return {**out, "output": self.store.label, "engine": "local", "seconds": time.perf_counter() - t0}
 
 
-def _gallery(store: VectorStore, target: Target, only_missing: bool = False) -> tuple[np.ndarray, StoreSource]:
-    ids, vectors = store.read(target.table, target.column, target.id_column, only_missing=only_missing)
-    return ids, store_source(where(store, target.table, target.column), vectors, ids)
+@contextlib.contextmanager
+def bias_place(gallery: str, spec: Optional[InPlace], io_timeout: Optional[float], wait: float,
+               block_rows: Optional[int] = None) -> Iterator[Any]:  # fmt: skip
+    """Where a bias run reads its gallery and writes its biases: files, or (``spec``) a store's table, held
+    open and locked (an advisory lock, a file lock) for the whole read, compute and write."""
+    if spec is None:
+        yield FilePlace()
+        return
+    store = open_store(gallery, io_timeout=io_timeout, storage_options=spec.store_options, application="nnn bias")
+    with closing(store), store.lock(spec.target.table, wait):
+        yield StorePlace(store, spec, block_rows)
 
 
-def bias_in_place(
+def reference_add_in_place(
     store: VectorStore,
     target: Target,
-    r_src: Any,
-    alpha: Optional[float],
-    k: Optional[int],
+    new_src: Any,
     metric: str,
-    only_new: bool,
-    index: Any,
+    block_rows: Optional[int] = None,
     progress: ProgressFn | None = None,
-) -> InPlaceOutcome:
-    """Every row's bias (``only_new``: the rows without one, with the recorded parameters) through the bias
-    pipeline (:func:`~nnn_cli.scale.runs.compute_bias`), committed by the store's sink at once; ``index``:
-    the reference side's search (:class:`~nnn_cli.jobs.common.IndexOptions`, exact by default)."""
-    meta = store.read_meta(target.table)
-    if only_new:
-        alpha, k, metric = recorded_params(store, target, meta, alpha, k, metric, r_src)
-    assert alpha is not None and k is not None
-    ids, g_src = _gallery(store, target, only_missing=only_new)
-    if len(ids) == 0:
-        return InPlaceOutcome(0, int((meta or {}).get("n_gallery", 0)), r_src.n, alpha, k, metric, 0.0)
-    check_same_dim(g_src, r_src)
-    params = BiasParams(alpha, check_k(k, r_src.n), metric, True)
-    old = meta if only_new else None
-    sink = StoreBiasSink(store, target, ids, g_src, metric,
-                         lambda: in_place_meta(old, store, target, g_src, r_src, params.alpha, params.k, metric))  # fmt: skip
-    sink.check(False)
-    out = compute_bias(g_src, r_src, params, sink, EngineOptions(), index, progress=progress)
-    n_gallery = (int(old.get("n_gallery", 0)) if old else 0) + g_src.n
-    return InPlaceOutcome(len(ids), n_gallery, r_src.n, alpha, k, metric, out.seconds, float(sink.bias.mean()))
-
-
-def reference_add_in_place(store: VectorStore, target: Target, new_src: Any, metric: str) -> InPlaceOutcome:
+) -> dict:
     """Every row's bias after adding new reference queries: its stored top-k merged with its top-k against
-    them, exactly as `nnn bias --update BIAS.h5 --reference-add NEW` does for a bias file."""
+    them, exactly as `nnn bias --update BIAS.h5 --reference-add NEW` does for a bias file; the rows are read
+    and written by blocks (the stored top-k, N x k, is read whole)."""
     meta = store.read_meta(target.table)
     parts = reference_add_parts(store, target, meta, metric, new_src)
     assert meta is not None
-    ids, g_src = _gallery(store, target)
+    g_src = store_rows(store, target.table, target.column, target.id_column, False, block_rows)
     check_same_dim(g_src, new_src)
     alpha, k = float(meta["alpha"]), int(meta["k"])
+    ids = g_src.keys
     old_topk = store.read_topk(target.table, target.id_column, ids, k)
-    t0 = time.perf_counter()
-    g = g_src.read(metric)
-    topk = merge_topk(old_topk, reference_topk(g, new_src.read(metric), min(k, new_src.n)), k)
-    b = bias_from_topk(topk, alpha, k)
-    meta = reference_add_meta(meta, parts, new_src)
-    store.write_bias(target.table, target.column, target.id_column, ids, b, nnn_rows(g, b), topk, meta)
-    seconds = time.perf_counter() - t0
-    n_ref = int(meta["n_reference"])
-    return InPlaceOutcome(len(ids), int(meta.get("n_gallery", len(ids))), n_ref, alpha, k, metric, seconds,
-                          float(b.mean()), new_src.n)  # fmt: skip
+    new_meta = reference_add_meta(meta, parts, new_src)
+    sink = StoreBiasSink(store, target, ids, lambda: new_meta, block_rows or DEFAULT_BLOCK_ROWS)
+    new = new_src.read(metric)
+    try:
+        for b, (start, g) in enumerate(g_src.iter_blocks(metric, round_up(sink.block_rows, QUERY_TILE))):
+            stop = start + len(g)
+            topk = merge_topk(old_topk[start:stop], reference_topk(g, new, min(k, new_src.n)), k)
+            sink.put_block(b, (start, stop), {"bias": bias_from_topk(topk, alpha, k), "topk": topk, "rows": g})
+            if progress:
+                progress(stop, g_src.n)
+        sink.commit({})
+    except BaseException:
+        sink.abort()
+        raise
+    return {"n_added": new_src.n, "n_gallery": int(meta.get("n_gallery", g_src.n)), "rows": g_src.n,
+            "n_reference": int(new_meta["n_reference"]), "alpha": alpha, "k": k, "metric": metric,
+            **sink.bias_stats()}  # fmt: skip
 
 
 def write_export(

@@ -358,12 +358,12 @@ def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data
     from nnn_cli.data.stores.common import closing
     from nnn_cli.data.stores.records import Target, in_place_meta
     from nnn_cli.data.stores.sink import StoreBiasSink
+    from nnn_cli.data.stores.source import store_rows
     from nnn_cli.errors import ParameterError
     from nnn_cli.jobs.common import IndexOptions
     from nnn_cli.scale.pipeline import BiasParams
     from nnn_cli.scale.runs import compute_bias
     from nnn_cli.scale.scheduler import EngineOptions
-    from nnn_cli.scale.stores import _gallery
 
     alpha, k = float(ALPHA), int(K)
     path = tmp_path / "db"
@@ -372,21 +372,119 @@ def test_in_place_sink_meets_the_pipeline_protocol(tmp_path, hub_files, hub_data
     r_src = open_embeddings(hub_files["reference"])
     with closing(open_store(f"lancedb:{path}")) as store:
         target = Target("docs")
-        ids, g_src = _gallery(store, target)
+        g_src = store_rows(store, "docs", "embedding", block_rows=50)
         sink = StoreBiasSink(
             store,
             target,
-            ids,
-            g_src,
-            "cosine",
+            g_src.ids(),
             lambda: in_place_meta(None, store, target, g_src, r_src, alpha, k, "cosine"),
+            block_rows=50,
         )
         assert isinstance(sink, Sink) and not sink.remote_writes
         with pytest.raises(ParameterError, match="--resume applies to run folders"):
             sink.check(True)
-        sink.put_block(0, (0, 60), {"bias": np.zeros(60, np.float32), "topk": np.zeros((60, k), np.float32)})
+        g = g_src.rows(0, 60)
+        z = np.zeros(60, np.float32)
+        sink.put_block(0, (0, 60), {"bias": z, "topk": np.zeros((60, k), np.float32), "rows": g})
         assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").to_arrow().column_names
-        out = compute_bias(g_src, r_src, BiasParams(alpha, k, "cosine", True), sink, EngineOptions(), IndexOptions())
+        sink.abort()
+        sink = StoreBiasSink(store, target, g_src.ids(), sink.meta, block_rows=50)
+        compute_bias(g_src, r_src, BiasParams(alpha, k, "cosine", True), sink, EngineOptions(), IndexOptions())
+        assert sink.writes == [50, 50, 20] and g_src.stats.fetches == [50, 50, 50, 50, 20]
     after = lancedb.connect(str(path)).open_table("docs").to_arrow()
     assert np.allclose(after.column("nnn_bias").to_numpy(), h5py.File(biased)["bias"][:120], atol=1e-6)
-    assert np.allclose(out.bias, h5py.File(biased)["bias"][:120], atol=1e-6)
+    assert abs(sink.bias_stats()["bias_mean"] - float(h5py.File(biased)["bias"][:120].mean())) < 1e-6
+
+
+def _in_place(uri, reference, table, block_rows=None, **options):
+    """`nnn bias URI --in-place` through the one bias pipeline (jobs.bias), ``block_rows`` rows per batch/write."""
+    from nnn_cli import jobs
+    from nnn_cli.jobs.common import EngineOptions
+
+    place = jobs.in_place_target(table, "embedding", only_new=options.pop("only_new", False))
+    return jobs.bias(uri, reference, in_place=place, engine=EngineOptions(block_rows=block_rows), **options)
+
+
+def test_blocks_equal_one_shot_and_failure_leaves_the_version(tmp_path, hub_files, hub_data, monkeypatch):
+    """2500 rows read in Arrow batches of 7 and written 7 at a time equal one block bit for bit; a failure
+    between block writes leaves the table's version and content as they were; --only-new by blocks."""
+    from nnn_cli.data.stores.lance import LanceBiasWriter
+
+    g = np.random.default_rng(5).standard_normal((2500, hub_data.gallery.shape[1])).astype(np.float32)
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    for name in ("small", "one", "fail"):
+        db.create_table(name, user_table(db, name, g, range(2500)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    small = _in_place(uri, ref, "small", 7, alpha=0.75, k=16)
+    _in_place(uri, ref, "one", 100_000, alpha=0.75, k=16)
+    assert small.operation == "in-place" and small.details["plan"]["blocks"] == 3 and small.stats["rows"] == 2500
+    cols = ["id", "nnn_bias", "nnn_vector", "nnn_topk"]
+    one = lancedb.connect(str(path)).open_table("one").to_arrow().select(cols)
+    assert lancedb.connect(str(path)).open_table("small").to_arrow().select(cols).equals(one)
+    put, calls = LanceBiasWriter.put, []
+
+    def failing_put(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk gone")
+        return put(self, *args)
+
+    monkeypatch.setattr(LanceBiasWriter, "put", failing_put)
+    before = lancedb.connect(str(path)).open_table("fail")
+    version, content = before.version, before.to_arrow()
+    with pytest.raises(RuntimeError, match="disk gone"):
+        _in_place(uri, ref, "fail", 50, alpha=0.75, k=16)
+    after = lancedb.connect(str(path)).open_table("fail")
+    assert after.version == version and after.to_arrow().equals(content)
+
+
+def test_in_place_options_refused_in_one_line(tmp_path, hub_files, hub_data):
+    """Combinations the one bias pipeline cannot honour for a store exit 2 with one line, the table unchanged."""
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("docs", user_table(db, "docs", hub_data.gallery, range(40)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    base = ["bias", uri, "--table", "docs", "-r", ref, "--alpha", ALPHA, "--k", K]
+    assert_clean_error(run("bias", uri, "-r", ref, "--alpha", ALPHA, "--only-new"), "--only-new needs --in-place")
+    assert_clean_error(run(*base, "--in-place", "-o", tmp_path / "b.h5"), "takes no -o")
+    assert_clean_error(run(*base, "--in-place", "--gallery-ids", tmp_path / "ids.txt"), "drop --gallery-ids")
+    assert_clean_error(run(*base, "--in-place", "--index", "hnsw"), "read once, in order", "--index")
+    assert_clean_error(run(*base[:2], "-r", ref, "--alpha", ALPHA, "--k", K, "--in-place"), "--in-place needs --table")
+    assert "nnn_bias" not in lancedb.connect(str(path)).open_table("docs").schema.names
+
+
+def test_failure_while_the_version_streams_leaves_it(tmp_path, hub_files, hub_data, monkeypatch):
+    """A failure in the middle of the commit's stream (the new version half written): the table's version and
+    content are as they were, the staging folder is gone, and a later run succeeds."""
+    import nnn_cli.data.stores.lance as lance_store
+
+    path = tmp_path / "db"
+    db = lancedb.connect(str(path))
+    db.create_table("docs", user_table(db, "docs", hub_data.gallery, range(300)))
+    uri, ref = f"lancedb:{path}", hub_files["reference"]
+    _in_place(uri, ref, "docs", 64, alpha=0.75, k=16)
+    before = lancedb.connect(str(path)).open_table("docs")
+    version, content = before.version, before.to_arrow()
+    merge, calls = lance_store._merge_column, []
+
+    def failing_merge(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return merge(*args)
+
+    monkeypatch.setattr(lance_store, "_merge_column", failing_merge)
+    staged = []
+    monkeypatch.setattr(
+        lance_store.tempfile, "mkdtemp", lambda **kw: staged.append(str(tmp_path / "stage")) or staged[-1]
+    )
+    from nnn_cli.errors import NNNError
+
+    with pytest.raises(NNNError, match="cannot write .*the table is unchanged"):
+        _in_place(uri, ref, "docs", 64, alpha=0.5, k=8)
+    after = lancedb.connect(str(path)).open_table("docs")
+    assert after.version == version and after.to_arrow().equals(content) and not (tmp_path / "stage").exists()
+    monkeypatch.setattr(lance_store, "_merge_column", merge)
+    _in_place(uri, ref, "docs", 64, alpha=0.5, k=8)
+    assert lancedb.connect(str(path)).open_table("docs").to_arrow().schema.field("nnn_topk").type.list_size == 8

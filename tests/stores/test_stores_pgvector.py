@@ -729,3 +729,154 @@ def test_reference_add_in_place_equals_whole_reference(pg, conn, tmp_path, hub_f
         file_bias,
         lambda: np.array(list(biases(conn, "grow").values())),
     )
+
+
+# ---------------------------------------------------------------------------
+# blocks: the table read by a server-side cursor and written through a staging table, a block at a time
+# ---------------------------------------------------------------------------
+def _in_place(uri, reference, table, block_rows=None, **options):
+    """`nnn bias URI --in-place` through the one bias pipeline (jobs.bias), ``block_rows`` rows per fetch/write."""
+    from nnn_cli import jobs
+    from nnn_cli.jobs.common import EngineOptions
+
+    place = jobs.in_place_target(table, "embedding", only_new=options.pop("only_new", False))
+    engine = EngineOptions(block_rows=block_rows)
+    return jobs.bias(uri, reference, in_place=place, engine=engine, wait=30, **options)
+
+
+def _nnn_columns(conn, name):
+    from psycopg import sql
+
+    return conn.execute(
+        sql.SQL("SELECT pk, nnn_bias, nnn_vector::real[], nnn_topk FROM {} ORDER BY pk").format(sql.Identifier(name))
+    ).fetchall()
+
+
+def test_blocks_read_and_written_equal_one_shot(pg, conn, hub_files, hub_data):
+    """2500 rows fetched and written 7 at a time (three compute blocks) give the same nnn_bias, nnn_vector and
+    nnn_topk, bit for bit, as one block; --only-new by blocks fills the new rows as a fresh run does."""
+    g = np.random.default_rng(5).standard_normal((2500, hub_data.gallery.shape[1])).astype(np.float32)
+    make_user_table(conn, "blk_small", g)
+    make_user_table(conn, "blk_one", g)
+    make_user_table(conn, "blk_new", g, rows=range(2100))
+    opts = {"alpha": float(ALPHA), "k": int(K)}
+    small = _in_place(pg.uri, hub_files["reference"], "blk_small", 7, **opts)
+    one = _in_place(pg.uri, hub_files["reference"], "blk_one", 100_000, **opts)
+    assert small.operation == one.operation == "in-place" and small.stats["rows"] == 2500
+    assert small.details["plan"] == {"mode": "sequential", "block_rows": 1024, "blocks": 3}
+    assert _nnn_columns(conn, "blk_small") == _nnn_columns(conn, "blk_one")  # float4 values: exact
+    _in_place(pg.uri, hub_files["reference"], "blk_new", 7, **opts)
+    insert_rows(conn, "blk_new", g, range(2100, 2500))
+    new = _in_place(pg.uri, hub_files["reference"], "blk_new", 7, only_new=True)
+    assert new.operation == "only-new" and new.stats["rows"] == 400 and new.alpha == float(ALPHA)
+    got, want = _nnn_columns(conn, "blk_new"), _nnn_columns(conn, "blk_one")
+    assert [r[0] for r in got] == [r[0] for r in want]
+    assert np.allclose([r[1] for r in got], [r[1] for r in want], atol=1e-6)
+    assert np.allclose(np.array([r[2] for r in got]), np.array([r[2] for r in want]), atol=1e-6)
+    info = json.loads(assert_ok(run("info", pg.uri, "--table", "blk_new", "--json")).stdout)
+    assert [h["op"] for h in info["nnn"]["history"]] == ["in-place", "only-new"] and info["nnn"]["n_gallery"] == 2500
+
+
+def test_block_reader_holds_one_block(pg, conn, hub_files, hub_data):
+    """The cursor fetches at most block_rows rows, the reader never holds more than the block asked for plus
+    one fetch, and the sink writes block_rows rows at a time."""
+    from nnn_cli.data.inputs import open_embeddings
+    from nnn_cli.data.stores import open_store
+    from nnn_cli.data.stores.common import closing
+    from nnn_cli.data.stores.records import Target
+    from nnn_cli.data.stores.sink import StoreBiasSink
+    from nnn_cli.data.stores.source import store_rows
+    from nnn_cli.jobs.common import IndexOptions
+    from nnn_cli.scale.pipeline import BiasParams
+    from nnn_cli.scale.runs import compute_bias
+    from nnn_cli.scale.scheduler import EngineOptions
+
+    make_user_table(conn, "blk_mem", hub_data.gallery)
+    with closing(open_store(pg.uri)) as store:
+        chunks = [len(keys) for keys, _ in store.scan("blk_mem", "embedding", None, False, 13)]
+        assert chunks == [13] * 23 + [1]
+        src = store_rows(store, "blk_mem", "embedding", block_rows=13)
+        assert src.n == 300 and src.dim == hub_data.gallery.shape[1] and src.sequential
+        blocks = [(start, len(rows)) for start, rows in src.iter_blocks("cosine", 64)]
+        assert blocks == [(s, min(64, 300 - s)) for s in range(0, 300, 64)]
+        assert max(src.stats.fetches) == 13 and sum(src.stats.fetches) == 300 and src.stats.max_held <= 64 + 13
+        assert np.allclose(src.rows(100, 110, "ip"), hub_data.gallery[100:110], atol=0)
+        sink = StoreBiasSink(store, Target("blk_mem"), src.keys, lambda: {"mode": "in-place"}, block_rows=13)
+        r_src = open_embeddings(hub_files["reference"])
+        compute_bias(src, r_src, BiasParams(0.75, 16, "cosine"), sink, EngineOptions(), IndexOptions())
+        assert max(sink.writes) == 13 and sum(sink.writes) == 300 and len(sink.writes) == 24
+    assert all(row[1] is not None for row in _nnn_columns(conn, "blk_mem"))
+
+
+def test_failure_between_block_writes_leaves_table_unchanged(pg, conn, hub_files, hub_data, monkeypatch):
+    """A failure after some blocks were staged: the table (a first run's columns, or a later run's values)
+    is as it was, no staging table is left, and the next run succeeds."""
+    from nnn_cli.data.stores.pgvector import PgBiasWriter
+
+    g = hub_data.gallery
+    make_user_table(conn, "blk_fail", g)
+    put = PgBiasWriter.put
+    calls = []
+
+    def failing_put(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk gone")
+        return put(self, *args)
+
+    monkeypatch.setattr(PgBiasWriter, "put", failing_put)
+    before = user_columns(conn, "blk_fail")
+    with pytest.raises(RuntimeError, match="disk gone"):
+        _in_place(pg.uri, hub_files["reference"], "blk_fail", 50, alpha=0.75, k=16)
+    cols = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'blk_fail'::regclass")]
+    assert "nnn_bias" not in cols and user_columns(conn, "blk_fail") == before
+    monkeypatch.setattr(PgBiasWriter, "put", put)
+    _in_place(pg.uri, hub_files["reference"], "blk_fail", 50, alpha=0.75, k=16)
+    done = _nnn_columns(conn, "blk_fail")
+    calls.clear()
+    monkeypatch.setattr(PgBiasWriter, "put", failing_put)
+    with pytest.raises(RuntimeError, match="disk gone"):  # a second run with other parameters fails midway
+        _in_place(pg.uri, hub_files["reference"], "blk_fail", 50, alpha=0.5, k=8)
+    assert _nnn_columns(conn, "blk_fail") == done
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'nnn_stage_%'").fetchone()[0] == 0
+
+
+def test_table_changed_between_key_pass_and_fetch_is_refused(pg, conn, hub_data):
+    """A row deleted after the keys were listed: the reader refuses (one line), never mixes rows."""
+    from nnn_cli.data.stores import open_store
+    from nnn_cli.data.stores.common import closing
+    from nnn_cli.data.stores.source import store_rows
+    from nnn_cli.errors import InputError
+
+    make_user_table(conn, "blk_moving", hub_data.gallery)
+    with closing(open_store(pg.uri)) as store:
+        src = store_rows(store, "blk_moving", "embedding", block_rows=16)
+        conn.execute("DELETE FROM blk_moving WHERE pk = 40")
+        with pytest.raises(InputError, match="changed while it was read"):
+            src.read("cosine")
+
+
+def test_reference_add_by_blocks_through_the_pipeline(pg, conn, tmp_path, hub_files, hub_data):
+    """`--in-place --reference-add NEW --block-rows 7` (the CLI, through jobs.bias): every row's stored top-k
+    merged by blocks equals a run on the whole reference."""
+    from store_cases import split_reference
+
+    from nnn_cli import jobs
+
+    a, b, whole = split_reference(tmp_path, hub_data.reference, 1200)
+    make_user_table(conn, "blk_grow", hub_data.gallery)
+    make_user_table(conn, "blk_whole", hub_data.gallery)
+    base = ["bias", pg.uri, "--table", "blk_grow", "--in-place", "--block-rows", "7", "--json"]
+    first = json.loads(assert_ok(run(*base, "-r", a, "--alpha", ALPHA, "--k", K)).stdout)
+    assert first["operation"] == "in-place" and first["rows"] == 300 and first["plan"]["mode"] == "sequential"
+    added = json.loads(assert_ok(run(*base, "--reference-add", b)).stdout)
+    assert (
+        added["operation"] == "reference-add"
+        and added["rows"] == 300
+        and added["n_added"] == len(hub_data.reference) - 1200
+    )
+    _in_place(pg.uri, whole, "blk_whole", None, alpha=float(ALPHA), k=int(K))
+    got, want = _nnn_columns(conn, "blk_grow"), _nnn_columns(conn, "blk_whole")
+    assert np.allclose([r[1] for r in got], [r[1] for r in want], atol=1e-6)
+    assert np.allclose(np.array([r[3] for r in got]), np.array([r[3] for r in want]), atol=1e-6)
+    assert not hasattr(jobs, "run_bias_in_place")  # one bias job for files and stores

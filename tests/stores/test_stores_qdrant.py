@@ -265,3 +265,26 @@ def test_reference_add_in_place_equals_whole_reference(tmp_path, hub_data, biase
         return np.array([snap[i][0]["nnn_bias"] for i in range(300)])
 
     check_reference_add(f"qdrant:{path}", "grow", "embedding", tmp_path, hub_data, file_bias, read_bias)
+
+
+def test_blocks_equal_one_shot_through_the_pipeline(tmp_path, hub_files, hub_data):
+    """Scroll pages of 7 points and writes of 7 rows give the biases of one block, bit for bit; --only-new
+    goes through the same pipeline."""
+    from nnn_cli import jobs
+    from nnn_cli.jobs.common import EngineOptions
+
+    g = hub_data.gallery
+    path = tmp_path / "q"
+    user_collection(path, "small", g, range(300))
+    user_collection(path, "one", g, range(300))
+    uri, ref = f"qdrant:{path}", hub_files["reference"]
+    for table, rows in (("small", 7), ("one", 100_000)):
+        res = jobs.bias(uri, ref, in_place=jobs.in_place_target(table), engine=EngineOptions(block_rows=rows),
+                        alpha=0.75, k=16)  # fmt: skip
+        assert res.operation == "in-place" and res.stats["rows"] == 300
+    small, one = snapshot(path, "small", with_nnn=True), snapshot(path, "one", with_nnn=True)
+    assert {key: v[0]["nnn_bias"] for key, v in small.items()} == {key: v[0]["nnn_bias"] for key, v in one.items()}
+    again = jobs.bias(
+        uri, ref, in_place=jobs.in_place_target("small", only_new=True), engine=EngineOptions(block_rows=7)
+    )
+    assert again.operation == "only-new" and again.stats["rows"] == 0

@@ -219,34 +219,11 @@ def bias_cmd(
             "--store-option": store_option,
         },
     )
-    if in_place or only_new:
-        if not in_place or output is not None or update is not None or append_to is not None:
-            fail("--only-new needs --in-place; --in-place takes no -o, --update or --append-to")
-            return
-        with progress_bar("bias", quiet) as progress:
-            store_result = jobs.bias_in_place(
-                gallery,
-                reference,
-                table=table or "",
-                column=column,
-                id_column=id_column,
-                alpha=alpha,
-                k=k,
-                params=params,
-                metric=metric.value,
-                only_new=only_new,
-                reference_add=reference_add,
-                threads=threads,
-                wait=wait,
-                io_timeout=io_timeout,
-                storage_options=store_options(store_option),
-                progress=progress,
-                on_note=note,
-            )
-        if json_out:
-            print_json(store_result.to_json())
-        info(store_result.message, quiet)
+    if only_new and not in_place:
+        fail("--only-new needs --in-place")
         return
+    place = jobs.in_place_target(table, column, id_column, only_new=only_new,
+                                 store_options=store_options(store_option)) if in_place else None  # fmt: skip
     with progress_bar("bias", quiet) as progress:
         result = jobs.bias(
             gallery,
@@ -282,6 +259,7 @@ def bias_cmd(
             strict=strict,
             reference_fraction=reference_fraction,
             reference_seed=reference_seed,
+            in_place=place,
             progress=progress,
             on_note=note,
         )

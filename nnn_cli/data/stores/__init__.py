@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from nnn_cli.data.stores.common import (
     StoreHits,
-    StoreSource,
     VectorStore,
     WriteSpec,
     mask_uri,
@@ -55,4 +54,4 @@ def open_store(
     )
 
 
-__all__ = ["SCHEMES", "StoreHits", "StoreSource", "VectorStore", "WriteSpec", "is_store_uri", "mask_uri", "open_store"]
+__all__ = ["SCHEMES", "StoreHits", "VectorStore", "WriteSpec", "is_store_uri", "mask_uri", "open_store"]

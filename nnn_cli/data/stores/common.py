@@ -2,9 +2,9 @@
 MIPS-to-L2 form, and the :class:`VectorStore` interface the jobs talk to (no job knows which store
 it has).
 
-A store is a *source* (``read``: ids and float32 rows, validated like a file) and a *sink*
-(``write_table`` for export, ``write_bias`` for in-place biases), each commit atomic in the store's
-own terms; the parameters and fingerprints of the run are kept in the store (``read_meta``).
+A store is a *source* (``scan_keys`` then ``scan``: keys and float32 rows by blocks, a pipeline source through
+:mod:`nnn_cli.data.stores.source`) and a *sink* (``write_table`` for export, ``bias_writer`` for in-place
+biases), each commit atomic in the store's own terms; the parameters and fingerprints of the run are kept in the store (``read_meta``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 BIAS_COLUMN = "nnn_bias"
@@ -94,26 +92,6 @@ def scrub(message: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-class StoreSource(EmbeddingSource):
-    """Rows read from a store (held in memory as float32), used by the jobs exactly like a file source;
-    its name is the masked URI with the table and column, its ids are the store's row keys."""
-
-    store_name: str = ""
-
-    @property
-    def name(self) -> str:
-        return self.store_name
-
-
-def store_source(name: str, vectors: np.ndarray, ids: np.ndarray, label: str = "gallery") -> StoreSource:
-    """A :class:`StoreSource` over ``vectors`` (N, d) float32 with ``ids`` (N,) strings."""
-    arr = np.ascontiguousarray(vectors, dtype=np.float32)
-    src = StoreSource(Path(name), None, "mem", (int(arr.shape[0]), int(arr.shape[1])), arr.dtype, label, _array=arr)
-    src.store_name = name
-    src._ids = ids
-    return src
 
 
 def check_rows(name: str, ids: list | np.ndarray, vectors: list | np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -278,6 +256,44 @@ class WriteSpec:
     columns: dict[str, list] = field(default_factory=dict)
 
 
+class BiasWriter(Protocol):
+    """In-place biases written by blocks (``put``) and made visible at once (``commit``); ``abort`` leaves the
+    table as it was."""
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None: ...
+    def commit(self, meta: dict) -> None: ...
+    def abort(self) -> None: ...
+
+
+@dataclass
+class GatheredBiasWriter:
+    """For a store whose one atomic write is a whole new table version or collection (LanceDB, Qdrant): the
+    blocks are gathered (bias, ``[r, b]``, top-k: ``N x (d + k + 2)`` floats) and written by ``write_bias`` at
+    :meth:`commit`; nothing is written before."""
+
+    store: Any
+    table: str
+    id_column: str | None
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = field(default_factory=list)
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None:
+        self.parts.append((np.asarray(ids, dtype=object), bias.copy(), nnn_vectors.copy(), None if topk is None
+                           else topk.copy()))  # fmt: skip
+
+    def commit(self, meta: dict) -> None:
+        ids, bias, vectors, topk = (list(x) for x in zip(*self.parts)) if self.parts else ([], [], [], [])
+        if not ids:
+            return
+        self.store.write_bias(
+            self.table, "", self.id_column, np.concatenate(ids), np.concatenate(bias), np.concatenate(vectors),
+            None if topk[0] is None else np.concatenate(topk), meta,
+        )  # fmt: skip
+        self.parts.clear()
+
+    def abort(self) -> None:
+        self.parts.clear()
+
+
 class VectorStore(Protocol):
     """The seam between the jobs and a store (pgvector, LanceDB, Qdrant)."""
 
@@ -286,9 +302,6 @@ class VectorStore(Protocol):
 
     def close(self) -> None: ...
     def exists(self, table: str) -> bool: ...
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]: ...
     def counts(self, table: str) -> tuple[int, int]: ...
     def row_key(self, table: str) -> str | None: ...
     def read_topk(self, table: str, id_column: str | None, ids: np.ndarray, k: int) -> np.ndarray: ...
@@ -307,6 +320,13 @@ class VectorStore(Protocol):
         topk: np.ndarray | None,
         meta: dict,
     ) -> None: ...
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]: ...
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> BiasWriter: ...
     def search(
         self, table: str, queries: np.ndarray, top_k: int, meta: dict, effort: SearchEffort | None = None
     ) -> StoreHits: ...

@@ -3,10 +3,12 @@
 Rows move as Arrow columns.  Every write is one new table version (Lance commits a version atomically:
 a reader sees the old table or the new one): an export creates or overwrites the table, ``--append`` and
 in-place biases write the whole table back with the user's columns as the very Arrow arrays that were read
-(so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  The provenance is the
-schema metadata key ``nnn_meta``.  The lock: a ``flock`` beside a local table; on ``s3://`` a lease object
-``.NAME.lance.lock`` taken with a conditional write (:mod:`nnn_cli.data.stores.objlock`, its limits there);
-other object stores (``gs://``, ``az://``): none, so run one writer at a time there.
+(so they stay byte-identical) and ``nnn_bias``/``nnn_vector``/``nnn_topk`` set.  In place, the vectors are read
+as Arrow record batches of ``block_rows`` rows (:meth:`LanceStore.scan`) and the results staged by blocks, then
+streamed into the one new version (:class:`LanceBiasWriter`).  The provenance is the schema metadata key
+``nnn_meta``.  The lock: a ``flock`` beside a local table; on ``s3://`` a lease object ``.NAME.lance.lock``
+taken with a conditional write (:mod:`nnn_cli.data.stores.objlock`, its limits there); other object stores
+(``gs://``, ``az://``): none, so run one writer at a time there.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +43,15 @@ from nnn_cli.data.stores.common import (
     uri_secrets,
     where,
 )
-from nnn_cli.errors import DependencyError, InputError, MismatchError, OutputError, ParameterError, install_hint
+from nnn_cli.errors import (
+    DependencyError,
+    InputError,
+    MismatchError,
+    NNNError,
+    OutputError,
+    ParameterError,
+    install_hint,
+)
 
 META_KEY = b"nnn_meta"
 ID_COLUMN = "id"
@@ -167,18 +179,57 @@ class LanceStore:
             raise InputError(f"{where(self, table, key)}: a row has a NULL key")
         return key
 
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _scanner(self, table: str, columns: list[str], only_missing: bool, block_rows: int):
+        """Arrow record batches of ``columns`` (at most ``block_rows`` rows each), in the table's order."""
         tbl = self._open(table)
-        arrow = tbl.to_arrow()
-        key = self._key(arrow, table, id_column)
-        if only_missing and BIAS_COLUMN in arrow.column_names:
-            arrow = arrow.filter(self._pc.is_null(arrow.column(BIAS_COLUMN)))
-        vectors = self._vectors(arrow, table, column)
-        ids = np.asarray([str(v) for v in arrow.column(key).to_pylist()], dtype=object)
-        check_unique(where(self, table, key), ids)
-        return ids, vectors
+        query = tbl.search().select(columns)
+        if only_missing and BIAS_COLUMN in tbl.schema.names:
+            query = query.where(f"{BIAS_COLUMN} IS NULL")
+        return query.to_batches(max(1, int(block_rows)))
+
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]:
+        """(the row keys in the table's order, d), read as Arrow batches of the key column only."""
+        pa = self._pa
+        schema = self._open(table).schema
+        key = id_column or ID_COLUMN
+        for name, what in ((column, ""), (key, " (the row key; name it with --id-column)")):
+            if name not in schema.names:
+                raise InputError(f"{where(self, table, name)}: no such column{what}")
+        kind = schema.field(column).type
+        if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)) or not pa.types.is_floating(
+            kind.value_type
+        ):
+            raise InputError(f"{where(self, table, column)}: is {kind}, not a vector column (a list of floats)")
+        keys: list[str] = []
+        for batch in self._scanner(table, [key], only_missing, 65536):
+            col = batch.column(0)
+            if col.null_count:
+                raise InputError(f"{where(self, table, key)}: a row has a NULL key")
+            keys.extend(str(v) for v in col.to_pylist())
+        check_unique(where(self, table, key), keys)
+        if pa.types.is_fixed_size_list(kind):
+            dim = kind.list_size
+        else:
+            first = next(iter(self._scanner(table, [column], only_missing, 1)), None)
+            dim = 0 if first is None or not len(first) else len(first.column(0)[0].as_py() or [])
+        return np.asarray(keys, dtype=object), int(dim)
+
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(keys, vectors)`` of at most ``block_rows`` rows at a time: Arrow record batches of the key and
+        the vector column."""
+        key = id_column or ID_COLUMN
+        for batch in self._scanner(table, [key, column], only_missing, block_rows):
+            part = self._pa.Table.from_batches([batch])
+            keys = np.asarray([str(v) for v in part.column(key).to_pylist()], dtype=object)
+            yield keys, self._vectors(part, table, column)
+
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> LanceBiasWriter:
+        """Blocks staged in a local temporary table, then one new table version streamed at commit."""
+        return LanceBiasWriter(self, table, id_column, dim, k)
 
     def counts(self, table: str) -> tuple[int, int]:
         tbl = self._open(table)
@@ -417,3 +468,165 @@ class LanceStore:
         else:
             scores = score_from_l2(np.sqrt(np.maximum(d, 0)), q, float(meta["l2_max_norm"]))  # squared L2
         return StoreHits(ids, rows, scores)
+
+
+STAGE_BATCH = 16384
+
+
+def _merge_column(pa, old, hit: np.ndarray, values: np.ndarray, width: int | None):
+    """A column of one batch: the rows ``hit`` set to ``values``, every other row as it was (null where it was
+    null, or where the old column had another width)."""
+    n = len(hit)
+    out = np.zeros((n,) if width is None else (n, width), dtype=np.float32)
+    valid = np.zeros(n, dtype=bool)
+    if old is not None and (width is None or old.type.list_size == width):
+        valid = ~np.asarray(old.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        kept = old.drop_null() if width is None else old.flatten()  # flatten skips null slots
+        if valid.any():
+            out[valid] = np.asarray(kept.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(out[valid].shape)
+    out[hit] = values
+    valid = valid | hit
+    if width is None:
+        return pa.array(out, mask=~valid)
+    mask = pa.array(~valid) if (~valid).any() else None
+    return pa.FixedSizeListArray.from_arrays(pa.array(out.reshape(-1)), width, mask=mask)
+
+
+class _Staged:
+    """The staged rows read back in the order they were written, a window at a time."""
+
+    def __init__(self, batches: Iterator[Any], dim: int, k: int | None):
+        self.batches, self.dim, self.k = batches, dim, k
+        self.parts: dict[str, np.ndarray] = {}
+
+    def _more(self) -> bool:
+        batch = next(self.batches, None)
+        if batch is None:
+            return False
+        part = {
+            "id": np.asarray(batch.column(0).to_numpy(zero_copy_only=False)).astype(str),
+            "b": np.asarray(batch.column(1).to_numpy(zero_copy_only=False), dtype=np.float32),
+            "v": np.asarray(batch.column(2).flatten().to_numpy(), dtype=np.float32).reshape(-1, self.dim),
+        }
+        if self.k:
+            part["k"] = np.asarray(batch.column(3).flatten().to_numpy(), dtype=np.float32).reshape(-1, self.k)
+        self.parts = part if not self.parts else {key: np.concatenate([self.parts[key], part[key]]) for key in part}
+        return True
+
+    def window(self, m: int) -> dict[str, np.ndarray]:
+        while len(self.parts.get("id", ())) < m and self._more():
+            pass
+        return {key: v[:m] for key, v in self.parts.items()}
+
+    def take(self, c: int) -> None:
+        self.parts = {key: v[c:] for key, v in self.parts.items()}
+
+    @property
+    def left(self) -> int:
+        while self._more():
+            pass
+        return len(self.parts.get("id", ()))
+
+
+class LanceBiasWriter:
+    """In-place biases by blocks: each block is appended to a staging table in a local temporary folder; at
+    commit the table is rewritten as ONE new version from a stream of its own record batches with the staged
+    rows merged in (the user's columns as the very Arrow arrays read), so neither the table nor the biases
+    are held whole.  A failure before or during the commit leaves the table's version as it was."""
+
+    def __init__(self, store: LanceStore, table: str, id_column: str | None, dim: int, k: int | None):
+        self.store, self.table, self.dim, self.k = store, table, int(dim), k
+        self.tbl = store._open(table)
+        self.version = self.tbl.version
+        schema = self.tbl.schema
+        self.key = id_column or ID_COLUMN
+        if self.key not in schema.names:
+            raise InputError(f"{where(store, table, self.key)}: no such column (the row key; name it with --id-column)")
+        if VECTOR_COLUMN in schema.names and schema.field(VECTOR_COLUMN).type.list_size != self.dim:
+            raise MismatchError(
+                f"{where(store, table, VECTOR_COLUMN)}: holds another dimension than the {self.dim} this run writes"
+            )
+        self.folder = tempfile.mkdtemp(prefix="nnn-lance-stage-")
+        self.stage: Any = None
+        self.rows = 0
+        self.error: Exception | None = None
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None:
+        pa = self.store._pa
+        cols = {"id": pa.array([str(v) for v in ids], pa.string()), "b": pa.array(np.asarray(bias, np.float32)),
+                "v": _fsl(pa, nnn_vectors)}  # fmt: skip
+        if self.k:
+            assert topk is not None
+            cols["k"] = _fsl(pa, topk)
+        data = pa.table(cols)
+        if self.stage is None:
+            self.stage = self.store._lancedb.connect(self.folder).create_table("stage", data)
+        else:
+            self.stage.add(data)
+        self.rows += len(ids)
+
+    def _schema(self, meta: dict):
+        pa, old = self.store._pa, self.tbl.schema
+        new = {BIAS_COLUMN: pa.float32(), VECTOR_COLUMN: pa.list_(pa.float32(), self.dim)}
+        if self.k:
+            new[TOPK_COLUMN] = pa.list_(pa.float32(), self.k)
+        fields = [pa.field(f.name, new[f.name]) if f.name in new else f for f in old]
+        fields += [pa.field(name, kind) for name, kind in new.items() if name not in old.names]
+        md = dict(old.metadata or {})
+        md[META_KEY] = json.dumps(meta).encode()
+        return pa.schema(fields, metadata=md)
+
+    def _batches(self, schema) -> Iterator[Any]:
+        try:
+            yield from self._merged(schema)
+        except Exception as exc:  # raised inside the writer's stream: kept to be raised as it is
+            self.error = exc
+            raise
+
+    def _merged(self, schema) -> Iterator[Any]:
+        pa = self.store._pa
+        staged = _Staged(iter(self.stage.search().to_batches(STAGE_BATCH) if self.stage else ()), self.dim, self.k)
+        for batch in self.tbl.search().to_batches(STAGE_BATCH):
+            keys = np.asarray(batch.column(self.key).to_numpy(zero_copy_only=False)).astype(str)
+            win = staged.window(len(keys))
+            hit = np.isin(keys, win.get("id", np.empty(0, dtype=str)))
+            c = int(hit.sum())
+            if not np.array_equal(keys[hit], win.get("id", np.empty(0, dtype=str))[:c]):
+                raise InputError(f"{where(self.store, self.table)}: the table changed while the biases were computed")
+            values = {BIAS_COLUMN: ("b", None), VECTOR_COLUMN: ("v", self.dim), TOPK_COLUMN: ("k", self.k)}
+            arrays = []
+            for f in schema:
+                if f.name in values and (f.name != TOPK_COLUMN or self.k):
+                    part, width = values[f.name]
+                    old = batch.column(f.name) if f.name in batch.schema.names else None
+                    empty = np.empty((0,) if width is None else (0, width), dtype=np.float32)
+                    arrays.append(_merge_column(pa, old, hit, win[part][:c] if part in win else empty, width))
+                else:
+                    arrays.append(batch.column(f.name))
+            staged.take(c)
+            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        if staged.left:
+            raise InputError(
+                f"{where(self.store, self.table)}: {staged.left} rows vanished while the biases were computed"
+            )
+
+    def commit(self, meta: dict) -> None:
+        """One new version: the table streamed with the staged rows merged in, the provenance in its schema."""
+        try:
+            if self.store.db.open_table(self.table).version != self.version:
+                raise InputError(
+                    f"{where(self.store, self.table)}: the table changed while the biases were computed; run again"
+                )
+            schema = self._schema(meta)
+            reader = self.store._pa.RecordBatchReader.from_batches(schema, self._batches(schema))
+            try:
+                self.store._write(self.table, reader, "overwrite")
+            except NNNError:
+                if isinstance(self.error, NNNError):  # bad input met in the stream: its own line
+                    raise self.error from None
+                raise
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

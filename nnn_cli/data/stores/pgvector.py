@@ -4,16 +4,20 @@
   variable-width field, goes last), so neither direction loops over floats in Python.
 - Identifiers are always :class:`psycopg.sql.Identifier` and values always parameters.
 - An export builds the new table under a temporary name and swaps it in, the old one dropped, in the
-  same transaction: a killed export leaves the old table as it was.  In-place biases are one
-  transaction too (columns added, a temporary table copied in, one ``UPDATE ... FROM``).
+  same transaction: a killed export leaves the old table as it was.  In place, the vectors are read by a
+  server-side cursor in binary fetches of ``block_rows`` rows (:meth:`PgVectorStore.scan`, a session of its
+  own in one snapshot) and the biases written by blocks into a temporary staging table
+  (:class:`PgBiasWriter`), then one transaction adds the columns and sets every row by one ``UPDATE ... FROM``.
 - Provenance lives in the table ``nnn_meta`` (one JSON row per table); the lock is an advisory lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 
@@ -217,66 +221,82 @@ class PgVectorStore:
         return int(kind[kind.index("(") + 1 : kind.index(")")])
 
     # -- source ------------------------------------------------------------------------
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids as strings, vectors float32 (N, d)) in key order; refuses NULL vectors and duplicate keys."""
+    def _scan_sql(self, table: str, column: str, id_column: str | None, only_missing: bool):
+        """(key, dim, the WHERE of the rows to read, the WHERE finding a NULL vector among them)."""
         sql = self._sql
         columns = self._check_table(table)
         dim = self.vector_dim(table, column, columns)
         key = self._key(table, id_column, columns)
-        t, c, kc = sql.Identifier(table), sql.Identifier(column), sql.Identifier(key)
         missing = only_missing and BIAS_COLUMN in columns
         cond = sql.SQL(" WHERE {} IS NULL").format(sql.Identifier(BIAS_COLUMN)) if missing else sql.SQL("")
-        null_cond = sql.SQL(" WHERE {} IS NULL").format(c) + (
+        null_cond = sql.SQL(" WHERE {} IS NULL").format(sql.Identifier(column)) + (
             sql.SQL(" AND {} IS NULL").format(sql.Identifier(BIAS_COLUMN)) if missing else sql.SQL("")
         )
-        with self._transaction():
-            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # ids and rows: one snapshot
-            self._timeouts(False)
-            null = self._one(sql.SQL("SELECT {k}::text FROM {t}{w} LIMIT 1").format(k=kc, t=t, w=null_cond))
-            if null is not None:
-                raise InputError(f"{where(self, table, column)}: row {null[0]} has a NULL vector; fill or delete it")
-            ids = [
-                r[0]
-                for r in self.conn.execute(
-                    sql.SQL("SELECT {t}.{k}::text FROM {t}{w} ORDER BY {t}.{k}").format(k=kc, t=t, w=cond)
-                ).fetchall()
-            ]
-            if any(v is None for v in ids):
-                raise InputError(f"{where(self, table, key)}: a row has a NULL key")
-            check_unique(where(self, table, key), ids)
-            vectors = np.empty((len(ids), dim), dtype=np.float32)
-            if ids:
-                query = sql.SQL("COPY (SELECT {t}.{c} FROM {t}{w} ORDER BY {t}.{k}) TO STDOUT (FORMAT BINARY)").format(
-                    c=c, t=t, w=cond, k=kc
-                )
-                self._copy_out_vectors(query, vectors)
-        return np.asarray(ids, dtype=object), vectors
+        return key, dim, cond, null_cond
 
-    def _copy_out_vectors(self, query, out: np.ndarray) -> None:
-        n, dim = out.shape
-        rec = np.dtype([("fields", ">i2")] + _vector_field(0, dim))
-        buf = bytearray()
-        done = 0
-        header = True
-        with self.conn.cursor() as cur, cur.copy(query) as copy:
-            for chunk in copy:
-                buf += chunk
-                if header:
-                    if len(buf) < 19:
-                        continue
-                    ext = int.from_bytes(buf[15:19], "big")
-                    del buf[: 19 + ext]
-                    header = False
-                rows = min(len(buf) // rec.itemsize, n - done)
-                if rows:
-                    arr = np.frombuffer(bytes(buf[: rows * rec.itemsize]), dtype=rec)
-                    out[done : done + rows] = arr["0_vals"]
-                    del buf[: rows * rec.itemsize]
-                    done += rows
-        if done != n:
-            raise InputError(f"{self.label}: the table changed while it was read (got {done} of {n} rows)")
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]:
+        """(the row keys as strings in key order, d): one pass over the keys only; refuses NULL vectors, NULL
+        and duplicate keys, a missing or non-vector column."""
+        sql = self._sql
+        key, dim, cond, null_cond = self._scan_sql(table, column, id_column, only_missing)
+        t, kc = sql.Identifier(table), sql.Identifier(key)
+        try:
+            with self._transaction():
+                self._timeouts(False)
+                null = self._one(sql.SQL("SELECT {k}::text FROM {t}{w} LIMIT 1").format(k=kc, t=t, w=null_cond))
+                if null is not None:
+                    raise InputError(
+                        f"{where(self, table, column)}: row {null[0]} has a NULL vector; fill or delete it"
+                    )
+                query = sql.SQL("SELECT {t}.{k}::text FROM {t}{w} ORDER BY {t}.{k}").format(k=kc, t=t, w=cond)
+                ids = [r[0] for r in self.conn.execute(query).fetchall()]
+        except InputError as exc:
+            raise InputError(str(exc).replace("; nothing was changed", "")) from None
+        if any(v is None for v in ids):
+            raise InputError(f"{where(self, table, key)}: a row has a NULL key")
+        check_unique(where(self, table, key), ids)
+        return np.asarray(ids, dtype=object), dim
+
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(keys, vectors)`` of at most ``block_rows`` rows at a time, in key order: a server-side cursor
+        fetched in binary on a session of its own (in one snapshot), the vectors parsed by numpy."""
+        sql = self._sql
+        key, dim, cond, _ = self._scan_sql(table, column, id_column, only_missing)
+        query = sql.SQL("SELECT {t}.{k}::text, {t}.{c} FROM {t}{w} ORDER BY {t}.{k}").format(
+            t=sql.Identifier(table), k=sql.Identifier(key), c=sql.Identifier(column), w=cond
+        )
+        rec = np.dtype(_vector_field(0, dim)[1:])  # binary vector: dim int16, unused int16, floats
+        psycopg = self._psycopg
+        try:
+            conn = psycopg.connect(self.uri, connect_timeout=max(1, math.ceil(self.io_timeout)), autocommit=False)
+        except (psycopg.Error, ValueError, OSError) as exc:
+            raise InputError(f"{self.label}: cannot connect ({self._msg(exc)})") from None
+        try:
+            from psycopg.types.string import ByteaBinaryLoader
+
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # every fetch: one snapshot
+            oid = conn.execute("SELECT 'vector'::regtype::oid").fetchone()[0]
+            conn.adapters.register_loader(oid, ByteaBinaryLoader)  # the vector's bytes, parsed below in one go
+            with conn.cursor(name="nnn_scan", binary=True) as cur:
+                cur.execute(query)
+                while rows := cur.fetchmany(block_rows):
+                    keys = np.asarray([r[0] for r in rows], dtype=object)
+                    null = next((r[0] for r in rows if r[1] is None), None)
+                    if null is not None:
+                        raise InputError(
+                            f"{where(self, table, column)}: row {null} has a NULL vector; fill or delete it"
+                        )
+                    raw = np.frombuffer(b"".join(r[1] for r in rows), dtype=rec)
+                    yield keys, raw["0_vals"].astype(np.float32)
+        except psycopg.Error as exc:
+            raise InputError(f"{where(self, table, column)}: cannot read ({self._msg(exc)})") from None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def counts(self, table: str) -> tuple[int, int]:
         """(rows, rows without a bias)."""
@@ -516,87 +536,19 @@ class PgVectorStore:
     ) -> None:
         """In place: add (or update) ``nnn_bias``, ``nnn_vector`` and ``nnn_topk`` of the rows ``ids``; the
         user's columns are not written.  One transaction."""
-        sql = self._sql
-        columns = self._check_table(table)
-        key = self._key(table, id_column, columns)
-        key_type = columns[key]
-        dd = nnn_vectors.shape[1]
-        if VECTOR_COLUMN in columns and self.vector_dim(table, VECTOR_COLUMN, columns) != dd:
-            raise MismatchError(
-                f"{where(self, table, VECTOR_COLUMN)}: holds another dimension than the {dd} this run writes; "
-                "drop the nnn_ columns to start over"
-            )
-        t = sql.Identifier(table)
-        with self._transaction():
-            self._timeouts(False)
-            self.conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {b} real, ADD COLUMN IF NOT EXISTS {v} vector({dd}), "
-                    "ADD COLUMN IF NOT EXISTS {k} real[]"
-                ).format(
-                    t=t,
-                    b=sql.Identifier(BIAS_COLUMN),
-                    v=sql.Identifier(VECTOR_COLUMN),
-                    k=sql.Identifier(TOPK_COLUMN),
-                    dd=sql.Literal(dd),
-                )
-            )
-            self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE nnn_new (b real, v vector({dd}), k real[], id text) ON COMMIT DROP").format(
-                    dd=sql.Literal(dd)
-                )
-            )
-            kk = 0 if topk is None else topk.shape[1]
-            fields = [("fields", ">i2"), ("b_len", ">i4"), ("b", ">f4")] + _vector_field(2, dd)
-            if topk is not None:
-                fields += [
-                    ("k_len", ">i4"),
-                    ("k_ndim", ">i4"),
-                    ("k_null", ">i4"),
-                    ("k_oid", ">i4"),
-                    ("k_dim", ">i4"),
-                    ("k_lb", ">i4"),
-                    ("k_vals", [("len", ">i4"), ("v", ">f4")], (kk,)),
-                ]
-            rec = np.dtype(fields)
-            cols = "b, v, k, id" if topk is not None else "b, v, id"
-            n = len(ids)
-            with self.conn.cursor() as cur, cur.copy(f"COPY nnn_new ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(_COPY_HEADER)
-                for lo in range(0, n, 8192):
-                    hi = min(n, lo + 8192)
-                    arr = np.empty(hi - lo, dtype=rec)
-                    arr["fields"] = 4 if topk is not None else 3
-                    arr["b_len"] = 4
-                    arr["b"] = bias[lo:hi]
-                    _fill_vector(arr, "2", nnn_vectors[lo:hi])
-                    if topk is not None:
-                        arr["k_len"] = 20 + 8 * kk
-                        arr["k_ndim"] = 1
-                        arr["k_null"] = 0
-                        arr["k_oid"] = _FLOAT4_OID
-                        arr["k_dim"] = kk
-                        arr["k_lb"] = 1
-                        arr["k_vals"]["len"] = 4
-                        arr["k_vals"]["v"] = topk[lo:hi]
-                    copy.write(_interleave(arr, [str(v).encode("utf-8") for v in ids[lo:hi]]))
-                copy.write(_COPY_TRAILER)
-            updated = self.conn.execute(
-                sql.SQL(
-                    "UPDATE {t} SET {b} = n.b, {v} = n.v, {k} = {kv} FROM nnn_new n WHERE {t}.{key} = n.id::{kt}"
-                ).format(
-                    t=t,
-                    b=sql.Identifier(BIAS_COLUMN),
-                    v=sql.Identifier(VECTOR_COLUMN),
-                    k=sql.Identifier(TOPK_COLUMN),
-                    kv=sql.SQL("n.k" if topk is not None else "NULL"),
-                    key=sql.Identifier(key),
-                    kt=sql.SQL(key_type),
-                )
-            ).rowcount
-            if updated != n:
-                raise InputError(f"{where(self, table)}: {n - updated} rows vanished while the biases were computed")
-            self._write_meta(table, meta)
+        writer = self.bias_writer(table, id_column, nnn_vectors.shape[1], None if topk is None else topk.shape[1])
+        try:
+            writer.put(ids, bias, nnn_vectors, topk)
+            writer.commit(meta)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> PgBiasWriter:
+        """A writer of in-place biases by blocks: each block COPYed into a temporary staging table of this
+        session; at :meth:`PgBiasWriter.commit` the columns are added and one ``UPDATE ... FROM`` sets every row,
+        in one transaction (the table changes at its commit, or not at all)."""
+        return PgBiasWriter(self, table, id_column, dim, k)
 
     # -- queries ----------------------------------------------------------------------------
     def _effort_settings(self, effort: SearchEffort, top_k: int) -> list[tuple[str, str]]:
@@ -661,3 +613,109 @@ class PgVectorStore:
         else:
             scores = score_from_l2(dist, q, float(meta["l2_max_norm"]))
         return StoreHits(ids, rows, scores)
+
+
+class PgBiasWriter:
+    """In-place biases of one table, written block by block into a staging table and committed at once."""
+
+    def __init__(self, store: PgVectorStore, table: str, id_column: str | None, dim: int, k: int | None):
+        sql = store._sql
+        columns = store._check_table(table)
+        self.store, self.table, self.dim, self.k = store, table, int(dim), k
+        self.key = store._key(table, id_column, columns)
+        self.key_type = columns[self.key]
+        if VECTOR_COLUMN in columns and store.vector_dim(table, VECTOR_COLUMN, columns) != self.dim:
+            raise MismatchError(
+                f"{where(store, table, VECTOR_COLUMN)}: holds another dimension than the {self.dim} this run writes; "
+                "drop the nnn_ columns to start over"
+            )
+        self.stage = f"nnn_stage_{os.getpid()}_{next(_STAGES)}"
+        self.rows = 0
+        topk = sql.SQL(", k real[]") if k else sql.SQL("")
+        with store._transaction():
+            store.conn.execute(
+                sql.SQL("CREATE TEMP TABLE {s} (b real, v vector({d}){k}, id text)").format(
+                    s=sql.Identifier(self.stage), d=sql.Literal(self.dim), k=topk
+                )
+            )
+        fields = [("fields", ">i2"), ("b_len", ">i4"), ("b", ">f4")] + _vector_field(2, self.dim)
+        if k:
+            fields += [("k_len", ">i4"), ("k_ndim", ">i4"), ("k_null", ">i4"), ("k_oid", ">i4"), ("k_dim", ">i4"),
+                       ("k_lb", ">i4"), ("k_vals", [("len", ">i4"), ("v", ">f4")], (k,))]  # fmt: skip
+        self.rec = np.dtype(fields)
+
+    def put(self, ids: np.ndarray, bias: np.ndarray, nnn_vectors: np.ndarray, topk: np.ndarray | None) -> None:
+        """One block into the staging table by binary COPY (the table itself is not touched)."""
+        store, k, n = self.store, self.k, len(ids)
+        cols = "b, v, k, id" if k else "b, v, id"
+        query = store._sql.SQL("COPY {} (" + cols + ") FROM STDIN (FORMAT BINARY)").format(
+            store._sql.Identifier(self.stage)
+        )
+        with store._transaction(), store.conn.cursor() as cur, cur.copy(query) as copy:
+            copy.write(_COPY_HEADER)
+            for lo in range(0, n, 8192):
+                hi = min(n, lo + 8192)
+                arr = np.empty(hi - lo, dtype=self.rec)
+                arr["fields"] = 4 if k else 3
+                arr["b_len"] = 4
+                arr["b"] = bias[lo:hi]
+                _fill_vector(arr, "2", nnn_vectors[lo:hi])
+                if k:
+                    assert topk is not None
+                    arr["k_len"], arr["k_ndim"], arr["k_null"], arr["k_oid"] = 20 + 8 * k, 1, 0, _FLOAT4_OID
+                    arr["k_dim"], arr["k_lb"] = k, 1
+                    arr["k_vals"]["len"] = 4
+                    arr["k_vals"]["v"] = topk[lo:hi]
+                copy.write(_interleave(arr, [str(v).encode("utf-8") for v in ids[lo:hi]]))
+            copy.write(_COPY_TRAILER)
+        self.rows += n
+
+    def commit(self, meta: dict) -> None:
+        """Columns added if missing, every staged row set by one ``UPDATE ... FROM``, the provenance written:
+        one transaction."""
+        store, sql = self.store, self.store._sql
+        t = sql.Identifier(self.table)
+        with store._transaction():
+            store._timeouts(False)
+            store.conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {b} real, ADD COLUMN IF NOT EXISTS {v} vector({dd}), "
+                    "ADD COLUMN IF NOT EXISTS {k} real[]"
+                ).format(
+                    t=t,
+                    b=sql.Identifier(BIAS_COLUMN),
+                    v=sql.Identifier(VECTOR_COLUMN),
+                    k=sql.Identifier(TOPK_COLUMN),
+                    dd=sql.Literal(self.dim),
+                )  # fmt: skip
+            )
+            updated = store.conn.execute(
+                sql.SQL(
+                    "UPDATE {t} SET {b} = n.b, {v} = n.v, {k} = {kv} FROM {s} n WHERE {t}.{key} = n.id::{kt}"
+                ).format(
+                    t=t,
+                    b=sql.Identifier(BIAS_COLUMN),
+                    v=sql.Identifier(VECTOR_COLUMN),
+                    k=sql.Identifier(TOPK_COLUMN),
+                    kv=sql.SQL("n.k" if self.k else "NULL"),
+                    s=sql.Identifier(self.stage),
+                    key=sql.Identifier(self.key),
+                    kt=sql.SQL(self.key_type),
+                )  # fmt: skip
+            ).rowcount
+            if updated != self.rows:
+                raise InputError(
+                    f"{where(store, self.table)}: {self.rows - updated} rows vanished while the biases were computed"
+                )
+            store._write_meta(self.table, meta)
+            store.conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(self.stage)))
+
+    def abort(self) -> None:
+        """The staging table dropped; the table was never touched."""
+        with contextlib.suppress(Exception):
+            self.store.conn.execute(
+                self.store._sql.SQL("DROP TABLE IF EXISTS {}").format(self.store._sql.Identifier(self.stage))
+            )
+
+
+_STAGES = itertools.count()

@@ -32,6 +32,7 @@ from nnn_cli.data.stores.common import (
     ROW_COLUMN,
     TOPK_COLUMN,
     VECTOR_COLUMN,
+    GatheredBiasWriter,
     SearchEffort,
     StoreHits,
     WriteSpec,
@@ -172,30 +173,59 @@ class QdrantStore:
         m = self.m
         return m.Filter(must=[m.IsEmptyCondition(is_empty=m.PayloadField(key=BIAS_COLUMN))])
 
-    def read(
-        self, table: str, column: str, id_column: str | None, only_missing: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _scan_points(self, table: str, column: str, only_missing: bool, block_rows: int, vectors: bool):
+        """Scroll pages of at most ``block_rows`` points (in point-id order): ``(page, the vector's name)``."""
         real = self._collection(table)
-        params = self._vector_params(real)
-        using = self._using(table, params, column)
-        ids: list[str] = []
-        rows: list[Any] = []
+        using = self._using(table, self._vector_params(real), column)
         flt = self._missing_filter() if only_missing else None
-        for p in self._points(real, flt, [using] if using else True):
-            vec = p.vector.get(using) if isinstance(p.vector, dict) else p.vector
-            if vec is None:
-                raise InputError(f"{where(self, table, column)}: point {p.id} has no vector; fill or delete it")
-            key = p.id if id_column is None else (p.payload or {}).get(id_column)
+        offset = None
+        while True:
+            points, offset = self.client.scroll(
+                real, scroll_filter=flt, limit=max(1, int(block_rows)), offset=offset, with_payload=True,
+                with_vectors=([using] if using else True) if vectors else False,
+            )  # fmt: skip
+            yield points, using
+            if offset is None:
+                return
+
+    def _point_keys(self, table: str, points: list, id_column: str | None) -> np.ndarray:
+        keys = [p.id if id_column is None else (p.payload or {}).get(id_column) for p in points]
+        for p, key in zip(points, keys):
             if key is None:
                 raise InputError(
                     f"{where(self, table, id_column)}: point {p.id} has no such payload field (--id-column)"
                 )
-            ids.append(str(key))
-            rows.append(vec)
-        dim = params[using].size
-        vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+        return np.asarray([str(v) for v in keys], dtype=object)
+
+    def scan_keys(
+        self, table: str, column: str, id_column: str | None, only_missing: bool = False
+    ) -> tuple[np.ndarray, int]:
+        """(the point keys in scroll order, d): scroll pages without vectors."""
+        keys = [self._point_keys(table, page, id_column) for page, _ in self._scan_points(table, column,
+                                                                                          only_missing, BATCH, False)]  # fmt: skip
+        ids = np.concatenate(keys) if keys else np.empty(0, dtype=object)
         check_unique(where(self, table, id_column or "point id"), ids)
-        return np.asarray(ids, dtype=object), vectors
+        real = self._collection(table)
+        params = self._vector_params(real)
+        return ids, int(params[self._using(table, params, column)].size)
+
+    def scan(
+        self, table: str, column: str, id_column: str | None, only_missing: bool, block_rows: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(keys, vectors)`` by scroll pages of at most ``block_rows`` points."""
+        for page, using in self._scan_points(table, column, only_missing, block_rows, True):
+            rows = []
+            for p in page:
+                vec = p.vector.get(using) if isinstance(p.vector, dict) else p.vector
+                if vec is None:
+                    raise InputError(f"{where(self, table, column)}: point {p.id} has no vector; fill or delete it")
+                rows.append(vec)
+            if page:
+                yield self._point_keys(table, page, id_column), np.asarray(rows, dtype=np.float32)
+
+    def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> GatheredBiasWriter:
+        """The blocks gathered, then one new collection behind the alias at commit (Qdrant has no transactions)."""
+        return GatheredBiasWriter(self, table, id_column)
 
     def counts(self, table: str) -> tuple[int, int]:
         real = self._collection(table)
