@@ -880,3 +880,29 @@ def test_reference_add_by_blocks_through_the_pipeline(pg, conn, tmp_path, hub_fi
     assert np.allclose([r[1] for r in got], [r[1] for r in want], atol=1e-6)
     assert np.allclose(np.array([r[3] for r in got]), np.array([r[3] for r in want]), atol=1e-6)
     assert not hasattr(jobs, "run_bias_in_place")  # one bias job for files and stores
+
+
+@pytest.mark.parametrize("dim, storage", [(32, "p"), (747, "p"), (748, "e"), (1024, "e")])
+def test_export_keeps_vectors_inline_while_they_fit(pg, conn, tmp_path, dim, storage):
+    """The exported vectors stay in the row (PLAIN: no TOAST table to fill on COPY, none to read) while the two
+    fit in 6,000 bytes (d <= 747); wider ones keep pgvector's EXTERNAL storage, and both read back exactly."""
+    rng = np.random.default_rng(dim)
+    g = rng.standard_normal((40, dim)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)  # exported as cosine: unit rows go in as they are
+    b = rng.random(40).astype(np.float32)
+    np.save(tmp_path / "g.npy", g)
+    np.save(tmp_path / "b.npy", b)
+    table = f"wide_{dim}"
+    assert_ok(run("export", tmp_path / "g.npy", "--bias", tmp_path / "b.npy", "--to", pg.uri, "--table", table))
+    kinds = dict(
+        conn.execute(
+            "SELECT attname, attstorage FROM pg_attribute WHERE attrelid = %s::regclass AND attname IN "
+            "('embedding', 'nnn_vector')",
+            (table,),
+        ).fetchall()
+    )
+    assert kinds == {"embedding": storage, "nnn_vector": storage}
+    rows = conn.execute(f"SELECT nnn_row, embedding::text, nnn_bias FROM {table} ORDER BY nnn_row").fetchall()
+    back = np.array([json.loads(r[1]) for r in rows], dtype=np.float32)
+    np.testing.assert_allclose(back, g, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.array([r[2] for r in rows], dtype=np.float32), b)
