@@ -143,9 +143,12 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
 
     The same index type as ``IVF{nlist},Flat`` from faiss (saved, loaded and
     searched as one), built several times faster: faiss assigns points with
-    its flat-index search, which is slower than BLAS here.
+    its flat-index search, which is slower than BLAS here.  Rows go to their
+    best list through :mod:`nnn_cli.scale.index.coarse` (two levels from
+    ``TWO_LEVEL_MIN_LISTS`` lists: near-best, a fifth of the work).
     """
-    from nnn_cli.core.kmeans import assign, spherical_kmeans
+    from nnn_cli.core.kmeans import spherical_kmeans
+    from nnn_cli.scale.index.coarse import assign_lists, coarse_for
 
     faiss = faiss_module()
     dim, n = _dim(data), _n_rows(data)
@@ -159,8 +162,9 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
     index = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
     quantizer.this.disown()
+    coarse = coarse_for(centroids)  # flat below TWO_LEVEL_MIN_LISTS lists, else two levels
     for start, block in _blocks(data, metric, block_rows):
-        labels = assign(block, centroids)[0]
+        labels = assign_lists(coarse, block)
         index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(labels))
         if progress:
             progress(start + len(block), n)

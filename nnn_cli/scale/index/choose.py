@@ -35,6 +35,9 @@ class IndexChoice:
     nprobe: int | None = None
     ef_search: int | None = None
     recall_target: float | None = None
+    probe_gap: float | None = None
+    probe_max: int | None = None
+    probe_flat: bool | None = None
     reason: str = ""
     tuned: dict = field(default_factory=dict)
 
@@ -45,6 +48,11 @@ class IndexChoice:
     def describe(self) -> str:
         if self.kind == "flat":
             return "flat (exact)"
+        if self.kind == "ivf" and self.probe_gap is not None:
+            return (
+                f"ivf (nlist={self.nlist}, lists within {self.probe_gap:.4g} of the best, "
+                f"at most {self.probe_max}; nprobe={self.nprobe} for faiss)"
+            )
         if self.kind == "ivf":
             return f"ivf (nlist={self.nlist}, nprobe={self.nprobe})"
         if self.kind == "hnsw":
@@ -56,7 +64,7 @@ class IndexChoice:
 
     def to_dict(self) -> dict:
         out = {"index": self.kind, "index_description": self.describe(), "index_reason": self.reason}
-        for key in ("factory", "nlist", "nprobe", "ef_search", "recall_target"):
+        for key in ("factory", "nlist", "nprobe", "ef_search", "recall_target", "probe_gap", "probe_max", "probe_flat"):
             value = getattr(self, key)
             if value is not None:
                 out[f"index_{key}"] = value
