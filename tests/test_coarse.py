@@ -234,3 +234,19 @@ def test_explicit_nprobe_keeps_the_fixed_depth(data):
 
     _, run = indexed_reference_topk(gallery, ref, 8, "ip", choice)
     assert choice.probe_gap is None and "index_tuned" not in run.info and choice.nprobe == 3
+
+
+def test_a_target_the_gap_rule_cannot_reach_falls_back_to_a_fixed_nprobe(data, monkeypatch):
+    """Neighbours spread over more lists than MAX_PROBES: the fixed nprobe is tuned over every depth."""
+    from nnn_cli.scale.index import depth
+    from nnn_cli.scale.index import steps as steps_mod
+    from nnn_cli.scale.index.steps import indexed_reference_topk
+
+    gallery, ref = data
+    monkeypatch.setattr(depth, "MAX_PROBES", 1)
+    monkeypatch.setattr(steps_mod, "MAX_PROBES", 1)
+    choice = choose_index("ivf", len(gallery), len(ref), ref.shape[1], 8, nlist=20, recall=0.95)
+    _, run = indexed_reference_topk(gallery, ref, 8, "ip", choice)
+    tuned = run.info["index_tuned"]
+    assert tuned["knob"] == "nprobe" and tuned["value"] > 1 and tuned["reached"]
+    assert choice.probe_gap is None and choice.nprobe == tuned["value"]

@@ -553,7 +553,8 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         index={"index": "ivf", "nlist": 64, "recall": 0.9},
     )
     tuned = s["index"]["index_tuned"]
-    assert tuned["knob"] == "nprobe" and tuned["reached"] and s["index"]["index_nprobe"] == tuned["value"]
+    assert tuned["knob"] == "probe_gap" and tuned["reached"] and s["index"]["index_probe_gap"] == tuned["value"]
+    assert s["index"]["index_nprobe"] == tuned["fixed_nprobe_equivalent"]
     want, _ = indexed_reference_topk(
         open_embeddings(root / "gallery"),
         open_embeddings(root / "reference"),

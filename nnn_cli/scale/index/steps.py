@@ -331,7 +331,7 @@ def prepare_reference_index(
 
     gap_rule = ivf_flat is not None and choice.recall_target is not None and _flat_centroids(ivf_flat) is not None
     if gap_rule:
-        _tune_gap(ivf_flat, sample, exact, k, choice, info, measure)
+        gap_rule = _tune_gap(ivf_flat, sample, exact, k, choice, info, measure)
     _tune_then_save(index, measure, k, choice, save_path, meta, info, tune=not gap_rule)
     approx_sample = search_sample()
     info["index_sample_rows"] = int(n_sample)
@@ -359,12 +359,14 @@ def probe_rule(choice: IndexChoice, index=None) -> dict:
     return {}
 
 
-def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexChoice, info: dict, measure) -> None:
+def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexChoice, info: dict, measure) -> bool:
     """Tune the probe gap of an IVF-Flat index to ``choice.recall_target`` on the sample (exact top-k known):
     each sample row's :data:`MAX_PROBES` best lists, how many of its exact top-k each holds, then the
     smallest gap whose recall's 97.7% lower bound reaches the target (:func:`choose_gap`).  The index's own
     nprobe is set to the smallest fixed depth reaching the target on the sample (what a saved index, or
-    faiss, then uses).  The gap found is checked by running it; the recall measured is what is reported."""
+    faiss, then uses).  The gap found is checked by running it; the recall measured is what is reported.
+    False (nothing set) when even :data:`MAX_PROBES` lists cannot reach the target: the caller then tunes a
+    fixed nprobe over every depth."""
     from nnn_cli.scale.index.coarse import coarse_for, probe_scored
     from nnn_cli.scale.index.listscan import _flat_centroids, list_hits
 
@@ -380,6 +382,8 @@ def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexC
         picked = choose_gap(gaps, hits, k, target)
         if picked["reached"] or not coarse_for(centroids).two_level:
             break
+    if not picked["reached"]:
+        return False
     fixed = np.minimum(np.cumsum(hits, axis=1), k).mean(axis=0) / k
     reach = np.flatnonzero(fixed >= target)
     ivf.nprobe = int(reach[0] + 1) if len(reach) else most
@@ -387,7 +391,7 @@ def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexC
     recall = measure()
     info["index_tuned"] = {
         "knob": "probe_gap",
-        "value": round(picked["gap"], 6),
+        "value": picked["gap"],
         "max_probes": most,
         "recall": float(recall),
         "predicted_recall": round(picked["predicted_recall"], 4),
@@ -395,12 +399,11 @@ def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexC
         "mean_probes": round(float((gaps <= picked["gap"]).sum(axis=1).mean()), 3),
         "fixed_nprobe_equivalent": int(ivf.nprobe),
         "every_centroid_scored": bool(flat),
-        "reached": bool(picked["reached"] and recall >= target),
+        "reached": bool(recall >= target),
     }
     if not info["index_tuned"]["reached"]:
-        info["index_warning"] = (
-            f"recall target {target} not reached: {recall:.3f} on the sample with the widest probe gap"
-        )
+        info["index_warning"] = f"recall target {target} not reached: {recall:.3f} on the sample with the probe gap"
+    return True
 
 
 def indexed_search(
