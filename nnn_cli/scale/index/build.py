@@ -19,6 +19,8 @@ from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.scale.device import faiss_module
 from nnn_cli.scale.index.choose import (
+    GEMM_KMEANS_ITERATIONS,
+    GEMM_TRAIN_POINTS_PER_LIST,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     INDEX_KINDS,
@@ -154,8 +156,8 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
     dim, n = _dim(data), _n_rows(data)
     assert choice.nlist is not None  # an IVF choice carries its list count
     nl = int(choice.nlist)
-    train, _ = sample_rows(data, min(n, max(TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
-    centroids = spherical_kmeans(train, nl, KMEANS_ITERATIONS)
+    train, _ = sample_rows(data, min(n, max(GEMM_TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
+    centroids = spherical_kmeans(train, nl, GEMM_KMEANS_ITERATIONS)
     del train
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids)

@@ -101,7 +101,7 @@ RECALL_CONFIDENCE_Z = 2.0
 a one-sided 97.7% lower confidence bound (normal approximation over the sample's rows; the margin also
 covers most of the optimism of tuning and checking on the same rows)."""
 
-MAX_PROBES = 32
+MAX_PROBES = 64
 """The most lists one row probes under the gap rule."""
 
 
