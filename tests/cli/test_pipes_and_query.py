@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from nnn_cli.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_data"
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 NNN = f"{sys.executable} -m nnn_cli"

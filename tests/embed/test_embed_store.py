@@ -24,7 +24,7 @@ h5py = pytest.importorskip("h5py")
 from nnn_cli.embed.store import PartialStore, partial_path  # noqa: E402
 from nnn_cli.errors import OutputError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DIM = 512
 
 

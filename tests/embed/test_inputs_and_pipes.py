@@ -27,7 +27,7 @@ from nnn_cli.embed.readers import open_input  # noqa: E402
 from nnn_cli.embed.run import embed_input  # noqa: E402
 from nnn_cli.errors import DependencyError, InputError, MismatchError, ParameterError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_data"
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -61,7 +61,7 @@ def embed_lines(tmp_path, lines, output, **kw):
 CHILD = f"""
 import sys, json
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_newcomer import HashEncoder
+from test_inputs_and_pipes import HashEncoder
 from nnn_cli.embed.readers import open_input
 from nnn_cli.embed.run import embed_input
 src = open_input(sys.argv[1])
@@ -186,7 +186,7 @@ def test_embed_to_stdout_pipes_into_search_with_query_ids(tmp_path):
     embed_lines(tmp_path, ["red apple pie", "blue sky today", "green grass field"], gallery)
     np.save(tmp_path / "b.npy", np.zeros(3, dtype=np.float32))
     producer = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_newcomer import HashEncoder; "
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from test_inputs_and_pipes import HashEncoder; "
         "from nnn_cli.embed.readers import open_input; from nnn_cli.embed.run import embed_input; "
         "embed_input(open_input('-'), HashEncoder(), '-')"
     )

@@ -1,6 +1,6 @@
 """Lock files cannot be turned into a weapon: ``.NAME.lock`` is opened with O_NOFOLLOW and without O_TRUNC, and
 anything but a regular file of ours with one link is refused with one line (exit 2), left as it was, and so is
-what it points to.  (Waiting for and naming the holder: tests/test_unattended.py.)"""
+what it points to.  (Waiting for and naming the holder: tests/cli/test_unattended.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from nnn_cli.data.locks import exclusive_lock, lock_path
 from nnn_cli.errors import OutputError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = b"precious bytes that must survive\n" * 100
 
 

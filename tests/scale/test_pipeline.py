@@ -1,7 +1,7 @@
 """One pipeline, sources and sinks (issue 18), on the local scheduler (threads) and a real S3 API server (moto on
 127.0.0.1): run folders as trustworthy as bias files, URLs that stay URLs, bounded I/O, typed job API.
 
-The same pipeline on Ray tasks is tested in tests/test_ray_engine.py."""
+The same pipeline on Ray tasks is tested in tests/ray/test_ray_engine.py."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from nnn_cli.data.manifest import read_manifest, read_manifest_bias
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 ALPHA, K, D = 0.75, 8, 24
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAN = ["--block-rows", "1024", "--partition-rows", "8192"]
 
 

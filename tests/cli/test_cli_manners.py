@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 from nnn_cli.cli.application import app
 from nnn_cli.cli.options import DEVICE_DEFAULT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data"
 NNN = [sys.executable, "-m", "nnn_cli"]
 runner = CliRunner()

@@ -29,7 +29,7 @@ from nnn_cli.embed.run import embed_input, normalise_rows  # noqa: E402
 from nnn_cli.embed.store import partial_path, sidecar_path  # noqa: E402
 from nnn_cli.errors import DependencyError, InputError, ParameterError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SENTENCES = [
     "A man is riding a brown horse along the beach at sunset today.",
     "Two young children are playing football in a green park after school.",

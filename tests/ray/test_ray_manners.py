@@ -9,7 +9,7 @@
 
 Tasks are made slow or failing by wrapping ``ray.remote`` in the driver (:data:`DRIVER`): the CLI runs unchanged,
 only the functions it submits sleep or raise inside the Ray workers.  The module's shared cluster
-(tests/ray_cluster.py, owned and stopped by PID) serves the error tests through ``--address``; the signal and
+(tests/ray/ray_cluster.py, owned and stopped by PID) serves the error tests through ``--address``; the signal and
 ownership tests need the CLI's own private cluster, one each.  Never ``ray stop``.
 """
 
@@ -37,7 +37,7 @@ psutil = pytest.importorskip("psutil")
 sys.path.insert(0, str(Path(__file__).parent))
 from ray_cluster import LOOPBACK_ENV, LocalRayCluster, listening_sockets  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[")
 DRIVER = r"""
 import functools, os, sys, time

@@ -1,6 +1,6 @@
 """`--engine ray` on a real local Ray cluster and a real S3 API server, both on 127.0.0.1 only.
 
-One cluster (2 CPUs, 2 logical GPUs) serves the whole module; it is started by tests/ray_cluster.py
+One cluster (2 CPUs, 2 logical GPUs) serves the whole module; it is started by tests/ray/ray_cluster.py
 as a holder process in its own session and stopped by PID (never `ray stop`).  Token authentication
 uses a token file private to the module (RAY_AUTH_TOKEN_PATH), so nothing in ~/.ray is touched.
 """
