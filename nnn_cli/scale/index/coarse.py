@@ -185,32 +185,48 @@ def _probe_tile(
     return out, val
 
 
-def probe(coarse: Coarse, queries: np.ndarray, nprobe: int, gap: float | None = None, flat: bool = False) -> np.ndarray:
+def probe(
+    coarse: Coarse, queries: np.ndarray, nprobe: int, gap: float | None = None, flat: bool = False, trim: bool = False
+) -> np.ndarray:
     """(Q, nprobe) int64 list ids each row probes, best first; ``-1`` pads (gap rule, or too few lists).
     ``flat``: every centroid is a candidate, even with two levels (when the groups a row scores cannot
     reach a recall target).  See :func:`probe_scored`."""
-    return probe_scored(coarse, queries, nprobe, gap, flat)[0]
+    return probe_scored(coarse, queries, nprobe, gap, flat, trim)[0]
 
 
 def probe_scored(
-    coarse: Coarse, queries: np.ndarray, nprobe: int, gap: float | None = None, flat: bool = False
+    coarse: Coarse,
+    queries: np.ndarray,
+    nprobe: int,
+    gap: float | None = None,
+    flat: bool = False,
+    trim: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(list ids, centroid scores) (Q, nprobe) of :func:`probe` (``-1`` / ``-inf`` pads).
 
     ``queries`` start at a global multiple of :data:`COARSE_TILE`; the tiles are dealt to the engine's
-    threads, one single-threaded GEMM each (the same bytes whatever the thread count).
+    threads, one single-threaded GEMM each (the same bytes whatever the thread count).  ``trim``: only as
+    many columns as some row uses (under the gap rule a few, not ``nprobe``: at 1M rows and at most 64
+    probes the untrimmed arrays would take 768 MB).
     """
     nprobe = int(max(1, min(nprobe, len(coarse.centroids))))
-    out = np.full((len(queries), nprobe), -1, dtype=np.int64)
-    vals = np.full((len(queries), nprobe), -np.inf, dtype=np.float32)
+    starts = list(range(0, len(queries), COARSE_TILE))
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def one(start: int) -> None:
         q = tile_operand(queries[start : start + COARSE_TILE], copy=True)
         got, val = _probe_tile(coarse, q, nprobe, gap, flat)
-        out[start : start + len(q), : got.shape[1]] = got
-        vals[start : start + len(q), : got.shape[1]] = val
+        used = int((got >= 0).sum(axis=1).max(initial=1)) if trim else got.shape[1]
+        parts[start] = (got[:, :used].copy(), val[:, :used].copy())
 
-    run_parallel(one, list(range(0, len(queries), COARSE_TILE)))
+    run_parallel(one, starts)
+    width = max((parts[s][0].shape[1] for s in starts), default=1) if trim else nprobe
+    out = np.full((len(queries), width), -1, dtype=np.int64)
+    vals = np.full((len(queries), width), -np.inf, dtype=np.float32)
+    for start in starts:
+        got, val = parts.pop(start)
+        out[start : start + len(got), : got.shape[1]] = got
+        vals[start : start + len(got), : got.shape[1]] = val
     return out, vals
 
 

@@ -96,10 +96,11 @@ def depth_knob(index) -> str | None:
     return None
 
 
-RECALL_CONFIDENCE_Z = 2.0
-"""The probe gap is tuned until the sample's recall minus this many standard errors reaches the target:
-a one-sided 97.7% lower confidence bound (normal approximation over the sample's rows; the margin also
-covers most of the optimism of tuning and checking on the same rows)."""
+RECALL_CONFIDENCE_Z = 3.0
+"""The probe gap is tuned until the sample's recall minus this many standard errors (normal approximation
+over the sample's rows) reaches the target.  Three, not two: the gap is chosen and checked on the same
+rows, and picking the smallest gap that passes favours a lucky sample; measured with 2 (a 97.7% bound
+taken alone), 500 rows reading 0.9595 (200k: 0.9597) gave 0.9501 (200k: 0.9515) on 2,000 other rows."""
 
 MAX_PROBES = 64
 """The most lists one row probes under the gap rule."""

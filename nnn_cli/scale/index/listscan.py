@@ -123,7 +123,7 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int, gap: float | None = None,
         return np.tile(np.arange(ivf.nlist, dtype=np.int64), (len(queries), 1))
     centroids = _flat_centroids(ivf)
     if centroids is not None and (gap is not None or len(centroids) >= TWO_LEVEL_MIN_LISTS):
-        return probe(coarse_for(centroids), queries, nprobe, gap, flat=flat)
+        return probe(coarse_for(centroids), queries, nprobe, gap, flat=flat, trim=True)
     if centroids is not None and (nprobe > FEW_PROBES or len(centroids) > DATABASE_TILE):
         return search_blocks(GemmIndex(centroids), queries, nprobe, PROBE_BLOCK)[1]
     if centroids is not None:

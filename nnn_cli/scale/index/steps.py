@@ -346,7 +346,7 @@ def prepare_reference_index(
 
 GAP_TUNE_SAMPLE = 500
 """Gallery rows of the sample an IVF-Flat probe gap is tuned on: their exact top-k (every list scanned)
-costs ``rows / N`` of the exact bias, 1/2,000 at 1M rows; the recall target is met with a 97.7% lower
+costs ``rows / N`` of the exact bias, 1/2,000 at 1M rows; the recall target is met with a 3-standard-error lower
 confidence bound (:data:`~nnn_cli.scale.index.depth.RECALL_CONFIDENCE_Z`), so a smaller sample costs a
 slightly larger margin, not the promise."""
 
@@ -362,7 +362,7 @@ def probe_rule(choice: IndexChoice, index=None) -> dict:
 def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexChoice, info: dict, measure) -> bool:
     """Tune the probe gap of an IVF-Flat index to ``choice.recall_target`` on the sample (exact top-k known):
     each sample row's :data:`MAX_PROBES` best lists, how many of its exact top-k each holds, then the
-    smallest gap whose recall's 97.7% lower bound reaches the target (:func:`choose_gap`).  The index's own
+    smallest gap whose recall's 3-standard-error lower bound reaches the target (:func:`choose_gap`).  The index's own
     nprobe is set to the smallest fixed depth reaching the target on the sample (what a saved index, or
     faiss, then uses).  The gap found is checked by running it; the recall measured is what is reported.
     False (nothing set) when even :data:`MAX_PROBES` lists cannot reach the target: the caller then tunes a
@@ -395,7 +395,7 @@ def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexC
         "max_probes": most,
         "recall": float(recall),
         "predicted_recall": round(picked["predicted_recall"], 4),
-        "lower_bound_97_7": round(picked["lower_bound"], 4),
+        "lower_bound_3se": round(picked["lower_bound"], 4),
         "mean_probes": round(float((gaps <= picked["gap"]).sum(axis=1).mean()), 3),
         "fixed_nprobe_equivalent": int(ivf.nprobe),
         "every_centroid_scored": bool(flat),
