@@ -250,3 +250,14 @@ def test_a_target_the_gap_rule_cannot_reach_falls_back_to_a_fixed_nprobe(data, m
     tuned = run.info["index_tuned"]
     assert tuned["knob"] == "nprobe" and tuned["value"] > 1 and tuned["reached"]
     assert choice.probe_gap is None and choice.nprobe == tuned["value"]
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
+def test_trimmed_probes_keep_every_probe_in_fewer_columns(data, two_level, gap):
+    gallery, ref = data
+    c = coarse_for(unit(ref[:64].copy()))
+    full = probe(c, gallery, 40, gap=gap)
+    trimmed = probe(c, gallery, 40, gap=gap, trim=True)
+    used = int((full >= 0).sum(axis=1).max())
+    assert trimmed.shape == (len(gallery), used) and used < 40
+    assert np.array_equal(trimmed, full[:, :used]) and (full[:, used:] == -1).all()

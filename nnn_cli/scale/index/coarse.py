@@ -230,6 +230,27 @@ def probe_scored(
     return out, vals
 
 
+def probe_pairs(
+    coarse: Coarse, queries: np.ndarray, nprobe: int, gap: float | None = None, flat: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probes of :func:`probe` as (rows int64, lists int32) pairs, by row then rank: memory follows the
+    probes made, not the most a row may make (for the list-major scan)."""
+    nprobe = int(max(1, min(nprobe, len(coarse.centroids))))
+    starts = list(range(0, len(queries), COARSE_TILE))
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def one(start: int) -> None:
+        q = tile_operand(queries[start : start + COARSE_TILE], copy=True)
+        got, _ = _probe_tile(coarse, q, nprobe, gap, flat)
+        r, c = np.nonzero(got >= 0)
+        parts[start] = (start + r.astype(np.int64), got[r, c].astype(np.int32))
+
+    run_parallel(one, starts)
+    if not starts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int32)
+    return np.concatenate([parts[s][0] for s in starts]), np.concatenate([parts[s][1] for s in starts])
+
+
 def assign_lists(coarse: Coarse, rows: np.ndarray) -> np.ndarray:
     """(n,) int64: the list each row is put in (its best candidate list; ``rows`` start on the tile grid)."""
     return probe(coarse, rows, 1)[:, 0]

@@ -135,6 +135,19 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int, gap: float | None = None,
     return out
 
 
+def _probe_pairs(ivf, queries: np.ndarray, nprobe: int, gap: float | None, flat: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, lists) probe pairs by row: :func:`probe_lists` without the padding."""
+    from nnn_cli.scale.index.coarse import TWO_LEVEL_MIN_LISTS, coarse_for, probe_pairs
+
+    nprobe = int(max(1, min(nprobe, ivf.nlist)))
+    centroids = _flat_centroids(ivf)
+    if nprobe < ivf.nlist and centroids is not None and (gap is not None or len(centroids) >= TWO_LEVEL_MIN_LISTS):
+        return probe_pairs(coarse_for(centroids), queries, nprobe, gap, flat=flat)
+    probes = probe_lists(ivf, queries, nprobe, gap, flat)
+    r, c = np.nonzero(probes >= 0)
+    return r.astype(np.int64), probes[r, c].astype(np.int32)
+
+
 LIST_ROW_BLOCK = 65536
 """Query rows whose probes of one list are scored together (blocks at global multiples of it; callers pass
 queries that start at such a boundary): the GEMM of each (list, row block) has the same rows, so the same
@@ -231,19 +244,18 @@ def list_major_topk(
     best = np.full((nq, k), -np.inf, dtype=np.float32)
     if nq == 0:
         return best
-    probes = probe_lists(ivf, queries, nprobe or ivf.nprobe, gap, flat)
+    pair_rows, pair_lists = _probe_pairs(ivf, queries, nprobe or ivf.nprobe, gap, flat)
     vectors = list_vectors(ivf)
     workers = max(1, int(threads or selection_threads()))
     span = max(1, PRIVATE_BEST_BYTES // (workers * max(1, k) * 4) // LIST_ROW_BLOCK) * LIST_ROW_BLOCK
-    total = int((probes >= 0).sum())
+    total = len(pair_rows)
     done = 0
     for base in range(0, nq, span):
         stop = min(nq, base + span)
-        ravelled = probes[base:stop].ravel()
-        valid = ravelled >= 0
-        order = np.flatnonzero(valid)[np.argsort(ravelled[valid], kind="stable")]
-        rows_by_list = base + order // probes.shape[1]  # ascending within each list (stable sort)
-        counts = np.bincount(ravelled[valid], minlength=ivf.nlist)
+        lo, hi = np.searchsorted(pair_rows, [base, stop])
+        order = np.argsort(pair_lists[lo:hi], kind="stable")
+        rows_by_list = pair_rows[lo:hi][order]  # ascending within each list (stable sort of row-ordered pairs)
+        counts = np.bincount(pair_lists[lo:hi], minlength=ivf.nlist)
         bounds = np.arange(base, stop + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
         todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
         scan = _ListScan(queries, vectors, rows_by_list, counts, bounds, k, base, best[base:stop])
