@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("NNN_BENCH_CODE") or str(ROOT))  # NNN_BENCH_CODE: --ann-baseline's tree
 PY = sys.executable
 DIM = 512
 
@@ -222,6 +222,7 @@ def run_job(job: str, timeout: float = 900, threads: int = 0, env_extra: dict | 
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         proc = subprocess.run(
             [PY, __file__, "--worker", json.dumps({"job": job, **kw})],
@@ -233,9 +234,11 @@ def run_job(job: str, timeout: float = 900, threads: int = 0, env_extra: dict | 
     except subprocess.TimeoutExpired:
         return {"status": "timeout", "wall_seconds": timeout}
     wall = time.perf_counter() - t
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)  # the whole process, every thread
     for line in proc.stdout.splitlines():
         if line.startswith("@@RESULT "):
-            return {"status": "ok", "wall_seconds": wall, **json.loads(line[9:])}
+            return {"status": "ok", "wall_seconds": wall, "cpu_seconds": round(cpu, 2), **json.loads(line[9:])}
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]
     status = "crashed" if proc.returncode < 0 or "Segmentation" in proc.stderr or "Abort" in proc.stderr else "failed"
     return {"status": status, "returncode": proc.returncode, "error": tail, "wall_seconds": wall}
@@ -306,13 +309,17 @@ def ann_reference(
     return out
 
 
-def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
+def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None) -> dict:
     """`nnn bias --index auto --recall 0.95` on N x N (float16 files), cold, as a whole process.
 
     Exact is extrapolated from the exact step timed on a 2,000-row slice of
     the gallery against the whole reference (in-process, no I/O: favourable
     to exact); recall is measured on that slice from the output's stored
-    top-k scores.
+    top-k scores.  Speedups are given by wall time and by CPU time (the
+    process's, every thread; the exact slice's likewise), the latter for a
+    loaded machine.  With ``baseline`` (a source tree of nnn_cli, e.g. a
+    worktree of main), the same command with that code runs on the same
+    files right after, reported under ``baseline``.
     """
     import h5py
 
@@ -328,60 +335,56 @@ def ann_scale(tmp: Path, n: int, k: int = 16) -> dict:
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
     r = np.load(tmp / "r_scale.npy").astype(np.float32)
     r /= np.linalg.norm(r, axis=1, keepdims=True)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     exact_sample = topk_scores(sample, r, k)
-    slice_sec = time.perf_counter() - t
+    slice_sec, slice_cpu = time.perf_counter() - t, time.process_time() - c
     del r, g
-    exact_est = slice_sec * n / len(sample)
-    out = tmp / "scale_bias.h5"
-    run = run_job(
-        "cli",
-        timeout=3600,
-        argv=[
-            "bias",
-            str(tmp / "g_scale.npy"),
-            "--reference",
-            str(tmp / "r_scale.npy"),
-            "--alpha",
-            "1",
-            "--k",
-            str(k),
-            "--index",
-            "auto",
-            "--recall",
-            "0.95",
-            "-o",
-            str(out),
-            "-q",
-        ],
-    )
+    exact_est, exact_cpu = slice_sec * n / len(sample), slice_cpu * n / len(sample)
+
+    def one(out: Path, env_extra: dict | None) -> dict:
+        argv = ["bias", str(tmp / "g_scale.npy"), "--reference", str(tmp / "r_scale.npy"), "--alpha", "1"]
+        argv += ["--k", str(k), "--index", "auto", "--recall", "0.95", "-o", str(out), "-q"]
+        load = os.getloadavg()
+        run = run_job("cli", timeout=3600, env_extra=env_extra, argv=argv)
+        res: dict = {"cli": run, "load_avg_before": load}
+        if run["status"] != "ok":
+            return res
+        with h5py.File(out, "r") as f:
+            topk = f["topk"][pos]
+            info: dict = {
+                key: (val.item() if hasattr(val, "item") else str(val))
+                for key, val in f.attrs.items()
+                if key.startswith(("index", "bias_mode"))
+            }
+        res["seconds_cold"] = round(run["wall_seconds"], 2)
+        res["cpu_seconds_cold"] = run.get("cpu_seconds")
+        res["speedup"] = round(exact_est / run["wall_seconds"], 1)
+        if run.get("cpu_seconds"):
+            res["speedup_cpu"] = round(exact_cpu / run["cpu_seconds"], 1)
+        res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
+        res["peak_rss_gb"] = round(run.get("peak_rss_mb", float("nan")) / 1024, 2)
+        res["index_info"] = info
+        res["index_chosen"] = info.get("index_description")
+        res["build_seconds"] = info.get("index_build_seconds")
+        res["load_avg"] = os.getloadavg()
+        return res
+
     res = {
         "n_gallery": n,
         "n_reference": n,
         "k": k,
         "storage": "float16 .npy",
-        "cli": run,
         "exact_slice_rows": len(sample),
         "exact_slice_seconds": round(slice_sec, 2),
+        "exact_slice_cpu_seconds": round(slice_cpu, 2),
         "exact_seconds_extrapolated": round(exact_est, 1),
+        "exact_cpu_seconds_extrapolated": round(exact_cpu, 1),
+        **one(tmp / "scale_bias.h5", None),
     }
-    if run["status"] != "ok":
-        return res
-    with h5py.File(out, "r") as f:
-        topk = f["topk"][pos]
-        info: dict = {
-            key: (val.item() if hasattr(val, "item") else str(val))
-            for key, val in f.attrs.items()
-            if key.startswith(("index", "bias_mode"))
-        }
-    res["seconds_cold"] = round(run["wall_seconds"], 2)
-    res["speedup"] = round(exact_est / run["wall_seconds"], 1)
-    res["recall_2000_sample"] = round(score_recall(topk, exact_sample), 4)
-    res["peak_rss_gb"] = round(run.get("peak_rss_mb", float("nan")) / 1024, 2)
-    res["index_info"] = info
-    res["index_chosen"] = info.get("index_description")
-    res["build_seconds"] = info.get("index_build_seconds")
-    res["load_avg"] = os.getloadavg()
+    if baseline:
+        res["baseline"] = {"code": baseline, **one(tmp / "scale_bias_baseline.h5", {"NNN_BENCH_CODE": baseline})}
+        if res.get("cpu_seconds_cold") and res["baseline"].get("cpu_seconds_cold"):
+            res["cpu_time_vs_baseline"] = round(res["cpu_seconds_cold"] / res["baseline"]["cpu_seconds_cold"], 3)
     return res
 
 
@@ -550,6 +553,11 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
     ap.add_argument("--only", default="", help="comma-separated sections to run (the others are skipped)")
     ap.add_argument("--ann-n", type=int, default=0, help="N (= M) of the ann_scale section (default: by mode)")
+    ap.add_argument(
+        "--ann-baseline",
+        default="",
+        help="ann_scale: also run this nnn_cli source tree (e.g. a worktree of main) on the same files, side by side",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -772,7 +780,7 @@ def main() -> None:
                 )
             print("gallery index:", json.dumps(res["gallery_index"]), flush=True)
         if "ann_scale" not in skip:
-            res["ann_scale"] = ann_scale(tmp, args.ann_n or size["scale_n"])
+            res["ann_scale"] = ann_scale(tmp, args.ann_n or size["scale_n"], baseline=args.ann_baseline or None)
             a = res["ann_scale"]
             if "speedup" in a:
                 ratios.append(

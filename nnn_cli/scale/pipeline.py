@@ -237,10 +237,19 @@ def _index_tasks(
     """Build the index once on the driver (or reload the run's), ship it once, one task per block through it."""
     blob, record = _driver_index(gallery, reference, params, index.choice, sink, (old or {}).get("index"))
     blob_h, key = scheduler.share(blob), record["index_sha"]  # once: every task on a node maps one copy
+    probing = (
+        {
+            "nprobe": int(record["index_probe_max"]),
+            "gap": float(record["index_probe_gap"]),
+            "flat": bool(record.get("index_probe_flat")),
+        }
+        if record.get("index_probe_gap") is not None
+        else None
+    )  # a tuned probe gap (recorded, so a resumed run probes as the first did)
     tasks = [
         BlockTask(
             b,
-            (Call(index_topk_task, (key, blob_h, g_h, g0, g1, r_h, params.k, params.metric, delay)),),
+            (Call(index_topk_task, (key, blob_h, g_h, g0, g1, r_h, params.k, params.metric, delay, probing)),),
             Call(merge_bias_task, (b, g0, g1, params.alpha, params.k, sink, params.save_topk)),
         )
         for b, g0, g1 in todo

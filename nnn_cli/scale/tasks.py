@@ -174,11 +174,21 @@ def worker_index(key: str, blob: np.ndarray) -> Any:
 
 
 def index_topk_task(
-    key: str, blob: np.ndarray, gallery: Any, g0: int, g1: int, reference: Any, k: int, metric: str, delay: float = 0.0
+    key: str,
+    blob: np.ndarray,
+    gallery: Any,
+    g0: int,
+    g1: int,
+    reference: Any,
+    k: int,
+    metric: str,
+    delay: float = 0.0,
+    probing: dict | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Top-``k`` of gallery rows ``[g0, g1)`` through the shipped index, on one thread (IVF-Flat probed
     list-major at the same row grid as locally: ``g0`` is a multiple of 4096); rows whose probed lists hold
-    fewer than k vectors are recomputed exactly against ``reference``."""
+    fewer than k vectors are recomputed exactly against ``reference``.  ``probing``: the driver's tuned probe
+    gap (:func:`~nnn_cli.scale.index.steps.probe_rule`), else the index's nprobe."""
     from nnn_cli.scale.device import faiss_module
     from nnn_cli.scale.index.steps import approximate_reference_topk
     from nnn_cli.scale.streaming import topk_scores_vs
@@ -192,7 +202,9 @@ def index_topk_task(
     index = worker_index(key, blob)
     _reset_bytes(gallery, reference)
     g = gallery.rows(g0, g1, metric)
-    topk, short = approximate_reference_topk(index, g, lambda rows: topk_scores_vs(rows, reference, k, metric), k)
+    topk, short = approximate_reference_topk(
+        index, g, lambda rows: topk_scores_vs(rows, reference, k, metric), k, probing=probing
+    )
     info = task_info(t0, _bytes_read(gallery, reference))
     info.update(
         block=(g0, g1),

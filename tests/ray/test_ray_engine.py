@@ -553,7 +553,8 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
         index={"index": "ivf", "nlist": 64, "recall": 0.9},
     )
     tuned = s["index"]["index_tuned"]
-    assert tuned["knob"] == "nprobe" and tuned["reached"] and s["index"]["index_nprobe"] == tuned["value"]
+    assert tuned["knob"] == "probe_gap" and tuned["reached"] and s["index"]["index_probe_gap"] == tuned["value"]
+    assert s["index"]["index_nprobe"] == tuned["fixed_nprobe_equivalent"]
     want, _ = indexed_reference_topk(
         open_embeddings(root / "gallery"),
         open_embeddings(root / "reference"),
@@ -566,6 +567,41 @@ def test_index_ivf_cli_equals_local(cluster, data, tmp_path):
     assert bad.exit_code == 2 and str(LIST_ROW_BLOCK) in bad.output
     bad = run.invoke(app, args[:-6] + ["--index", "IVF64,SQ8", "--engine", "ray", "-o", str(tmp_path / "y")])
     assert bad.exit_code == 2 and "quantized" in bad.output
+
+
+def test_index_two_level_ivf_ray_equals_local(cluster, data, tmp_path):
+    """From TWO_LEVEL_MIN_LISTS lists the build assigns and the tasks probe through two levels (coarse.py), at a
+    fixed nprobe and with a tuned probe gap: the Ray tasks (one thread each, in their own processes, deriving
+    the centroid groups themselves) give the bytes of a local run."""
+    from nnn_cli.scale.index.choose import choose_index
+    from nnn_cli.scale.index.coarse import TWO_LEVEL_MIN_LISTS
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
+    from nnn_cli.scale.index.steps import indexed_reference_topk
+
+    root, nlist = data["root"], TWO_LEVEL_MIN_LISTS
+    for name, index in (
+        ("fixed", {"index": "ivf", "nlist": nlist, "nprobe": 8}),
+        ("tuned", {"index": "ivf", "nlist": nlist, "recall": 0.9}),
+    ):
+        s = ray_bias(
+            root / "gallery",
+            root / "reference",
+            ALPHA,
+            K,
+            "cosine",
+            str(tmp_path / name),
+            block_rows=LIST_ROW_BLOCK,
+            index=index,
+        )
+        choice = choose_index(
+            "ivf", N_GALLERY, N_REFERENCE, D, K, nlist, index.get("nprobe"), recall=index.get("recall")
+        )
+        want, run_ = indexed_reference_topk(
+            open_embeddings(root / "gallery"), open_embeddings(root / "reference"), K, "cosine", choice
+        )
+        assert s["index"]["index_nlist"] == nlist
+        assert s["index"].get("index_probe_gap") == run_.to_dict().get("index_probe_gap")
+        assert np.array_equal(read_manifest_bias(str(tmp_path / name), with_topk=True).attrs["topk"], want)
 
 
 def test_index_hnsw_same_index_as_local(cluster, data, tmp_path):

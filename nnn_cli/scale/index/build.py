@@ -19,6 +19,8 @@ from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.scale.device import faiss_module
 from nnn_cli.scale.index.choose import (
+    GEMM_KMEANS_ITERATIONS,
+    GEMM_TRAIN_POINTS_PER_LIST,
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     INDEX_KINDS,
@@ -143,24 +145,28 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
 
     The same index type as ``IVF{nlist},Flat`` from faiss (saved, loaded and
     searched as one), built several times faster: faiss assigns points with
-    its flat-index search, which is slower than BLAS here.
+    its flat-index search, which is slower than BLAS here.  Rows go to their
+    best list through :mod:`nnn_cli.scale.index.coarse` (two levels from
+    ``TWO_LEVEL_MIN_LISTS`` lists: near-best, a fifth of the work).
     """
-    from nnn_cli.core.kmeans import assign, spherical_kmeans
+    from nnn_cli.core.kmeans import spherical_kmeans
+    from nnn_cli.scale.index.coarse import assign_lists, coarse_for
 
     faiss = faiss_module()
     dim, n = _dim(data), _n_rows(data)
     assert choice.nlist is not None  # an IVF choice carries its list count
     nl = int(choice.nlist)
-    train, _ = sample_rows(data, min(n, max(TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
-    centroids = spherical_kmeans(train, nl, KMEANS_ITERATIONS)
+    train, _ = sample_rows(data, min(n, max(GEMM_TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
+    centroids = spherical_kmeans(train, nl, GEMM_KMEANS_ITERATIONS)
     del train
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids)
     index = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True
     quantizer.this.disown()
+    coarse = coarse_for(centroids)  # flat below TWO_LEVEL_MIN_LISTS lists, else two levels
     for start, block in _blocks(data, metric, block_rows):
-        labels = assign(block, centroids)[0]
+        labels = assign_lists(coarse, block)
         index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(labels))
         if progress:
             progress(start + len(block), n)

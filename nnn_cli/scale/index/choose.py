@@ -17,6 +17,11 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 64
 KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 50
+GEMM_KMEANS_ITERATIONS = 6
+GEMM_TRAIN_POINTS_PER_LIST = 40
+"""Our GEMM-built IVF-Flat trains on fewer points and iterations than faiss's defaults above: measured at
+1M x 1M (d=512, clustered, 1,000 lists), 39 points a list (faiss's minimum) and 6 iterations gave the same recall at every
+nprobe (0.924 / 0.976 at 3 / 4 against 0.926 / 0.974) and the same lists' sizes scanned, in half the time."""
 AUTO_MIN_GAIN = 4.0
 """``auto`` picks an approximate index only when its predicted cost is this many times lower than exact."""
 OVERFETCH_QUANTIZED = 4
@@ -35,6 +40,9 @@ class IndexChoice:
     nprobe: int | None = None
     ef_search: int | None = None
     recall_target: float | None = None
+    probe_gap: float | None = None
+    probe_max: int | None = None
+    probe_flat: bool | None = None
     reason: str = ""
     tuned: dict = field(default_factory=dict)
 
@@ -45,6 +53,11 @@ class IndexChoice:
     def describe(self) -> str:
         if self.kind == "flat":
             return "flat (exact)"
+        if self.kind == "ivf" and self.probe_gap is not None:
+            return (
+                f"ivf (nlist={self.nlist}, lists within {self.probe_gap:.4g} of the best, "
+                f"at most {self.probe_max}; nprobe={self.nprobe} for faiss)"
+            )
         if self.kind == "ivf":
             return f"ivf (nlist={self.nlist}, nprobe={self.nprobe})"
         if self.kind == "hnsw":
@@ -56,7 +69,7 @@ class IndexChoice:
 
     def to_dict(self) -> dict:
         out = {"index": self.kind, "index_description": self.describe(), "index_reason": self.reason}
-        for key in ("factory", "nlist", "nprobe", "ef_search", "recall_target"):
+        for key in ("factory", "nlist", "nprobe", "ef_search", "recall_target", "probe_gap", "probe_max", "probe_flat"):
             value = getattr(self, key)
             if value is not None:
                 out[f"index_{key}"] = value

@@ -94,3 +94,66 @@ def depth_knob(index) -> str | None:
     if _as_hnsw(index) is not None:
         return "ef_search"
     return None
+
+
+RECALL_CONFIDENCE_Z = 3.0
+"""The probe gap is tuned until the sample's recall minus this many standard errors (normal approximation
+over the sample's rows) reaches the target.  Three, not two: the gap is chosen and checked on the same
+rows, and picking the smallest gap that passes favours a lucky sample; measured with 2 (a 97.7% bound
+taken alone), 500 rows reading 0.9595 (200k: 0.9597) gave 0.9501 (200k: 0.9515) on 2,000 other rows."""
+
+MAX_PROBES = 64
+"""The most lists one row probes under the gap rule."""
+
+
+def score_floor(exact_scores: np.ndarray) -> np.ndarray:
+    """Each row's exact k-th score less :func:`score_recall`'s tolerance: a result at or above it is a hit."""
+    kth = exact_scores[:, -1]
+    return (kth - 1e-5 * np.maximum(1.0, np.abs(kth))).astype(np.float32)
+
+
+def gap_curve(gaps: np.ndarray, hits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gap values, mean recall, standard error of the mean) of the sample when every row probes its lists
+    whose centroid score is within the gap of its best, for each gap at which a probe is added.
+
+    ``gaps`` (rows, P): best score minus each probed list's score (non-decreasing along a row; ``inf`` for
+    none); ``hits`` (rows, P): each list's vectors at or above the row's exact k-th score.  A row's recall
+    is min(k, hits of its probed lists) / k (as :func:`score_recall` counts); adding a row's next list
+    raises it by a known step, so the mean and the mean of squares over rows are cumulative sums over the
+    (row, list) pairs sorted by gap.
+    """
+    n = len(gaps)
+    capped = np.minimum(np.cumsum(hits, axis=1), k) / k
+    before = np.hstack([np.zeros((n, 1)), capped[:, :-1]])
+    first = capped[:, 0]
+    g, step, step2 = gaps[:, 1:].ravel(), (capped - before)[:, 1:].ravel(), (capped**2 - before**2)[:, 1:].ravel()
+    keep = np.isfinite(g)
+    g, step, step2 = g[keep], step[keep], step2[keep]
+    order = np.argsort(g, kind="stable")
+    g = np.concatenate([[0.0], g[order]])
+    total = first.sum() + np.concatenate([[0.0], np.cumsum(step[order])])
+    total2 = (first**2).sum() + np.concatenate([[0.0], np.cumsum(step2[order])])
+    # one point per distinct gap: the last of equal gaps (every pair at that gap is probed)
+    last = np.flatnonzero(np.append(np.diff(g) > 0, True))
+    mean = total[last] / n
+    var = np.maximum(total2[last] / n - mean**2, 0.0)
+    return g[last], mean, np.sqrt(var / max(1, n - 1))
+
+
+def choose_gap(gaps: np.ndarray, hits: np.ndarray, k: int, target: float, z: float = RECALL_CONFIDENCE_Z) -> dict:
+    """The smallest probe gap whose sample recall, less ``z`` standard errors, reaches ``target``
+    (``{"gap", "predicted_recall", "lower_bound", "reached"}``; the largest gap when none does).
+
+    The gap returned lies halfway to the next larger gap of the sample, so float rounding of
+    ``best - gap`` cannot drop a list the choice counted on.
+    """
+    values, mean, se = gap_curve(gaps, hits, k)
+    ok = np.flatnonzero(mean - z * se >= target)
+    i = int(ok[0]) if len(ok) else len(values) - 1
+    gap = float(values[i] + values[i + 1]) / 2 if i + 1 < len(values) else float(values[i]) * (1 + 1e-3) + 1e-6
+    return {
+        "gap": gap,
+        "predicted_recall": float(mean[i]),
+        "lower_bound": float(mean[i] - z * se[i]),
+        "reached": bool(len(ok)),
+    }

@@ -105,15 +105,25 @@ def _few_probes(centroids: np.ndarray, queries: np.ndarray, nprobe: int) -> np.n
     return out
 
 
-def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
+def probe_lists(ivf, queries: np.ndarray, nprobe: int, gap: float | None = None, flat: bool = False) -> np.ndarray:
     """(Q, nprobe) int64: each query's ``nprobe`` best lists by centroid inner product (as faiss probes).
 
     With a flat quantizer this is a GEMM plus an O(n) selection (ties to the
     lower list number); faiss's own quantizer search is several times slower
     for many queries.  Other quantizers (e.g. HNSW) are searched by faiss.
+    From :data:`~nnn_cli.scale.index.coarse.TWO_LEVEL_MIN_LISTS` lists, or with a gap rule (``gap``: only
+    the lists within ``gap`` of the best centroid score, at most ``nprobe``, ``-1`` padding), the lists
+    come from :func:`nnn_cli.scale.index.coarse.probe` (two levels: near-best lists, a fifth of the work;
+    ``flat``: every centroid scored).
     """
+    from nnn_cli.scale.index.coarse import TWO_LEVEL_MIN_LISTS, coarse_for, probe
+
     nprobe = int(max(1, min(nprobe, ivf.nlist)))
+    if nprobe == ivf.nlist and gap is None:  # every list: exact, in list order
+        return np.tile(np.arange(ivf.nlist, dtype=np.int64), (len(queries), 1))
     centroids = _flat_centroids(ivf)
+    if centroids is not None and (gap is not None or len(centroids) >= TWO_LEVEL_MIN_LISTS):
+        return probe(coarse_for(centroids), queries, nprobe, gap, flat=flat, trim=True)
     if centroids is not None and (nprobe > FEW_PROBES or len(centroids) > DATABASE_TILE):
         return search_blocks(GemmIndex(centroids), queries, nprobe, PROBE_BLOCK)[1]
     if centroids is not None:
@@ -123,6 +133,19 @@ def probe_lists(ivf, queries: np.ndarray, nprobe: int) -> np.ndarray:
         block = np.ascontiguousarray(queries[start : start + PROBE_BLOCK], dtype=np.float32)
         out[start : start + len(block)] = ivf.quantizer.search(block, nprobe)[1]
     return out
+
+
+def _probe_pairs(ivf, queries: np.ndarray, nprobe: int, gap: float | None, flat: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, lists) probe pairs by row: :func:`probe_lists` without the padding."""
+    from nnn_cli.scale.index.coarse import TWO_LEVEL_MIN_LISTS, coarse_for, probe_pairs
+
+    nprobe = int(max(1, min(nprobe, ivf.nlist)))
+    centroids = _flat_centroids(ivf)
+    if nprobe < ivf.nlist and centroids is not None and (gap is not None or len(centroids) >= TWO_LEVEL_MIN_LISTS):
+        return probe_pairs(coarse_for(centroids), queries, nprobe, gap, flat=flat)
+    probes = probe_lists(ivf, queries, nprobe, gap, flat)
+    r, c = np.nonzero(probes >= 0)
+    return r.astype(np.int64), probes[r, c].astype(np.int32)
 
 
 LIST_ROW_BLOCK = 65536
@@ -197,11 +220,14 @@ def list_major_topk(
     nprobe: int | None = None,
     threads: int | None = None,
     progress: ProgressFn | None = None,
+    gap: float | None = None,
+    flat: bool = False,
 ) -> np.ndarray:
     """(Q, k) float32: top-k inner products of each query within its ``nprobe`` probed lists, descending.
 
     ``index`` must be an ``IndexIVFFlat`` (see :func:`flat_ivf`); ``nprobe``
-    defaults to the index's own setting.  Rows whose probed lists hold fewer
+    defaults to the index's own setting (with ``gap``, the most lists a row probes: see
+    :func:`probe_lists`).  Rows whose probed lists hold fewer
     than k vectors are padded with ``-inf``.  The rows probing a list are
     scored in one GEMM per global block of :data:`LIST_ROW_BLOCK` rows
     (``queries`` starts at such a boundary).  The lists are dealt to
@@ -218,19 +244,18 @@ def list_major_topk(
     best = np.full((nq, k), -np.inf, dtype=np.float32)
     if nq == 0:
         return best
-    probes = probe_lists(ivf, queries, nprobe or ivf.nprobe)
+    pair_rows, pair_lists = _probe_pairs(ivf, queries, nprobe or ivf.nprobe, gap, flat)
     vectors = list_vectors(ivf)
     workers = max(1, int(threads or selection_threads()))
     span = max(1, PRIVATE_BEST_BYTES // (workers * max(1, k) * 4) // LIST_ROW_BLOCK) * LIST_ROW_BLOCK
-    total = int((probes >= 0).sum())
+    total = len(pair_rows)
     done = 0
     for base in range(0, nq, span):
         stop = min(nq, base + span)
-        flat = probes[base:stop].ravel()
-        valid = flat >= 0
-        order = np.flatnonzero(valid)[np.argsort(flat[valid], kind="stable")]
-        rows_by_list = base + order // probes.shape[1]  # ascending within each list (stable sort)
-        counts = np.bincount(flat[valid], minlength=ivf.nlist)
+        lo, hi = np.searchsorted(pair_rows, [base, stop])
+        order = np.argsort(pair_lists[lo:hi], kind="stable")
+        rows_by_list = pair_rows[lo:hi][order]  # ascending within each list (stable sort of row-ordered pairs)
+        counts = np.bincount(pair_lists[lo:hi], minlength=ivf.nlist)
         bounds = np.arange(base, stop + LIST_ROW_BLOCK, LIST_ROW_BLOCK)
         todo = [int(lst) for lst in np.flatnonzero(counts) if len(vectors[lst])]
         scan = _ListScan(queries, vectors, rows_by_list, counts, bounds, k, base, best[base:stop])
@@ -245,3 +270,31 @@ def list_major_topk(
                 r1 = min(stop - base, r0 + LIST_ROW_BLOCK)
                 best[base + r0 : base + r1] = merge_top_scores(best[base + r0 : base + r1], part[r0:r1], k)
     return sort_descending(best)
+
+
+def list_hits(index, queries: np.ndarray, probes: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """(Q, P) int64: how many vectors of list ``probes[i, j]`` score at least ``floor[i]`` against query i
+    (0 where ``probes`` is -1): what each probed list adds to a row's top-k when ``floor`` is its exact
+    k-th score.  For tuning on a small sample (one GEMM per list and the rows probing it)."""
+    ivf = flat_ivf(index)
+    if ivf is None:
+        raise ValueError("list_hits needs an IVF-Flat inner-product index")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    vectors = list_vectors(ivf)
+    hits = np.zeros(probes.shape, dtype=np.int64)
+    flat = probes.ravel()
+    valid = np.flatnonzero(flat >= 0)
+    order = valid[np.argsort(flat[valid], kind="stable")]
+    lists = flat[order]
+    cuts = np.flatnonzero(np.diff(lists)) + 1
+
+    def one(part: np.ndarray) -> None:
+        vecs = vectors[int(flat[part[0]])]
+        if not len(vecs):
+            return
+        rows = part // probes.shape[1]
+        q = tile_operand(queries[rows], copy=True)
+        hits.ravel()[part] = (tile_scores(q, tile_operand(vecs)) >= floor[rows, None]).sum(axis=1)
+
+    run_parallel(one, np.split(order, cuts) if len(order) else [])
+    return hits

@@ -30,7 +30,17 @@ from nnn_cli.scale.index.build import (
     save_index,
 )
 from nnn_cli.scale.index.choose import OVERFETCH_QUANTIZED, TUNE_SAMPLE, IndexChoice
-from nnn_cli.scale.index.depth import depth_knob, index_topk, score_recall, set_search_depth, topk_recall, tune_depth
+from nnn_cli.scale.index.depth import (
+    MAX_PROBES,
+    choose_gap,
+    depth_knob,
+    index_topk,
+    score_floor,
+    score_recall,
+    set_search_depth,
+    topk_recall,
+    tune_depth,
+)
 
 
 def stores_exact_vectors(index) -> bool:
@@ -50,6 +60,7 @@ def approximate_reference_topk(
     block_rows: int = DEFAULT_QUERY_BLOCK,
     progress: ProgressFn | None = None,
     rescore=None,
+    probing: dict | None = None,
 ) -> tuple[np.ndarray, int]:
     """((N, k) top-k reference scores from ``index``, rows recomputed exactly).
 
@@ -59,12 +70,13 @@ def approximate_reference_topk(
     than k results (too few probed lists) are recomputed exactly with
     ``reference_exact(rows) -> (rows, k)``.
     With ``rescore(rows, candidate_ids) -> (rows, k)`` (quantized indexes),
-    2k candidates are fetched and re-scored exactly.
+    2k candidates are fetched and re-scored exactly.  ``probing`` (:func:`probe_rule`) sets an IVF-Flat
+    index's probe gap and most probes.
     """
     from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk
 
     if rescore is None and flat_ivf(index) is not None:
-        scores = list_major_topk(index, gallery, k, progress=progress)
+        scores = list_major_topk(index, gallery, k, progress=progress, **(probing or {}))
         ids = np.where(np.isfinite(scores), 0, -1)
     elif rescore is None:
         scores, ids = index_topk(index, gallery, k, block_rows, progress)
@@ -175,13 +187,20 @@ def _current_depth(index) -> dict:
 
 
 def _tune_then_save(
-    index, measure, k: int, choice: IndexChoice, save_path: str | Path | None, meta: dict | None, info: dict
+    index,
+    measure,
+    k: int,
+    choice: IndexChoice,
+    save_path: str | Path | None,
+    meta: dict | None,
+    info: dict,
+    tune: bool = True,
 ) -> None:
     """Tune the search depth to ``choice.recall_target`` (if asked), then save the index (if asked).
 
     Saving comes after tuning, so the file carries the tuned nprobe / efSearch.
     """
-    if choice.recall_target is not None and depth_knob(index) is not None:
+    if tune and choice.recall_target is not None and depth_knob(index) is not None:
         tuned = tune_depth(index, measure, k, choice.recall_target)
         info["index_tuned"] = tuned
         if not tuned["reached"]:
@@ -238,6 +257,7 @@ def indexed_reference_topk(
             k,
             progress=part_progress,
             rescore=rescore,
+            probing=probe_rule(choice),
         )
         n_short += short
     info["index_rows_recomputed_exactly"] = n_short
@@ -262,7 +282,7 @@ def prepare_reference_index(
     """
     import time
 
-    from nnn_cli.scale.index.listscan import flat_ivf, list_major_topk
+    from nnn_cli.scale.index.listscan import _flat_centroids, flat_ivf, list_major_topk
     from nnn_cli.scale.streaming import topk_scores_vs
 
     info: dict = {}
@@ -275,9 +295,10 @@ def prepare_reference_index(
     info["index_build_seconds"] = round(time.perf_counter() - t0, 3)
     _apply_depth(index, choice)
     n_gallery = _n_rows(gallery)
-    n_sample = min(n_gallery, TUNE_SAMPLE if choice.recall_target else 200)
-    sample, _ = sample_rows(gallery, n_sample, metric)
     ivf_flat = flat_ivf(index)
+    tune_rows = GAP_TUNE_SAMPLE if ivf_flat is not None else TUNE_SAMPLE
+    n_sample = min(n_gallery, tune_rows if choice.recall_target else 200)
+    sample, _ = sample_rows(gallery, n_sample, metric)
     if ivf_flat is not None:
         # the index holds every reference row as stored float32: probing all lists is exact, with no
         # further pass over the reference file
@@ -300,7 +321,7 @@ def prepare_reference_index(
 
     def search_sample() -> np.ndarray:
         if rescore is None and ivf_flat is not None:
-            return list_major_topk(index, sample, k)
+            return list_major_topk(index, sample, k, **probe_rule(choice, index))
         if rescore is None:
             return index_topk(index, sample, k)[0]
         return rescore(sample, index_topk(index, sample, min(2 * k, index.ntotal))[1])
@@ -308,7 +329,10 @@ def prepare_reference_index(
     def measure() -> float:
         return score_recall(search_sample(), exact)
 
-    _tune_then_save(index, measure, k, choice, save_path, meta, info)
+    gap_rule = ivf_flat is not None and choice.recall_target is not None and _flat_centroids(ivf_flat) is not None
+    if gap_rule:
+        gap_rule = _tune_gap(ivf_flat, sample, exact, k, choice, info, measure)
+    _tune_then_save(index, measure, k, choice, save_path, meta, info, tune=not gap_rule)
     approx_sample = search_sample()
     info["index_sample_rows"] = int(n_sample)
     info["index_sample_recall"] = round(score_recall(approx_sample, exact), 4)
@@ -318,6 +342,68 @@ def prepare_reference_index(
     )
     _record_depth(index, choice)
     return index, rescore, info
+
+
+GAP_TUNE_SAMPLE = 500
+"""Gallery rows of the sample an IVF-Flat probe gap is tuned on: their exact top-k (every list scanned)
+costs ``rows / N`` of the exact bias, 1/2,000 at 1M rows; the recall target is met with a 3-standard-error lower
+confidence bound (:data:`~nnn_cli.scale.index.depth.RECALL_CONFIDENCE_Z`), so a smaller sample costs a
+slightly larger margin, not the promise."""
+
+
+def probe_rule(choice: IndexChoice, index=None) -> dict:
+    """Keyword arguments of :func:`~nnn_cli.scale.index.listscan.list_major_topk` for the probing ``choice``
+    settled on: ``{"nprobe", "gap"}`` under a tuned gap rule, else the index's own nprobe."""
+    if choice.probe_gap is not None and choice.probe_max is not None:
+        return {"nprobe": int(choice.probe_max), "gap": float(choice.probe_gap), "flat": bool(choice.probe_flat)}
+    return {}
+
+
+def _tune_gap(ivf, sample: np.ndarray, exact: np.ndarray, k: int, choice: IndexChoice, info: dict, measure) -> bool:
+    """Tune the probe gap of an IVF-Flat index to ``choice.recall_target`` on the sample (exact top-k known):
+    each sample row's :data:`MAX_PROBES` best lists, how many of its exact top-k each holds, then the
+    smallest gap whose recall's 3-standard-error lower bound reaches the target (:func:`choose_gap`).  The index's own
+    nprobe is set to the smallest fixed depth reaching the target on the sample (what a saved index, or
+    faiss, then uses).  The gap found is checked by running it; the recall measured is what is reported.
+    False (nothing set) when even :data:`MAX_PROBES` lists cannot reach the target: the caller then tunes a
+    fixed nprobe over every depth."""
+    from nnn_cli.scale.index.coarse import coarse_for, probe_scored
+    from nnn_cli.scale.index.listscan import _flat_centroids, list_hits
+
+    target = float(choice.recall_target)  # type: ignore[arg-type]
+    centroids = _flat_centroids(ivf)
+    assert centroids is not None  # the caller checked: a flat coarse quantizer
+    most = int(min(ivf.nlist, MAX_PROBES))
+    floor = score_floor(exact)
+    for flat in (False, True):  # two levels first; every centroid if their groups cannot reach the target
+        probes, scores = probe_scored(coarse_for(centroids), sample, most, flat=flat)
+        hits = list_hits(ivf, sample, probes, floor)
+        gaps = (scores[:, :1] - scores).astype(np.float64)
+        picked = choose_gap(gaps, hits, k, target)
+        if picked["reached"] or not coarse_for(centroids).two_level:
+            break
+    if not picked["reached"]:
+        return False
+    fixed = np.minimum(np.cumsum(hits, axis=1), k).mean(axis=0) / k
+    reach = np.flatnonzero(fixed >= target)
+    ivf.nprobe = int(reach[0] + 1) if len(reach) else most
+    choice.probe_max, choice.probe_gap, choice.probe_flat = most, picked["gap"], flat
+    recall = measure()
+    info["index_tuned"] = {
+        "knob": "probe_gap",
+        "value": picked["gap"],
+        "max_probes": most,
+        "recall": float(recall),
+        "predicted_recall": round(picked["predicted_recall"], 4),
+        "lower_bound_3se": round(picked["lower_bound"], 4),
+        "mean_probes": round(float((gaps <= picked["gap"]).sum(axis=1).mean()), 3),
+        "fixed_nprobe_equivalent": int(ivf.nprobe),
+        "every_centroid_scored": bool(flat),
+        "reached": bool(recall >= target),
+    }
+    if not info["index_tuned"]["reached"]:
+        info["index_warning"] = f"recall target {target} not reached: {recall:.3f} on the sample with the probe gap"
+    return True
 
 
 def indexed_search(
