@@ -444,3 +444,47 @@ def test_a_cached_export_runs_without_torch(tiny_model, cache, tmp_path):
     assert proc.returncode == 2 and "make setup-embed" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # a refused command says one line (its notes are held)
     assert not (tmp_path / "u.h5").exists()
+
+
+# ---------------------------------------------------------------------------
+# session options and batching: CPU spent, vectors unchanged
+# ---------------------------------------------------------------------------
+def test_session_threads_sleep_and_batching_keeps_the_vectors(default_vectors, cache):
+    """The pool does not spin (allow_spinning 0); one call per text, 512-text calls and tiny buckets
+    give the same vectors (float tolerance) and the same top-10 neighbours."""
+    from nnn_cli.embed.backends import EXPORT_BATCH_SIZE
+
+    texts, want = default_vectors
+    enc = load_text_encoder(None, "cpu", backend="onnx")
+    assert enc.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert enc.batch_size == EXPORT_BATCH_SIZE > 64
+    many = list(texts)
+    wide = _norm(enc.encode_texts(many))
+    single = _norm(np.concatenate([enc.encode_texts([t]) for t in many]))
+    tiny = _norm(encode_bucketed(enc.tokenizer, many, enc.inputs, enc._run, enc.dim, bucket_tokens=16))
+    for other in (single, tiny):
+        np.testing.assert_allclose(other, wide, atol=2e-5)
+        np.testing.assert_array_equal(_top10(other), _top10(wide))
+    np.testing.assert_allclose(wide, want, atol=1e-4)
+
+
+def _top10(v: np.ndarray) -> np.ndarray:
+    return np.argsort(-(v @ v.T), axis=1, kind="stable")[:, :10]
+
+
+def test_embed_batch_size_defaults_to_the_backends_own(tiny_model, cache, tmp_path):
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
+    for i, (flags, want) in enumerate(
+        (
+            (["--backend", "onnx"], 512),
+            (["--backend", "onnx", "--quantize", "int8"], 512),
+            (["--backend", "torch"], 64),
+            (["--backend", "onnx", "-B", "5"], 5),
+        )
+    ):
+        out = tmp_path / f"b{i}.h5"
+        res = run_cli("embed", tmp_path / "t.txt", "-o", out, "-m", tiny_model, *flags)
+        assert res.exit_code == 0, res.stderr
+        assert int(_attrs(out)["batch_size"]) == want, flags
+    with h5py.File(tmp_path / "b0.h5", "r") as wide, h5py.File(tmp_path / "b3.h5", "r") as narrow:
+        np.testing.assert_allclose(wide["embeddings"][:], narrow["embeddings"][:], atol=1e-5)  # 512 and -B 5
