@@ -25,8 +25,8 @@ the fp32 export gives torch's vectors (cosine 1.0000) 1.8-2.2x faster; int8 was 
 but moved R@1 by more than half a point there, so it is opt-in (``--quantize int8``)."""
 AUTO_QUANTIZATION = "none"
 
-BUCKET_TOKENS = 2048  # padded tokens per model call: sorted texts of similar length share a call
-MAX_BUCKET_ROWS = 64
+BUCKET_TOKENS = 1024  # padded tokens per model call: sorted texts of similar length share a call
+MAX_BUCKET_ROWS = 32
 EXPORT_BATCH_SIZE = 512
 """Texts per :meth:`ExportEncoder.encode_texts` call when ``nnn embed`` is given no --batch-size: the
 length sort works within a call, so a wider window pads less and fills the buckets (measured in the
