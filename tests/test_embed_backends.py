@@ -213,6 +213,34 @@ def test_damaged_cache_is_rebuilt_with_a_note(tiny_model, cache, monkeypatch):
     assert (_norm(enc.encode_texts(TEXTS[:3])) * _st_vectors(tiny_model, TEXTS[:3])).sum(axis=1).min() > 0.9999
 
 
+def test_fp32_weights_lie_beside_the_graph_checksummed_and_rebuilt(tiny_model, cache):
+    """onnx-fp32.onnx keeps its weights in onnx-fp32.onnx.data (a session maps them): both files are
+    checksummed, the recorded export checksum covers both, and a damaged weights file is rebuilt."""
+    import hashlib
+
+    good = ensure_export(tiny_model, "onnx", "none")
+    data = good.folder / "onnx-fp32.onnx.data"
+    manifest = json.loads((good.folder / "manifest.json").read_text())
+    sums = [manifest["files"][n]["checksum"] for n in ("onnx-fp32.onnx", "onnx-fp32.onnx.data")]
+    assert sums == [file_checksum(good.path), file_checksum(data)]
+    assert good.checksum == hashlib.blake2b("\n".join(sums).encode(), digest_size=16).hexdigest()
+    assert data.stat().st_size > 10 * good.path.stat().st_size  # the weights, not the graph
+    want = _norm(load_text_encoder(str(tiny_model), "cpu", backend="onnx").encode_texts(TEXTS[:4]))
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2 : len(blob) // 2 + 256] = bytes(256)  # same size, other bytes
+    data.write_bytes(bytes(blob))
+    notes: list[str] = []
+    again = ensure_export(tiny_model, "onnx", "none", notes.append)
+    assert again.created_now and any("damaged" in n and "onnx-fp32.onnx.data" in n for n in notes)
+    assert again.checksum == good.checksum and file_checksum(data) == sums[1]
+    got = _norm(load_text_encoder(str(tiny_model), "cpu", backend="onnx").encode_texts(TEXTS[:4]))
+    np.testing.assert_array_equal(got, want)
+    data.unlink()  # missing: rebuilt as well
+    notes.clear()
+    assert ensure_export(tiny_model, "onnx", "none", notes.append).created_now and data.is_file()
+    assert not any(leftover.name.startswith(".") and leftover.is_dir() for leftover in good.folder.iterdir())
+
+
 def test_unreadable_manifest_rebuilds(tiny_model, cache):
     good = ensure_export(tiny_model, "onnx", "none")
     (good.folder / "manifest.json").write_text("{ not json")
