@@ -241,6 +241,36 @@ def test_fp32_weights_lie_beside_the_graph_checksummed_and_rebuilt(tiny_model, c
     assert not any(leftover.name.startswith(".") and leftover.is_dir() for leftover in good.folder.iterdir())
 
 
+def test_int8_quantises_attention_and_ffn_up_projections_only(tiny_model, cache):
+    """The int8 recipe: fused attention (QKV) and the FFN's widening MatMuls in int8, the attention
+    output and FFN down-projections in fp32; a file made by another recipe is quantised again, once."""
+    from collections import Counter
+
+    import onnx
+
+    from nnn_cli.embed.export import INT8_RECIPE, int8_nodes
+
+    int8 = ensure_export(tiny_model, "onnx", "int8")
+    fp32 = onnx.load(str(int8.folder / "onnx-fp32.onnx"), load_external_data=False)
+    fp32_ops = Counter(n.op_type for n in fp32.graph.node)
+    ops = Counter(n.op_type for n in onnx.load(str(int8.path), load_external_data=False).graph.node)
+    layers = fp32_ops["Attention"]
+    assert layers == 2 and fp32_ops["MatMul"] == 3 * layers  # the tiny model's fused graph
+    assert ops["QAttention"] == layers and ops["MatMulInteger"] == layers and ops["MatMul"] == 2 * layers
+    assert len(int8_nodes(int8.folder / "onnx-fp32.onnx")) == 2 * layers
+    manifest_path = int8.folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["int8"] == INT8_RECIPE
+    manifest["int8"] = "dynamic, per-channel, uint8 weights, MatMul/Attention/Gather"  # the earlier recipe
+    manifest_path.write_text(json.dumps(manifest))
+    notes: list[str] = []
+    again = ensure_export(tiny_model, "onnx", "int8", notes.append)
+    assert again.created_now and len(notes) == 2, notes
+    assert "another recipe" in notes[0] and "quantising the export to int8" in notes[1]
+    assert json.loads(manifest_path.read_text())["int8"] == INT8_RECIPE
+    assert not ensure_export(tiny_model, "onnx", "int8").created_now
+
+
 def test_unreadable_manifest_rebuilds(tiny_model, cache):
     good = ensure_export(tiny_model, "onnx", "none")
     (good.folder / "manifest.json").write_text("{ not json")
