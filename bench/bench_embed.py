@@ -14,7 +14,7 @@ model load) cancels out.  The same rate from the processes' CPU time (user + sys
 printed beside it: on a machine shared with other work it moves far less than wall time.  The export cache is filled before timing (its one-off cost is printed).
 From the full outputs: cosine of each row to torch fp32 (min, 0.1% quantile), the test queries'
 top-10 agreement with torch's, and R@1 of the task without and with NNN (alpha 0.5, k 8, exact).
-Last, ``nnn query`` whole-process wall time (the second of two runs, so the export is cached).
+Last, ``nnn query`` whole-process wall and CPU time: the median of ``--query-runs`` runs after one that fills the cache.
 
     .venv/bin/python bench/bench_embed.py                     # 10,000 lines, 1 round
     .venv/bin/python bench/bench_embed.py --n 3000 --rounds 2 --backends torch,onnx,onnx-int8
@@ -173,17 +173,22 @@ def retrieval(emb: np.ndarray, n_pairs: int) -> dict:
     }
 
 
-def query_wall(gallery: Path, backend_flags: list[str]) -> float:
+def query_wall(gallery: Path, backend_flags: list[str], runs: int = 9) -> tuple[float, float, list[float]]:
+    """Median wall and CPU seconds of ``runs`` whole `nnn query` processes after one that fills the cache."""
+    import statistics
+
     cmd = [sys.executable, "-m", "nnn_cli", "query", "how to read a file", "--gallery", str(gallery), "-n", "3"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    walls = []
-    for _ in range(2):
+    walls, cpus = [], []
+    for _ in range(runs + 1):
+        cpu = _child_cpu()
         t = time.perf_counter()
         proc = subprocess.run(cmd + backend_flags, env=env, capture_output=True, text=True)
         walls.append(time.perf_counter() - t)
+        cpus.append(_child_cpu() - cpu)
         if proc.returncode != 0:
             raise SystemExit(f"nnn query failed: {proc.stderr.strip()[-300:]}")
-    return walls[-1]
+    return statistics.median(walls[1:]), statistics.median(cpus[1:]), walls[1:]
 
 
 def main() -> None:
@@ -193,6 +198,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds (best time of each kept)")
     ap.add_argument("--backends", default="torch,onnx,onnx-int8,openvino")
     ap.add_argument("--threads", type=int, default=0, help="--threads of nnn embed (0: all cores)")
+    ap.add_argument("--query-runs", type=int, default=9, help="nnn query runs per backend (median reported)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "embed.json")
     args = ap.parse_args()
 
@@ -239,7 +245,7 @@ def main() -> None:
         quality = {name: retrieval(emb[name], task["n_pairs"]) for name in names}
         query_s = {}
         for name in names:
-            query_s[name] = query_wall(tmp_path / f"{name}.h5", [])
+            query_s[name] = query_wall(tmp_path / f"{name}.h5", [], args.query_runs)
     rows = []
     base = cpu_base = None
     for name in names:
@@ -265,25 +271,28 @@ def main() -> None:
                 "top10_agree": round(float(agree) * 100, 1),
                 "r1": round(quality[name]["r1"], 2),
                 "r1_nnn": round(quality[name]["r1_nnn"], 2),
-                "query_s": round(query_s[name], 2),
+                "query_s": round(query_s[name][0], 2),
+                "query_cpu_s": round(query_s[name][1], 2),
+                "query_walls": [round(w, 2) for w in query_s[name][2]],
             }
         )
     header = (
         f"{'backend':<10} {'texts/s':>8} {'x torch':>8} {'texts/CPU-s':>11} {'x torch':>8} {'cos min':>8} {'cos 0.1%':>9} {'top10':>6} "
-        f"{'R@1':>6} {'R@1 NNN':>8} {'query s':>8}"
+        f"{'R@1':>6} {'R@1 NNN':>8} {'query s':>8} {'CPU s':>6}"
     )
     print(header)
     for row in rows:
         print(
             f"{row['backend']:<10} {row['texts_per_s']:>8.1f} {row['speedup']:>8.2f} {row['texts_per_cpu_s']:>11.1f} "
             f"{row['cpu_speedup']:>8.2f} {row['cos_min']:>8.4f} {row['cos_q001']:>9.4f} {row['top10_agree']:>5.1f}% "
-            f"{row['r1']:>6.2f} {row['r1_nnn']:>8.2f} {row['query_s']:>8.2f}"
+            f"{row['r1']:>6.2f} {row['r1_nnn']:>8.2f} {row['query_s']:>8.2f} {row['query_cpu_s']:>6.2f}"
         )
     print(
         f"texts/s: marginal rate of whole `nnn embed` processes ({n_small} vs {n} lines, best of {args.rounds}); "
         "texts/CPU-s: the same from their CPU time (user + system, all threads), steadier on a shared machine; "
         f"R@1 on {task['n_pairs'] // 2} test queries, NNN alpha {ALPHA} k {K} with {task['n_pairs'] // 2} "
-        f"reference queries; query s: whole `nnn query` process, export cached; load average at the end "
+        f"reference queries; query s / CPU s: median of {args.query_runs} whole `nnn query` processes on that "
+        "backend's gallery after one that fills the cache; load average at the end "
         f"{os.getloadavg()[0]:.1f}"
     )
     result = {

@@ -117,6 +117,7 @@ class Encoder:
 
     kind = "encoder"
     modalities: tuple[str, ...] = ("text", "image")
+    batch_size = 64  # items per call when ``nnn embed`` is given no --batch-size
 
     def __init__(self, name: str, device: str = "cpu", precision: str = "fp32"):
         self.name = name

@@ -31,7 +31,7 @@ class EmbedRequest:
     modality: Optional[str] = None
     text_column: str = "text"
     id_column: Optional[str] = None
-    batch_size: int = 64
+    batch_size: Optional[int] = None  # None: the encoder's own (64 for torch, 512 for the exports)
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float32"
@@ -99,7 +99,7 @@ def run_embed(
     load_seconds = time.perf_counter() - t0
     skips = _Skips(notes, on_skip)
     summary: EmbedSummary = embed_input(
-        source, encoder, req.output, batch_size=req.batch_size, dtype=req.dtype, restart=req.restart,
+        source, encoder, req.output, batch_size=req.batch_size or encoder.batch_size, dtype=req.dtype, restart=req.restart,
         progress=progress, on_skip=skips, max_batches=req.max_batches, stream=req.stream,
         stream_format=req.output_format, wait=req.wait,
     )  # fmt: skip

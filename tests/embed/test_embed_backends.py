@@ -213,6 +213,64 @@ def test_damaged_cache_is_rebuilt_with_a_note(tiny_model, cache, monkeypatch):
     assert (_norm(enc.encode_texts(TEXTS[:3])) * _st_vectors(tiny_model, TEXTS[:3])).sum(axis=1).min() > 0.9999
 
 
+def test_fp32_weights_lie_beside_the_graph_checksummed_and_rebuilt(tiny_model, cache):
+    """onnx-fp32.onnx keeps its weights in onnx-fp32.onnx.data (a session maps them): both files are
+    checksummed, the recorded export checksum covers both, and a damaged weights file is rebuilt."""
+    import hashlib
+
+    good = ensure_export(tiny_model, "onnx", "none")
+    data = good.folder / "onnx-fp32.onnx.data"
+    manifest = json.loads((good.folder / "manifest.json").read_text())
+    sums = [manifest["files"][n]["checksum"] for n in ("onnx-fp32.onnx", "onnx-fp32.onnx.data")]
+    assert sums == [file_checksum(good.path), file_checksum(data)]
+    assert good.checksum == hashlib.blake2b("\n".join(sums).encode(), digest_size=16).hexdigest()
+    assert data.stat().st_size > 10 * good.path.stat().st_size  # the weights, not the graph
+    want = _norm(load_text_encoder(str(tiny_model), "cpu", backend="onnx").encode_texts(TEXTS[:4]))
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2 : len(blob) // 2 + 256] = bytes(256)  # same size, other bytes
+    data.write_bytes(bytes(blob))
+    notes: list[str] = []
+    again = ensure_export(tiny_model, "onnx", "none", notes.append)
+    assert again.created_now and any("damaged" in n and "onnx-fp32.onnx.data" in n for n in notes)
+    assert again.checksum == good.checksum and file_checksum(data) == sums[1]
+    got = _norm(load_text_encoder(str(tiny_model), "cpu", backend="onnx").encode_texts(TEXTS[:4]))
+    np.testing.assert_array_equal(got, want)
+    data.unlink()  # missing: rebuilt as well
+    notes.clear()
+    assert ensure_export(tiny_model, "onnx", "none", notes.append).created_now and data.is_file()
+    assert not any(leftover.name.startswith(".") and leftover.is_dir() for leftover in good.folder.iterdir())
+
+
+def test_int8_quantises_attention_and_ffn_up_projections_only(tiny_model, cache):
+    """The int8 recipe: fused attention (QKV) and the FFN's widening MatMuls in int8, the attention
+    output and FFN down-projections in fp32; a file made by another recipe is quantised again, once."""
+    from collections import Counter
+
+    import onnx
+
+    from nnn_cli.embed.export import INT8_RECIPE, int8_nodes
+
+    int8 = ensure_export(tiny_model, "onnx", "int8")
+    fp32 = onnx.load(str(int8.folder / "onnx-fp32.onnx"), load_external_data=False)
+    fp32_ops = Counter(n.op_type for n in fp32.graph.node)
+    ops = Counter(n.op_type for n in onnx.load(str(int8.path), load_external_data=False).graph.node)
+    layers = fp32_ops["Attention"]
+    assert layers == 2 and fp32_ops["MatMul"] == 3 * layers  # the tiny model's fused graph
+    assert ops["QAttention"] == layers and ops["MatMulInteger"] == layers and ops["MatMul"] == 2 * layers
+    assert len(int8_nodes(int8.folder / "onnx-fp32.onnx")) == 2 * layers
+    manifest_path = int8.folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["int8"] == INT8_RECIPE
+    manifest["int8"] = "dynamic, per-channel, uint8 weights, MatMul/Attention/Gather"  # the earlier recipe
+    manifest_path.write_text(json.dumps(manifest))
+    notes: list[str] = []
+    again = ensure_export(tiny_model, "onnx", "int8", notes.append)
+    assert again.created_now and len(notes) == 2, notes
+    assert "another recipe" in notes[0] and "quantising the export to int8" in notes[1]
+    assert json.loads(manifest_path.read_text())["int8"] == INT8_RECIPE
+    assert not ensure_export(tiny_model, "onnx", "int8").created_now
+
+
 def test_unreadable_manifest_rebuilds(tiny_model, cache):
     good = ensure_export(tiny_model, "onnx", "none")
     (good.folder / "manifest.json").write_text("{ not json")
@@ -444,3 +502,47 @@ def test_a_cached_export_runs_without_torch(tiny_model, cache, tmp_path):
     assert proc.returncode == 2 and "make setup-embed" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # a refused command says one line (its notes are held)
     assert not (tmp_path / "u.h5").exists()
+
+
+# ---------------------------------------------------------------------------
+# session options and batching: CPU spent, vectors unchanged
+# ---------------------------------------------------------------------------
+def test_session_threads_sleep_and_batching_keeps_the_vectors(default_vectors, cache):
+    """The pool does not spin (allow_spinning 0); one call per text, 512-text calls and tiny buckets
+    give the same vectors (float tolerance) and the same top-10 neighbours."""
+    from nnn_cli.embed.backends import EXPORT_BATCH_SIZE
+
+    texts, want = default_vectors
+    enc = load_text_encoder(None, "cpu", backend="onnx")
+    assert enc.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert enc.batch_size == EXPORT_BATCH_SIZE > 64
+    many = list(texts)
+    wide = _norm(enc.encode_texts(many))
+    single = _norm(np.concatenate([enc.encode_texts([t]) for t in many]))
+    tiny = _norm(encode_bucketed(enc.tokenizer, many, enc.inputs, enc._run, enc.dim, bucket_tokens=16))
+    for other in (single, tiny):
+        np.testing.assert_allclose(other, wide, atol=2e-5)
+        np.testing.assert_array_equal(_top10(other), _top10(wide))
+    np.testing.assert_allclose(wide, want, atol=1e-4)
+
+
+def _top10(v: np.ndarray) -> np.ndarray:
+    return np.argsort(-(v @ v.T), axis=1, kind="stable")[:, :10]
+
+
+def test_embed_batch_size_defaults_to_the_backends_own(tiny_model, cache, tmp_path):
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
+    for i, (flags, want) in enumerate(
+        (
+            (["--backend", "onnx"], 512),
+            (["--backend", "onnx", "--quantize", "int8"], 512),
+            (["--backend", "torch"], 64),
+            (["--backend", "onnx", "-B", "5"], 5),
+        )
+    ):
+        out = tmp_path / f"b{i}.h5"
+        res = run_cli("embed", tmp_path / "t.txt", "-o", out, "-m", tiny_model, *flags)
+        assert res.exit_code == 0, res.stderr
+        assert int(_attrs(out)["batch_size"]) == want, flags
+    with h5py.File(tmp_path / "b0.h5", "r") as wide, h5py.File(tmp_path / "b3.h5", "r") as narrow:
+        np.testing.assert_allclose(wide["embeddings"][:], narrow["embeddings"][:], atol=1e-5)  # 512 and -B 5

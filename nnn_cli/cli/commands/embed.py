@@ -118,15 +118,16 @@ def embed_cmd(
         ),
     ] = None,
     batch_size: Annotated[
-        int,
+        Optional[int],
         typer.Option(
             "--batch-size",
             "-B",
             envvar="NNN_EMBED_BATCH_SIZE",
             min=1,
-            help="Items per model call (and per resumable commit).",
+            help="Items per model call (and per resumable commit); default 64 with torch, "
+            "512 with onnx/openvino (sorted by length within a call).",
         ),
-    ] = 64,
+    ] = None,
     device: DeviceOpt = DEVICE_DEFAULT,
     precision: Annotated[
         Precision, typer.Option("--precision", help="Model arithmetic: auto = fp16 on cuda, fp32 on cpu.")
