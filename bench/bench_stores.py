@@ -74,9 +74,14 @@ def bench_store(
     g: np.ndarray,
     b: np.ndarray,
     ann: bool = True,
+    writes: bool = True,
 ) -> dict:
     n = len(g)
     row: dict = {"store": kind}
+    if not writes:  # --ann-only: the indexed export, latency and recall alone
+        row.update(export_rows_per_s=float("nan"), sink_rows_per_s=float("nan"), in_place_s=float("nan"))
+        row["in_place_rows_per_s"] = float("nan")
+        return ann_columns(row, uri, files, q, exact_ids)
     _, t = timed(lambda: jobs.export(files["gallery"], files["bias"], uri, table="bench", index="none"))
     row["export_rows_per_s"] = n / t  # the whole command: read and check the files, connect, write, commit
     row["export_s"] = t
@@ -91,6 +96,11 @@ def bench_store(
     row["in_place_rows_per_s"] = n / t
     if not ann:
         return row
+    return ann_columns(row, uri, files, q, exact_ids)
+
+
+def ann_columns(row: dict, uri: str, files: dict, q: np.ndarray, exact_ids: np.ndarray) -> dict:
+    """The export with an HNSW index (timed, build included), then one query at a time through it."""
     _, t = timed(
         lambda: jobs.export(files["gallery"], files["bias"], uri, table="bench_ann", index="hnsw", replace=True)
     )
@@ -138,6 +148,13 @@ def main() -> None:
     ap.add_argument("--stores", default="pgvector,lancedb,qdrant")
     ap.add_argument("--efforts", default="10,20,40,80,160,400", help="--ef-search values swept (then --exact)")
     ap.add_argument("--no-ann", action="store_true", help="skip the indexed export, latency and recall columns")
+    ap.add_argument("--ann-only", action="store_true", help="only the indexed export, latency and recall columns")
+    ap.add_argument(
+        "--pg-maintenance-mem",
+        default="",
+        help="maintenance_work_mem of the bench's own PostgreSQL server (e.g. 3GB: pgvector builds an HNSW graph "
+        "in memory when it fits, on disk otherwise)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("LANCEDB_LOG", "error")
     tmp = Path(tempfile.mkdtemp(prefix="nnn-bench-stores-"))
@@ -162,13 +179,18 @@ def main() -> None:
 
                 server = PgServer().start()
                 uri = server.uri
+                if args.pg_maintenance_mem:
+                    with server.connect() as c:
+                        c.autocommit = True
+                        c.execute(f"ALTER SYSTEM SET maintenance_work_mem = '{args.pg_maintenance_mem}'")
+                        c.execute("SELECT pg_reload_conf()")
             elif kind == "lancedb":
                 uri = f"lancedb:{tmp / 'lance'}"
             elif kind == "qdrant":
                 uri = f"qdrant:{tmp / 'qdrant'}"
             else:
                 raise SystemExit(f"unknown store {kind!r}")
-            rows.append(bench_store(kind, uri, files, q, exact_ids, g, b, not args.no_ann))
+            rows.append(bench_store(kind, uri, files, q, exact_ids, g, b, not args.no_ann, not args.ann_only))
             if not args.no_ann:
                 rows[-1]["sweep"] = effort_sweep(uri, q, exact_ids, [int(e) for e in args.efforts.split(",") if e])
             if server is not None:
