@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from nnn_cli.errors import InputError, MismatchError, ParameterError
+from nnn_cli.errors import InputError, ParameterError
 
 BIAS_COLUMN = "nnn_bias"
 VECTOR_COLUMN = "nnn_vector"
@@ -92,26 +92,6 @@ def scrub(message: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def check_rows(name: str, ids: list | np.ndarray, vectors: list | np.ndarray, dim: int | None = None) -> np.ndarray:
-    """The rows as float32 (N, d): refuses NULL vectors, ragged or wrong dimensions and duplicate ids
-    with one line naming the store and an offending id."""
-    for key, vec in zip(ids, vectors):
-        if vec is None:
-            raise InputError(f"{name}: row {key!s} has a NULL vector; fill or delete it before running nnn")
-    if len(vectors) == 0:
-        raise InputError(f"{name}: the table has no rows")
-    try:
-        arr = np.asarray(np.stack([np.asarray(v, dtype=np.float32) for v in vectors]), dtype=np.float32)
-    except ValueError:
-        raise InputError(f"{name}: the vectors do not all have one dimension") from None
-    if arr.ndim != 2:
-        raise InputError(f"{name}: expected one vector per row, got shape {arr.shape}")
-    if dim is not None and arr.shape[1] != dim:
-        raise MismatchError(f"{name}: vectors have d={arr.shape[1]}, expected {dim}")
-    check_unique(name, ids)
-    return arr
 
 
 def check_unique(name: str, ids: list | np.ndarray) -> None:
@@ -267,7 +247,7 @@ class BiasWriter(Protocol):
 
 @dataclass
 class GatheredBiasWriter:
-    """For a store whose one atomic write is a whole new table version or collection (LanceDB, Qdrant): the
+    """For a store whose one atomic write is a whole new collection (Qdrant, through its ``write_bias``): the
     blocks are gathered (bias, ``[r, b]``, top-k: ``N x (d + k + 2)`` floats) and written by ``write_bias`` at
     :meth:`commit`; nothing is written before."""
 
@@ -308,17 +288,6 @@ class VectorStore(Protocol):
     def read_meta(self, table: str) -> dict | None: ...
     def write_table(
         self, table: str, spec: WriteSpec, mode: str, index: str, store_metric: str, meta: dict
-    ) -> None: ...
-    def write_bias(
-        self,
-        table: str,
-        column: str,
-        id_column: str | None,
-        ids: np.ndarray,
-        bias: np.ndarray,
-        nnn_vectors: np.ndarray,
-        topk: np.ndarray | None,
-        meta: dict,
     ) -> None: ...
     def scan_keys(
         self, table: str, column: str, id_column: str | None, only_missing: bool = False

@@ -542,27 +542,6 @@ class PgVectorStore:
             )
         )
 
-    def write_bias(
-        self,
-        table: str,
-        column: str,
-        id_column: str | None,
-        ids: np.ndarray,
-        bias: np.ndarray,
-        nnn_vectors: np.ndarray,
-        topk: np.ndarray | None,
-        meta: dict,
-    ) -> None:
-        """In place: add (or update) ``nnn_bias``, ``nnn_vector`` and ``nnn_topk`` of the rows ``ids``; the
-        user's columns are not written.  One transaction."""
-        writer = self.bias_writer(table, id_column, nnn_vectors.shape[1], None if topk is None else topk.shape[1])
-        try:
-            writer.put(ids, bias, nnn_vectors, topk)
-            writer.commit(meta)
-        except BaseException:
-            writer.abort()
-            raise
-
     def bias_writer(self, table: str, id_column: str | None, dim: int, k: int | None) -> PgBiasWriter:
         """A writer of in-place biases by blocks: each block COPYed into a temporary staging table of this
         session; at :meth:`PgBiasWriter.commit` the columns are added and one ``UPDATE ... FROM`` sets every row,
