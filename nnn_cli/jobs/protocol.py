@@ -125,6 +125,9 @@ def reference_share(fraction: Optional[float], seed: Optional[int], params: Opti
     return fraction_from_params(fraction, seed, doc, str(params))
 
 
+_SKETCH_LOCK = threading.Lock()
+
+
 @dataclass
 class BiasProtocol:
     """What ``nnn bias`` adds for the protocol: the reference share used, its record, and (lazily, for a bias
@@ -135,12 +138,10 @@ class BiasProtocol:
     summary: dict = field(default_factory=dict)
     _sketch: tuple[dict, dict] | None = None
 
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
     def sketch(self) -> tuple[dict[str, np.ndarray], dict]:
         """(datasets, attrs) of the reference's sketch, computed once (by whichever thread asks first: it
         may be computed beside the bias while the provenance asks for it)."""
-        with self._lock:
+        with _SKETCH_LOCK:  # a module lock: the protocol itself travels to Ray tasks (a lock does not pickle)
             if self._sketch is None:
                 self._sketch = sketch_of(self.reference)
             return self._sketch
