@@ -403,13 +403,15 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3) -> dict:
+def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, baseline: str | None = None) -> dict:
     """Exact `nnn bias` (whole process) against the sgemm rate and nnn-retrieval, per OpenBLAS kernel.
 
     For each kernel the CPU supports, ``repeats`` rounds of (sgemm rate process, `nnn bias` process,
     nnn-retrieval process), interleaved so that the machine's load falls on all three alike; the best of
     each is kept.  fraction = 2 N M d / our wall / sgemm rate (the whole process: imports, reading the
     .npy files, writing the HDF5 output included).  nnn-retrieval runs torch, which does not use OpenBLAS.
+    With ``baseline`` (an nnn_cli source tree, e.g. a worktree of an older commit), its `nnn bias` runs in
+    every round too, on the same files, reported as ``baseline_*``.
     """
     g, r = tmp / "kg.npy", tmp / "kr.npy"
     np.save(g, clustered(n, 21))
@@ -422,10 +424,13 @@ def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3) -
             out["skipped"][kernel] = f"this CPU has no {flag}"
             continue
         env = {"OPENBLAS_CORETYPE": kernel}
-        runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": []}
+        runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": [], **({"baseline": []} if baseline else {})}
         for _ in range(repeats):
             runs["gemm"].append(run_job("gemm", env_extra=env))
             runs["ours"].append(run_job("cli", env_extra=env, argv=argv + ["-o", str(tmp / "kb.h5")]))
+            if baseline:
+                base_env = {**env, "NNN_BENCH_CODE": baseline}
+                runs["baseline"].append(run_job("cli", env_extra=base_env, argv=argv + ["-o", str(tmp / "kb0.h5")]))
             runs["theirs"].append(
                 run_job("theirs_bias", env_extra=env, g=str(g), r=str(r), k=k, backend="torch", out=str(tmp / "kt.npy"))
             )
@@ -443,7 +448,17 @@ def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3) -
                 ours_gflops=round(2.0 * n * m * DIM / ours / 1e9, 1),
                 fraction_of_sgemm=round(2.0 * n * m * DIM / ours / 1e9 / gemm, 3),
                 theirs_over_ours=round(theirs / ours, 2),
+                ours_cpu_seconds=min(x.get("cpu_seconds", float("nan")) for x in ok["ours"]),
             )
+            if baseline:
+                base = min(x["wall_seconds"] for x in ok["baseline"])
+                row.update(
+                    baseline_code=baseline,
+                    baseline_wall_seconds=round(base, 2),
+                    baseline_fraction_of_sgemm=round(2.0 * n * m * DIM / base / 1e9 / gemm, 3),
+                    baseline_cpu_seconds=min(x.get("cpu_seconds", float("nan")) for x in ok["baseline"]),
+                    theirs_over_baseline=round(theirs / base, 2),
+                )
         out["kernels"][kernel] = row
         print(f"kernel {kernel}:", json.dumps({key: v for key, v in row.items() if key != "runs"}), flush=True)
     return out
@@ -557,6 +572,11 @@ def main() -> None:
         "--ann-baseline",
         default="",
         help="ann_scale: also run this nnn_cli source tree (e.g. a worktree of main) on the same files, side by side",
+    )
+    ap.add_argument(
+        "--kernels-baseline",
+        default="",
+        help="kernels: also run this nnn_cli source tree's `nnn bias` in every round, side by side",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -795,7 +815,9 @@ def main() -> None:
             print("ann scale:", json.dumps(res["ann_scale"]), flush=True)
         if "kernels" not in skip:
             kn, km = (1000, 20000) if mode == "quick" else (5000, 118000)
-            res["kernels"] = kernels_section(tmp, kn, km, 128, 2 if mode == "quick" else 3)
+            res["kernels"] = kernels_section(
+                tmp, kn, km, 128, 2 if mode == "quick" else 3, baseline=args.kernels_baseline or None
+            )
             for kernel, row in res["kernels"]["kernels"].items():
                 if "fraction_of_sgemm" in row:
                     what = f"whole `nnn bias` N={kn} M={km} k=128, OpenBLAS {kernel}"
@@ -807,6 +829,15 @@ def main() -> None:
                             f"{row['fraction_of_sgemm']:.2f}",
                         )
                     )
+                    if "baseline_wall_seconds" in row:
+                        ratios.append(
+                            (
+                                what,
+                                "fraction of sgemm, baseline code",
+                                f"{row['baseline_wall_seconds']:.2f}s ({row['baseline_code']})",
+                                f"{row['baseline_fraction_of_sgemm']:.2f}",
+                            )
+                        )
                     ratios.append(
                         (
                             what,
