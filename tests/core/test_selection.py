@@ -123,3 +123,27 @@ def test_blas_limit_holds_until_the_last_overlapping_user_leaves():
     assert inside == [{1}] and after_beside == {1}
     assert blas_threads() == before
     assert topk._LIMIT_USERS == 0
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_kmeans_assignment_by_tiles_is_the_argmax_whatever_the_threads(workers):
+    """k-means assigns rows by single-threaded GEMM tiles on the engine's threads: every row's best
+    centroid, the same labels for any thread count."""
+    from nnn_cli.core.kmeans import assign
+
+    rng = np.random.default_rng(5)
+    points = rng.standard_normal((20_000, 12)).astype(np.float32)
+    centroids = rng.standard_normal((700, 12)).astype(np.float32)
+    topk.set_workers(workers)
+    try:
+        labels, best = assign(points, centroids)
+    finally:
+        topk.set_workers(None)
+    scores = (points.astype(np.float64) @ centroids.T.astype(np.float64)).astype(np.float32)
+    top2 = -np.sort(-scores, axis=1)[:, :2]
+    clear = top2[:, 0] - top2[:, 1] > 1e-4  # rows whose best centroid no rounding can change
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(labels[clear], scores.argmax(axis=1)[clear])
+    np.testing.assert_allclose(best, scores.max(axis=1), rtol=1e-5, atol=1e-5)
+    again, _ = assign(points, centroids)  # the default thread count: the same labels
+    np.testing.assert_array_equal(again, labels)
