@@ -17,13 +17,17 @@ T = TypeVar("T")
 _POLL_SECONDS = 0.1
 """How often a reader blocked on a full queue checks whether the consumer has gone."""
 
+_STOP_WAIT_SECONDS = 2.0
+"""How long a consumer that stopped early waits for the reader to finish its current read."""
+
 
 def read_ahead(blocks: Iterable[T], depth: int = 1) -> Iterator[T]:
     """The items of ``blocks``, in order, produced by a reader thread up to ``depth`` items ahead.
 
     An exception raised while reading is raised here, at the item where it happened.  When the consumer
     stops early (``break``, an exception, a signal, the generator closed), the reader stops at its next
-    item and closes ``blocks`` (its open files) from its own thread; nothing is left running.  Holds at
+    item and closes ``blocks`` (its open files) from its own thread; nothing is left running once a read
+    under way ends (waited for up to :data:`_STOP_WAIT_SECONDS`).  Holds at
     most ``depth`` items beyond the one the caller has and the one being read.
     """
     items: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
@@ -66,7 +70,9 @@ def read_ahead(blocks: Iterable[T], depth: int = 1) -> Iterator[T]:
                 raise value
     finally:
         gone.set()
-        thread.join()
+        # the reader stops at its next item; a read still under way (a slow remote file) is not waited for
+        # longer than this, so a signal's exit is not held up by it (the thread is a daemon)
+        thread.join(timeout=_STOP_WAIT_SECONDS)
 
 
 def started(work: Callable[[], T]) -> Callable[[], T]:
