@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnn_cli.core.topk import aligned_empty
 from nnn_cli.data.h5 import check_h5_self_contained, h5py_module, short_error
 from nnn_cli.errors import InputError
 
@@ -168,7 +169,8 @@ class NpyRows:
         count = max(0, stop - start)
         assert self._fh is not None  # no memory map: the file is open
         self._fh.seek(self.offset + start * self.row_items * self.dtype.itemsize)
-        out = np.fromfile(self._fh, dtype=self.dtype, count=count * self.row_items)
-        if len(out) != count * self.row_items:
+        out = aligned_empty((count,) + self.shape[1:], self.dtype)  # GEMM operands as they are, no copy
+        got = self._fh.readinto(out.reshape(-1).view(np.uint8).data) if out.size else 0
+        if got != out.nbytes:
             raise ValueError(f"{self.path}: file ends early (truncated?)")
-        return out.reshape((count,) + self.shape[1:])
+        return out

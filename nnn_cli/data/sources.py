@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnn_cli.core.topk import aligned_empty
 from nnn_cli.data.h5 import open_h5_safe, short_error
 from nnn_cli.data.npy import NpyRows, load_npy  # block reads, not a memory map: RSS stays at one block
 from nnn_cli.errors import InputError, MismatchError, ParameterError
@@ -47,6 +48,7 @@ class EmbeddingSource:
     _ids: np.ndarray | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
     _array: np.ndarray | None = field(default=None, repr=False)  # kind "mem" (read from stdin)
+    _hashing: bool = field(default=False, repr=False)  # a pass that hashes is under way
 
     @property
     def n(self) -> int:
@@ -84,8 +86,11 @@ class EmbeddingSource:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised."""
         check_metric(metric)
-        # the content hash comes free with the first full pass; later passes skip it
-        hasher = _fingerprint_hasher(self.shape, self.dtype) if self._fingerprint is None else None
+        # the content hash comes free with the first full pass; later passes, and a pass running beside
+        # one that hashes (the leak sketch beside the bias), skip it
+        hasher = None
+        if self._fingerprint is None and not self._hashing:
+            hasher, self._hashing = _fingerprint_hasher(self.shape, self.dtype), True
         block_rows = max(1, int(block_rows))
         try:
             with self._raw() as raw:
@@ -102,6 +107,9 @@ class EmbeddingSource:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
+        finally:
+            if hasher is not None:
+                self._hashing = False
         if hasher is not None:
             self._fingerprint = hasher.hexdigest()
 
@@ -200,7 +208,11 @@ class EmbeddingSource:
         positive finite number are the rows looked at in detail (a NaN/Inf
         entry, a zero row, or float32 overflow/underflow of the square).
         """
-        block = chunk.astype(np.float32, copy=False)
+        if chunk.dtype == np.float32:
+            block = chunk
+        else:  # converted into an aligned block (see below)
+            block = aligned_empty(chunk.shape)
+            np.copyto(block, chunk, casting="unsafe")
         squares = np.einsum("ij,ij->i", block, block)
         if np.isfinite(squares).all() and (squares > 0).all():
             norms = np.sqrt(squares)
@@ -218,8 +230,8 @@ class EmbeddingSource:
                 return np.ascontiguousarray(block)
             block = (block.astype(np.float64) / norms64[:, None]).astype(np.float32)
             return np.ascontiguousarray(block)
-        if metric == "cosine":
-            block = block / norms[:, None]
+        if metric == "cosine":  # into a 64-byte aligned block: a GEMM operand as it is (no copy per tile)
+            block = np.divide(block, norms[:, None], out=aligned_empty(block.shape))
         return np.ascontiguousarray(block, dtype=np.float32)
 
 

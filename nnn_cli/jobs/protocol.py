@@ -6,6 +6,7 @@ Each helper is one call in the job that needs it (``tune``, ``bias``, ``eval``, 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
@@ -23,6 +24,7 @@ from nnn_cli.core.leak import (
 )
 from nnn_cli.data.biasfile import SKETCH_DATASETS, read_bias_datasets
 from nnn_cli.data.inputs import check_same_dim, open_embeddings
+from nnn_cli.data.readahead import read_ahead
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.data.subset import reference_fraction
 from nnn_cli.data.tables import read_params
@@ -86,7 +88,7 @@ def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     """Extra datasets and attributes a bias file records so ``eval --bias`` can check queries later."""
     pick = sketch_sample(src.n)
     if pick is None:  # streamed: one pass over the reference, one block at a time
-        codes = np.concatenate([sketch_codes(block) for _, block in src.iter_blocks("ip")])
+        codes = np.concatenate([sketch_codes(block) for _, block in read_ahead(src.iter_blocks("ip"))])
     else:
         codes = sketch_codes(src.take_rows(pick, "ip"))
     extra = {"leak_sketch_codes": codes}
@@ -123,6 +125,9 @@ def reference_share(fraction: Optional[float], seed: Optional[int], params: Opti
     return fraction_from_params(fraction, seed, doc, str(params))
 
 
+_SKETCH_LOCK = threading.Lock()
+
+
 @dataclass
 class BiasProtocol:
     """What ``nnn bias`` adds for the protocol: the reference share used, its record, and (lazily, for a bias
@@ -134,10 +139,12 @@ class BiasProtocol:
     _sketch: tuple[dict, dict] | None = None
 
     def sketch(self) -> tuple[dict[str, np.ndarray], dict]:
-        """(datasets, attrs) of the reference's sketch, computed once."""
-        if self._sketch is None:
-            self._sketch = sketch_of(self.reference)
-        return self._sketch
+        """(datasets, attrs) of the reference's sketch, computed once (by whichever thread asks first: it
+        may be computed beside the bias while the provenance asks for it)."""
+        with _SKETCH_LOCK:  # a module lock: the protocol itself travels to Ray tasks (a lock does not pickle)
+            if self._sketch is None:
+                self._sketch = sketch_of(self.reference)
+            return self._sketch
 
 
 def bias_protocol(

@@ -82,7 +82,7 @@ def plan_blocks(budget: int, dim: int, k: int, n_gallery: int, workers: int | No
 
     Fixed: the interpreter, and per worker thread (see
     :class:`~nnn_cli.core.topk.RunningTopScores`) a QUERY_TILE x DATABASE_TILE score
-    tile, one reference tile (raw read, float32 copy, normalised copy) and
+    tile, one reference tile (raw read, float32 copy, normalised copy; and two more for the block read ahead) and
     merge buffers.  Per gallery row: the float32 row (x2 while reading) and the
     running top-k (x3 while merging, plus one per extra worker).  The
     reference is read ``workers`` tiles at a time so every worker has one.
@@ -91,7 +91,7 @@ def plan_blocks(budget: int, dim: int, k: int, n_gallery: int, workers: int | No
 
     workers = max(1, int(workers or selection_threads()))
     tile = QUERY_TILE * DATABASE_TILE * 4
-    ref_block = DATABASE_TILE * dim * 4 * 3
+    ref_block = DATABASE_TILE * dim * 4 * 5  # + the block read ahead and the one being read (data/readahead)
     merge = QUERY_TILE * 2 * k * 4 * 2
     fixed = INTERPRETER_BYTES + workers * (tile + ref_block + merge)
     per_row = dim * 4 * 2 + k * 4 * (2 + workers)

@@ -14,6 +14,7 @@ scheduler, a sink and a plan (jobs call these and never name an engine or a stor
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from nnn_cli.core.topk import ProgressFn
+from nnn_cli.core.topk import ProgressFn, single_threaded_blas
+from nnn_cli.data.readahead import started
 from nnn_cli.data.sinks import BiasFileSink, RunFolderSink, is_run_target
 from nnn_cli.errors import ParameterError
 from nnn_cli.scale.engines import check_reachable, make_scheduler
@@ -191,12 +193,20 @@ def _whole_bias(gallery, reference, params, sink, index, memory_budget, device, 
         note(line)
     if plan.mode != "exact" or index.index != "flat":
         note(plan.describe())
-    b, topk, info = run_bias_plan(plan, gallery, reference, params.alpha, params.k, params.metric, progress)
-    sink.allocate(gallery.n, topk.shape[1] if topk is not None else None)
-    sink.put_block(0, (0, gallery.n), {"bias": b, **({"topk": topk} if topk is not None else {})})
-    details = {"engine": "local", **plan.attrs(), **info}
-    sink.attrs.update({key: v for key, v in details.items() if not isinstance(v, dict)})
-    sink.commit({})
+    with contextlib.ExitStack() as stack:
+        if plan.mode in ("exact", "exact-streamed") and getattr(sink, "datasets", None) is not None:
+            # The extra datasets (the reference's leak sketch) are computed beside the exact bias, from their
+            # own reads, filling the moments its tiles leave a core idle.  BLAS is limited to one thread
+            # by THIS thread for the whole step: OpenBLAS ignores a limit set from another thread once it
+            # has run, and both the tiles and the sketch must run single-threaded GEMMs.
+            stack.enter_context(single_threaded_blas())
+            sink.datasets = started(sink.datasets)
+        b, topk, info = run_bias_plan(plan, gallery, reference, params.alpha, params.k, params.metric, progress)
+        sink.allocate(gallery.n, topk.shape[1] if topk is not None else None)
+        sink.put_block(0, (0, gallery.n), {"bias": b, **({"topk": topk} if topk is not None else {})})
+        details = {"engine": "local", **plan.attrs(), **info}
+        sink.attrs.update({key: v for key, v in details.items() if not isinstance(v, dict)})
+        sink.commit({})
     if "index_sample_recall" in info:
         note(
             f"index top-{params.k} recall on {info['index_sample_rows']} sampled gallery rows: "

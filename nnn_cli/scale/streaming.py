@@ -1,7 +1,7 @@
 """Out-of-core exact bias: stream the reference (and, if needed, the gallery) in blocks.
 
-For each resident gallery chunk the reference is read block by block; every
-block's scores are folded into a running (rows, k) top-k.  The GEMM tiles are
+For each resident gallery chunk the reference is read block by block (the next block read ahead by a
+thread while the current one is scored); every block's scores are folded into a running (rows, k) top-k.  The GEMM tiles are
 the same as the in-memory path's (:mod:`nnn_cli.core.topk`), so the result is
 bit-identical to ``reference_topk`` on fully loaded arrays.
 """
@@ -14,6 +14,7 @@ import numpy as np
 
 from nnn_cli.core.nnn import bias_from_topk, check_k, check_same_dims
 from nnn_cli.core.topk import DATABASE_TILE, QUERY_TILE, ProgressFn, RunningTopScores
+from nnn_cli.data.readahead import read_ahead
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.scale.budget import BlockPlan
 
@@ -36,7 +37,7 @@ def iter_streamed_topk(
     done = 0
     for g_start, g_chunk in gallery.iter_blocks(metric, plan.gallery_rows):
         running = RunningTopScores(g_chunk, k)
-        for r_start, r_block in reference.iter_blocks(metric, plan.reference_rows):
+        for r_start, r_block in read_ahead(reference.iter_blocks(metric, plan.reference_rows)):
             running.add(r_block, last=r_start + len(r_block) >= reference.n)
             done += len(r_block)
             if progress:
@@ -90,6 +91,6 @@ def topk_scores_vs(queries: np.ndarray, reference, k: int, metric: str = "cosine
 
         return topk_scores(queries, reference, k)
     running = RunningTopScores(queries, min(k, reference.n))
-    for r_start, r_block in reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers)):
+    for r_start, r_block in read_ahead(reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers))):
         running.add(r_block, last=r_start + len(r_block) >= reference.n)
     return running.result()

@@ -1,0 +1,125 @@
+"""The exact engine's selection: the threshold-filtered fold, the pairs dealt to threads, the BLAS limit.
+
+The fold must keep exactly the multiset of values a full partition keeps (so the same bytes after the
+final sort), whatever the ties, signed zeros, NaN, or how skewed a tile is; the engine must give the same
+bytes whatever the thread count and the database blocking."""
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nnn_cli.core import topk
+from nnn_cli.core.topk import (
+    DATABASE_TILE,
+    RunningTopScores,
+    fold_top_scores,
+    merge_top_scores,
+    select_top,
+    single_threaded_blas,
+    sort_descending,
+    topk_scores,
+)
+
+
+def full_fold(best, scores, k):
+    """The plain fold: partition the whole tile, then merge."""
+    return merge_top_scores(best, select_top(np.array(scores, copy=True), k), k)
+
+
+def same_bytes(a, b):
+    return sort_descending(a).tobytes() == sort_descending(b).tobytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    cols=st.integers(1, 300),
+    k=st.integers(1, 40),
+    levels=st.integers(1, 12),
+    seed=st.integers(0, 2**31 - 1),
+    folds=st.integers(1, 4),
+)
+def test_fold_keeps_the_multiset_of_a_full_partition(rows, cols, k, levels, seed, folds):
+    """Few distinct levels make ties at the k-th value common; the fold equals the full partition's bytes."""
+    rng = np.random.default_rng(seed)
+    ours = theirs = None
+    for _ in range(folds):
+        tile = (rng.integers(-levels, levels + 1, size=(rows, cols)) / levels).astype(np.float32)
+        tile[rng.random(tile.shape) < 0.05] = -0.0
+        ours = fold_top_scores(ours, np.array(tile, copy=True), k)
+        theirs = full_fold(theirs, tile, k)
+    assert ours.shape == theirs.shape
+    assert same_bytes(ours, theirs)
+
+
+def test_fold_by_hand():
+    best = np.array([[5.0, 3.0, 4.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    tile = np.array([[3.0, 6.0, 2.0, 4.5], [1.0, 0.5, 2.0, 1.0]], dtype=np.float32)
+    out = sort_descending(fold_top_scores(best, tile, 3))
+    np.testing.assert_array_equal(out, [[6.0, 5.0, 4.5], [2.0, 1.0, 1.0]])
+
+
+def test_fold_lets_nan_in_as_a_partition_ranks_it():
+    """NaN (inner products overflowing both ways) must reach the top-k, where the bias refuses it."""
+    best = np.full((2, 4), 0.5, dtype=np.float32)
+    tile = np.zeros((2, 64), dtype=np.float32)
+    tile[1, 7] = np.nan
+    out = fold_top_scores(best, tile, 4)
+    assert np.isnan(out[1]).sum() == 1 and not np.isnan(out[0]).any()
+    assert np.isnan(full_fold(best, tile, 4)[1]).sum() == 1
+
+
+def test_fold_of_a_skewed_tile_falls_back_to_the_partition():
+    """A row whose every score beats its k-th best (the first tiles of a row's cluster) still folds right."""
+    rng = np.random.default_rng(3)
+    best = np.full((3, 8), -5.0, dtype=np.float32)
+    tile = rng.standard_normal((3, 512)).astype(np.float32)
+    assert same_bytes(fold_top_scores(best, tile, 8), full_fold(best, tile, 8))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_engine_bytes_do_not_depend_on_threads_or_blocking(workers):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1500, 16)).astype(np.float32)
+    db = rng.standard_normal((3 * DATABASE_TILE + 777, 16)).astype(np.float32)
+    one = topk_scores(q, db, 50)
+    for cuts in ([db.shape[0]], [5000, 11000, 20000], [DATABASE_TILE, 2 * DATABASE_TILE + 1]):
+        running = RunningTopScores(q, 50, workers=workers)
+        start = 0
+        for stop in [*cuts, len(db)]:
+            running.add(db[start:stop], last=stop == len(db))
+            start = stop
+        assert running.result().tobytes() == one.tobytes()
+    exact = -np.sort(-(q @ db.T), axis=1)[:, :50]
+    np.testing.assert_allclose(one, exact, rtol=1e-5, atol=1e-5)
+
+
+def blas_threads():
+    """Threads of numpy's own BLAS (the one the tiles use; faiss may load another after the limit was set)."""
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i["filepath"]}
+
+
+def test_blas_limit_holds_until_the_last_overlapping_user_leaves():
+    """The main thread holds the limit (as the exact bias step does); a thread beside it (the leak sketch)
+    enters and leaves its own: its leaving must not lift the limit under the main thread's tiles."""
+    before = blas_threads()
+    inside = []
+
+    def beside():
+        with single_threaded_blas():
+            inside.append(blas_threads())
+
+    with single_threaded_blas():
+        t = threading.Thread(target=beside)
+        t.start()
+        t.join(timeout=30)
+        after_beside = blas_threads()
+        assert topk._LIMIT_USERS == 1
+    assert inside == [{1}] and after_beside == {1}
+    assert blas_threads() == before
+    assert topk._LIMIT_USERS == 0
