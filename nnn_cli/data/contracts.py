@@ -65,8 +65,11 @@ class Source(Protocol):
         the stored bytes (a content hash for free while reading)."""
         ...
 
-    def iter_blocks(self, metric: str = "cosine", block_rows: int = ...) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, rows)`` over the whole matrix, each block as :meth:`rows` returns it."""
+    def iter_blocks(
+        self, metric: str = "cosine", block_rows: int = ..., fingerprint: bool = True
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` over the whole matrix, each block as :meth:`rows` returns it (``fingerprint``: the
+        content hash may be taken on the way; False for a pass beside another that takes it)."""
         ...
 
     def fingerprint_rows(self, start: int, stop: int) -> str:

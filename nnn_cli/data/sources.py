@@ -82,14 +82,15 @@ class EmbeddingSource:
 
     # -- validated reads --------------------------------------------------
     def iter_blocks(
-        self, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS
+        self, metric: str = "cosine", block_rows: int = DEFAULT_BLOCK_ROWS, fingerprint: bool = True
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised."""
+        """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised.
+
+        The content hash comes free with the first full pass; later passes, a pass running beside one that
+        hashes, and a pass with ``fingerprint=False`` (the leak sketch, read beside the bias) skip it."""
         check_metric(metric)
-        # the content hash comes free with the first full pass; later passes, and a pass running beside
-        # one that hashes (the leak sketch beside the bias), skip it
         hasher = None
-        if self._fingerprint is None and not self._hashing:
+        if fingerprint and self._fingerprint is None and not self._hashing:
             hasher, self._hashing = _fingerprint_hasher(self.shape, self.dtype), True
         block_rows = max(1, int(block_rows))
         try:

@@ -88,7 +88,8 @@ def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     """Extra datasets and attributes a bias file records so ``eval --bias`` can check queries later."""
     pick = sketch_sample(src.n)
     if pick is None:  # streamed: one pass over the reference, one block at a time
-        codes = np.concatenate([sketch_codes(block) for _, block in read_ahead(src.iter_blocks("ip"))])
+        blocks = read_ahead(src.iter_blocks("ip", fingerprint=False))  # the bias's own pass takes the hash
+        codes = np.concatenate([sketch_codes(block) for _, block in blocks])
     else:
         codes = sketch_codes(src.take_rows(pick, "ip"))
     extra = {"leak_sketch_codes": codes}

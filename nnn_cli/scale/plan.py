@@ -51,6 +51,16 @@ class BiasPlan:
             return "exact-cuda"
         return "exact-streamed" if self.blocks is not None else "exact"
 
+    @property
+    def single_threaded_gemms(self) -> bool:
+        """True when every GEMM of the step is a single-threaded tile on the engine's threads (the exact CPU
+        engine, and our GEMM-built IVF-Flat: k-means, assignment, list scans), so numpy's BLAS can be held at
+        one thread for the whole step and other work (the leak sketch) can run beside it.  faiss's own
+        indexes (HNSW, factory strings) train and search with multi-threaded BLAS."""
+        if self.mode in ("exact", "exact-streamed"):
+            return True
+        return self.mode == "indexed" and self.load_index is None and self.choice.kind == "ivf"
+
     def describe(self) -> str:
         if self.mode == "indexed":
             text = f"index: {self.choice.describe()}; {self.choice.reason}"

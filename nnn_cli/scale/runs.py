@@ -194,13 +194,14 @@ def _whole_bias(gallery, reference, params, sink, index, memory_budget, device, 
     if plan.mode != "exact" or index.index != "flat":
         note(plan.describe())
     with contextlib.ExitStack() as stack:
-        if plan.mode in ("exact", "exact-streamed") and getattr(sink, "datasets", None) is not None:
-            # The extra datasets (the reference's leak sketch) are computed beside the exact bias, from their
-            # own reads, filling the moments its tiles leave a core idle.  BLAS is limited to one thread
+        if plan.single_threaded_gemms and getattr(sink, "datasets", None) is not None:
+            # The extra datasets (the reference's leak sketch) are computed beside the bias, from their
+            # own reads, filling the moments its tiles leave a core idle (reads, hashing, merges).  BLAS is limited to one thread
             # by THIS thread for the whole step: OpenBLAS ignores a limit set from another thread once it
             # has run, and both the tiles and the sketch must run single-threaded GEMMs.
             stack.enter_context(single_threaded_blas())
             sink.datasets = started(sink.datasets)
+            stack.push(_wait_on_failure(sink.datasets))
         b, topk, info = run_bias_plan(plan, gallery, reference, params.alpha, params.k, params.metric, progress)
         sink.allocate(gallery.n, topk.shape[1] if topk is not None else None)
         sink.put_block(0, (0, gallery.n), {"bias": b, **({"topk": topk} if topk is not None else {})})
@@ -215,6 +216,22 @@ def _whole_bias(gallery, reference, params, sink, index, memory_budget, device, 
     if "index_warning" in info:
         note(f"warning: {info['index_warning']}")
     return details
+
+
+def _wait_on_failure(result: Callable[[], Any]) -> Callable[..., bool]:
+    """An exit callback: when the step fails with an error, wait for the work ``result`` belongs to (its own
+    outcome ignored) so that it has left the BLAS limit before this thread lifts it; on a signal
+    (KeyboardInterrupt, SystemExit) the process is leaving: no wait."""
+
+    def on_exit(kind, value, tb) -> bool:
+        if kind is not None and issubclass(kind, Exception):
+            try:
+                result()
+            except BaseException:  # noqa: BLE001  the step's own error is the one to report
+                pass
+        return False
+
+    return on_exit
 
 
 def grow_bias(

@@ -241,3 +241,36 @@ def test_take_rows_reports_the_bad_rows_own_number(tmp_path):
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(InputError, match="row 321 contains NaN"):
         open_embeddings(tmp_path / "x.npy").take_rows(np.array([3, 321, 400]), block_rows=100)
+
+
+def test_the_sketch_beside_the_exact_bias_matches_and_leaves_nothing_behind(tmp_path, big):
+    """The bias file's leak sketch is computed beside the exact bias (its own reads, one BLAS limit held by
+    the step): the codes equal the sketch of the reference computed alone; on a failure mid-step the sketch
+    thread has finished and BLAS is back to its own thread count."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from nnn_cli.core.leak import sketch_codes
+
+    def numpy_blas():
+        return [i["num_threads"] for i in threadpool_info() if "numpy" in i["filepath"]]
+
+    g, r = big
+    np.save(tmp_path / "g.npy", g)
+    np.save(tmp_path / "r.npy", r)
+    before = numpy_blas()
+    out = tmp_path / "b.h5"
+    res = run("bias", tmp_path / "g.npy", "-r", tmp_path / "r.npy", "--alpha", 1, "--k", 8, "--metric", "ip", "-o", out)
+    assert res.exit_code == 0, res.output
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["leak_sketch_codes"][()], sketch_codes(r))
+        np.testing.assert_array_equal(f["bias"][()], compute_bias(g, r, 1.0, 8))
+    bad = g.copy()
+    bad[-1, 3] = np.nan  # found when the gallery is read, while the sketch of the reference is under way
+    np.save(tmp_path / "bad.npy", bad)
+    res = run("bias", tmp_path / "bad.npy", "-r", tmp_path / "r.npy", "--alpha", 1, "--k", 8, "-o", tmp_path / "x.h5")
+    assert res.exit_code == 2 and "NaN" in res.output
+    assert not (tmp_path / "x.h5").exists()
+    assert not [t for t in threading.enumerate() if t.name in ("nnn-beside", "nnn-read-ahead")]
+    assert numpy_blas() == before
