@@ -194,8 +194,8 @@ def _whole_bias(gallery, reference, params, sink, index, memory_budget, device, 
     if plan.mode != "exact" or index.index != "flat":
         note(plan.describe())
     with contextlib.ExitStack() as stack:
-        if plan.single_threaded_gemms and getattr(sink, "datasets", None) is not None:
-            # The extra datasets (the reference's leak sketch) are computed beside the bias, from their
+        if plan.room_beside and getattr(sink, "datasets", None) is not None:
+            # The extra datasets (the reference's leak sketch) are computed beside the exact bias, from their
             # own reads, filling the moments its tiles leave a core idle (reads, hashing, merges).  BLAS is limited to one thread
             # by THIS thread for the whole step: OpenBLAS ignores a limit set from another thread once it
             # has run, and both the tiles and the sketch must run single-threaded GEMMs.
