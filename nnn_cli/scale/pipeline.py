@@ -242,6 +242,7 @@ def _index_tasks(
             "nprobe": int(record["index_probe_max"]),
             "gap": float(record["index_probe_gap"]),
             "flat": bool(record.get("index_probe_flat")),
+            "prefix": record.get("index_probe_prefix"),
         }
         if record.get("index_probe_gap") is not None
         else None

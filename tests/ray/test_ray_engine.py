@@ -757,3 +757,39 @@ def test_loopback_only(cluster, data):
     socks = listening_sockets(pids)
     assert len({pid for pid, _, _ in socks}) >= 3, socks  # GCS, raylet, workers at least
     assert {ip for _, ip, _ in socks} == {"127.0.0.1"}, socks
+
+
+def test_index_list_prefix_ray_equals_local(cluster, tmp_path):
+    """A tuned list prefix (lists ordered by centroid score on the driver, the prefix recorded and shipped with
+    the probe gap): the Ray tasks scan the same heads of the same lists and give the bytes of a local run."""
+    from nnn_cli.scale.index.choose import choose_index
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
+    from nnn_cli.scale.index.steps import indexed_reference_topk
+
+    def clustered(n, seed):  # bench_scale.py's shape of data, where the heads of the lists hold the neighbours
+        centres = np.random.default_rng(7).standard_normal((8, D)).astype(np.float32)
+        rng = np.random.default_rng(seed)
+        x = centres[rng.integers(0, 8, n)] + 1.2 * rng.standard_normal((n, D)).astype(np.float32)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    np.save(tmp_path / "g.npy", clustered(3000, 1))
+    np.save(tmp_path / "r.npy", clustered(12000, 2))
+    index = {"index": "ivf", "nlist": 64, "recall": 0.9}
+    s = ray_bias(
+        tmp_path / "g.npy",
+        tmp_path / "r.npy",
+        ALPHA,
+        K,
+        "cosine",
+        str(tmp_path / "out"),
+        block_rows=LIST_ROW_BLOCK,
+        index=index,
+    )
+    choice = choose_index("ivf", 3000, 12000, D, K, 64, recall=0.9)
+    want, run_ = indexed_reference_topk(
+        open_embeddings(tmp_path / "g.npy"), open_embeddings(tmp_path / "r.npy"), K, "cosine", choice
+    )
+    assert choice.probe_prefix is not None and choice.probe_prefix < 1  # the prefix is in play
+    assert s["index"]["index_probe_prefix"] == choice.probe_prefix == run_.to_dict()["index_probe_prefix"]
+    assert s["index"]["index_probe_gap"] == choice.probe_gap
+    assert np.array_equal(read_manifest_bias(str(tmp_path / "out"), with_topk=True).attrs["topk"], want)

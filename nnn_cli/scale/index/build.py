@@ -159,6 +159,7 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
     train, _ = sample_rows(data, min(n, max(GEMM_TRAIN_POINTS_PER_LIST * nl, 39 * nl)), metric, block_rows)
     centroids = spherical_kmeans(train, nl, GEMM_KMEANS_ITERATIONS)
     del train
+    nl = len(centroids)
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(centroids)
     index = faiss.IndexIVFFlat(quantizer, dim, nl, faiss.METRIC_INNER_PRODUCT)

@@ -43,6 +43,7 @@ class IndexChoice:
     probe_gap: float | None = None
     probe_max: int | None = None
     probe_flat: bool | None = None
+    probe_prefix: float | None = None
     reason: str = ""
     tuned: dict = field(default_factory=dict)
 
@@ -56,7 +57,9 @@ class IndexChoice:
         if self.kind == "ivf" and self.probe_gap is not None:
             return (
                 f"ivf (nlist={self.nlist}, lists within {self.probe_gap:.4g} of the best, "
-                f"at most {self.probe_max}; nprobe={self.nprobe} for faiss)"
+                f"at most {self.probe_max}"
+                + (f", the first {self.probe_prefix:.0%} of each by centroid score" if self.probe_prefix else "")
+                + f"; nprobe={self.nprobe} for faiss)"
             )
         if self.kind == "ivf":
             return f"ivf (nlist={self.nlist}, nprobe={self.nprobe})"
@@ -69,7 +72,17 @@ class IndexChoice:
 
     def to_dict(self) -> dict:
         out = {"index": self.kind, "index_description": self.describe(), "index_reason": self.reason}
-        for key in ("factory", "nlist", "nprobe", "ef_search", "recall_target", "probe_gap", "probe_max", "probe_flat"):
+        for key in (
+            "factory",
+            "nlist",
+            "nprobe",
+            "ef_search",
+            "recall_target",
+            "probe_gap",
+            "probe_max",
+            "probe_flat",
+            "probe_prefix",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[f"index_{key}"] = value

@@ -96,11 +96,15 @@ def depth_knob(index) -> str | None:
     return None
 
 
-RECALL_CONFIDENCE_Z = 3.0
+RECALL_CONFIDENCE_Z = 4.0
 """The probe gap is tuned until the sample's recall minus this many standard errors (normal approximation
-over the sample's rows) reaches the target.  Three, not two: the gap is chosen and checked on the same
-rows, and picking the smallest gap that passes favours a lucky sample; measured with 2 (a 97.7% bound
-taken alone), 500 rows reading 0.9595 (200k: 0.9597) gave 0.9501 (200k: 0.9515) on 2,000 other rows."""
+over the sample's rows) reaches the target.  More than two: the gap (and the list prefix, one of seven:
+:data:`~nnn_cli.scale.index.steps.PROBE_PREFIXES`) is chosen and checked on the same rows, and picking the
+cheapest setting that passes favours a lucky sample; measured with 2 (a 97.7% bound taken alone), 500 rows
+reading 0.9595 (200k: 0.9597) gave 0.9501 (200k: 0.9515) on 2,000 other rows.  At 1M x 1M (d=512,
+clustered), with the 2,000 rows of bench_scale.py as the judge: whole lists, z=3 read 0.9633 on the 500 and
+gave 0.9518; with the prefixes, z=3 read 0.9613 and gave 0.9488 (below the target), z=3.5 0.9522 and
+z=4 0.9533 (70% prefixes, 3,451 vectors a row against 4,762 for whole lists at z=3)."""
 
 MAX_PROBES = 64
 """The most lists one row probes under the gap rule."""

@@ -19,6 +19,7 @@ Scores only (no ids): the bias needs the k highest scores, not who made them.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -71,6 +72,49 @@ def list_vectors(ivf) -> list[np.ndarray]:
         codes = faiss.rev_swig_ptr(invlists.get_codes(lst), size * ivf.code_size)
         out.append(np.frombuffer(codes, dtype=np.float32).reshape(size, ivf.d))
     return out
+
+
+def prefix_length(size: int, fraction: float | None) -> int:
+    """How many of a list's ``size`` vectors a probe scans under a list prefix ``fraction`` (None: all):
+    ``ceil(fraction * size)``, at least one of a non-empty list."""
+    if fraction is None or fraction >= 1:
+        return int(size)
+    return int(min(size, max(1, math.ceil(float(fraction) * int(size)))))
+
+
+def order_lists_by_centroid(ivf) -> bool:
+    """Put each inverted list's vectors (with their ids) in descending order of inner product with the list's
+    centroid (ties: the earlier position first), in place; True when anything moved (an ordered index is
+    left as it is).
+
+    With inner-product scores the vectors that lean furthest toward their centroid are the ones most
+    often in a probing row's top-k (``q . r = q . c (r . c) + q . r_perp``, and the first term is what all
+    the rows probing the list share), so a list's head holds most of what a probe finds: the recall
+    tuning can then scan only a prefix of each list (:func:`prefix_length`).  The ids move with the
+    vectors, so faiss's own search of the (saved) index is unchanged."""
+    faiss = faiss_module()
+    centroids = _flat_centroids(ivf)
+    if centroids is None:
+        return False
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    vectors = list_vectors(ivf)
+    invlists = ivf.invlists
+    moved: list[int] = []
+
+    def one(lst: int) -> None:
+        vecs = vectors[lst]
+        if len(vecs) < 2:
+            return
+        order = np.argsort(-(vecs @ centroids[lst]), kind="stable")
+        if (order == np.arange(len(order))).all():
+            return
+        ids = faiss.rev_swig_ptr(invlists.get_ids(lst), len(vecs))[order]
+        codes = np.ascontiguousarray(vecs[order]).view(np.uint8)
+        invlists.update_entries(lst, 0, len(vecs), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        moved.append(lst)
+
+    run_parallel(one, list(range(ivf.nlist)))
+    return bool(moved)
 
 
 def _flat_centroids(ivf) -> np.ndarray | None:
@@ -222,6 +266,7 @@ def list_major_topk(
     progress: ProgressFn | None = None,
     gap: float | None = None,
     flat: bool = False,
+    prefix: float | None = None,
 ) -> np.ndarray:
     """(Q, k) float32: top-k inner products of each query within its ``nprobe`` probed lists, descending.
 
@@ -235,6 +280,8 @@ def list_major_topk(
     BLAS each), each keeping a private running top-k merged at the end: only
     values are kept, and the k largest of a multiset do not depend on the
     split, so the result does not depend on the thread count either.
+    ``prefix``: a probe scans only the first :func:`prefix_length` vectors of each list (lists ordered by
+    :func:`order_lists_by_centroid`).
     """
     ivf = flat_ivf(index)
     if ivf is None:
@@ -245,7 +292,7 @@ def list_major_topk(
     if nq == 0:
         return best
     pair_rows, pair_lists = _probe_pairs(ivf, queries, nprobe or ivf.nprobe, gap, flat)
-    vectors = list_vectors(ivf)
+    vectors = [v[: prefix_length(len(v), prefix)] for v in list_vectors(ivf)]
     workers = max(1, int(threads or selection_threads()))
     span = max(1, PRIVATE_BEST_BYTES // (workers * max(1, k) * 4) // LIST_ROW_BLOCK) * LIST_ROW_BLOCK
     total = len(pair_rows)
@@ -276,12 +323,20 @@ def list_hits(index, queries: np.ndarray, probes: np.ndarray, floor: np.ndarray)
     """(Q, P) int64: how many vectors of list ``probes[i, j]`` score at least ``floor[i]`` against query i
     (0 where ``probes`` is -1): what each probed list adds to a row's top-k when ``floor`` is its exact
     k-th score.  For tuning on a small sample (one GEMM per list and the rows probing it)."""
+    return list_hits_by_prefix(index, queries, probes, floor, (1.0,))[0]
+
+
+def list_hits_by_prefix(
+    index, queries: np.ndarray, probes: np.ndarray, floor: np.ndarray, fractions: tuple[float, ...]
+) -> np.ndarray:
+    """(F, Q, P) int64: :func:`list_hits` when a probe scans only the first :func:`prefix_length` vectors
+    of each list, for each of the F ``fractions`` (one GEMM per list, read at each prefix)."""
     ivf = flat_ivf(index)
     if ivf is None:
         raise ValueError("list_hits needs an IVF-Flat inner-product index")
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = list_vectors(ivf)
-    hits = np.zeros(probes.shape, dtype=np.int64)
+    hits = np.zeros((len(fractions), *probes.shape), dtype=np.int64)
     flat = probes.ravel()
     valid = np.flatnonzero(flat >= 0)
     order = valid[np.argsort(flat[valid], kind="stable")]
@@ -294,7 +349,9 @@ def list_hits(index, queries: np.ndarray, probes: np.ndarray, floor: np.ndarray)
             return
         rows = part // probes.shape[1]
         q = tile_operand(queries[rows], copy=True)
-        hits.ravel()[part] = (tile_scores(q, tile_operand(vecs)) >= floor[rows, None]).sum(axis=1)
+        above = np.cumsum(tile_scores(q, tile_operand(vecs)) >= floor[rows, None], axis=1, dtype=np.int32)
+        for i, fraction in enumerate(fractions):
+            hits[i].ravel()[part] = above[:, prefix_length(len(vecs), fraction) - 1]
 
     run_parallel(one, np.split(order, cuts) if len(order) else [])
     return hits
