@@ -128,7 +128,9 @@ def single_threaded_blas():
     """numpy's BLAS limited to one thread meanwhile (threadpoolctl; the controller is built once).
 
     Counted across threads: the limit is set by the first user and lifted by the last, so two callers
-    overlapping in time (the bias's tiles and the leak sketch beside them) never lift it under each other."""
+    overlapping in time (the bias's tiles and the leak sketch beside them) never lift it under each other.
+    Enter it first from the thread that runs the step (measured: OpenBLAS 0.3.31 ignores a limit set from
+    a second thread once it has run), as ``scale/runs`` does before starting work beside the step."""
     global _CONTROLLER, _LIMIT_USERS, _LIMITER
     with _LIMIT_LOCK:
         if _CONTROLLER is None:
