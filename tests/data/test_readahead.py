@@ -14,8 +14,14 @@ from nnn_cli.data.readahead import read_ahead, started
 from nnn_cli.errors import InputError
 
 
-def reader_threads():
-    return [t for t in threading.enumerate() if t.name in ("nnn-read-ahead", "nnn-beside")]
+def reader_threads(settle: float = 10.0):
+    """The reader threads still alive, once they have had ``settle`` seconds to end (a loaded machine)."""
+    deadline = time.monotonic() + settle
+    while True:
+        alive = [t for t in threading.enumerate() if t.name in ("nnn-read-ahead", "nnn-beside")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def test_items_come_in_order_and_ahead_by_at_most_depth():

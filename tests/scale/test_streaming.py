@@ -248,6 +248,7 @@ def test_the_sketch_beside_the_exact_bias_matches_and_leaves_nothing_behind(tmp_
     the step): the codes equal the sketch of the reference computed alone; on a failure mid-step the sketch
     thread has finished and BLAS is back to its own thread count."""
     import threading
+    import time
 
     from threadpoolctl import threadpool_info
 
@@ -272,5 +273,9 @@ def test_the_sketch_beside_the_exact_bias_matches_and_leaves_nothing_behind(tmp_
     res = run("bias", tmp_path / "bad.npy", "-r", tmp_path / "r.npy", "--alpha", 1, "--k", 8, "-o", tmp_path / "x.h5")
     assert res.exit_code == 2 and "NaN" in res.output
     assert not (tmp_path / "x.h5").exists()
+    for _ in range(500):  # the readers end at their next item (at most a few seconds on a loaded machine)
+        if not [t for t in threading.enumerate() if t.name in ("nnn-beside", "nnn-read-ahead")]:
+            break
+        time.sleep(0.02)
     assert not [t for t in threading.enumerate() if t.name in ("nnn-beside", "nnn-read-ahead")]
     assert numpy_blas() == before
