@@ -1,8 +1,8 @@
 """Read ahead: the next block of a source is read (and checked, converted, hashed) by a thread while the
 caller computes on the current one, so the cores do not wait on the file between blocks.
 
-Measured on the exact bias at 5k x 118k x 512 (2 cores): the reference was read 16,384 rows at a time
-on the main thread while both GEMM workers waited, about 0.4 s of a 5.4 s run.
+Before it, the exact bias read the reference 16,384 rows at a time on the main thread (converting and
+hashing on the way) while both GEMM workers waited for the next block.
 """
 
 from __future__ import annotations

@@ -48,7 +48,6 @@ class EmbeddingSource:
     _ids: np.ndarray | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
     _array: np.ndarray | None = field(default=None, repr=False)  # kind "mem" (read from stdin)
-    _hashing: bool = field(default=False, repr=False)  # a pass that hashes is under way
 
     @property
     def n(self) -> int:
@@ -86,12 +85,10 @@ class EmbeddingSource:
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, block)`` with ``block`` float32 (rows, d), checked and normalised.
 
-        The content hash comes free with the first full pass; later passes, a pass running beside one that
-        hashes, and a pass with ``fingerprint=False`` (the leak sketch, read beside the bias) skip it."""
+        The content hash comes free with the first full pass; later passes, and a pass with
+        ``fingerprint=False`` (the leak sketch, read beside the bias, which takes the hash), skip it."""
         check_metric(metric)
-        hasher = None
-        if fingerprint and self._fingerprint is None and not self._hashing:
-            hasher, self._hashing = _fingerprint_hasher(self.shape, self.dtype), True
+        hasher = _fingerprint_hasher(self.shape, self.dtype) if fingerprint and self._fingerprint is None else None
         block_rows = max(1, int(block_rows))
         try:
             with self._raw() as raw:
@@ -108,9 +105,6 @@ class EmbeddingSource:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise InputError(f"{self.name}: cannot read data ({short_error(exc)}); the file may be truncated") from None
-        finally:
-            if hasher is not None:
-                self._hashing = False
         if hasher is not None:
             self._fingerprint = hasher.hexdigest()
 
