@@ -4,8 +4,6 @@ Each alias is an ``Annotated`` type; a command lists the aliases it takes, and
 :func:`index_options` turns the index group into the jobs' :class:`IndexOptions`.
 """
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional

@@ -97,6 +97,23 @@ def test_engine_bytes_do_not_depend_on_threads_or_blocking(workers):
     np.testing.assert_allclose(one, exact, rtol=1e-5, atol=1e-5)
 
 
+def test_a_reused_score_buffer_gives_the_bytes_of_a_fresh_tile():
+    """The engine writes each tile's scores into its thread's buffer: the same GEMM, the same bytes, for a
+    full tile and for a partial one after it (no value of the previous tile left in the result)."""
+    rng = np.random.default_rng(3)
+    q = topk.tile_operand(rng.standard_normal((topk.QUERY_TILE, 64)).astype(np.float32), copy=True)
+    buffer = topk.aligned_empty((topk.QUERY_TILE * DATABASE_TILE,))
+    buffer.fill(np.nan)
+    with single_threaded_blas():
+        for rows in (DATABASE_TILE, 777, DATABASE_TILE - 1, 1):
+            db = topk.tile_operand(rng.standard_normal((rows, 64)).astype(np.float32))
+            for tile in (q, q[:300]):
+                got = topk.tile_scores(tile, db, buffer)
+                assert got.shape == (len(tile), rows) and got.flags.c_contiguous
+                assert np.shares_memory(got, buffer)
+                assert got.tobytes() == topk.tile_scores(tile, db).tobytes()
+
+
 def blas_threads():
     """Threads of numpy's own BLAS (the one the tiles use; faiss may load another after the limit was set)."""
     from threadpoolctl import threadpool_info

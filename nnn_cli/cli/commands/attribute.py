@@ -1,7 +1,5 @@
 """`nnn attribute-bias`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -1,7 +1,5 @@
 """`nnn bias`."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

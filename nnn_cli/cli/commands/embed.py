@@ -1,7 +1,5 @@
 """`nnn embed`."""
 
-from __future__ import annotations
-
 import sys
 from enum import Enum
 from pathlib import Path

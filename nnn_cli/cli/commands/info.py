@@ -1,7 +1,5 @@
 """`nnn info`."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

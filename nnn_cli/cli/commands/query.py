@@ -1,7 +1,5 @@
 """`nnn query`."""
 
-from __future__ import annotations
-
 from typing import Annotated, Optional
 
 import typer

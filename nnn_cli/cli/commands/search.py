@@ -1,7 +1,5 @@
 """`nnn search`."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Optional, TextIO, cast
 

@@ -1,7 +1,5 @@
 """`nnn truth-from-pairs`."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
