@@ -7,12 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _pipe_width(stream) -> int | None:
@@ -25,26 +25,56 @@ def _pipe_width(stream) -> int | None:
     return None if tty or os.environ.get("COLUMNS") else 120
 
 
-class _Console(Console):
+def _make_console(**kwargs: Any) -> Console:
     """rich's Console, but a closed pipe ends the command quietly with exit 0 (like `nnn search -o - | head`),
-    where rich's default exits 1."""
+    where rich's default exits 1, and a full disk under a table or a note is one line naming the stream."""
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        silence_stdout()
-        raise SystemExit(0)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            silence_stdout()
+            raise SystemExit(0)
 
-    def _check_buffer(self) -> None:
-        """A full disk under a table or a note: one line naming the stream (exit 2), not an OSError."""
-        try:
-            super()._check_buffer()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise StdoutSink(self.file, "<stderr>" if self.stderr else "<stdout>")._failed(exc) from None
+        def _check_buffer(self) -> None:
+            try:
+                super()._check_buffer()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise StdoutSink(self.file, "<stderr>" if self.stderr else "<stdout>")._failed(exc) from None
+
+    return _Console(**kwargs)
 
 
-err_console = _Console(stderr=True, highlight=False, width=_pipe_width(sys.stderr))
-out_console = _Console(highlight=False, width=_pipe_width(sys.stdout))
+class _LazyConsole:
+    """A console made on first use: rich is imported only by a run that shows something (measured: rich's
+    console, progress and table modules are 40-60 ms of every start, and a quiet run that succeeds shows
+    nothing)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Console | None = None
+
+    def get(self) -> Console:
+        if self._console is None:
+            self._console = _make_console(
+                **self._kwargs, width=_pipe_width(sys.stderr if self._kwargs.get("stderr") else sys.stdout)
+            )
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
+def _table(*args: Any, **kwargs: Any) -> Any:
+    """A rich Table (rich imported here, by the runs that show one)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
+
+
+err_console: Any = _LazyConsole(stderr=True, highlight=False)
+out_console: Any = _LazyConsole(highlight=False)
 
 
 def show_progress(quiet: bool) -> bool:
@@ -57,13 +87,22 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Optional[Callable[[i
     if not show_progress(quiet):
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=err_console.get(),
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=None)
@@ -107,7 +146,15 @@ def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]
     if not show_progress(quiet):
         yield None
         return
-    from rich.progress import ProgressColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -122,7 +169,7 @@ def embed_progress(quiet: bool) -> Iterator[Optional[Callable[[int, int], None]]
         RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=err_console.get(),
         transient=True,
     ) as bar:
         task = bar.add_task("embed", total=None)
@@ -203,7 +250,7 @@ def render_methods_table(result: dict) -> None:
     """A rich table with one row per method: recall (with 95% intervals when bootstrapped), hub max, seconds."""
     from nnn_cli.jobs.eval import METHOD_LABELS
 
-    table = Table(
+    table = _table(
         title=f"Retrieval by method ({result['n_queries_with_truth']} queries, {result['n_gallery']} gallery items)"
     )
     table.add_column("method")
@@ -239,7 +286,7 @@ def render_eval_table(result: dict) -> None:
     title = f"NNN evaluation ({result['n_queries_with_truth']} queries, {result['n_gallery']} gallery items"
     if p:
         title += f", alpha={p.get('alpha')}, k={p.get('k')}"
-    table = Table(title=title + ")")
+    table = _table(title=title + ")")
     table.add_column("metric")
     table.add_column("baseline", justify="right")
     table.add_column("NNN", justify="right")
@@ -270,7 +317,7 @@ def render_info(desc: dict) -> None:
     if desc.get("fingerprint"):
         out_console.print(f"content fingerprint: {desc['fingerprint']}", markup=False)
     if desc["datasets"]:
-        table = Table(title="arrays")
+        table = _table(title="arrays")
         for col in ("name", "shape", "dtype"):
             table.add_column(col)
         for name, entry in desc["datasets"].items():
@@ -279,7 +326,7 @@ def render_info(desc: dict) -> None:
     attrs = dict(desc["attrs"])
     history = attrs.pop("history", None)
     if attrs:
-        table = Table(title="recorded")
+        table = _table(title="recorded")
         table.add_column("attribute")
         table.add_column("value", overflow="fold")
         for key, value in attrs.items():
@@ -287,7 +334,7 @@ def render_info(desc: dict) -> None:
             table.add_row(key, text)
         out_console.print(table)
     if isinstance(history, list) and history:
-        table = Table(title="history")
+        table = _table(title="history")
         for col in ("time", "op", "rows", "source", "fingerprint"):
             table.add_column(col)
         for entry in history:
@@ -314,7 +361,7 @@ def render_tune_grid(result) -> None:
         return f"{v:.3f}".lstrip("0") if unsupervised and 0 <= v < 1 else f"{v:.1f}"
 
     what = "entropy of rank-1 retrievals, held-out reference queries" if unsupervised else result.objective
-    table = Table(
+    table = _table(
         title=f"nnn tune ({what}): baseline {fmt(result.baseline)}, "
         f"*best alpha={result.alpha:g}, k={result.k}: {fmt(result.score)}",
         box=box.SIMPLE_HEAD,
@@ -337,7 +384,7 @@ def render_tune_grid(result) -> None:
         table.add_row(f"{alpha:g}", *cells)
     # Wider than the terminal rather than truncated: the numbers are the point.
     needed = 10 + 7 * len(result.ks)
-    console = out_console if out_console.width >= needed else Console(highlight=False, width=needed)
+    console = out_console if out_console.width >= needed else _make_console(highlight=False, width=needed)
     console.print(table)
     if unsupervised and "R@1" in result.baseline_metrics:
         best = result.cell(result.alpha, result.k)
@@ -351,7 +398,7 @@ def render_tune_grid(result) -> None:
 def render_method_sweep(method: str, doc: dict) -> None:
     """`nnn tune --method`: every grid point's recall, the best marked with *."""
     best_text = ", ".join(f"{n}={v:g}" for n, v in doc["best"].items())
-    table = Table(title=f"nnn tune --method {method}: best {best_text} -> R@1 {doc['R@1']:.2f}")
+    table = _table(title=f"nnn tune --method {method}: best {best_text} -> R@1 {doc['R@1']:.2f}")
     names = list(doc["best"])
     for col in names + ["R@1", "R@5", "R@10"]:
         table.add_column(col, justify="right")
@@ -364,7 +411,7 @@ def render_method_sweep(method: str, doc: dict) -> None:
 def render_attribute_table(result: dict) -> None:
     """`nnn attribute-bias`: bias (and precision) at each n, baseline and NNN."""
     with_precision = any("precision" in rec["baseline"] for rec in result["at"].values())
-    table = Table(
+    table = _table(
         title=f"Attribute bias (#{result['group_a']} - #{result['group_b']}) / n over {result['n_queries']} queries"
     )
     for col in ("n", "bias baseline", "bias NNN"):
@@ -381,7 +428,7 @@ def render_attribute_table(result: dict) -> None:
         table.caption = f"bias: mean over {result['n_groups']} query groups (per-group values in --json)"
     out_console.print(table)
     if result.get("precision_at"):
-        prec = Table(title="precision@n (share of the top n that are correct items)")
+        prec = _table(title="precision@n (share of the top n that are correct items)")
         for col in ("n", "baseline", "NNN"):
             prec.add_column(col, justify="right")
         for n, rec in result["precision_at"].items():
@@ -401,7 +448,7 @@ def render_query(result: dict) -> None:
     """`nnn query`: one small table per text (rank, id, score)."""
     what = "debiased score s(q, r) - b(r)" if result["debiased"] else "plain score (give --bias for NNN)"
     for rec in result["results"]:
-        table = Table(title=f"{rec['query_text']!r}  ({what}; model {rec['model']})")
+        table = _table(title=f"{rec['query_text']!r}  ({what}; model {rec['model']})")
         table.add_column("rank", justify="right")
         table.add_column("id")
         table.add_column("index", justify="right")
