@@ -301,7 +301,7 @@ def merge_top_scores(best: np.ndarray | None, new: np.ndarray, k: int) -> np.nda
     return np.array(select_top(np.concatenate([best, new], axis=1), k), copy=True)
 
 
-def fold_top_scores(best: np.ndarray | None, scores: np.ndarray, k: int) -> np.ndarray:
+def fold_top_scores(best: np.ndarray | None, scores: np.ndarray, k: int, floor: np.ndarray | None = None) -> np.ndarray:
     """The ``k`` largest values per row of ``best`` (a running top-k, unordered) and ``scores`` together.
 
     Once ``best`` holds ``k`` values a row, only scores above its current k-th best can enter: one
@@ -310,11 +310,24 @@ def fold_top_scores(best: np.ndarray | None, scores: np.ndarray, k: int) -> np.n
     only those few, padded per row with ``-inf`` beside ``best``, are partitioned.  The same multiset of
     values as :func:`merge_top_scores` of :func:`select_top` (a value equal to the k-th best changes no
     value kept; NaN is let in, as a partition would rank it), so the same bytes after
-    :func:`sort_descending`.  ``scores`` is a C-contiguous 2-D float32 array."""
+    :func:`sort_descending`.  ``scores`` is a C-contiguous 2-D float32 array.
+
+    ``floor`` (per row): a k-th best that another running top-k of the same rows already holds (the other
+    threads' share of the same query tile).  Scores at or below it cannot change the k largest of the
+    union, so they are dropped too; a row may then keep fewer than ``k`` values here (padded with
+    ``-inf``), which the final merge with that other share makes up."""
     rows, n = scores.shape
-    if best is None or best.shape[1] < k or n <= k:
+    if n <= k or ((best is None or best.shape[1] < k) and floor is None):
         return merge_top_scores(best, select_top(scores, k), k)
-    mask = np.less_equal(scores, best.min(axis=1)[:, None])
+    if best is None or best.shape[1] < k:
+        padded = np.full((rows, k), -np.inf, dtype=np.float32)
+        if best is not None:
+            padded[:, : best.shape[1]] = best
+        best = padded
+    threshold = best.min(axis=1)
+    if floor is not None:
+        threshold = np.maximum(threshold, floor)  # NaN stays NaN: every score of that row passes
+    mask = np.less_equal(scores, threshold[:, None])
     np.logical_not(mask, out=mask)
     idx = np.flatnonzero(mask)
     del mask
@@ -361,6 +374,7 @@ class RunningTopScores:
         self.tiles = query_tiles(queries)
         self._best: dict[int, list[np.ndarray | None]] = {}
         self._buffers: dict[int, np.ndarray] = {}
+        self._floors: list[np.ndarray | None] = [None] * len(self.tiles)
         self._lock = threading.Lock()
         self._pending: np.ndarray | None = None
 
@@ -377,7 +391,24 @@ class RunningTopScores:
     def _fold_pair(self, pair: tuple[int, np.ndarray]) -> None:
         i, tile = pair
         best, buffer = self._mine()
-        best[i] = fold_top_scores(best[i], tile_scores(self.tiles[i], tile, buffer), self.k)
+        folded = fold_top_scores(best[i], tile_scores(self.tiles[i], tile, buffer), self.k, self._floors[i])
+        best[i] = folded
+        self._raise_floor(i, folded)
+
+    def _raise_floor(self, i: int, best: np.ndarray) -> None:
+        """Share this thread's k-th best of query tile ``i`` as a floor for every thread's next folds of it
+        (a thread's first fold of a tile then filters instead of partitioning).  Any thread's k-th best
+        bounds the final one from below, so a floor from any moment is valid; the lock only keeps
+        raises from crossing."""
+        if best.shape[1] < self.k:
+            return
+        kth = best.min(axis=1)
+        with self._lock:
+            floor = self._floors[i]
+            if floor is None:
+                self._floors[i] = kth
+            else:
+                self._floors[i] = np.fmax(floor, kth)
 
     def _fold_tiles(self, tiles: list[np.ndarray]) -> None:
         operands = [tile_operand(tile) for tile in tiles]  # no copy for aligned blocks (the sources' reads)

@@ -55,6 +55,53 @@ def test_fold_keeps_the_multiset_of_a_full_partition(rows, cols, k, levels, seed
     assert same_bytes(ours, theirs)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.integers(1, 6),
+    cols=st.integers(1, 200),
+    k=st.integers(1, 30),
+    levels=st.integers(1, 8),
+    seed=st.integers(0, 2**31 - 1),
+    tiles=st.integers(1, 8),
+    shares=st.integers(1, 3),
+)
+def test_shares_of_one_query_tile_under_a_common_floor_keep_the_multiset(rows, cols, k, levels, seed, tiles, shares):
+    """Tiles dealt at random to several running top-k (threads), each folding under the highest k-th best
+    any of them holds so far: their merge has the bytes of one full partition of every tile, ties, signed
+    zeros and NaN included."""
+    rng = np.random.default_rng(seed)
+    best: list = [None] * shares
+    floor = None
+    everything = []
+    for _ in range(tiles):
+        tile = (rng.integers(-levels, levels + 1, size=(rows, cols)) / levels).astype(np.float32)
+        tile[rng.random(tile.shape) < 0.05] = -0.0
+        tile[rng.random(tile.shape) < 0.01] = np.nan
+        everything.append(tile)
+        j = int(rng.integers(shares))
+        best[j] = fold_top_scores(best[j], np.array(tile, copy=True), k, floor)
+        if best[j].shape[1] == k:
+            kth = best[j].min(axis=1)
+            floor = kth if floor is None else np.fmax(floor, kth)
+    merged = None
+    for b in best:
+        if b is not None:
+            merged = merge_top_scores(merged, b, k)
+    theirs = full_fold(None, np.hstack(everything), k)
+    assert merged.shape == theirs.shape
+    assert same_bytes(merged, theirs)
+
+
+def test_a_floor_drops_what_cannot_enter_and_pads_a_first_fold():
+    floor = np.array([2.0, 0.75], dtype=np.float32)
+    tile = np.zeros((2, 16), dtype=np.float32)
+    tile[:, :4] = [[1.0, 3.0, 2.0, 5.0], [1.0, 0.5, 2.0, 1.0]]
+    out = sort_descending(fold_top_scores(None, tile, 3, floor))
+    assert out.tolist() == [[5.0, 3.0, -np.inf], [2.0, 1.0, 1.0]]
+    # a row taking much of the tile falls back to partitioning it whole (still the k largest)
+    assert sort_descending(fold_top_scores(None, tile[:, :4], 3, floor)).tolist() == [[5.0, 3.0, 2.0], [2.0, 1.0, 1.0]]
+
+
 def test_fold_by_hand():
     best = np.array([[5.0, 3.0, 4.0], [1.0, 1.0, 1.0]], dtype=np.float32)
     tile = np.array([[3.0, 6.0, 2.0, 4.5], [1.0, 0.5, 2.0, 1.0]], dtype=np.float32)
