@@ -410,6 +410,12 @@ class BiasFileSink:
     def target(self) -> str:
         return self.output
 
+    @property
+    def records_extra(self) -> bool:
+        """Whether the file keeps what goes beside the bias (attributes, top-k, the leak sketch): HDF5 does,
+        a ``.npy`` holds the bias alone, so nothing is computed for it only to be dropped."""
+        return not str(self.output).lower().endswith(".npy")
+
     def check(self, resume: bool) -> None:
         if resume:
             raise ParameterError(f"{self.output}: --resume applies to run folders; a bias file is written whole")

@@ -92,8 +92,9 @@ def compute_bias(
     note: NoteFn = lambda line: None,
 ) -> BiasOutcome:
     """Compute the bias of every gallery row into ``sink``; ``provenance()`` (attributes) and ``datasets()``
-    (extra arrays: the reference's leak sketch) are written with a bias file (a run folder records neither)."""
-    if isinstance(sink, BiasFileSink):
+    (extra arrays: the reference's leak sketch) are written with an HDF5 bias file (a run folder and a .npy
+    record neither, so neither is computed for them)."""
+    if isinstance(sink, BiasFileSink) and sink.records_extra:  # a .npy keeps neither: none is computed
         sink.provenance, sink.datasets = provenance, datasets
     t0 = time.perf_counter()
     if getattr(gallery, "sequential", False):  # read once, in order (a store's cursor): streamed to the sink

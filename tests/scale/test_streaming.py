@@ -279,3 +279,26 @@ def test_the_sketch_beside_the_exact_bias_matches_and_leaves_nothing_behind(tmp_
         time.sleep(0.02)
     assert not [t for t in threading.enumerate() if t.name in ("nnn-beside", "nnn-read-ahead")]
     assert numpy_blas() == before
+
+
+def test_a_npy_bias_computes_no_sketch_it_would_drop(tmp_path, big, monkeypatch):
+    """A ``.npy`` bias holds the bias alone: the leak sketch (10% of the exact step's GEMM work at 5k x 118k)
+    is not computed for it; an HDF5 bias still gets it."""
+    import nnn_cli.jobs.protocol as protocol
+
+    g, r = big
+    np.save(tmp_path / "g.npy", g)
+    np.save(tmp_path / "r.npy", r)
+    calls = []
+    real = protocol.sketch_codes
+    monkeypatch.setattr(protocol, "sketch_codes", lambda rows: calls.append(len(rows)) or real(rows))
+    args = ("bias", tmp_path / "g.npy", "-r", tmp_path / "r.npy", "--alpha", 1, "--k", 8, "--metric", "ip", "-o")
+    res = run(*args, tmp_path / "b.npy")
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), compute_bias(g, r, 1.0, 8))
+    assert calls == []
+    res = run(*args, tmp_path / "b.h5")
+    assert res.exit_code == 0, res.output
+    assert sum(calls) == len(r)
+    with h5py.File(tmp_path / "b.h5", "r") as f:
+        assert f["leak_sketch_codes"].shape == (len(r), 64)
