@@ -35,6 +35,7 @@ from nnn_cli.data import objstore
 from nnn_cli.data.biasfile import BiasFile, write_bias
 from nnn_cli.data.contracts import BlockRecord
 from nnn_cli.data.outputs import check_output_path
+from nnn_cli.data.readahead import started
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 
 MANIFEST = "manifest.json"
@@ -442,10 +443,13 @@ class BiasFileSink:
 
     def commit(self, attrs: dict) -> None:
         assert self._bias is not None
+        # the provenance (input fingerprints: a pass of its own for an input no full pass hashed) runs
+        # beside the extra datasets (the leak sketch), whose GEMMs leave a core idle at times
+        provenance = started(self.provenance) if self.provenance else None
         extra = {"topk": self._topk} if self._topk is not None else {}
         extra.update(self.datasets() if self.datasets else {})
         merged = {
-            **(self.provenance() if self.provenance else {}),
+            **(provenance() if provenance else {}),
             **self.attrs,
             **{key: v for key, v in attrs.items() if v is not None and not isinstance(v, dict)},
         }

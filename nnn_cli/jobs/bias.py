@@ -37,7 +37,7 @@ from nnn_cli.jobs.common import (
     resolve_params,
     setup_threads,
 )
-from nnn_cli.jobs.protocol import bias_protocol, queries_leak_check, reference_share
+from nnn_cli.jobs.protocol import bias_protocol, queries_leak_check, reference_share, sketch_attrs
 from nnn_cli.scale.budget import parse_memory_budget
 from nnn_cli.scale.pipeline import BiasParams
 from nnn_cli.scale.runs import check_bias_options, compute_bias
@@ -268,7 +268,8 @@ def _create(req: BiasRequest, place: Any, progress: ProgressFn | None, notes: No
 
     def provenance() -> dict:
         head = base_attrs("bias", alpha=params.alpha, k=params.k, metric=req.metric)
-        return {**head, **bias_provenance(g_src, r_src), **proto.attrs, **proto.sketch()[1]}
+        # the sketch's attributes without making it: provenance runs beside the sketch at commit
+        return {**head, **bias_provenance(g_src, r_src), **proto.attrs, **sketch_attrs(r_src.n)}
 
     outcome = compute_bias(
         g_src, r_src, params, sink, req.engine, req.index, memory_budget=req.memory_budget, device=req.device,

@@ -84,6 +84,12 @@ def leak_check(
     return report
 
 
+def sketch_attrs(n_rows: int) -> dict:
+    """The attributes recorded with the sketch of an ``n_rows``-row reference (known before it is made)."""
+    pick = sketch_sample(n_rows)
+    return {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(n_rows if pick is None else len(pick))}
+
+
 def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     """Extra datasets and attributes a bias file records so ``eval --bias`` can check queries later."""
     pick = sketch_sample(src.n)
@@ -96,7 +102,9 @@ def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
     ids = src.ids()
     if ids is not None:
         extra["leak_sketch_id_hashes"] = id_hashes(ids)
-    return extra, {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(len(codes))}
+    attrs = sketch_attrs(src.n)
+    assert attrs["leak_sketch_rows"] == len(codes)
+    return extra, attrs
 
 
 def leak_check_from_bias(

@@ -170,7 +170,10 @@ def run_bias_plan(
         return bias, topk, info
     if plan.mode == "indexed":
         # the gallery is streamed: only the index and the (N, k) top-k are held whole
-        meta = index_meta(reference.fingerprint(), metric, plan.choice, "reference")
+        # the metadata a saved or loaded index carries; without either, no separate pass hashes the
+        # reference: the index build's own pass takes the hash (the provenance reads it at commit)
+        saved = plan.load_index is not None or plan.save_index is not None
+        meta = index_meta(reference.fingerprint(), metric, plan.choice, "reference") if saved else None
         topk, run = indexed_reference_topk(
             gallery, reference, k, metric, plan.choice, plan.load_index, plan.save_index, meta, progress
         )

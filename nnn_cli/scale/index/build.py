@@ -15,6 +15,7 @@ import numpy as np
 
 from nnn_cli.core.topk import ProgressFn
 from nnn_cli.data.outputs import atomic_output
+from nnn_cli.data.readahead import read_ahead
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.errors import InputError, MismatchError, ParameterError
 from nnn_cli.scale.device import faiss_module
@@ -38,22 +39,24 @@ def _dim(data) -> int:
     return data.dim if isinstance(data, EmbeddingSource) else data.shape[1]
 
 
-def _blocks(data, metric: str, block_rows: int):
+def _blocks(data, metric: str, block_rows: int, fingerprint: bool = True):
     if isinstance(data, EmbeddingSource):
-        yield from data.iter_blocks(metric, block_rows)
+        yield from data.iter_blocks(metric, block_rows, fingerprint=fingerprint)
     else:
         for start in range(0, len(data), block_rows):
             yield start, np.ascontiguousarray(data[start : start + block_rows], dtype=np.float32)
 
 
-def _reused_chunks(data, metric: str, chunk_rows: int, read_rows: int = 16384):
+def _reused_chunks(data, metric: str, chunk_rows: int, read_rows: int = 16384, fingerprint: bool = True):
     """Yield ``(start, chunk)`` of up to ``chunk_rows`` rows, filled from small validated reads into ONE
     buffer that the next chunk overwrites (so the caller must be done with a chunk before asking for the
-    next): a large chunk then costs its own size, not several times it in conversion temporaries."""
+    next): a large chunk then costs its own size, not several times it in conversion temporaries.
+    ``fingerprint=False``: the reads do not hash (the fill is serial: a hash wanted later is taken by a
+    pass of its own, beside other work)."""
     n = _n_rows(data)
     buf = np.empty((min(chunk_rows, n), _dim(data)), dtype=np.float32)
     fill, chunk_start = 0, 0
-    for _start, block in _blocks(data, metric, read_rows):
+    for _start, block in _blocks(data, metric, read_rows, fingerprint):
         while len(block):
             take = min(len(block), len(buf) - fill)
             buf[fill : fill + take] = block[:take]
@@ -166,7 +169,8 @@ def _build_ivf_flat(data, choice: IndexChoice, metric: str, block_rows: int, pro
     index.own_fields = True
     quantizer.this.disown()
     coarse = coarse_for(centroids)  # flat below TWO_LEVEL_MIN_LISTS lists, else two levels
-    for start, block in _blocks(data, metric, block_rows):
+    # the next block is read, checked, converted and hashed by a thread while this one is assigned and added
+    for start, block in read_ahead(_blocks(data, metric, block_rows)):
         labels = assign_lists(coarse, block)
         index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(labels))
         if progress:

@@ -245,7 +245,9 @@ def indexed_reference_topk(
     n_gallery = _n_rows(gallery)
     topk = np.empty((n_gallery, min(k, index.ntotal)), dtype=np.float32)
     n_short = 0
-    for start, block in _reused_chunks(gallery, metric, GALLERY_BLOCK):
+    # no hash on the way: the gallery's is wanted only by a bias file's provenance, which takes it beside
+    # the leak sketch at commit, while here every core waits on the serial fill
+    for start, block in _reused_chunks(gallery, metric, GALLERY_BLOCK, fingerprint=False):
         part_progress = (
             (lambda done, total, s=start, m=len(block): progress(s + done * m // max(total, 1), n_gallery))
             if progress
