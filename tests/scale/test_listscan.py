@@ -259,6 +259,42 @@ def test_reused_chunks_cover_every_row_once(n, chunk, read):
     np.testing.assert_array_equal(np.vstack([b for _, b in seen]), x)
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".h5"])
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_a_source_chunk_filled_in_parallel_has_the_serial_fill_s_rows_and_first_error(tmp_path, suffix, metric):
+    """Without a hash, a source's chunk is filled by ranges read on the engine's threads: the same values as
+    the serial, hashing fill (which records the fingerprint), and the first bad row in row order is the one named."""
+    import h5py
+
+    from nnn_cli.data.inputs import open_embeddings
+    from nnn_cli.errors import InputError
+    from nnn_cli.scale.index.build import _reused_chunks
+
+    x = np.random.default_rng(4).standard_normal((1000, 6)).astype(np.float16)
+
+    def write(arr, name):
+        path = tmp_path / (name + suffix)
+        if suffix == ".npy":
+            np.save(path, arr)
+        else:
+            with h5py.File(path, "w") as f:
+                f["embeddings"] = arr
+        return path
+
+    def chunks(path, fingerprint):
+        return [(s, b.copy()) for s, b in _reused_chunks(open_embeddings(path), metric, 300, 64, fingerprint)]
+
+    good = write(x, "x")
+    serial, parallel = chunks(good, True), chunks(good, False)
+    assert [s for s, _ in parallel] == [s for s, _ in serial] == [0, 300, 600, 900]
+    for (_, a), (_, b) in zip(serial, parallel):
+        assert a.tobytes() == b.tobytes()
+    bad = x.copy()
+    bad[[130, 250, 700], 2] = np.nan  # two ranges of the first chunk, read at once
+    with pytest.raises(InputError, match="row 130 contains NaN"):
+        chunks(write(bad, "bad"), False)
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_list_major_same_bytes_however_the_rows_are_split(data, ivf, threads, monkeypatch):
     """Calls on grid-aligned slices (Ray blocks, streamed chunks) and row spans cut to bound the workers'

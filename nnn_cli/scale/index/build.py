@@ -51,10 +51,24 @@ def _reused_chunks(data, metric: str, chunk_rows: int, read_rows: int = 16384, f
     """Yield ``(start, chunk)`` of up to ``chunk_rows`` rows, filled from small validated reads into ONE
     buffer that the next chunk overwrites (so the caller must be done with a chunk before asking for the
     next): a large chunk then costs its own size, not several times it in conversion temporaries.
-    ``fingerprint=False``: the reads do not hash (the fill is serial: a hash wanted later is taken by a
-    pass of its own, beside other work)."""
+    ``fingerprint=False``: the reads do not hash (a hash wanted later is taken by a pass of its own, beside
+    other work), so a source's chunk is filled by ``read_rows`` ranges read and converted on the engine's
+    threads at once, errors raised in row order (the cores otherwise wait on a serial fill)."""
     n = _n_rows(data)
     buf = np.empty((min(chunk_rows, n), _dim(data)), dtype=np.float32)
+    if not fingerprint and isinstance(data, EmbeddingSource):
+        from nnn_cli.core.topk import run_parallel
+
+        for chunk_start in range(0, n, len(buf)):
+            stop = min(n, chunk_start + len(buf))
+
+            def fill_range(lo: int, start: int = chunk_start, stop: int = stop) -> None:
+                hi = min(stop, lo + read_rows)
+                buf[lo - start : hi - start] = data.rows(lo, hi, metric)
+
+            run_parallel(fill_range, list(range(chunk_start, stop, read_rows)))
+            yield chunk_start, buf[: stop - chunk_start]
+        return
     fill, chunk_start = 0, 0
     for _start, block in _blocks(data, metric, read_rows, fingerprint):
         while len(block):
