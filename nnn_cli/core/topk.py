@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -119,9 +119,22 @@ def tile_scores(query_tile: np.ndarray, database_tile: np.ndarray, buffer: np.nd
         return np.matmul(query_tile, database_tile.T, out=out)
 
 
-def query_tiles(queries: np.ndarray) -> list[np.ndarray]:
-    """Private aligned copies of the QUERY_TILE-row tiles of ``queries`` (which start at a tile boundary)."""
-    return [tile_operand(queries[t : t + QUERY_TILE], copy=True) for t in range(0, len(queries), QUERY_TILE)]
+def query_tiles(queries: np.ndarray, groups: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Private aligned copies of the QUERY_TILE-row tiles of ``queries`` (which start at a tile boundary).
+
+    ``groups``: the row counts of consecutive segments of ``queries`` (summing to its length), each cut into
+    tiles from its own first row, so a segment's tiles (and so its rows' bytes: a GEMM's rounding depends on
+    its shape) do not depend on the segments around it."""
+    if groups is None:
+        groups = [len(queries)]
+    if sum(groups) != len(queries):
+        raise ValueError(f"groups cover {sum(groups)} rows, not {len(queries)}")
+    tiles, start = [], 0
+    for count in groups:
+        for t in range(start, start + count, QUERY_TILE):
+            tiles.append(tile_operand(queries[t : min(start + count, t + QUERY_TILE)], copy=True))
+        start += count
+    return tiles
 
 
 _CONTROLLER = None
@@ -367,11 +380,11 @@ class RunningTopScores:
     values are kept, and the k largest of a multiset do not depend on the split.
     """
 
-    def __init__(self, queries: np.ndarray, k: int, workers: int | None = None):
+    def __init__(self, queries: np.ndarray, k: int, workers: int | None = None, groups: Sequence[int] | None = None):
         self.k = int(k)
         self.n = len(queries)
         self.workers = max(1, int(workers or selection_threads()))
-        self.tiles = query_tiles(queries)
+        self.tiles = query_tiles(queries, groups)
         self._best: dict[int, list[np.ndarray | None]] = {}
         self._buffers: dict[int, np.ndarray] = {}
         self._floors: list[np.ndarray | None] = [None] * len(self.tiles)
@@ -475,7 +488,13 @@ def run_parallel(fn: Callable, items: list, workers: int | None = None) -> list:
         return list(thread_pool(workers).map(fn, items))
 
 
-def topk_scores(queries: np.ndarray, database: np.ndarray, k: int, progress: ProgressFn | None = None) -> np.ndarray:
+def topk_scores(
+    queries: np.ndarray,
+    database: np.ndarray,
+    k: int,
+    progress: ProgressFn | None = None,
+    groups: Sequence[int] | None = None,
+) -> np.ndarray:
     """(Q, k) float32: the ``k`` highest inner products of each query with ``database``, descending.
 
     Exact.  A plain GEMM per (query tile, database tile) of the global grid
@@ -486,6 +505,10 @@ def topk_scores(queries: np.ndarray, database: np.ndarray, k: int, progress: Pro
     """
     database = tile_operand(np.asarray(database, dtype=np.float32))
     k = int(min(k, len(database)))
+    if groups is not None:  # segments tiled on their own (see query_tiles): one pass over the database
+        running = RunningTopScores(queries, k, groups=groups)
+        running.add(database, last=True)
+        return running.result()
     out = np.empty((len(queries), k), dtype=np.float32)
     step = QUERY_TILE * 8
     for start in range(0, len(queries), step):

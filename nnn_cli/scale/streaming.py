@@ -8,7 +8,7 @@ bit-identical to ``reference_topk`` on fully loaded arrays.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -84,13 +84,16 @@ def streamed_bias(
     return bias, topk_all
 
 
-def topk_scores_vs(queries: np.ndarray, reference, k: int, metric: str = "cosine") -> np.ndarray:
-    """(Q, k) exact top-k scores of in-memory ``queries`` against an array or a streamed source."""
+def topk_scores_vs(
+    queries: np.ndarray, reference, k: int, metric: str = "cosine", groups: Sequence[int] | None = None
+) -> np.ndarray:
+    """(Q, k) exact top-k scores of in-memory ``queries`` against an array or a streamed source; ``groups``:
+    segments of the queries tiled on their own (:func:`~nnn_cli.core.topk.query_tiles`)."""
     if not isinstance(reference, EmbeddingSource):
         from nnn_cli.core.topk import topk_scores
 
-        return topk_scores(queries, reference, k)
-    running = RunningTopScores(queries, min(k, reference.n))
+        return topk_scores(queries, reference, k, groups=groups)
+    running = RunningTopScores(queries, min(k, reference.n), groups=groups)
     for r_start, r_block in read_ahead(reference.iter_blocks(metric, DATABASE_TILE * max(1, running.workers))):
         running.add(r_block, last=r_start + len(r_block) >= reference.n)
     return running.result()

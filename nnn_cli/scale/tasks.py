@@ -203,7 +203,7 @@ def index_topk_task(
     _reset_bytes(gallery, reference)
     g = gallery.rows(g0, g1, metric)
     topk, short = approximate_reference_topk(
-        index, g, lambda rows: topk_scores_vs(rows, reference, k, metric), k, probing=probing
+        index, g, lambda rows, groups: topk_scores_vs(rows, reference, k, metric, groups), k, probing=probing
     )
     info = task_info(t0, _bytes_read(gallery, reference))
     info.update(

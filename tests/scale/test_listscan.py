@@ -107,9 +107,34 @@ def test_too_few_probed_vectors_are_padded_then_recomputed_exactly(data):
     padded = list_major_topk(index, gallery, k, 1)
     assert np.isinf(padded[:, -1]).all() and np.isfinite(padded[:, 0]).all()
     index.nprobe = 1
-    scores, n_short = approximate_reference_topk(index, gallery, lambda rows: topk_scores(rows, small, k), k)
+    scores, n_short = approximate_reference_topk(
+        index, gallery, lambda rows, groups: topk_scores(rows, small, k, groups=groups), k
+    )
     assert n_short == len(gallery)
     np.testing.assert_allclose(scores, topk_scores(gallery, small, k), atol=2e-6)
+
+
+def test_rows_recomputed_exactly_have_the_same_bytes_however_the_gallery_is_cut(data, monkeypatch):
+    """Short rows are recomputed exactly per block of the row grid every engine aligns its calls to, so a
+    whole-gallery call (a local chunk) and grid-aligned slices (Ray blocks) give the same bytes: the exact
+    engine's rounding for a row depends on the other rows tiled with it."""
+    from nnn_cli.scale.index import listscan
+
+    gallery, ref = data
+    small = ref[:300]
+    index = build_index(small, IndexChoice("ivf", nlist=30), "ip")
+    k = max(index.invlists.list_size(i) for i in range(index.nlist)) + 1
+    index.nprobe = 1
+    monkeypatch.setattr(listscan, "LIST_ROW_BLOCK", 64)
+    exact = lambda rows, groups: topk_scores(rows, small, k, groups=groups)  # noqa: E731
+    whole, n_short = approximate_reference_topk(index, gallery, exact, k)
+    assert n_short == len(gallery) > 3 * 64
+    for cut in (64, 128, 192):
+        parts = [
+            approximate_reference_topk(index, gallery[s : s + cut], exact, k)[0] for s in range(0, len(gallery), cut)
+        ]
+        assert np.vstack(parts).tobytes() == whole.tobytes(), cut
+    np.testing.assert_allclose(whole, topk_scores(gallery, small, k), atol=2e-6)
 
 
 def test_factory_ivf_flat_uses_list_major_and_other_kinds_do_not(data):

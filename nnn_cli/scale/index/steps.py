@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, ProgressFn, sort_ties
+from nnn_cli.core.topk import DEFAULT_QUERY_BLOCK, QUERY_TILE, ProgressFn, sort_ties
 from nnn_cli.data.sources import EmbeddingSource
 from nnn_cli.scale.device import faiss_module
 from nnn_cli.scale.index.build import (
@@ -87,8 +87,24 @@ def approximate_reference_topk(
         ids = np.where(np.isfinite(scores), 0, -1)
     short = np.flatnonzero((ids < 0).any(axis=1))
     if len(short):
-        scores[short] = reference_exact(gallery[short])
+        scores[short] = reference_exact(gallery[short], exact_groups(short, index))
     return scores, int(len(short))
+
+
+def exact_groups(short: np.ndarray, index) -> list[int]:
+    """The row counts of ``short`` (sorted positions in a block that starts on the row grid) per block of the
+    grid every engine aligns its blocks to (:data:`~nnn_cli.scale.index.listscan.LIST_ROW_BLOCK`, or
+    :data:`~nnn_cli.core.topk.QUERY_TILE` for HNSW): each group is tiled on its own when recomputed exactly,
+    so a row's bytes depend on its grid block's short rows only, not on how the gallery was cut into calls
+    (a local chunk of 524,288 rows, a Ray block of 65,536).  Measured: the exact engine's bytes for a row
+    depend on the other rows of its GEMM (their count and its place), so grouping them by call gave 23 of
+    1M rows differing in the last bits between two chunk sizes."""
+    from nnn_cli.scale.index.build import _as_hnsw
+    from nnn_cli.scale.index.listscan import LIST_ROW_BLOCK
+
+    grid = QUERY_TILE if _as_hnsw(index) is not None else LIST_ROW_BLOCK
+    cells = np.asarray(short) // grid
+    return np.unique(cells, return_counts=True)[1].tolist()
 
 
 def rerank_debiased(
@@ -256,7 +272,7 @@ def indexed_reference_topk(
         topk[start : start + len(block)], short = approximate_reference_topk(
             index,
             block,
-            lambda rows: topk_scores_vs(rows, reference, k, metric),
+            lambda rows, groups: topk_scores_vs(rows, reference, k, metric, groups),
             k,
             progress=part_progress,
             rescore=rescore,
