@@ -33,6 +33,13 @@ def same_bytes(a, b):
     return sort_descending(a).tobytes() == sort_descending(b).tobytes()
 
 
+def tied_tile(rng, rows, cols, levels):
+    """Scores on few distinct levels (ties at the k-th value are common), some of them -0.0."""
+    tile = (rng.integers(-levels, levels + 1, size=(rows, cols)) / levels).astype(np.float32)
+    tile[rng.random(tile.shape) < 0.05] = -0.0
+    return tile
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     rows=st.integers(1, 9),
@@ -47,8 +54,7 @@ def test_fold_keeps_the_multiset_of_a_full_partition(rows, cols, k, levels, seed
     rng = np.random.default_rng(seed)
     ours = theirs = None
     for _ in range(folds):
-        tile = (rng.integers(-levels, levels + 1, size=(rows, cols)) / levels).astype(np.float32)
-        tile[rng.random(tile.shape) < 0.05] = -0.0
+        tile = tied_tile(rng, rows, cols, levels)
         ours = fold_top_scores(ours, np.array(tile, copy=True), k)
         theirs = full_fold(theirs, tile, k)
     assert ours.shape == theirs.shape
@@ -74,8 +80,7 @@ def test_shares_of_one_query_tile_under_a_common_floor_keep_the_multiset(rows, c
     floor = None
     everything = []
     for _ in range(tiles):
-        tile = (rng.integers(-levels, levels + 1, size=(rows, cols)) / levels).astype(np.float32)
-        tile[rng.random(tile.shape) < 0.05] = -0.0
+        tile = tied_tile(rng, rows, cols, levels)
         tile[rng.random(tile.shape) < 0.01] = np.nan
         everything.append(tile)
         j = int(rng.integers(shares))
