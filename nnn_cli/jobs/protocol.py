@@ -15,6 +15,7 @@ import numpy as np
 
 from nnn_cli.core.leak import (
     SKETCH_BITS,
+    SKETCH_MAX_ROWS,
     LeakReport,
     check_against_sketch,
     find_leaks,
@@ -85,9 +86,9 @@ def leak_check(
 
 
 def sketch_attrs(n_rows: int) -> dict:
-    """The attributes recorded with the sketch of an ``n_rows``-row reference (known before it is made)."""
-    pick = sketch_sample(n_rows)
-    return {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(n_rows if pick is None else len(pick))}
+    """The attributes recorded with the sketch of an ``n_rows``-row reference (known before it is made: every
+    row, or a sample of SKETCH_MAX_ROWS, without drawing the sample)."""
+    return {"leak_sketch_bits": SKETCH_BITS, "leak_sketch_rows": int(min(n_rows, SKETCH_MAX_ROWS))}
 
 
 def sketch_of(src: EmbeddingSource) -> tuple[dict[str, np.ndarray], dict]:
