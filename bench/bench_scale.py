@@ -319,7 +319,7 @@ def ann_reference(
     return out
 
 
-def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None) -> dict:
+def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None, no_sketch: bool = False) -> dict:
     """`nnn bias --index auto --recall 0.95` on N x N (float16 files), cold, as a whole process.
 
     Exact is extrapolated from the exact step timed on a 2,000-row slice of
@@ -329,7 +329,8 @@ def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None) -> di
     process's, every thread; the exact slice's likewise), the latter for a
     loaded machine.  With ``baseline`` (a source tree of nnn_cli, e.g. a
     worktree of main), the same command with that code runs on the same
-    files right after, reported under ``baseline``.
+    files right after, reported under ``baseline``.  With ``no_sketch``, our command with
+    ``--no-leak-sketch`` runs too, reported under ``no_sketch``.
     """
     import h5py
 
@@ -351,9 +352,9 @@ def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None) -> di
     del r, g
     exact_est, exact_cpu = slice_sec * n / len(sample), slice_cpu * n / len(sample)
 
-    def one(out: Path, env_extra: dict | None) -> dict:
+    def one(out: Path, env_extra: dict | None, extra: tuple[str, ...] = ()) -> dict:
         argv = ["bias", str(tmp / "g_scale.npy"), "--reference", str(tmp / "r_scale.npy"), "--alpha", "1"]
-        argv += ["--k", str(k), "--index", "auto", "--recall", "0.95", "-o", str(out), "-q"]
+        argv += ["--k", str(k), "--index", "auto", "--recall", "0.95", "-o", str(out), "-q", *extra]
         load = os.getloadavg()
         run = run_job("cli", timeout=3600, env_extra=env_extra, argv=argv)
         res: dict = {"cli": run, "load_avg_before": load}
@@ -391,6 +392,8 @@ def ann_scale(tmp: Path, n: int, k: int = 16, baseline: str | None = None) -> di
         "exact_cpu_seconds_extrapolated": round(exact_cpu, 1),
         **one(tmp / "scale_bias.h5", None),
     }
+    if no_sketch:
+        res["no_sketch"] = one(tmp / "scale_bias_no_sketch.h5", None, ("--no-leak-sketch",))
     if baseline:
         res["baseline"] = {"code": baseline, **one(tmp / "scale_bias_baseline.h5", {"NNN_BENCH_CODE": baseline})}
         if res.get("cpu_seconds_cold") and res["baseline"].get("cpu_seconds_cold"):
@@ -413,7 +416,9 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, baseline: str | None = None) -> dict:
+def kernels_section(
+    tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, baseline: str | None = None, no_sketch: bool = False
+) -> dict:
     """Exact `nnn bias` (whole process) against the sgemm rate and nnn-retrieval, per OpenBLAS kernel.
 
     For each kernel the CPU supports, ``repeats`` rounds of (sgemm rate process, `nnn bias` process,
@@ -421,7 +426,9 @@ def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, b
     each is kept.  fraction = 2 N M d / our wall / sgemm rate (the whole process: imports, reading the
     .npy files, writing the HDF5 output included).  nnn-retrieval runs torch, which does not use OpenBLAS.
     With ``baseline`` (an nnn_cli source tree, e.g. a worktree of an older commit), its `nnn bias` runs in
-    every round too, on the same files, reported as ``baseline_*``.
+    every round too, on the same files, reported as ``baseline_*``.  With ``no_sketch``, our `nnn bias
+    --no-leak-sketch` (the same HDF5 file without the reference's leak sketch) runs in every round too,
+    reported as ``no_sketch_*``.
     """
     g, r = tmp / "kg.npy", tmp / "kr.npy"
     np.save(g, clustered(n, 21))
@@ -435,9 +442,14 @@ def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, b
             continue
         env = {"OPENBLAS_CORETYPE": kernel}
         runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": [], **({"baseline": []} if baseline else {})}
+        if no_sketch:
+            runs["no_sketch"] = []
         for _ in range(repeats):
             runs["gemm"].append(run_job("gemm", env_extra=env))
             runs["ours"].append(run_job("cli", env_extra=env, argv=argv + ["-o", str(tmp / "kb.h5")]))
+            if no_sketch:
+                plain = argv + ["-o", str(tmp / "kbn.h5"), "--no-leak-sketch"]
+                runs["no_sketch"].append(run_job("cli", env_extra=env, argv=plain))
             if baseline:
                 base_env = {**env, "NNN_BENCH_CODE": baseline}
                 runs["baseline"].append(run_job("cli", env_extra=base_env, argv=argv + ["-o", str(tmp / "kb0.h5")]))
@@ -460,6 +472,14 @@ def kernels_section(tmp: Path, n: int, m: int, k: int = 128, repeats: int = 3, b
                 theirs_over_ours=round(theirs / ours, 2),
                 ours_cpu_seconds=min(x.get("cpu_seconds", float("nan")) for x in ok["ours"]),
             )
+            if no_sketch:
+                plain_wall = min(x["wall_seconds"] for x in ok["no_sketch"])
+                row.update(
+                    no_sketch_wall_seconds=round(plain_wall, 2),
+                    no_sketch_fraction_of_sgemm=round(2.0 * n * m * DIM / plain_wall / 1e9 / gemm, 3),
+                    no_sketch_cpu_seconds=min(x.get("cpu_seconds", float("nan")) for x in ok["no_sketch"]),
+                    theirs_over_no_sketch=round(theirs / plain_wall, 2),
+                )
             if baseline:
                 base = min(x["wall_seconds"] for x in ok["baseline"])
                 row.update(
@@ -587,6 +607,11 @@ def main() -> None:
         "--kernels-baseline",
         default="",
         help="kernels: also run this nnn_cli source tree's `nnn bias` in every round, side by side",
+    )
+    ap.add_argument(
+        "--no-sketch-too",
+        action="store_true",
+        help="ann_scale and kernels: also run our `nnn bias --no-leak-sketch` (no leak sketch in the bias file)",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -812,7 +837,9 @@ def main() -> None:
                 )
             print("gallery index:", json.dumps(res["gallery_index"]), flush=True)
         if "ann_scale" not in skip:
-            res["ann_scale"] = ann_scale(tmp, args.ann_n or size["scale_n"], baseline=args.ann_baseline or None)
+            res["ann_scale"] = ann_scale(
+                tmp, args.ann_n or size["scale_n"], baseline=args.ann_baseline or None, no_sketch=args.no_sketch_too
+            )
             a = res["ann_scale"]
             if "speedup" in a:
                 ratios.append(
@@ -824,11 +851,28 @@ def main() -> None:
                         f"{1 / a['speedup']:.3f}",
                     )
                 )
+            if "speedup" in a.get("no_sketch", {}):
+                plain = a["no_sketch"]
+                ratios.append(
+                    (
+                        f"the same with --no-leak-sketch ({plain['speedup']:.1f}x wall, {plain['speedup_cpu']:.1f}x CPU)",
+                        "process time vs exact step (recall)",
+                        f"{plain['seconds_cold']:.0f}s / {a['exact_seconds_extrapolated']:.0f}s extrap. "
+                        f"(R={plain['recall_2000_sample']:.3f})",
+                        f"{1 / plain['speedup']:.3f}",
+                    )
+                )
             print("ann scale:", json.dumps(res["ann_scale"]), flush=True)
         if "kernels" not in skip:
             kn, km = (1000, 20000) if mode == "quick" else (5000, 118000)
             res["kernels"] = kernels_section(
-                tmp, kn, km, 128, 2 if mode == "quick" else 3, baseline=args.kernels_baseline or None
+                tmp,
+                kn,
+                km,
+                128,
+                2 if mode == "quick" else 3,
+                baseline=args.kernels_baseline or None,
+                no_sketch=args.no_sketch_too,
             )
             for kernel, row in res["kernels"]["kernels"].items():
                 if "fraction_of_sgemm" in row:
@@ -841,6 +885,15 @@ def main() -> None:
                             f"{row['fraction_of_sgemm']:.2f}",
                         )
                     )
+                    if "no_sketch_wall_seconds" in row:
+                        ratios.append(
+                            (
+                                what,
+                                "fraction of sgemm, --no-leak-sketch (nnn-retrieval / it)",
+                                f"{row['no_sketch_wall_seconds']:.2f}s ({row['theirs_over_no_sketch']:.2f}x)",
+                                f"{row['no_sketch_fraction_of_sgemm']:.2f}",
+                            )
+                        )
                     if "baseline_wall_seconds" in row:
                         ratios.append(
                             (

@@ -70,6 +70,7 @@ class BiasRequest:
     engine: EngineOptions = field(default_factory=EngineOptions)
     queries: Optional[str] = None  # checked for leaks into the reference
     strict: bool = False  # a leak refuses (exit 2) instead of warning
+    leak_sketch: bool = True  # a new bias file records its reference's sketch (for `eval --bias` leak checks)
     reference_fraction: float = 1.0  # resolved with the params' record (jobs.protocol.reference_share)
     reference_seed: int = 0
     params: Optional[str] = None  # the params file alpha and k came from (named in their errors)
@@ -187,6 +188,11 @@ def _check_grow(req: BiasRequest) -> None:
             "--append-to/--update keep the reference the file was made with: drop --reference-fraction "
             "(and params that record a share)"
         )
+    if not req.leak_sketch:
+        raise ParameterError(
+            "--no-leak-sketch applies to a new bias file: --append-to keeps the file's sketch as it is and "
+            "--update extends it with the new queries"
+        )
 
 
 @dataclass
@@ -269,11 +275,13 @@ def _create(req: BiasRequest, place: Any, progress: ProgressFn | None, notes: No
     def provenance() -> dict:
         head = base_attrs("bias", alpha=params.alpha, k=params.k, metric=req.metric)
         # the sketch's attributes without making it: provenance runs beside the sketch at commit
-        return {**head, **bias_provenance(g_src, r_src), **proto.attrs, **sketch_attrs(r_src.n)}
+        sketch = sketch_attrs(r_src.n) if req.leak_sketch else {}
+        return {**head, **bias_provenance(g_src, r_src), **proto.attrs, **sketch}
 
+    datasets = (lambda: proto.sketch()[0]) if req.leak_sketch else None
     outcome = compute_bias(
         g_src, r_src, params, sink, req.engine, req.index, memory_budget=req.memory_budget, device=req.device,
-        threads=req.threads, provenance=provenance, datasets=lambda: proto.sketch()[0], progress=progress, note=notes,
+        threads=req.threads, provenance=provenance, datasets=datasets, progress=progress, note=notes,
     )  # fmt: skip
     stats = {**_bias_stats(outcome.bias), **proto.summary, **place.fields(g_src, sink)}
     message = f"wrote {sink.target}: {g_src.n} biases (alpha={params.alpha}, k={params.k}, metric={req.metric}, "

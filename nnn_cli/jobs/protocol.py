@@ -116,7 +116,7 @@ def leak_check_from_bias(
     found = read_bias_datasets(bias_path, SKETCH_DATASETS)
     if "leak_sketch_codes" not in found:
         notes(
-            f"note: {bias_path} records no reference sketch (a run folder, a .npy, or made by an older nnn): "
+            f"note: {bias_path} records no reference sketch (a run folder, a .npy, made with --no-leak-sketch or by an older nnn): "
             "leaks not checked"
         )
         return None

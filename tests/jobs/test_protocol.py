@@ -333,6 +333,36 @@ def test_sketch_follows_incremental_updates(hub_files, hub_data, tmp_path):
     assert ev.document["leak"]["near_duplicates"] == 20 and ev.document["leak"]["source"] == "sketch"
 
 
+def test_no_leak_sketch_records_none_and_the_same_bias(hub_files, hub_data, tmp_path):
+    """--no-leak-sketch: the same bias bytes, no sketch datasets or attributes; `eval --bias` says the leaks are
+    not checked; a grown file keeps its sketch, so the flag is refused there (one line, exit 2)."""
+    leaky = leaked_reference(hub_data, tmp_path, ids=True)
+    base = ["bias", str(hub_files["gallery"]), "-r", str(leaky), "--alpha", "0.75", "--k", "16"]
+    with_sketch, without = tmp_path / "with.h5", tmp_path / "without.h5"
+    assert runner.invoke(app, [*base, "-o", str(with_sketch)]).exit_code == 0
+    res = runner.invoke(app, [*base, "-o", str(without), "--no-leak-sketch"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(with_sketch) as f, h5py.File(without) as g:
+        assert f["bias"][()].tobytes() == g["bias"][()].tobytes() and "topk" in g
+        assert "leak_sketch_codes" not in g and "leak_sketch_id_hashes" not in g
+        assert not any(key.startswith("leak_sketch") for key in g.attrs) and "leak_sketch_rows" in f.attrs
+    ev = ["eval", "-Q", str(hub_files["queries"]), "-g", str(hub_files["gallery"]), "-t", str(hub_files["truth"])]
+    res = runner.invoke(app, [*ev, "--bias", str(without)])
+    assert res.exit_code == 0 and "records no reference sketch" in res.stderr and "--no-leak-sketch" in res.stderr
+    assert "warning: 50 of 600" not in res.stderr  # not checked (the file made with the sketch would warn)
+    assert "warning: 50 of 600" in runner.invoke(app, [*ev, "--bias", str(with_sketch)]).stderr
+    # typed: the same through the job API
+    typed = jobs.bias(hub_files["gallery"], leaky, tmp_path / "typed.h5", alpha=0.75, k=16, leak_sketch=False)
+    with h5py.File(typed.output) as g:
+        assert "leak_sketch_codes" not in g
+    items = write_h5(tmp_path / "items.h5", hub_data.gallery[:5])
+    res = runner.invoke(
+        app, ["bias", str(items), "-r", str(leaky), "--append-to", str(with_sketch), "--no-leak-sketch"]
+    )
+    assert res.exit_code == 2 and "--no-leak-sketch applies to a new bias file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
 def test_queries_and_reference_fraction_through_the_pipeline(hub_files, hub_data, tmp_path):
     """--queries and --reference-fraction on a blocked run (a run folder through the scheduler seam, the path
     --engine ray takes): the same share, biases and leak report as a bias file; --strict leaves nothing."""

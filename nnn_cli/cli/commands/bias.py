@@ -164,6 +164,15 @@ def bias_cmd(
         ),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="With --queries: refuse (exit 2) on a leak.")] = False,
+    leak_sketch: Annotated[
+        bool,
+        typer.Option(
+            "--leak-sketch/--no-leak-sketch",
+            help="A new HDF5 bias file records a sketch of its reference (512-bit SimHash codes, id hashes) so "
+            "`nnn eval --bias` can check test queries for leaks without the reference. --no-leak-sketch saves its "
+            "GEMM (about a tenth of an exact bias's work); that check then needs the reference.",
+        ),
+    ] = True,
     reference_fraction: Annotated[
         Optional[float],
         typer.Option(
@@ -255,6 +264,7 @@ def bias_cmd(
             ids_columns=ids_columns(ids_column, gallery=gallery_ids_column, reference=reference_ids_column),
             queries=queries,
             strict=strict,
+            leak_sketch=leak_sketch,
             reference_fraction=reference_fraction,
             reference_seed=reference_seed,
             in_place=place,
