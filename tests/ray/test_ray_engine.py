@@ -749,6 +749,12 @@ def test_queries_and_reference_fraction_on_ray(cluster, data, tmp_path):
     with h5py.File(tmp_path / "local.h5") as f, h5py.File(tmp_path / "ray.h5") as g:
         assert np.array_equal(f["bias"][()], g["bias"][()]) and g.attrs["reference_fraction"] == 0.5
         assert np.array_equal(f["leak_sketch_codes"][()], g["leak_sketch_codes"][()])
+    # --no-leak-sketch on Ray: the same biases, no sketch (the sink's datasets are the job's, not the engine's)
+    res = run.invoke(app, args + ["--engine", "ray", "-o", str(tmp_path / "plain.h5"), "--no-leak-sketch"])
+    assert res.exit_code == 0, res.output
+    with h5py.File(tmp_path / "ray.h5") as f, h5py.File(tmp_path / "plain.h5") as g:
+        assert np.array_equal(f["bias"][()], g["bias"][()]) and "leak_sketch_codes" not in g
+        assert "leak_sketch_rows" not in g.attrs and g.attrs["reference_fraction"] == 0.5
 
 
 def test_loopback_only(cluster, data):
