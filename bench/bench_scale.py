@@ -441,9 +441,8 @@ def kernels_section(
             out["skipped"][kernel] = f"this CPU has no {flag}"
             continue
         env = {"OPENBLAS_CORETYPE": kernel}
-        runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": [], **({"baseline": []} if baseline else {})}
-        if no_sketch:
-            runs["no_sketch"] = []
+        runs: dict[str, list] = {"gemm": [], "ours": [], "theirs": []}
+        runs.update({key: [] for key, wanted in (("no_sketch", no_sketch), ("baseline", baseline)) if wanted})
         for _ in range(repeats):
             runs["gemm"].append(run_job("gemm", env_extra=env))
             runs["ours"].append(run_job("cli", env_extra=env, argv=argv + ["-o", str(tmp / "kb.h5")]))
